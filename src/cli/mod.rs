@@ -1,0 +1,289 @@
+//! The command line: flags and the config file become one typed configuration per command.
+//!
+//! Flags have config-file equivalents (`--config`, default `/etc/k1s/config.yaml`), keyed like
+//! the flags as k3s does; a flag on the command line wins over the file. A bad flag or config
+//! key is reported on one line naming it, with exit code 2.
+
+mod config;
+mod logging;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::bench::BenchArgs;
+use crate::supervisor::{self, Datastore, ServerConfig};
+
+pub use config::ConfigError;
+pub use logging::LogFormat;
+
+/// The default config file.
+pub const DEFAULT_CONFIG: &str = "/etc/k1s/config.yaml";
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/k1s";
+
+#[derive(Debug, Parser)]
+#[command(name = "k1s", version, about = "Kubernetes in one binary", propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (and a kubelet, unless disabled).
+    #[command(args_override_self = true)]
+    Server(ServerArgs),
+    /// Run a kubelet that joins a server.
+    #[command(args_override_self = true)]
+    Agent(AgentArgs),
+    /// Print the version and the parts this binary was built with.
+    Version,
+    /// Print the admin kubeconfig.
+    Kubeconfig(KubeconfigArgs),
+    /// Measure k1s against its anchors.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Write throughput and latency of the store backends against raw etcd.
+    Store(BenchArgs),
+}
+
+/// Flags every long-running command has.
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
+    /// Config file; its keys are the long flag names.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where k1s keeps its state.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Log line format. Filtering follows RUST_LOG (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Use etcd at these comma-separated URLs instead of the embedded store.
+    #[arg(long, value_name = "URLS")]
+    pub datastore_endpoint: Option<String>,
+    /// CA bundle that signed etcd's serving certificate.
+    #[arg(long, value_name = "FILE")]
+    pub datastore_cafile: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long, value_name = "FILE")]
+    pub datastore_certfile: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long, value_name = "FILE")]
+    pub datastore_keyfile: Option<PathBuf>,
+    /// Do not run the kubelet on this server.
+    #[arg(long)]
+    pub disable_kubelet: bool,
+    /// Do not run the scheduler.
+    #[arg(long)]
+    pub disable_scheduler: bool,
+    /// Do not run the controllers.
+    #[arg(long)]
+    pub disable_controllers: bool,
+    /// Add-ons to leave out (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub disable: Vec<String>,
+    /// HTTPS port of the API server.
+    #[arg(long, default_value_t = 6443, value_name = "PORT")]
+    pub https_listen_port: u16,
+    /// Address the API server listens on.
+    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    pub bind_address: IpAddr,
+    /// How often the store's history is compacted (e.g. 5m, 30s).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub compaction_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The server to join (https://HOST:6443).
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// The join token.
+    #[arg(long, value_name = "TOKEN")]
+    pub token: String,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// Where the server wrote the admin kubeconfig.
+    #[arg(long, value_name = "FILE", default_value = "/etc/k1s/k1s.yaml")]
+    pub write_kubeconfig: PathBuf,
+}
+
+/// Parses `30s`, `5m`, `2h`, `1h30m` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = if c == 'm' && chars.peek() == Some(&'s') {
+            chars.next();
+            "ms"
+        } else {
+            match c {
+                'h' => "h",
+                'm' => "m",
+                's' => "s",
+                _ => return Err(format!("unknown unit '{c}' in duration '{s}'")),
+            }
+        };
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("missing number before '{unit}' in duration '{s}'"))?;
+        num.clear();
+        any = true;
+        total += match unit {
+            "h" => Duration::from_secs(n * 3600),
+            "m" => Duration::from_secs(n * 60),
+            "s" => Duration::from_secs(n),
+            _ => Duration::from_millis(n),
+        };
+    }
+    if !num.is_empty() || !any {
+        return Err(format!("invalid duration '{s}' (use e.g. 30s, 5m, 1h)"));
+    }
+    Ok(total)
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let argv: Vec<String> = std::env::args().collect();
+    let cli = match config::parse(&argv) {
+        Ok(cli) => cli,
+        Err(ConfigError::Display(msg)) => {
+            print!("{msg}");
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("k1s: {e}");
+            return 2;
+        }
+    };
+    match cli.command {
+        Command::Version => {
+            println!("{}", crate::parts::version_line());
+            0
+        }
+        Command::Kubeconfig(args) => match std::fs::read_to_string(&args.write_kubeconfig) {
+            Ok(text) => {
+                print!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!(
+                    "k1s: no admin kubeconfig at {}: {e}; `k1s server` writes it once its API server has started",
+                    args.write_kubeconfig.display()
+                );
+                1
+            }
+        },
+        Command::Server(args) => run_async(&args.common.clone(), server(args)),
+        Command::Agent(args) => run_async(&args.common.clone(), supervisor::run_agent(args)),
+        Command::Bench(BenchCommand::Store(args)) => {
+            let common = CommonArgs {
+                config: None,
+                data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+                log_format: LogFormat::Text,
+            };
+            run_async(&common, crate::bench::run_store(args))
+        }
+    }
+}
+
+async fn server(args: ServerArgs) -> Result<(), supervisor::SupervisorError> {
+    let cfg = server_config(args)?;
+    supervisor::run_server(cfg).await
+}
+
+/// Turns parsed server flags into the supervisor's configuration.
+pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::SupervisorError> {
+    let datastore = match args.datastore_endpoint {
+        Some(urls) => Datastore::Etcd {
+            endpoints: urls
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            ca_file: args.datastore_cafile,
+            cert_file: args.datastore_certfile,
+            key_file: args.datastore_keyfile,
+        },
+        None => Datastore::Embedded,
+    };
+    Ok(ServerConfig {
+        data_dir: args.common.data_dir,
+        datastore,
+        disable_kubelet: args.disable_kubelet,
+        disable_scheduler: args.disable_scheduler,
+        disable_controllers: args.disable_controllers,
+        disable_addons: args.disable,
+        https_listen_port: args.https_listen_port,
+        bind_address: args.bind_address,
+        compaction_interval: args.compaction_interval,
+    })
+}
+
+fn run_async<E: std::fmt::Display>(
+    common: &CommonArgs,
+    fut: impl std::future::Future<Output = Result<(), E>>,
+) -> i32 {
+    if let Err(e) = logging::init(common.log_format) {
+        eprintln!("k1s: {e}");
+        return 2;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("k1s: starting the async runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("k1s: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

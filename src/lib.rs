@@ -1,0 +1,12 @@
+//! k1s: Kubernetes in one Rust binary.
+//!
+//! The library holds every part; `src/main.rs` only calls [`cli::main`]. See ARCHITECTURE.md for
+//! the code map. Parts behind cargo features: `apiserver`, `scheduler`, `controllers`, `kubelet`
+//! and the `etcd` store backend.
+
+pub mod bench;
+pub mod cli;
+pub mod parts;
+pub mod store;
+pub mod supervisor;
+pub mod testing;

@@ -1,0 +1,358 @@
+//! The embedded backend: a durable, single-file store on local disk built on redb.
+//!
+//! One writer thread owns all writes and commits them in groups ([`writer`]); reads run on
+//! tokio's blocking pool against redb snapshots; watches replay the `log` table from disk and then
+//! follow a broadcast of committed batches ([`watch`]). History is kept per key as in etcd, so a
+//! range or get at any revision since the last compaction is exact.
+
+mod codec;
+mod reads;
+mod tables;
+mod watch;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::Database;
+use tokio::sync::{broadcast, oneshot};
+
+use super::{
+    check_key, check_size, Deleted, Error, Event, KeyValue, RangeRequest, RangeResponse, Result,
+    Revision, Store, WatchStream, DEFAULT_MAX_VALUE_BYTES,
+};
+use writer::{Op, Writer};
+
+/// Failures inside the embedded backend, before they become a [`super::Error`].
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("redb: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("data on disk is corrupt: bad {what}")]
+    Corrupt { what: &'static str },
+    #[error("opening {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error("starting the writer thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for EmbeddedError {
+            fn from(e: $t) -> Self {
+                EmbeddedError::Redb(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::StorageError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+impl From<EmbeddedError> for Error {
+    fn from(e: EmbeddedError) -> Self {
+        Error::backend("using the embedded store", e)
+    }
+}
+
+/// How to open an embedded store.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// The database file.
+    pub path: PathBuf,
+    /// Largest value accepted.
+    pub max_value_bytes: usize,
+    /// Most writes committed together.
+    pub max_batch: usize,
+    /// redb page cache size.
+    pub cache_bytes: usize,
+}
+
+impl EmbeddedOptions {
+    /// Defaults for a database at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        EmbeddedOptions {
+            path: path.into(),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_batch: 1024,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// State the writer publishes and readers and watchers follow.
+pub(crate) struct Shared {
+    pub current: AtomicI64,
+    pub compacted: AtomicI64,
+    /// Committed batches; `None` once the writer has stopped, which ends every watch.
+    events: Mutex<Option<broadcast::Sender<Arc<Vec<Event>>>>>,
+}
+
+impl Shared {
+    /// Follows committed batches; `None` after shutdown.
+    pub fn subscribe(&self) -> Option<broadcast::Receiver<Arc<Vec<Event>>>> {
+        self.events.lock().ok()?.as_ref().map(|tx| tx.subscribe())
+    }
+
+    /// Publishes a committed batch.
+    pub fn publish(&self, batch: Vec<Event>) {
+        if let Ok(guard) = self.events.lock() {
+            if let Some(tx) = guard.as_ref() {
+                // No receiver is fine: nobody watches.
+                let _ = tx.send(Arc::new(batch));
+            }
+        }
+    }
+
+    /// Ends every watch.
+    pub fn close(&self) {
+        if let Ok(mut guard) = self.events.lock() {
+            *guard = None;
+        }
+    }
+}
+
+struct Inner {
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+    ops: Mutex<Option<mpsc::Sender<Op>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+    max_value_bytes: usize,
+    path: PathBuf,
+}
+
+/// The embedded store. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+/// Committed batches a watcher may fall behind by before it re-reads from disk.
+const EVENT_BACKLOG: usize = 1024;
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store, repairing it first if it was not closed cleanly.
+    pub fn open(opts: EmbeddedOptions) -> Result<Self, EmbeddedError> {
+        if let Some(dir) = opts.path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| EmbeddedError::Open {
+                    path: opts.path.clone(),
+                    source: Box::new(redb::Error::Io(e)),
+                })?;
+            }
+        }
+        let db = redb::Builder::new()
+            .set_cache_size(opts.cache_bytes)
+            .create(&opts.path)
+            .map_err(|e| EmbeddedError::Open {
+                path: opts.path.clone(),
+                source: Box::new(e.into()),
+            })?;
+        let db = Arc::new(db);
+        let state = tables::init(&db)?;
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let shared = Arc::new(Shared {
+            current: AtomicI64::new(state.revision),
+            compacted: AtomicI64::new(state.compacted),
+            events: Mutex::new(Some(events)),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer::new(db.clone(), shared.clone(), rx, opts.max_batch.max(1), state);
+        let handle = std::thread::Builder::new()
+            .name("k1s-store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(EmbeddedError::Thread)?;
+        tracing::info!(path = %opts.path.display(), revision = state.revision, compacted = state.compacted, "embedded store opened");
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                db,
+                shared,
+                ops: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(handle)),
+                closed: AtomicBool::new(false),
+                max_value_bytes: opts.max_value_bytes,
+                path: opts.path,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn send<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(unavailable("the store is shutting down"));
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let guard = self
+                .inner
+                .ops
+                .lock()
+                .map_err(|_| unavailable("the writer queue is poisoned"))?;
+            let ops = guard
+                .as_ref()
+                .ok_or_else(|| unavailable("the store is shut down"))?;
+            ops.send(make(tx))
+                .map_err(|_| unavailable("the writer thread has stopped"))?;
+        }
+        rx.await
+            .map_err(|_| unavailable("the writer thread stopped before answering"))?
+    }
+
+    fn check_write(&self, key: &str, value: &[u8]) -> Result<()> {
+        check_key(key)?;
+        check_size(key, value, self.inner.max_value_bytes)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database, &Shared) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner.db, &inner.shared))
+            .await
+            .map_err(|e| Error::backend("running a read", e))?
+    }
+}
+
+fn unavailable(reason: &str) -> Error {
+    Error::Unavailable {
+        reason: reason.to_string(),
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn get(&self, key: &str, revision: Revision) -> Result<Option<KeyValue>> {
+        check_key(key)?;
+        let key = key.to_string();
+        self.blocking(move |db, _| reads::get(db, &key, revision))
+            .await
+    }
+
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        self.blocking(move |db, _| reads::range(db, &req)).await
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
+        self.check_write(key, &value)?;
+        let key = key.to_string();
+        self.send(|reply| Op::Create { key, value, reply }).await
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: Revision) -> Result<KeyValue> {
+        self.check_write(key, &value)?;
+        let key = key.to_string();
+        self.send(|reply| Op::Update {
+            key,
+            value,
+            expected,
+            reply,
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Deleted> {
+        check_key(key)?;
+        let key = key.to_string();
+        self.send(|reply| Op::Delete {
+            key,
+            expected,
+            reply,
+        })
+        .await
+    }
+
+    async fn watch(&self, prefix: &str, start_revision: Revision) -> Result<WatchStream> {
+        let compacted = self.inner.shared.compacted.load(Ordering::SeqCst);
+        let current = self.inner.shared.current.load(Ordering::SeqCst);
+        let start = if start_revision <= 0 {
+            current + 1
+        } else {
+            start_revision
+        };
+        if start < compacted {
+            return Err(Error::Compacted {
+                requested: start,
+                compacted,
+            });
+        }
+        Ok(watch::spawn(
+            self.inner.db.clone(),
+            self.inner.shared.clone(),
+            prefix.to_string(),
+            start,
+        ))
+    }
+
+    async fn current_revision(&self) -> Result<Revision> {
+        Ok(self.inner.shared.current.load(Ordering::SeqCst))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        self.send(|reply| Op::Compact { revision, reply }).await
+    }
+
+    async fn compacted_revision(&self) -> Result<Revision> {
+        Ok(self.inner.shared.compacted.load(Ordering::SeqCst))
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        let sent = {
+            let mut guard = self
+                .inner
+                .ops
+                .lock()
+                .map_err(|_| unavailable("the writer queue is poisoned"))?;
+            let sent = guard
+                .as_ref()
+                .map(|ops| ops.send(Op::Shutdown { reply: tx }).is_ok())
+                .unwrap_or(false);
+            *guard = None;
+            sent
+        };
+        if sent {
+            // The writer answers once everything queued before it is durable.
+            let _ = rx.await;
+        }
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .map_err(|_| unavailable("the writer handle is poisoned"))?
+            .take();
+        if let Some(handle) = handle {
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|e| Error::backend("joining the writer thread", e))?
+                .map_err(|_| unavailable("the writer thread panicked"))?;
+        }
+        tracing::info!(path = %self.inner.path.display(), "embedded store closed");
+        Ok(())
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "embedded"
+    }
+}

@@ -1,0 +1,53 @@
+//! The embedded store's redb tables and the metadata it keeps beside them.
+//!
+//! - `revs`: composite `KEY 0 REV` -> record (see [`super::codec`]): every live revision of
+//!   every key, plus tombstones, until compaction drops what is superseded.
+//! - `log`: revision -> key: the order of writes, replayed by watches, walked by compaction.
+//! - `meta`: the current revision, the compacted revision and the clean-up progress.
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+use super::EmbeddedError;
+use crate::store::Revision;
+
+pub const REVS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("revs");
+pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+pub const META_REVISION: &str = "revision";
+pub const META_COMPACTED: &str = "compacted";
+pub const META_CLEANED: &str = "cleaned";
+
+/// The metadata as of one snapshot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MetaState {
+    pub revision: Revision,
+    pub compacted: Revision,
+    pub cleaned: Revision,
+}
+
+/// Reads the metadata from any table handle.
+pub fn read_meta(meta: &impl ReadableTable<&'static str, u64>) -> Result<MetaState, EmbeddedError> {
+    let get = |name: &str| -> Result<Revision, EmbeddedError> {
+        Ok(meta.get(name)?.map(|v| v.value() as Revision).unwrap_or(0))
+    };
+    Ok(MetaState {
+        revision: get(META_REVISION)?,
+        compacted: get(META_COMPACTED)?,
+        cleaned: get(META_CLEANED)?,
+    })
+}
+
+/// Creates the tables if missing and returns the stored metadata.
+pub fn init(db: &Database) -> Result<MetaState, EmbeddedError> {
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(true);
+    let state = {
+        txn.open_table(REVS)?;
+        txn.open_table(LOG)?;
+        let meta = txn.open_table(META)?;
+        read_meta(&meta)?
+    };
+    txn.commit()?;
+    Ok(state)
+}

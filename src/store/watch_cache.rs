@@ -1,0 +1,396 @@
+//! The watch cache: current state and recent history of a key prefix, in memory, in front of
+//! either backend, as kube-apiserver's cacher.
+//!
+//! A follower task lists the prefix once, then applies the backend's watch to an ordered map of
+//! the current objects and a bounded ring of recent events. From memory it serves lists at the
+//! latest revision (after waiting until it has seen the store's current revision), lists "not
+//! older than" a revision, and watches from any revision inside the ring; older watches get
+//! [`Error::Compacted`] (HTTP 410). Lists at an exact older revision go to the backend.
+//!
+//! Watchers get events through bounded channels filled with `try_send`: a watcher that cannot
+//! keep up is dropped (its stream ends and the client re-watches from its last revision), so a
+//! stuck client never slows the cache or the writers behind it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::keys::prefix_end;
+use super::{
+    Error, Event, EventKind, KeyValue, RangeRequest, Result, Revision, Store, WatchStream,
+};
+
+/// Tuning of a [`WatchCache`].
+#[derive(Clone, Debug)]
+pub struct CacheOptions {
+    /// Events kept for watches that start in the past.
+    pub history: usize,
+    /// Batches buffered per watcher before it is dropped as too slow.
+    pub watcher_buffer: usize,
+    /// How long a consistent read waits for the cache before reading the backend instead.
+    pub consistent_wait: Duration,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            history: 10_000,
+            watcher_buffer: 256,
+            consistent_wait: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Which state a read wants, as the API's resourceVersion and resourceVersionMatch say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The latest state (resourceVersion unset): as new as the store's current revision.
+    Latest,
+    /// Whatever the cache holds (resourceVersion "0").
+    Any,
+    /// At least this revision (resourceVersionMatch NotOlderThan).
+    NotOlderThan(Revision),
+    /// Exactly this revision (resourceVersionMatch Exact): read from the backend.
+    Exact(Revision),
+}
+
+/// A page of a cached list.
+#[derive(Clone, Debug, Default)]
+pub struct CachedList {
+    pub kvs: Vec<KeyValue>,
+    pub revision: Revision,
+    /// More keys follow the last one returned.
+    pub more: bool,
+    /// Keys not returned after this page.
+    pub remaining: i64,
+}
+
+struct Watcher {
+    prefix: String,
+    from: Revision,
+    tx: mpsc::Sender<Result<Vec<Event>>>,
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, KeyValue>,
+    history: VecDeque<Event>,
+    revision: Revision,
+    /// The first revision a watch can start from.
+    oldest: Revision,
+    watchers: Vec<Watcher>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    prefix: String,
+    opts: CacheOptions,
+    state: Mutex<State>,
+    progress: watch::Sender<Revision>,
+}
+
+/// A watch cache over one key prefix. Cheap to clone.
+#[derive(Clone)]
+pub struct WatchCache {
+    inner: Arc<Inner>,
+}
+
+fn poisoned() -> Error {
+    Error::Unavailable {
+        reason: "the watch cache lock is poisoned".into(),
+    }
+}
+
+impl WatchCache {
+    /// Loads `prefix` from `store` and keeps following it until the store's watch ends for good.
+    pub async fn start(store: Arc<dyn Store>, prefix: &str, opts: CacheOptions) -> Result<Self> {
+        let (progress, _) = watch::channel(0);
+        let cache = WatchCache {
+            inner: Arc::new(Inner {
+                store,
+                prefix: prefix.to_string(),
+                opts,
+                state: Mutex::new(State::default()),
+                progress,
+            }),
+        };
+        let stream = cache.load().await?;
+        let follower = cache.clone();
+        tokio::spawn(async move { follower.follow(stream).await });
+        Ok(cache)
+    }
+
+    /// The revision the cache has caught up to.
+    pub fn revision(&self) -> Revision {
+        *self.inner.progress.borrow()
+    }
+
+    /// Lists the store and starts watching right after the list's revision.
+    async fn load(&self) -> Result<WatchStream> {
+        let store = &self.inner.store;
+        let mut objects = BTreeMap::new();
+        let mut req = RangeRequest {
+            prefix: self.inner.prefix.clone(),
+            limit: 10_000,
+            ..Default::default()
+        };
+        loop {
+            let page = store.range(req.clone()).await?;
+            req.revision = page.revision;
+            let last = page.kvs.last().map(|kv| super::keys::key_after(&kv.key));
+            for kv in page.kvs {
+                objects.insert(kv.key.clone(), kv);
+            }
+            match (page.more, last) {
+                (true, Some(next)) => req.start = Some(next),
+                _ => break,
+            }
+        }
+        let revision = req.revision;
+        let stream = store.watch(&self.inner.prefix, revision + 1).await?;
+        {
+            let mut st = self.inner.state.lock().map_err(|_| poisoned())?;
+            st.objects = objects;
+            st.history.clear();
+            st.revision = revision;
+            st.oldest = revision + 1;
+            // Watchers of the old state may have missed events: end them.
+            st.watchers.clear();
+        }
+        self.inner.progress.send_replace(revision);
+        Ok(stream)
+    }
+
+    async fn follow(self, mut stream: WatchStream) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(events) => {
+                        if self.apply(events).is_err() {
+                            return;
+                        }
+                        backoff = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, prefix = %self.inner.prefix, "watch cache lost its watch; reloading");
+                        break;
+                    }
+                }
+            }
+            loop {
+                tokio::time::sleep(backoff).await;
+                match self.load().await {
+                    Ok(s) => {
+                        stream = s;
+                        break;
+                    }
+                    Err(Error::Unavailable { reason }) if reason.contains("shut") => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watch cache reload failed");
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&self, events: Vec<Event>) -> Result<()> {
+        let Some(last) = events.last().map(Event::revision) else {
+            return Ok(());
+        };
+        let mut st = self.inner.state.lock().map_err(|_| poisoned())?;
+        for e in &events {
+            match e.kind {
+                EventKind::Put => {
+                    st.objects.insert(e.kv.key.clone(), e.kv.clone());
+                }
+                EventKind::Delete => {
+                    st.objects.remove(&e.kv.key);
+                }
+            }
+            st.history.push_back(e.clone());
+        }
+        while st.history.len() > self.inner.opts.history {
+            if let Some(old) = st.history.pop_front() {
+                st.oldest = old.revision() + 1;
+            }
+        }
+        st.revision = last;
+        st.watchers.retain(|w| {
+            let mine: Vec<Event> = events
+                .iter()
+                .filter(|e| e.revision() >= w.from && e.kv.key.starts_with(&w.prefix))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                return !w.tx.is_closed();
+            }
+            w.tx.try_send(Ok(mine)).is_ok()
+        });
+        drop(st);
+        self.inner.progress.send_replace(last);
+        Ok(())
+    }
+
+    /// Waits until the cache has seen `revision`, up to `wait`. Returns whether it has.
+    async fn wait_for(&self, revision: Revision, wait: Duration) -> bool {
+        let mut rx = self.inner.progress.subscribe();
+        let seen = tokio::time::timeout(wait, rx.wait_for(|r| *r >= revision)).await;
+        matches!(seen, Ok(Ok(_)))
+    }
+
+    /// Lists keys under `prefix` (inside the cache's prefix) from `start`, at most `limit`
+    /// (0 = all), as of `from`.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start: Option<&str>,
+        limit: usize,
+        from: ReadFrom,
+    ) -> Result<CachedList> {
+        match from {
+            ReadFrom::Exact(rev) => return self.list_from_store(prefix, start, limit, rev).await,
+            ReadFrom::Any => {}
+            ReadFrom::Latest => {
+                let current = self.inner.store.current_revision().await?;
+                if !self.wait_for(current, self.inner.opts.consistent_wait).await {
+                    return self.list_from_store(prefix, start, limit, 0).await;
+                }
+            }
+            ReadFrom::NotOlderThan(rev) => {
+                if !self.wait_for(rev, self.inner.opts.consistent_wait).await {
+                    return Err(Error::FutureRevision {
+                        requested: rev,
+                        current: self.revision(),
+                    });
+                }
+            }
+        }
+        let st = self.inner.state.lock().map_err(|_| poisoned())?;
+        let lo = match start {
+            Some(s) if s > prefix => s.to_string(),
+            _ => prefix.to_string(),
+        };
+        let end = prefix_end(prefix.as_bytes());
+        let mut out = CachedList {
+            revision: st.revision,
+            ..Default::default()
+        };
+        for (key, kv) in st.objects.range(lo..) {
+            if !end.is_empty() && key.as_bytes() >= end.as_slice() {
+                break;
+            }
+            if limit > 0 && out.kvs.len() >= limit {
+                out.more = true;
+                out.remaining += 1;
+                continue;
+            }
+            out.kvs.push(kv.clone());
+        }
+        Ok(out)
+    }
+
+    async fn list_from_store(
+        &self,
+        prefix: &str,
+        start: Option<&str>,
+        limit: usize,
+        revision: Revision,
+    ) -> Result<CachedList> {
+        let resp = self
+            .inner
+            .store
+            .range(RangeRequest {
+                prefix: prefix.to_string(),
+                start: start.map(str::to_string),
+                revision,
+                limit,
+            })
+            .await?;
+        let remaining = resp.count - resp.kvs.len() as i64;
+        Ok(CachedList {
+            kvs: resp.kvs,
+            revision: resp.revision,
+            more: resp.more,
+            remaining: remaining.max(0),
+        })
+    }
+
+    /// One key as of `from`.
+    pub async fn get(&self, key: &str, from: ReadFrom) -> Result<Option<KeyValue>> {
+        match from {
+            ReadFrom::Exact(rev) => self.inner.store.get(key, rev).await,
+            ReadFrom::Latest => self.inner.store.get(key, 0).await,
+            _ => {
+                let list = self.list(key, None, 0, from).await?;
+                Ok(list.kvs.into_iter().find(|kv| kv.key == key))
+            }
+        }
+    }
+
+    /// Events under `prefix` from revision `from` on (inclusive); 0 means "from now".
+    pub fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
+        Ok(self.register(prefix, from, false)?.1)
+    }
+
+    /// The current state under `prefix` and a watch of everything after it, atomically
+    /// (resourceVersion "0" watches and `sendInitialEvents`).
+    pub fn snapshot_and_watch(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision, WatchStream)> {
+        let (snapshot, stream) = self.register(prefix, 0, true)?;
+        let (kvs, rev) = snapshot.unwrap_or_default();
+        Ok((kvs, rev, stream))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn register(
+        &self,
+        prefix: &str,
+        from: Revision,
+        snapshot: bool,
+    ) -> Result<(Option<(Vec<KeyValue>, Revision)>, WatchStream)> {
+        let mut st = self.inner.state.lock().map_err(|_| poisoned())?;
+        let from = if from <= 0 { st.revision + 1 } else { from };
+        if from < st.oldest {
+            return Err(Error::Compacted {
+                requested: from,
+                compacted: st.oldest - 1,
+            });
+        }
+        let (tx, rx) = mpsc::channel(self.inner.opts.watcher_buffer.max(2));
+        let backlog: Vec<Event> = st
+            .history
+            .iter()
+            .filter(|e| e.revision() >= from && e.kv.key.starts_with(prefix))
+            .cloned()
+            .collect();
+        if !backlog.is_empty() {
+            // The channel is new and has room for one batch.
+            let _ = tx.try_send(Ok(backlog));
+        }
+        let snap = snapshot.then(|| {
+            let kvs = st
+                .objects
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(_, kv)| kv.clone())
+                .collect();
+            (kvs, st.revision)
+        });
+        st.watchers.push(Watcher {
+            prefix: prefix.to_string(),
+            from,
+            tx,
+        });
+        Ok((snap, ReceiverStream::new(rx).boxed()))
+    }
+
+    /// Watchers currently registered.
+    pub fn watcher_count(&self) -> usize {
+        self.inner.state.lock().map(|s| s.watchers.len()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,213 @@
+//! The supervisor: starts the enabled parts in order behind readiness gates and stops them
+//! cleanly on SIGTERM or SIGINT.
+//!
+//! Order: store ready -> API server ready -> scheduler, controllers, kubelet. Each gate is a
+//! [`Gate`] that later parts wait on. On a signal the supervisor stops the parts in reverse, shuts
+//! the store (no new writes, everything acknowledged made durable) and returns, so the process
+//! exits 0.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::cli::AgentArgs;
+use crate::parts::{Part, PartError};
+use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use crate::store::{self, Store};
+
+/// Why a command could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Part(#[from] PartError),
+    #[error("opening the embedded store: {0}")]
+    Embedded(#[from] store::embedded::EmbeddedError),
+    #[error("connecting to the datastore: {0}")]
+    Store(#[from] store::Error),
+    #[error("waiting for signals: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("`k1s agent` joins a server's API, which this version of k1s does not serve yet")]
+    AgentNeedsApi,
+}
+
+/// Where the cluster state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Datastore {
+    /// The embedded store under the data dir.
+    Embedded,
+    /// An etcd cluster.
+    Etcd {
+        endpoints: Vec<String>,
+        ca_file: Option<PathBuf>,
+        cert_file: Option<PathBuf>,
+        key_file: Option<PathBuf>,
+    },
+}
+
+/// Everything `k1s server` needs, typed.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub datastore: Datastore,
+    pub disable_kubelet: bool,
+    pub disable_scheduler: bool,
+    pub disable_controllers: bool,
+    pub disable_addons: Vec<String>,
+    pub https_listen_port: u16,
+    pub bind_address: IpAddr,
+    pub compaction_interval: Duration,
+}
+
+impl ServerConfig {
+    /// The parts this run enables, in start order.
+    pub fn enabled_parts(&self) -> Vec<Part> {
+        let mut parts = Vec::new();
+        if matches!(self.datastore, Datastore::Etcd { .. }) {
+            parts.push(Part::Etcd);
+        }
+        parts.push(Part::ApiServer);
+        if !self.disable_scheduler {
+            parts.push(Part::Scheduler);
+        }
+        if !self.disable_controllers {
+            parts.push(Part::Controllers);
+        }
+        if !self.disable_kubelet {
+            parts.push(Part::Kubelet);
+        }
+        parts
+    }
+
+    /// The embedded store's file.
+    pub fn embedded_path(&self) -> PathBuf {
+        self.data_dir.join("server").join("db").join("state.redb")
+    }
+}
+
+/// A readiness gate: opened once, awaited by any number of later parts.
+#[derive(Clone)]
+pub struct Gate {
+    name: &'static str,
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new(name: &'static str) -> Self {
+        Gate {
+            name,
+            tx: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Opens the gate.
+    pub fn open(&self) {
+        tracing::info!(gate = self.name, "ready");
+        self.tx.send_replace(true);
+    }
+
+    /// Waits until the gate is open.
+    pub async fn wait(&self) {
+        let mut rx = self.tx.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx.wait_for(|open| *open).await;
+    }
+
+    /// Whether the gate is open.
+    pub fn is_open(&self) -> bool {
+        *self.tx.borrow()
+    }
+}
+
+/// Opens the configured store.
+pub async fn open_store(cfg: &ServerConfig) -> Result<Arc<dyn Store>, SupervisorError> {
+    match &cfg.datastore {
+        Datastore::Embedded => {
+            let opts = EmbeddedOptions::new(cfg.embedded_path());
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(opts))
+                .await
+                .map_err(|e| store::Error::backend("opening the embedded store", e))??;
+            Ok(Arc::new(store))
+        }
+        #[cfg(feature = "etcd")]
+        Datastore::Etcd {
+            endpoints,
+            ca_file,
+            cert_file,
+            key_file,
+        } => {
+            let mut opts = store::etcd::EtcdOptions::new(endpoints.clone());
+            opts.ca_file = ca_file.clone();
+            opts.cert_file = cert_file.clone();
+            opts.key_file = key_file.clone();
+            Ok(Arc::new(store::etcd::EtcdStore::connect(opts).await?))
+        }
+        #[cfg(not(feature = "etcd"))]
+        Datastore::Etcd { .. } => Err(PartError::NotBuilt(Part::Etcd).into()),
+    }
+}
+
+/// Runs `k1s server` until SIGTERM or SIGINT.
+pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
+    for part in cfg.enabled_parts() {
+        part.require()?;
+    }
+    let signals = Signals::install()?;
+    let store_ready = Gate::new("store");
+    let store = open_store(&cfg).await?;
+    tracing::info!(
+        backend = store.backend_name(),
+        revision = store.current_revision().await?,
+        "store ready"
+    );
+    store_ready.open();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let compactor = tokio::spawn(store::compactor::run(
+        store.clone(),
+        cfg.compaction_interval,
+        stop_rx,
+    ));
+    tracing::info!(parts = ?cfg.enabled_parts(), "k1s server running");
+
+    let signal = signals.wait().await;
+    tracing::info!(signal, "shutting down");
+    stop_tx.send_replace(true);
+    let _ = compactor.await;
+    store.shutdown().await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Runs `k1s agent`.
+pub async fn run_agent(args: AgentArgs) -> Result<(), SupervisorError> {
+    Part::Kubelet.require()?;
+    tracing::info!(server = %args.server, "agent asked to join");
+    Err(SupervisorError::AgentNeedsApi)
+}
+
+/// SIGTERM and SIGINT, installed before start-up so an early signal is not lost.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, SupervisorError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(SupervisorError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(SupervisorError::Signals)?,
+        })
+    }
+
+    async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! A throwaway etcd (Debian's `etcd-server`) on free loopback ports and a temporary data dir.
+//!
+//! [`EtcdServer::start`] waits until etcd answers; dropping the handle kills that process (by
+//! the PID it started) and removes its data dir.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why etcd could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdServerError {
+    #[error("no `etcd` binary found (install Debian's etcd-server): {0}")]
+    NotInstalled(#[source] std::io::Error),
+    #[error("preparing etcd's data dir: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("etcd did not answer on {url} within {secs} s; its log: {log}")]
+    NotReady { url: String, secs: u64, log: String },
+}
+
+/// A running etcd that this process started.
+pub struct EtcdServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client_url: String,
+    peer_url: String,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl EtcdServer {
+    /// Starts etcd on free loopback ports and waits until it serves requests.
+    pub fn start() -> Result<Self, EtcdServerError> {
+        let dir = tempfile::Builder::new().prefix("k1s-etcd-").tempdir()?;
+        let client_url = format!("http://127.0.0.1:{}", free_port()?);
+        let peer_url = format!("http://127.0.0.1:{}", free_port()?);
+        let mut server = EtcdServer {
+            child: None,
+            dir,
+            client_url,
+            peer_url,
+        };
+        server.spawn(true)?;
+        Ok(server)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    fn spawn(&mut self, new_cluster: bool) -> Result<(), EtcdServerError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let data = self.dir.path().join("data");
+        let child = Command::new("etcd")
+            .arg("--name=k1s-test")
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={}", self.client_url))
+            .arg(format!("--advertise-client-urls={}", self.client_url))
+            .arg(format!("--listen-peer-urls={}", self.peer_url))
+            .arg(format!("--initial-advertise-peer-urls={}", self.peer_url))
+            .arg(format!("--initial-cluster=k1s-test={}", self.peer_url))
+            .arg(format!(
+                "--initial-cluster-state={}",
+                if new_cluster { "new" } else { "existing" }
+            ))
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(EtcdServerError::NotInstalled)?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    fn wait_ready(&self, limit: Duration) -> Result<(), EtcdServerError> {
+        let start = Instant::now();
+        let addr = self.client_url.trim_start_matches("http://").to_string();
+        while start.elapsed() < limit {
+            if health_ok(&addr) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(EtcdServerError::NotReady {
+            url: self.client_url.clone(),
+            secs: limit.as_secs(),
+            log: std::fs::read_to_string(self.log_path()).unwrap_or_default(),
+        })
+    }
+
+    /// The client URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> &str {
+        &self.client_url
+    }
+
+    /// etcd's data dir.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The PID of the etcd process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills etcd (SIGKILL) and waits for it to exit; its data stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub fn restart(&mut self) -> Result<(), EtcdServerError> {
+        self.kill();
+        self.spawn(false)
+    }
+}
+
+/// etcd's `/health` answers `"health":"true"`.
+fn health_ok(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let req = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
