@@ -241,7 +241,11 @@ impl Store for EtcdStore {
             .map_err(|e| self.map(e, req.revision))?;
         Ok(RangeResponse {
             kvs: resp.kvs().iter().map(kv_from).collect(),
-            revision: header_rev(resp.header()),
+            revision: if req.revision > 0 {
+                req.revision
+            } else {
+                header_rev(resp.header())
+            },
             more: resp.more(),
             count: resp.count(),
         })
