@@ -39,14 +39,19 @@ fn durability_child() {
                     let (key, kv) = if i % 3 == 2 {
                         let kv = match shared_rev {
                             None => store.create(&shared, Bytes::from(value.clone())).await,
-                            Some(rev) => store.update(&shared, Bytes::from(value.clone()), rev).await,
+                            Some(rev) => {
+                                store.update(&shared, Bytes::from(value.clone()), rev).await
+                            }
                         }
                         .expect("shared write");
                         shared_rev = Some(kv.mod_revision);
                         (shared.clone(), kv)
                     } else {
                         let key = format!("/d/{round}/{t}/{i}");
-                        let kv = store.create(&key, Bytes::from(value.clone())).await.expect("create");
+                        let kv = store
+                            .create(&key, Bytes::from(value.clone()))
+                            .await
+                            .expect("create");
                         (key, kv)
                     };
                     // One write call per line, after the store acknowledged the write.
@@ -82,7 +87,12 @@ fn kill_9_loses_no_acknowledged_write() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     for round in 0..ROUNDS {
         let mut child = Command::new(&exe)
-            .args(["durability_child", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "durability_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DB, &db)
             .env(CHILD_ROUND, round.to_string())
             .stdout(Stdio::piped())
@@ -120,7 +130,10 @@ fn kill_9_loses_no_acknowledged_write() {
     }
     // ...and at the end everything is checked once more.
     rt.block_on(verify(&db, &acked, 1, ROUNDS));
-    eprintln!("{ROUNDS} kills, {} acknowledged writes, none lost", acked.len());
+    eprintln!(
+        "{ROUNDS} kills, {} acknowledged writes, none lost",
+        acked.len()
+    );
 }
 
 /// Reopens the store and checks every acknowledged write and the history's shape.
@@ -128,14 +141,21 @@ async fn verify(db: &std::path::Path, acked: &[(String, i64, String)], from: i64
     let store = EmbeddedStore::open(EmbeddedOptions::new(db)).expect("reopen after kill");
     let current = store.current_revision().await.expect("revision");
     for (key, rev, value) in acked {
-        assert!(*rev <= current, "round {round}: acked revision {rev} above current {current}");
+        assert!(
+            *rev <= current,
+            "round {round}: acked revision {rev} above current {current}"
+        );
         let kv = store
             .get(key, *rev)
             .await
             .expect("get acked")
             .unwrap_or_else(|| panic!("round {round}: acknowledged write {key}@{rev} lost"));
         assert_eq!(kv.mod_revision, *rev, "round {round}: {key}");
-        assert_eq!(kv.value, Bytes::from(value.clone()), "round {round}: {key}@{rev}");
+        assert_eq!(
+            kv.value,
+            Bytes::from(value.clone()),
+            "round {round}: {key}@{rev}"
+        );
     }
     // The history from `from` is gapless and agrees with the acknowledgements.
     let mut stream = store.watch("/d/", from).await.expect("watch history");

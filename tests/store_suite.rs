@@ -66,17 +66,26 @@ mod cases {
             Err(Error::AlreadyExists { key }) => assert_eq!(key, "/t/a"),
             other => panic!("expected AlreadyExists, got {other:?}"),
         }
-        assert_eq!(s.current_revision().await.expect("rev"), rev, "a failed write bumps nothing");
+        assert_eq!(
+            s.current_revision().await.expect("rev"),
+            rev,
+            "a failed write bumps nothing"
+        );
     }
 
     pub async fn update_is_guarded(s: Arc<dyn Store>) {
         let kv = s.create("/t/a", b("1")).await.expect("create");
-        let up = s.update("/t/a", b("2"), kv.mod_revision).await.expect("update");
+        let up = s
+            .update("/t/a", b("2"), kv.mod_revision)
+            .await
+            .expect("update");
         assert_eq!(up.create_revision, kv.create_revision);
         assert_eq!(up.version, 2);
         assert_eq!(up.mod_revision, kv.mod_revision + 1);
         match s.update("/t/a", b("3"), kv.mod_revision).await {
-            Err(Error::Conflict { current, expected, .. }) => {
+            Err(Error::Conflict {
+                current, expected, ..
+            }) => {
                 assert_eq!(expected, kv.mod_revision);
                 let cur = current.expect("current value");
                 assert_eq!(cur.value, b("2"));
@@ -100,12 +109,17 @@ mod cases {
             Err(Error::Conflict { .. }) => {}
             other => panic!("expected Conflict, got {other:?}"),
         }
-        let del = s.delete("/t/a", Some(kv.mod_revision)).await.expect("delete");
+        let del = s
+            .delete("/t/a", Some(kv.mod_revision))
+            .await
+            .expect("delete");
         assert_eq!(del.prev, kv);
         assert_eq!(del.revision, kv.mod_revision + 1);
         assert_eq!(s.get("/t/a", 0).await.expect("get"), None);
         assert_eq!(
-            s.get("/t/a", kv.mod_revision).await.expect("get before delete"),
+            s.get("/t/a", kv.mod_revision)
+                .await
+                .expect("get before delete"),
             Some(kv.clone())
         );
         match s.delete("/t/a", None).await {
@@ -140,8 +154,14 @@ mod cases {
         assert_eq!(first.count, 10);
         let at = first.revision;
         // Change the world between pages; the pages must not see it.
-        let k5 = s.get("/t/items/05", 0).await.expect("get").expect("present");
-        s.update("/t/items/05", b("changed"), k5.mod_revision).await.expect("update");
+        let k5 = s
+            .get("/t/items/05", 0)
+            .await
+            .expect("get")
+            .expect("present");
+        s.update("/t/items/05", b("changed"), k5.mod_revision)
+            .await
+            .expect("update");
         s.delete("/t/items/07", None).await.expect("delete");
         s.create("/t/items/99", b("late")).await.expect("create");
 
@@ -194,7 +214,10 @@ mod cases {
     pub async fn watch_replays_history_then_follows(s: Arc<dyn Store>) {
         let a = s.create("/t/w/a", b("1")).await.expect("create");
         s.create("/t/other", b("x")).await.expect("create");
-        let a2 = s.update("/t/w/a", b("2"), a.mod_revision).await.expect("update");
+        let a2 = s
+            .update("/t/w/a", b("2"), a.mod_revision)
+            .await
+            .expect("update");
         let mut stream = s.watch("/t/w/", a.mod_revision).await.expect("watch");
         let replay = take_events(&mut stream, 2).await;
         assert_eq!(replay[0].kind, EventKind::Put);
@@ -257,12 +280,17 @@ mod cases {
 
     pub async fn compaction_forgets_history_only(s: Arc<dyn Store>) {
         let a = s.create("/t/k/a", b("1")).await.expect("create");
-        let a2 = s.update("/t/k/a", b("2"), a.mod_revision).await.expect("update");
+        let a2 = s
+            .update("/t/k/a", b("2"), a.mod_revision)
+            .await
+            .expect("update");
         let gone = s.create("/t/k/gone", b("x")).await.expect("create");
         s.delete("/t/k/gone", None).await.expect("delete");
         let keep = s.create("/t/k/b", b("b")).await.expect("create");
         let at = s.current_revision().await.expect("rev");
-        s.update("/t/k/b", b("b2"), keep.mod_revision).await.expect("update");
+        s.update("/t/k/b", b("b2"), keep.mod_revision)
+            .await
+            .expect("update");
         s.compact(at).await.expect("compact");
         assert_eq!(s.compacted_revision().await.expect("compacted"), at);
         // Below the compacted revision: refused.
@@ -291,22 +319,38 @@ mod cases {
             })
             .await
             .expect("range at compacted revision");
-        let vals: Vec<(String, Bytes)> = snap.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone())).collect();
+        let vals: Vec<(String, Bytes)> = snap
+            .kvs
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
         assert_eq!(
             vals,
-            vec![("/t/k/a".to_string(), b("2")), ("/t/k/b".to_string(), b("b"))]
+            vec![
+                ("/t/k/a".to_string(), b("2")),
+                ("/t/k/b".to_string(), b("b"))
+            ]
         );
         assert_eq!(s.get("/t/k/a", 0).await.expect("get"), Some(a2));
-        let mut stream = s.watch("/t/k/", at).await.expect("watch from compacted revision");
+        let mut stream = s
+            .watch("/t/k/", at)
+            .await
+            .expect("watch from compacted revision");
         let ev = take_events(&mut stream, 2).await;
-        assert_eq!(ev[0].kv.value, b("b"), "the event at the compacted revision itself");
+        assert_eq!(
+            ev[0].kv.value,
+            b("b"),
+            "the event at the compacted revision itself"
+        );
         assert_eq!(ev[1].kv.value, b("b2"));
         match s.compact(at).await {
             Err(Error::Compacted { .. }) => {}
             other => panic!("compacting again: expected Compacted, got {other:?}"),
         }
         // Writes go on after compaction.
-        s.create("/t/k/c", b("c")).await.expect("create after compaction");
+        s.create("/t/k/c", b("c"))
+            .await
+            .expect("create after compaction");
     }
 
     pub async fn bad_input_is_refused(s: Arc<dyn Store>) {

@@ -79,7 +79,9 @@ pub fn parse(argv: &[String]) -> Result<Cli, ConfigError> {
     let mut full: Vec<String> = argv.iter().take(2).cloned().collect();
     full.extend(extra);
     full.extend(argv.iter().skip(2).cloned());
-    let matches = Cli::command().try_get_matches_from(full).map_err(clap_error)?;
+    let matches = Cli::command()
+        .try_get_matches_from(full)
+        .map_err(clap_error)?;
     Cli::from_arg_matches(&matches).map_err(clap_error)
 }
 
@@ -99,7 +101,11 @@ fn file_args(sub: &str, path: &Path, explicit: bool) -> Result<Vec<String>, Conf
     let map = match value {
         Value::Null => return Ok(Vec::new()),
         Value::Mapping(m) => m,
-        _ => return Err(file_err("expected a mapping of flag names to values".into())),
+        _ => {
+            return Err(file_err(
+                "expected a mapping of flag names to values".into(),
+            ))
+        }
     };
     let cmd = Cli::command();
     let subcmd = cmd
@@ -207,7 +213,10 @@ mod tests {
         let err = with_config("no-such-flag: 1\n", &["k1s", "server"])
             .expect_err("must fail")
             .to_string();
-        assert!(err.contains("key `no-such-flag`: not a flag of `k1s server`"), "{err}");
+        assert!(
+            err.contains("key `no-such-flag`: not a flag of `k1s server`"),
+            "{err}"
+        );
         assert_eq!(err.lines().count(), 1);
     }
 
@@ -235,9 +244,14 @@ mod tests {
 
     #[test]
     fn missing_explicit_config_fails() {
-        let err = parse(&argv(&["k1s", "server", "--config", "/nonexistent/k1s.yaml"]))
-            .expect_err("must fail")
-            .to_string();
+        let err = parse(&argv(&[
+            "k1s",
+            "server",
+            "--config",
+            "/nonexistent/k1s.yaml",
+        ]))
+        .expect_err("must fail")
+        .to_string();
         assert!(err.contains("cannot read"), "{err}");
     }
 }

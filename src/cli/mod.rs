@@ -25,7 +25,12 @@ pub const DEFAULT_CONFIG: &str = "/etc/k1s/config.yaml";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/k1s";
 
 #[derive(Debug, Parser)]
-#[command(name = "k1s", version, about = "Kubernetes in one binary", propagate_version = true)]
+#[command(
+    name = "k1s",
+    version,
+    about = "Kubernetes in one binary",
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -256,7 +261,10 @@ fn run_async<E: std::fmt::Display>(
         eprintln!("k1s: {e}");
         return 2;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("k1s: starting the async runtime: {e}");

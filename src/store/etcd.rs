@@ -23,8 +23,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::keys::prefix_end;
 use super::{
-    check_key, check_size, Deleted, Error, Event, EventKind, KeyValue, RangeRequest,
-    RangeResponse, Result, Revision, Store, WatchStream, DEFAULT_MAX_VALUE_BYTES,
+    check_key, check_size, Deleted, Error, Event, EventKind, KeyValue, RangeRequest, RangeResponse,
+    Result, Revision, Store, WatchStream, DEFAULT_MAX_VALUE_BYTES,
 };
 
 /// How to reach etcd.
@@ -326,7 +326,10 @@ impl Store for EtcdStore {
         };
         let txn = Txn::new()
             .when([Compare::version(key, CompareOp::Greater, 0), guard])
-            .and_then([TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key()))])
+            .and_then([TxnOp::delete(
+                key,
+                Some(DeleteOptions::new().with_prev_key()),
+            )])
             .or_else([TxnOp::get(key, None)]);
         let resp = self.writable()?.txn(txn).await.map_err(map_err)?;
         let ops = resp.op_responses();
@@ -384,7 +387,10 @@ impl Store for EtcdStore {
     async fn current_revision(&self) -> Result<Revision> {
         let resp = self
             .client()
-            .get("\u{1}k1s-revision-probe", Some(GetOptions::new().with_count_only()))
+            .get(
+                "\u{1}k1s-revision-probe",
+                Some(GetOptions::new().with_count_only()),
+            )
             .await
             .map_err(map_err)?;
         Ok(header_rev(resp.header()))

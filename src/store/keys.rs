@@ -52,7 +52,10 @@ mod tests {
             "/registry/pods/default/web-0"
         );
         assert_eq!(object_key("nodes", None, "n1"), "/registry/nodes/n1");
-        assert_eq!(list_prefix("pods", Some("kube-system")), "/registry/pods/kube-system/");
+        assert_eq!(
+            list_prefix("pods", Some("kube-system")),
+            "/registry/pods/kube-system/"
+        );
         assert_eq!(list_prefix("pods", None), "/registry/pods/");
     }
 

@@ -258,7 +258,10 @@ impl WatchCache {
             ReadFrom::Any => {}
             ReadFrom::Latest => {
                 let current = self.inner.store.current_revision().await?;
-                if !self.wait_for(current, self.inner.opts.consistent_wait).await {
+                if !self
+                    .wait_for(current, self.inner.opts.consistent_wait)
+                    .await
+                {
                     return self.list_from_store(prefix, start, limit, 0).await;
                 }
             }
@@ -340,7 +343,10 @@ impl WatchCache {
 
     /// The current state under `prefix` and a watch of everything after it, atomically
     /// (resourceVersion "0" watches and `sendInitialEvents`).
-    pub fn snapshot_and_watch(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision, WatchStream)> {
+    pub fn snapshot_and_watch(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<KeyValue>, Revision, WatchStream)> {
         let (snapshot, stream) = self.register(prefix, 0, true)?;
         let (kvs, rev) = snapshot.unwrap_or_default();
         Ok((kvs, rev, stream))
@@ -391,6 +397,10 @@ impl WatchCache {
 
     /// Watchers currently registered.
     pub fn watcher_count(&self) -> usize {
-        self.inner.state.lock().map(|s| s.watchers.len()).unwrap_or(0)
+        self.inner
+            .state
+            .lock()
+            .map(|s| s.watchers.len())
+            .unwrap_or(0)
     }
 }

@@ -8,6 +8,7 @@
 mod codec;
 mod reads;
 mod tables;
+mod wal;
 mod watch;
 mod writer;
 
@@ -43,6 +44,12 @@ pub enum EmbeddedError {
     },
     #[error("starting the writer thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("write-ahead log {path}: {source}")]
+    Wal {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 macro_rules! from_redb {
@@ -164,6 +171,22 @@ impl EmbeddedStore {
             })?;
         let db = Arc::new(db);
         let state = tables::init(&db)?;
+        // Batches acknowledged after the last checkpoint live in the write-ahead log.
+        let wal_path = wal::path_for(&opts.path);
+        let wal_err = |source| EmbeddedError::Wal {
+            path: wal_path.clone(),
+            source,
+        };
+        let (batches, valid) = wal::read_all(&wal_path).map_err(wal_err)?;
+        let state = if batches.is_empty() {
+            state
+        } else {
+            let (state, replayed) = tables::replay(&db, &batches, state)?;
+            tracing::info!(replayed, revision = state.revision, "embedded store: replayed the write-ahead log");
+            state
+        };
+        let mut log = wal::Wal::open(&wal_path, valid).map_err(wal_err)?;
+        log.reset().map_err(wal_err)?;
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         let shared = Arc::new(Shared {
             current: AtomicI64::new(state.revision),
@@ -171,7 +194,7 @@ impl EmbeddedStore {
             events: Mutex::new(Some(events)),
         });
         let (tx, rx) = mpsc::channel();
-        let writer = Writer::new(db.clone(), shared.clone(), rx, opts.max_batch.max(1), state);
+        let writer = Writer::new(db.clone(), shared.clone(), rx, opts.max_batch.max(1), state, log);
         let handle = std::thread::Builder::new()
             .name("k1s-store-writer".into())
             .spawn(move || writer.run())

@@ -7,6 +7,8 @@
 
 use redb::{Database, ReadableTable, TableDefinition};
 
+use super::codec::rev_key;
+use super::wal::Batch;
 use super::EmbeddedError;
 use crate::store::Revision;
 
@@ -50,4 +52,35 @@ pub fn init(db: &Database) -> Result<MetaState, EmbeddedError> {
     };
     txn.commit()?;
     Ok(state)
+}
+
+/// Replays logged batches above the durable revision into redb and commits durably. Returns the
+/// recovered metadata and how many writes were replayed.
+pub fn replay(
+    db: &Database,
+    batches: &[Batch],
+    mut state: MetaState,
+) -> Result<(MetaState, usize), EmbeddedError> {
+    let durable = state.revision;
+    let mut replayed = 0;
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(true);
+    {
+        let mut revs = txn.open_table(REVS)?;
+        let mut log = txn.open_table(LOG)?;
+        for batch in batches {
+            for e in batch.entries.iter().filter(|e| e.rev > durable) {
+                revs.insert(rev_key(&e.key, e.rev).as_slice(), e.record.as_slice())?;
+                log.insert(e.rev as u64, e.key.as_slice())?;
+                replayed += 1;
+            }
+            state.revision = state.revision.max(batch.revision);
+            state.compacted = state.compacted.max(batch.compacted);
+        }
+        let mut meta = txn.open_table(META)?;
+        meta.insert(META_REVISION, state.revision as u64)?;
+        meta.insert(META_COMPACTED, state.compacted as u64)?;
+    }
+    txn.commit()?;
+    Ok((state, replayed))
 }

@@ -124,9 +124,7 @@ impl Watcher {
                     }
                     let events: Vec<Event> = batch
                         .iter()
-                        .filter(|e| {
-                            e.revision() >= self.next && e.kv.key.starts_with(&self.prefix)
-                        })
+                        .filter(|e| e.revision() >= self.next && e.kv.key.starts_with(&self.prefix))
                         .cloned()
                         .collect();
                     self.next = last + 1;

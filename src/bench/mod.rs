@@ -1,0 +1,97 @@
+//! `k1s bench store`: write throughput and latency of each store backend against raw etcd.
+//!
+//! In one run, for each number of concurrent writers, it measures raw etcd-client puts (the
+//! anchor), the etcd backend's guarded creates against the same etcd, and the embedded backend's
+//! creates (every one fsynced before it is acknowledged), then prints a table with the ratios to
+//! the anchor. Without `--etcd-endpoint` it starts a throwaway etcd on loopback; the embedded
+//! store's file sits beside that etcd's data, on the same disk.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::parts::{Part, PartError};
+
+#[cfg(feature = "etcd")]
+mod store;
+
+/// Flags of `k1s bench store`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Measure against this etcd instead of starting one.
+    #[arg(long, value_name = "URL")]
+    pub etcd_endpoint: Option<String>,
+    /// Concurrent writer counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub writers: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Bytes per value written.
+    #[arg(long, default_value_t = 1024)]
+    pub value_bytes: usize,
+}
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Part(#[from] PartError),
+    #[error("starting etcd: {0}")]
+    Etcd(#[from] crate::testing::etcd::EtcdServerError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::Error),
+    #[error("opening the embedded store: {0}")]
+    Embedded(#[from] crate::store::embedded::EmbeddedError),
+    #[error("preparing a temp dir: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("raw etcd put failed: {0}")]
+    Raw(String),
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub target: &'static str,
+    pub writers: usize,
+    pub ops: usize,
+    pub per_sec: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+/// Runs the store benchmark and prints its table.
+pub async fn run_store(args: BenchArgs) -> Result<(), BenchError> {
+    Part::Etcd.require()?;
+    #[cfg(feature = "etcd")]
+    return store::run(args).await;
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = args;
+        Err(PartError::NotBuilt(Part::Etcd).into())
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// Prints the results as a Markdown table with ratios to the anchor.
+pub fn print_table(rows: &[(Sample, Sample, Sample, Sample)]) {
+    println!();
+    println!("| writers | target | writes/s | p50 ms | p99 ms | vs raw etcd |");
+    println!("|--:|---|--:|--:|--:|--:|");
+    for (anchor, txn, etcd, emb) in rows {
+        for s in [anchor, txn, etcd, emb] {
+            println!(
+                "| {} | {} | {:.0} | {} | {} | {:.2}x |",
+                s.writers,
+                s.target,
+                s.per_sec,
+                ms(s.p50),
+                ms(s.p99),
+                s.per_sec / anchor.per_sec.max(1e-9)
+            );
+        }
+    }
+}
