@@ -27,7 +27,10 @@ fn version_names_kubernetes_and_parts() {
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("Kubernetes v1.37"), "{out}");
-    assert!(out.contains("apiserver") && out.contains("kubelet"), "{out}");
+    assert!(
+        out.contains("apiserver") && out.contains("kubelet"),
+        "{out}"
+    );
 }
 
 #[test]

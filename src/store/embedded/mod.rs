@@ -6,6 +6,8 @@
 //! range or get at any revision since the last compaction is exact.
 
 mod codec;
+mod compact;
+mod overlay;
 mod reads;
 mod tables;
 mod wal;
@@ -44,6 +46,8 @@ pub enum EmbeddedError {
     },
     #[error("starting the writer thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("a lock inside the store is poisoned")]
+    Poisoned,
     #[error("write-ahead log {path}: {source}")]
     Wal {
         path: PathBuf,
@@ -106,9 +110,29 @@ pub(crate) struct Shared {
     pub compacted: AtomicI64,
     /// Committed batches; `None` once the writer has stopped, which ends every watch.
     events: Mutex<Option<broadcast::Sender<Arc<Vec<Event>>>>>,
+    /// Writes not yet flushed to redb.
+    view: Mutex<Arc<overlay::Overlay>>,
 }
 
 impl Shared {
+    /// A consistent read view: the published overlay and a redb snapshot taken under one lock.
+    pub fn snapshot(
+        &self,
+        db: &Database,
+    ) -> Result<(Arc<overlay::Overlay>, redb::ReadTransaction), EmbeddedError> {
+        use redb::ReadableDatabase;
+        let view = self.view.lock().map_err(|_| EmbeddedError::Poisoned)?;
+        let txn = db.begin_read()?;
+        Ok((view.clone(), txn))
+    }
+
+    /// Publishes the writer's overlay.
+    pub fn set_overlay(&self, overlay: overlay::Overlay) {
+        if let Ok(mut view) = self.view.lock() {
+            *view = Arc::new(overlay);
+        }
+    }
+
     /// Follows committed batches; `None` after shutdown.
     pub fn subscribe(&self) -> Option<broadcast::Receiver<Arc<Vec<Event>>>> {
         self.events.lock().ok()?.as_ref().map(|tx| tx.subscribe())
@@ -182,7 +206,11 @@ impl EmbeddedStore {
             state
         } else {
             let (state, replayed) = tables::replay(&db, &batches, state)?;
-            tracing::info!(replayed, revision = state.revision, "embedded store: replayed the write-ahead log");
+            tracing::info!(
+                replayed,
+                revision = state.revision,
+                "embedded store: replayed the write-ahead log"
+            );
             state
         };
         let mut log = wal::Wal::open(&wal_path, valid).map_err(wal_err)?;
@@ -192,9 +220,20 @@ impl EmbeddedStore {
             current: AtomicI64::new(state.revision),
             compacted: AtomicI64::new(state.compacted),
             events: Mutex::new(Some(events)),
+            view: Mutex::new(Arc::new(overlay::Overlay {
+                parts: Vec::new(),
+                meta: state,
+            })),
         });
         let (tx, rx) = mpsc::channel();
-        let writer = Writer::new(db.clone(), shared.clone(), rx, opts.max_batch.max(1), state, log);
+        let writer = Writer::new(
+            db.clone(),
+            shared.clone(),
+            rx,
+            opts.max_batch.max(1),
+            state,
+            log,
+        );
         let handle = std::thread::Builder::new()
             .name("k1s-store-writer".into())
             .spawn(move || writer.run())
@@ -266,12 +305,13 @@ impl Store for EmbeddedStore {
     async fn get(&self, key: &str, revision: Revision) -> Result<Option<KeyValue>> {
         check_key(key)?;
         let key = key.to_string();
-        self.blocking(move |db, _| reads::get(db, &key, revision))
+        self.blocking(move |db, shared| reads::get(db, shared, &key, revision))
             .await
     }
 
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        self.blocking(move |db, _| reads::range(db, &req)).await
+        self.blocking(move |db, shared| reads::range(db, shared, &req))
+            .await
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {

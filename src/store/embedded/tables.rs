@@ -7,6 +7,8 @@
 
 use redb::{Database, ReadableTable, TableDefinition};
 
+use super::codec;
+
 use super::codec::rev_key;
 use super::wal::Batch;
 use super::EmbeddedError;
@@ -83,4 +85,28 @@ pub fn replay(
     }
     txn.commit()?;
     Ok((state, replayed))
+}
+
+/// The latest record of `key` at or below `rev`: its revision and decoded record.
+pub fn latest_at(
+    revs: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+    rev: Revision,
+) -> Result<Option<(Revision, codec::Record)>, EmbeddedError> {
+    let lo = rev_key(key, 0);
+    let hi = rev_key(key, rev);
+    let mut range = revs.range(lo.as_slice()..=hi.as_slice())?;
+    match range.next_back() {
+        Some(item) => {
+            let (k, v) = item?;
+            let (_, r) = codec::split_rev_key(k.value()).ok_or(EmbeddedError::Corrupt {
+                what: "history key",
+            })?;
+            let rec = codec::decode(v.value()).ok_or(EmbeddedError::Corrupt {
+                what: "history record",
+            })?;
+            Ok(Some((r, rec)))
+        }
+        None => Ok(None),
+    }
 }

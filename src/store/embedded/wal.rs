@@ -49,11 +49,12 @@ pub fn path_for(db: &Path) -> PathBuf {
 }
 
 fn encode(batch: &Batch) -> Vec<u8> {
-    let size: usize = 20 + batch
-        .entries
-        .iter()
-        .map(|e| 16 + e.key.len() + e.record.len())
-        .sum::<usize>();
+    let size: usize = 20
+        + batch
+            .entries
+            .iter()
+            .map(|e| 16 + e.key.len() + e.record.len())
+            .sum::<usize>();
     let mut payload = Vec::with_capacity(size);
     payload.extend_from_slice(&(batch.revision as u64).to_le_bytes());
     payload.extend_from_slice(&(batch.compacted as u64).to_le_bytes());
@@ -125,7 +126,8 @@ pub fn read_all(path: &Path) -> std::io::Result<(Vec<Batch>, u64)> {
     let mut batches = Vec::new();
     let mut pos = 0usize;
     while data.len() - pos >= 8 {
-        let len = u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]) as usize;
+        let len =
+            u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]) as usize;
         let crc = u32::from_le_bytes([data[pos + 4], data[pos + 5], data[pos + 6], data[pos + 7]]);
         let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
             break;

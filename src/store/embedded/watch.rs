@@ -91,9 +91,10 @@ impl Watcher {
             if self.next > current {
                 return State::Live(sub);
             }
-            let (db, prefix, from) = (self.db.clone(), self.prefix.clone(), self.next);
+            let (db, shared) = (self.db.clone(), self.shared.clone());
+            let (prefix, from) = (self.prefix.clone(), self.next);
             let read = tokio::task::spawn_blocking(move || {
-                reads::read_log(&db, &prefix, from, current, CATCH_UP_STEP)
+                reads::read_log(&db, &shared, &prefix, from, current, CATCH_UP_STEP)
             })
             .await;
             let (events, last) = match read {

@@ -1,17 +1,19 @@
-//! The single writer thread of the embedded store: group commit and online compaction.
+//! The single writer thread of the embedded store: group commit, flushes and compaction.
 //!
 //! Every write is an [`Op`] sent to one OS thread. The thread takes all ops waiting in its queue,
-//! applies them in order in one redb write transaction, appends the resulting writes to the
-//! write-ahead log with one fdatasync ([`super::wal`]), commits the transaction without an fsync,
-//! then answers each op and publishes the batch's events. Concurrent writers therefore share
-//! fsyncs, and no write is answered before it is on disk. A periodic checkpoint makes redb itself
-//! durable and empties the log.
+//! applies them in order against the unflushed writes and a redb snapshot, appends the batch's
+//! writes to the write-ahead log with one fdatasync ([`super::wal`]), then publishes them in the
+//! overlay ([`super::overlay`]), answers each op and broadcasts the events. Concurrent writers
+//! thus share an fsync, and nothing is visible or acknowledged before it is on disk.
 //!
-//! Compaction has two halves. [`Op::Compact`] durably records the new compacted revision in the
-//! same kind of batch (readers refuse older revisions from then on). The physical clean-up then
-//! runs in small chunks, each its own non-durable transaction, only while no write is waiting, so
-//! it never holds the write lock for more than a chunk. A crash loses at most the clean-up
-//! progress since the last durable commit, which the next start redoes.
+//! Every few hundred milliseconds (or when idle, or past a size) a flush writes the overlay into
+//! redb in one durable transaction and empties the log: redb rewrites each hot B-tree page once
+//! per flush rather than once per batch.
+//!
+//! Compaction: [`Op::Compact`] records the compacted revision like any write; the physical
+//! clean-up runs in chunks ([`super::compact`]) while no write is waiting, each a short
+//! non-durable redb transaction made durable by the next flush. A crash loses at most clean-up
+//! progress, which the next start redoes.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -19,23 +21,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase};
 use tokio::sync::oneshot;
 
 use super::codec::{self, rev_key};
-use super::tables::{self, LOG, META, REVS};
+use super::overlay::{Frozen, Mirror, Overlay};
+use super::tables::{self, MetaState, LOG, META, REVS};
 use super::wal::{self, Wal};
-use super::{EmbeddedError, Shared};
+use super::{compact, EmbeddedError, Shared};
 use crate::store::{Deleted, Error, Event, EventKind, KeyValue, Result, Revision};
 
-/// Log entries cleaned up per compaction chunk (one short transaction).
-const COMPACT_CHUNK: usize = 256;
-/// A checkpoint happens at least this often under load...
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
-/// ...when the write-ahead log grows past this...
-const CHECKPOINT_BYTES: u64 = 64 << 20;
-/// ...and after this long without writes.
-const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
+/// Flush at least this often while writes keep coming...
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// ...or once this many writes or log bytes wait...
+const FLUSH_WRITES: usize = 16_384;
+const FLUSH_BYTES: u64 = 64 << 20;
+/// ...or after this long without writes.
+const FLUSH_IDLE: Duration = Duration::from_millis(20);
 
 /// One request to the writer thread.
 pub(super) enum Op {
@@ -71,37 +73,23 @@ enum Pending {
     Unit(oneshot::Sender<Result<()>>, Result<()>),
 }
 
+fn failed<T>(r: Result<T>, failure: Option<&str>) -> Result<T> {
+    match (r, failure) {
+        (Ok(_), Some(reason)) => Err(Error::Unavailable {
+            reason: format!("write failed: {reason}"),
+        }),
+        (r, _) => r,
+    }
+}
+
 impl Pending {
-    /// Sends the answer, turning a success into `failure` when the batch did not commit.
+    /// Sends the answer, turning a success into a failure when the batch was not logged.
+    /// A caller that went away does not need its answer, so send errors are ignored.
     fn answer(self, failure: Option<&str>) {
-        let fail = |ok: bool| -> Option<Error> {
-            match (ok, failure) {
-                (true, Some(reason)) => Some(Error::Unavailable {
-                    reason: format!("commit failed: {reason}"),
-                }),
-                _ => None,
-            }
-        };
-        // A caller that went away does not need its answer; ignoring the send error is right.
         match self {
-            Pending::Kv(tx, r) => {
-                let _ = tx.send(match fail(r.is_ok()) {
-                    Some(e) => Err(e),
-                    None => r,
-                });
-            }
-            Pending::Deleted(tx, r) => {
-                let _ = tx.send(match fail(r.is_ok()) {
-                    Some(e) => Err(e),
-                    None => r,
-                });
-            }
-            Pending::Unit(tx, r) => {
-                let _ = tx.send(match fail(r.is_ok()) {
-                    Some(e) => Err(e),
-                    None => r,
-                });
-            }
+            Pending::Kv(tx, r) => drop(tx.send(failed(r, failure))),
+            Pending::Deleted(tx, r) => drop(tx.send(failed(r, failure))),
+            Pending::Unit(tx, r) => drop(tx.send(failed(r, failure))),
         }
     }
 }
@@ -112,16 +100,15 @@ pub(super) struct Writer {
     shared: Arc<Shared>,
     ops: Receiver<Op>,
     max_batch: usize,
-    /// The last committed revision.
-    revision: Revision,
-    /// The compacted revision (durable).
-    compacted: Revision,
-    /// Log entries below this revision are cleaned up.
-    cleaned: Revision,
-    /// Non-durable commits are waiting for a checkpoint.
-    unsynced: bool,
+    meta: MetaState,
     wal: Wal,
-    last_checkpoint: Instant,
+    /// Writes logged but not flushed, for the writer's own lookups.
+    mirror: Mirror,
+    /// The same writes as published to readers.
+    overlay: Overlay,
+    first_unflushed: Option<Instant>,
+    /// Non-durable compaction commits wait for a flush.
+    unsynced: bool,
 }
 
 impl Writer {
@@ -130,7 +117,7 @@ impl Writer {
         shared: Arc<Shared>,
         ops: Receiver<Op>,
         max_batch: usize,
-        state: tables::MetaState,
+        meta: MetaState,
         wal: Wal,
     ) -> Self {
         Writer {
@@ -138,49 +125,53 @@ impl Writer {
             shared,
             ops,
             max_batch,
-            revision: state.revision,
-            compacted: state.compacted,
-            cleaned: state.cleaned,
-            unsynced: false,
+            meta,
             wal,
-            last_checkpoint: Instant::now(),
+            mirror: Mirror::default(),
+            overlay: Overlay {
+                parts: Vec::new(),
+                meta,
+            },
+            first_unflushed: None,
+            unsynced: false,
         }
     }
 
     /// Runs until a [`Op::Shutdown`] arrives or every sender is gone.
     pub(super) fn run(mut self) {
         self.run_loop();
+        self.flush_logged();
         self.shared.close();
+    }
+
+    fn dirty(&self) -> bool {
+        !self.mirror.is_empty() || self.unsynced
     }
 
     fn run_loop(&mut self) {
         loop {
-            let first = if self.cleaned < self.compacted {
+            let first = if self.meta.cleaned < self.meta.compacted {
                 match self.ops.try_recv() {
                     Ok(op) => op,
                     Err(TryRecvError::Empty) => {
-                        if let Err(e) = self.compact_chunk() {
-                            tracing::error!(error = %e, "embedded store: compaction chunk failed");
-                            // Leave the rest for the next compaction rather than spin on it.
-                            self.cleaned = self.compacted;
-                        }
+                        self.compact_step();
                         continue;
                     }
-                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Disconnected) => return,
                 }
-            } else if self.unsynced {
-                match self.ops.recv_timeout(CHECKPOINT_IDLE) {
+            } else if self.dirty() {
+                match self.ops.recv_timeout(FLUSH_IDLE) {
                     Ok(op) => op,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.checkpoint_logged();
+                        self.flush_logged();
                         continue;
                     }
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             } else {
                 match self.ops.recv() {
                     Ok(op) => op,
-                    Err(_) => break,
+                    Err(_) => return,
                 }
             };
             let mut batch = vec![first];
@@ -193,30 +184,42 @@ impl Writer {
             if self.commit_batch(batch) {
                 return;
             }
-            if self.unsynced
-                && (self.wal.size() > CHECKPOINT_BYTES
-                    || self.last_checkpoint.elapsed() > CHECKPOINT_EVERY)
-            {
-                self.checkpoint_logged();
+            let due = self
+                .first_unflushed
+                .is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
+            if due || self.mirror.log.len() >= FLUSH_WRITES || self.wal.size() >= FLUSH_BYTES {
+                self.flush_logged();
             }
         }
-        self.checkpoint_logged();
     }
 
-    /// Applies and commits one batch; answers every op. Returns true on shutdown.
+    /// One compaction step: flush first (the clean-up works on redb alone), then one chunk.
+    fn compact_step(&mut self) {
+        if !self.mirror.is_empty() {
+            self.flush_logged();
+            if !self.mirror.is_empty() {
+                return;
+            }
+        }
+        if let Err(e) = self.compact_chunk() {
+            tracing::error!(error = %e, "embedded store: compaction chunk failed");
+            // Leave the rest for the next compaction rather than spin on it.
+            self.meta.cleaned = self.meta.compacted;
+        }
+    }
+
+    /// Applies, logs and publishes one batch; answers every op. Returns true on shutdown.
     fn commit_batch(&mut self, batch: Vec<Op>) -> bool {
         let mut shutdown = Vec::new();
         let mut pending = Vec::with_capacity(batch.len());
-        let mut events = Vec::new();
-        let outcome = self.apply(batch, &mut pending, &mut events, &mut shutdown);
-        match outcome {
-            Ok((revision, compacted)) => {
-                self.revision = revision;
-                if compacted > self.compacted {
-                    self.compacted = compacted;
-                    self.shared.compacted.store(compacted, Ordering::SeqCst);
-                }
-                self.shared.current.store(revision, Ordering::SeqCst);
+        match self.apply(batch, &mut pending, &mut shutdown) {
+            Ok(events) => {
+                self.shared
+                    .current
+                    .store(self.meta.revision, Ordering::SeqCst);
+                self.shared
+                    .compacted
+                    .store(self.meta.compacted, Ordering::SeqCst);
                 if !events.is_empty() {
                     self.shared.publish(events);
                 }
@@ -234,7 +237,7 @@ impl Writer {
         }
         let stop = !shutdown.is_empty();
         if stop {
-            self.checkpoint_logged();
+            self.flush_logged();
         }
         for tx in shutdown {
             let _ = tx.send(());
@@ -242,115 +245,151 @@ impl Writer {
         stop
     }
 
-    /// Applies a batch in one durable transaction; returns the new revision and compacted
-    /// revision. Ops after a shutdown in the same batch are still applied: they were sent first.
+    /// Applies a batch: decides each op against what is stored, logs the writes durably and
+    /// publishes them. Returns the batch's events.
     fn apply(
         &mut self,
         batch: Vec<Op>,
         pending: &mut Vec<Pending>,
-        events: &mut Vec<Event>,
         shutdown: &mut Vec<oneshot::Sender<()>>,
-    ) -> Result<(Revision, Revision), EmbeddedError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_quick_repair(std::env::var("QR").is_ok());
-        if std::env::var("NOSYNC").is_ok() {
-            txn.set_durability(Durability::None)?;
-        }
-        let mut rev = self.revision;
-        let mut compacted = self.compacted;
-        {
-            let mut revs = txn.open_table(REVS)?;
-            let mut log = txn.open_table(LOG)?;
-            for op in batch {
-                match op {
-                    Op::Create { key, value, reply } => {
-                        let r = create(&mut revs, &mut log, &mut rev, &key, value, events)?;
-                        pending.push(Pending::Kv(reply, r));
-                    }
-                    Op::Update {
-                        key,
-                        value,
-                        expected,
-                        reply,
-                    } => {
-                        let r =
-                            update(&mut revs, &mut log, &mut rev, &key, value, expected, events)?;
-                        pending.push(Pending::Kv(reply, r));
-                    }
-                    Op::Delete {
-                        key,
-                        expected,
-                        reply,
-                    } => {
-                        let r = delete(&mut revs, &mut log, &mut rev, &key, expected, events)?;
-                        pending.push(Pending::Deleted(reply, r));
-                    }
-                    Op::Compact { revision, reply } => {
-                        let r = if revision <= compacted {
-                            Err(Error::Compacted {
-                                requested: revision,
-                                compacted,
-                            })
-                        } else if revision > rev {
-                            Err(Error::FutureRevision {
-                                requested: revision,
-                                current: rev,
-                            })
-                        } else {
-                            compacted = revision;
-                            Ok(())
-                        };
-                        pending.push(Pending::Unit(reply, r));
-                    }
-                    Op::Shutdown { reply } => shutdown.push(reply),
+    ) -> Result<Vec<Event>, EmbeddedError> {
+        let rtxn = self.db.begin_read()?;
+        let disk = rtxn.open_table(REVS)?;
+        let mut stage = Stage {
+            disk: &disk,
+            mirror: &self.mirror,
+            part: Frozen::default(),
+            events: Vec::new(),
+            rev: self.meta.revision,
+        };
+        let mut compacted = self.meta.compacted;
+        for op in batch {
+            match op {
+                Op::Create { key, value, reply } => {
+                    let r = stage.create(&key, value)?;
+                    pending.push(Pending::Kv(reply, r));
                 }
+                Op::Update {
+                    key,
+                    value,
+                    expected,
+                    reply,
+                } => {
+                    let r = stage.update(&key, value, expected)?;
+                    pending.push(Pending::Kv(reply, r));
+                }
+                Op::Delete {
+                    key,
+                    expected,
+                    reply,
+                } => {
+                    let r = stage.delete(&key, expected)?;
+                    pending.push(Pending::Deleted(reply, r));
+                }
+                Op::Compact { revision, reply } => {
+                    let r = if revision <= compacted {
+                        Err(Error::Compacted {
+                            requested: revision,
+                            compacted,
+                        })
+                    } else if revision > stage.rev {
+                        Err(Error::FutureRevision {
+                            requested: revision,
+                            current: stage.rev,
+                        })
+                    } else {
+                        compacted = revision;
+                        Ok(())
+                    };
+                    pending.push(Pending::Unit(reply, r));
+                }
+                Op::Shutdown { reply } => shutdown.push(reply),
             }
         }
-        if rev == self.revision && compacted == self.compacted {
-            // Nothing changed (every op failed its guard): nothing to log or commit.
-            txn.abort()?;
-            return Ok((rev, compacted));
+        let Stage {
+            part, events, rev, ..
+        } = stage;
+        if rev == self.meta.revision && compacted == self.meta.compacted {
+            // Nothing changed (every op failed its guard): nothing to log.
+            return Ok(events);
         }
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.insert(tables::META_REVISION, rev as u64)?;
-            meta.insert(tables::META_COMPACTED, compacted as u64)?;
-        }
-        let batch = wal::Batch {
+        let logged = wal::Batch {
             revision: rev,
             compacted,
-            entries: events.iter().map(wal_entry).collect(),
+            entries: part
+                .log
+                .iter()
+                .filter_map(|(r, k)| {
+                    let record = part.revs.get(&rev_key(k, *r))?;
+                    Some(wal::Entry {
+                        rev: *r,
+                        key: k.clone(),
+                        record: record.clone(),
+                    })
+                })
+                .collect(),
         };
-        // Durable in the log before it is visible to anyone; on failure the txn is dropped.
-        self.wal.append(&batch).map_err(|source| EmbeddedError::Wal {
-            path: self.wal.path().to_path_buf(),
-            source,
-        })?;
-        txn.commit()?;
-        self.unsynced = true;
-        Ok((rev, compacted))
+        self.wal
+            .append(&logged)
+            .map_err(|source| EmbeddedError::Wal {
+                path: self.wal.path().to_path_buf(),
+                source,
+            })?;
+        // Durable: make it visible.
+        self.meta.revision = rev;
+        self.meta.compacted = compacted;
+        for (k, v) in &part.revs {
+            self.mirror.revs.insert(k.clone(), v.clone());
+        }
+        self.mirror.log.extend(part.log.iter().cloned());
+        self.first_unflushed.get_or_insert_with(Instant::now);
+        self.overlay.parts.push(Arc::new(part));
+        self.overlay.meta = self.meta;
+        self.shared.set_overlay(self.overlay.clone());
+        Ok(events)
     }
 
-    /// Makes redb durable and empties the log, logging a failure (the log still holds the data).
-    fn checkpoint_logged(&mut self) {
-        if !self.unsynced {
+    /// Flushes, logging a failure (the write-ahead log still holds the data).
+    fn flush_logged(&mut self) {
+        if !self.dirty() {
             return;
         }
-        if let Err(e) = self.checkpoint() {
-            tracing::error!(error = %e, "embedded store: checkpoint failed; the write-ahead log keeps the data");
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "embedded store: flush failed; the write-ahead log keeps the data");
         }
     }
 
-    fn checkpoint(&mut self) -> Result<(), EmbeddedError> {
+    /// Writes the overlay into redb durably, empties the log and publishes an empty overlay.
+    fn flush(&mut self) -> Result<(), EmbeddedError> {
         let mut txn = self.db.begin_write()?;
         txn.set_quick_repair(true);
+        {
+            let mut revs = txn.open_table(REVS)?;
+            for (k, v) in &self.mirror.revs {
+                revs.insert(k.as_slice(), v.as_slice())?;
+            }
+            let mut log = txn.open_table(LOG)?;
+            for (r, k) in &self.mirror.log {
+                log.insert(*r as u64, k.as_slice())?;
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(tables::META_REVISION, self.meta.revision as u64)?;
+            meta.insert(tables::META_COMPACTED, self.meta.compacted as u64)?;
+            meta.insert(tables::META_CLEANED, self.meta.cleaned as u64)?;
+        }
         txn.commit()?;
         self.wal.reset().map_err(|source| EmbeddedError::Wal {
             path: self.wal.path().to_path_buf(),
             source,
         })?;
+        self.mirror = Mirror::default();
+        self.overlay = Overlay {
+            parts: Vec::new(),
+            meta: self.meta,
+        };
+        self.shared.set_overlay(self.overlay.clone());
+        self.first_unflushed = None;
         self.unsynced = false;
-        self.last_checkpoint = Instant::now();
         Ok(())
     }
 
@@ -358,180 +397,98 @@ impl Writer {
     fn compact_chunk(&mut self) -> Result<(), EmbeddedError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
-        let last = compact_chunk_in(&txn, self.cleaned, self.compacted)?;
+        let last = compact::chunk(&txn, self.meta.cleaned, self.meta.compacted)?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(tables::META_CLEANED, last as u64)?;
         }
         txn.commit()?;
-        self.cleaned = last;
+        self.meta.cleaned = last;
         self.unsynced = true;
         Ok(())
     }
 }
 
-/// Cleans the log entries in `(cleaned, compacted)`, at most [`COMPACT_CHUNK`] of them: each
-/// key's revisions older than a logged one are dropped, and so is a logged tombstone. Returns the
-/// revision below which everything is clean.
-fn compact_chunk_in(
-    txn: &WriteTransaction,
-    cleaned: Revision,
-    compacted: Revision,
-) -> Result<Revision, EmbeddedError> {
-    let mut revs = txn.open_table(REVS)?;
-    let mut log = txn.open_table(LOG)?;
-    let lo = (cleaned.max(0)) as u64;
-    let hi = compacted as u64;
-    let entries: Vec<(u64, Vec<u8>)> = {
-        let mut out = Vec::with_capacity(COMPACT_CHUNK);
-        for item in log.range(lo..hi)?.take(COMPACT_CHUNK) {
-            let (r, k) = item?;
-            out.push((r.value(), k.value().to_vec()));
-        }
-        out
-    };
-    let last = match entries.last() {
-        Some((r, _)) if entries.len() == COMPACT_CHUNK => *r as Revision + 1,
-        _ => compacted,
-    };
-    for (r, key) in &entries {
-        let rev = *r as Revision;
-        let from = rev_key(key, 0);
-        let to = rev_key(key, rev);
-        revs.retain_in(from.as_slice()..to.as_slice(), |_, _| false)?;
-        let tomb = match revs.get(to.as_slice())? {
-            Some(raw) => codec::is_tombstone(raw.value()),
-            None => false,
-        };
-        if tomb {
-            revs.remove(to.as_slice())?;
-        }
-        log.remove(*r)?;
-    }
-    Ok(last)
-}
-
-/// The latest record of `key` at or below `rev`: its revision and decoded record.
-pub(super) fn latest_at(
-    revs: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    key: &[u8],
+/// One batch being decided: reads see the batch's own writes, then the unflushed ones, then
+/// redb.
+struct Stage<'a> {
+    disk: &'a ReadOnlyTable<&'static [u8], &'static [u8]>,
+    mirror: &'a Mirror,
+    part: Frozen,
+    events: Vec<Event>,
     rev: Revision,
-) -> Result<Option<(Revision, codec::Record)>, EmbeddedError> {
-    let lo = rev_key(key, 0);
-    let hi = rev_key(key, rev);
-    let mut range = revs.range(lo.as_slice()..=hi.as_slice())?;
-    match range.next_back() {
-        Some(item) => {
-            let (k, v) = item?;
-            let (_, r) = codec::split_rev_key(k.value()).ok_or(EmbeddedError::Corrupt {
-                what: "history key",
-            })?;
-            let rec = codec::decode(v.value()).ok_or(EmbeddedError::Corrupt {
-                what: "history record",
-            })?;
-            Ok(Some((r, rec)))
+}
+
+impl Stage<'_> {
+    /// The live value of `key`, if any.
+    fn live(&self, key: &str) -> Result<Option<KeyValue>, EmbeddedError> {
+        let k = key.as_bytes();
+        let lo = rev_key(k, 0);
+        let hi = rev_key(k, Revision::MAX);
+        let staged = self
+            .part
+            .revs
+            .range(lo..=hi)
+            .next_back()
+            .and_then(|(ck, v)| Some((codec::split_rev_key(ck)?.1, v.as_slice())));
+        let found = match staged.or_else(|| self.mirror.latest(k)) {
+            Some((r, raw)) => Some((
+                r,
+                codec::decode(raw).ok_or(EmbeddedError::Corrupt {
+                    what: "staged record",
+                })?,
+            )),
+            None => tables::latest_at(self.disk, k, Revision::MAX)?,
+        };
+        Ok(found.and_then(|(r, rec)| rec.into_kv(k, r)))
+    }
+
+    fn put(&mut self, key: &str, value: Bytes, prev: Option<KeyValue>) -> KeyValue {
+        self.rev += 1;
+        let (create, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (self.rev, 1),
+        };
+        self.part.revs.insert(
+            rev_key(key.as_bytes(), self.rev),
+            codec::encode_put(create, version, &value),
+        );
+        self.part.log.push((self.rev, key.as_bytes().to_vec()));
+        let kv = KeyValue {
+            key: key.to_string(),
+            value,
+            create_revision: create,
+            mod_revision: self.rev,
+            version,
+        };
+        self.events.push(Event {
+            kind: EventKind::Put,
+            kv: kv.clone(),
+            prev,
+        });
+        kv
+    }
+
+    fn create(&mut self, key: &str, value: Bytes) -> Result<Result<KeyValue>, EmbeddedError> {
+        if self.live(key)?.is_some() {
+            return Ok(Err(Error::AlreadyExists {
+                key: key.to_string(),
+            }));
         }
-        None => Ok(None),
+        Ok(Ok(self.put(key, value, None)))
     }
-}
 
-type RevTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
-type LogTable<'t> = Table<'t, u64, &'static [u8]>;
-
-/// The live value of `key` in the write transaction, if any.
-fn live(revs: &RevTable<'_>, key: &str) -> Result<Option<KeyValue>, EmbeddedError> {
-    Ok(latest_at(revs, key.as_bytes(), Revision::MAX)?
-        .and_then(|(r, rec)| rec.into_kv(key.as_bytes(), r)))
-}
-
-fn put(
-    revs: &mut RevTable<'_>,
-    log: &mut LogTable<'_>,
-    rev: &mut Revision,
-    key: &str,
-    value: Bytes,
-    prev: Option<KeyValue>,
-    events: &mut Vec<Event>,
-) -> Result<KeyValue, EmbeddedError> {
-    *rev += 1;
-    let (create, version) = match &prev {
-        Some(p) => (p.create_revision, p.version + 1),
-        None => (*rev, 1),
-    };
-    revs.insert(
-        rev_key(key.as_bytes(), *rev).as_slice(),
-        codec::encode_put(create, version, &value).as_slice(),
-    )?;
-    log.insert(*rev as u64, key.as_bytes())?;
-    let kv = KeyValue {
-        key: key.to_string(),
-        value,
-        create_revision: create,
-        mod_revision: *rev,
-        version,
-    };
-    events.push(Event {
-        kind: EventKind::Put,
-        kv: kv.clone(),
-        prev,
-    });
-    Ok(kv)
-}
-
-fn create(
-    revs: &mut RevTable<'_>,
-    log: &mut LogTable<'_>,
-    rev: &mut Revision,
-    key: &str,
-    value: Bytes,
-    events: &mut Vec<Event>,
-) -> Result<Result<KeyValue>, EmbeddedError> {
-    if live(revs, key)?.is_some() {
-        return Ok(Err(Error::AlreadyExists {
-            key: key.to_string(),
-        }));
-    }
-    Ok(Ok(put(revs, log, rev, key, value, None, events)?))
-}
-
-fn update(
-    revs: &mut RevTable<'_>,
-    log: &mut LogTable<'_>,
-    rev: &mut Revision,
-    key: &str,
-    value: Bytes,
-    expected: Revision,
-    events: &mut Vec<Event>,
-) -> Result<Result<KeyValue>, EmbeddedError> {
-    let Some(cur) = live(revs, key)? else {
-        return Ok(Err(Error::NotFound {
-            key: key.to_string(),
-        }));
-    };
-    if cur.mod_revision != expected {
-        return Ok(Err(Error::Conflict {
-            key: key.to_string(),
-            expected,
-            current: Some(Box::new(cur)),
-        }));
-    }
-    Ok(Ok(put(revs, log, rev, key, value, Some(cur), events)?))
-}
-
-fn delete(
-    revs: &mut RevTable<'_>,
-    log: &mut LogTable<'_>,
-    rev: &mut Revision,
-    key: &str,
-    expected: Option<Revision>,
-    events: &mut Vec<Event>,
-) -> Result<Result<Deleted>, EmbeddedError> {
-    let Some(cur) = live(revs, key)? else {
-        return Ok(Err(Error::NotFound {
-            key: key.to_string(),
-        }));
-    };
-    if let Some(expected) = expected {
+    fn update(
+        &mut self,
+        key: &str,
+        value: Bytes,
+        expected: Revision,
+    ) -> Result<Result<KeyValue>, EmbeddedError> {
+        let Some(cur) = self.live(key)? else {
+            return Ok(Err(Error::NotFound {
+                key: key.to_string(),
+            }));
+        };
         if cur.mod_revision != expected {
             return Ok(Err(Error::Conflict {
                 key: key.to_string(),
@@ -539,39 +496,47 @@ fn delete(
                 current: Some(Box::new(cur)),
             }));
         }
+        Ok(Ok(self.put(key, value, Some(cur))))
     }
-    *rev += 1;
-    revs.insert(
-        rev_key(key.as_bytes(), *rev).as_slice(),
-        codec::encode_tombstone().as_slice(),
-    )?;
-    log.insert(*rev as u64, key.as_bytes())?;
-    events.push(Event {
-        kind: EventKind::Delete,
-        kv: KeyValue {
-            key: key.to_string(),
-            value: Bytes::new(),
-            create_revision: 0,
-            mod_revision: *rev,
-            version: 0,
-        },
-        prev: Some(cur.clone()),
-    });
-    Ok(Ok(Deleted {
-        prev: cur,
-        revision: *rev,
-    }))
-}
 
-/// The log entry of a committed event.
-fn wal_entry(e: &Event) -> wal::Entry {
-    let record = match e.kind {
-        EventKind::Put => codec::encode_put(e.kv.create_revision, e.kv.version, &e.kv.value),
-        EventKind::Delete => codec::encode_tombstone(),
-    };
-    wal::Entry {
-        rev: e.kv.mod_revision,
-        key: e.kv.key.as_bytes().to_vec(),
-        record,
+    fn delete(
+        &mut self,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> Result<Result<Deleted>, EmbeddedError> {
+        let Some(cur) = self.live(key)? else {
+            return Ok(Err(Error::NotFound {
+                key: key.to_string(),
+            }));
+        };
+        if let Some(expected) = expected {
+            if cur.mod_revision != expected {
+                return Ok(Err(Error::Conflict {
+                    key: key.to_string(),
+                    expected,
+                    current: Some(Box::new(cur)),
+                }));
+            }
+        }
+        self.rev += 1;
+        self.part
+            .revs
+            .insert(rev_key(key.as_bytes(), self.rev), codec::encode_tombstone());
+        self.part.log.push((self.rev, key.as_bytes().to_vec()));
+        self.events.push(Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: key.to_string(),
+                value: Bytes::new(),
+                create_revision: 0,
+                mod_revision: self.rev,
+                version: 0,
+            },
+            prev: Some(cur.clone()),
+        });
+        Ok(Ok(Deleted {
+            prev: cur,
+            revision: self.rev,
+        }))
     }
 }
