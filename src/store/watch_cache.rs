@@ -395,12 +395,12 @@ impl WatchCache {
         Ok((snap, ReceiverStream::new(rx).boxed()))
     }
 
-    /// Watchers currently registered.
+    /// Watchers currently registered whose consumer is still there.
     pub fn watcher_count(&self) -> usize {
         self.inner
             .state
             .lock()
-            .map(|s| s.watchers.len())
+            .map(|s| s.watchers.iter().filter(|w| !w.tx.is_closed()).count())
             .unwrap_or(0)
     }
 }

@@ -157,7 +157,8 @@ impl Shared {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    /// `None` after shutdown, so the file is released once the last reader is done.
+    db: std::sync::RwLock<Option<Arc<Database>>>,
     shared: Arc<Shared>,
     ops: Mutex<Option<mpsc::Sender<Op>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -241,7 +242,7 @@ impl EmbeddedStore {
         tracing::info!(path = %opts.path.display(), revision = state.revision, compacted = state.compacted, "embedded store opened");
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
-                db,
+                db: std::sync::RwLock::new(Some(db)),
                 shared,
                 ops: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
@@ -278,6 +279,15 @@ impl EmbeddedStore {
             .map_err(|_| unavailable("the writer thread stopped before answering"))?
     }
 
+    fn db(&self) -> Result<Arc<Database>> {
+        self.inner
+            .db
+            .read()
+            .map_err(|_| unavailable("the database handle is poisoned"))?
+            .clone()
+            .ok_or_else(|| unavailable("the store is shut down"))
+    }
+
     fn check_write(&self, key: &str, value: &[u8]) -> Result<()> {
         check_key(key)?;
         check_size(key, value, self.inner.max_value_bytes)
@@ -287,8 +297,9 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&Database, &Shared) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        let db = self.db()?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner.db, &inner.shared))
+        tokio::task::spawn_blocking(move || f(&db, &inner.shared))
             .await
             .map_err(|e| Error::backend("running a read", e))?
     }
@@ -358,7 +369,7 @@ impl Store for EmbeddedStore {
             });
         }
         Ok(watch::spawn(
-            self.inner.db.clone(),
+            self.db()?,
             self.inner.shared.clone(),
             prefix.to_string(),
             start,
@@ -410,6 +421,9 @@ impl Store for EmbeddedStore {
                 .await
                 .map_err(|e| Error::backend("joining the writer thread", e))?
                 .map_err(|_| unavailable("the writer thread panicked"))?;
+        }
+        if let Ok(mut db) = self.inner.db.write() {
+            *db = None;
         }
         tracing::info!(path = %self.inner.path.display(), "embedded store closed");
         Ok(())

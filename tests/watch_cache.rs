@@ -1,0 +1,194 @@
+//! The watch cache in front of each backend: consistent lists from memory, watches from its
+//! history window, 410-style refusals outside it, and slow watchers dropped, not waited for.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use k1s::store::keys::key_after;
+use k1s::store::watch_cache::{CacheOptions, ReadFrom, WatchCache};
+use k1s::store::{Error, Event, Store, WatchStream};
+
+async fn cache(store: Arc<dyn Store>, opts: CacheOptions) -> WatchCache {
+    WatchCache::start(store, "/c/", opts)
+        .await
+        .expect("start cache")
+}
+
+async fn take(stream: &mut WatchStream, n: usize) -> Vec<Event> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+            Ok(Some(Ok(b))) => out.extend(b),
+            other => panic!("after {} of {n} events: {other:?}", out.len()),
+        }
+    }
+    out
+}
+
+fn v(s: &str) -> Bytes {
+    Bytes::from(s.to_string())
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn lists_are_consistent_and_page(s: Arc<dyn Store>) {
+        s.create("/c/pre", v("0")).await.expect("create");
+        let c = cache(s.clone(), CacheOptions::default()).await;
+        for i in 0..5 {
+            s.create(&format!("/c/k{i}"), v("x")).await.expect("create");
+        }
+        // Written just now, listed at once: the cache waits until it has seen them.
+        let all = c
+            .list("/c/", None, 0, ReadFrom::Latest)
+            .await
+            .expect("list");
+        assert_eq!(all.kvs.len(), 6);
+        assert_eq!(all.revision, s.current_revision().await.expect("rev"));
+        let page = c.list("/c/k", None, 2, ReadFrom::Any).await.expect("page");
+        assert_eq!(page.kvs.len(), 2);
+        assert!(page.more);
+        assert_eq!(page.remaining, 3);
+        let next = key_after(&page.kvs[1].key);
+        let rest = c
+            .list("/c/k", Some(&next), 0, ReadFrom::Any)
+            .await
+            .expect("rest");
+        assert_eq!(rest.kvs.len(), 3);
+        assert_eq!(rest.kvs[0].key, "/c/k2");
+        // An exact older revision is answered by the backend.
+        let old = c
+            .list("/c/", None, 0, ReadFrom::Exact(all.revision - 5))
+            .await
+            .expect("exact");
+        assert_eq!(old.kvs.len(), 1);
+        let one = c.get("/c/k3", ReadFrom::Any).await.expect("get");
+        assert_eq!(one.expect("present").value, v("x"));
+    }
+
+    pub async fn watches_start_inside_the_window_only(s: Arc<dyn Store>) {
+        let c = cache(
+            s.clone(),
+            CacheOptions {
+                history: 5,
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut revs = Vec::new();
+        for i in 0..10 {
+            revs.push(
+                s.create(&format!("/c/w{i}"), v("x"))
+                    .await
+                    .expect("create")
+                    .mod_revision,
+            );
+        }
+        c.list("/c/", None, 0, ReadFrom::Latest)
+            .await
+            .expect("catch up");
+        let mut w = c.watch("/c/", revs[6]).expect("watch inside the window");
+        let got = take(&mut w, 4).await;
+        let got: Vec<i64> = got.iter().map(Event::revision).collect();
+        assert_eq!(got, revs[6..].to_vec());
+        let live = s.create("/c/live", v("y")).await.expect("create");
+        assert_eq!(take(&mut w, 1).await[0].kv, live);
+        match c.watch("/c/", revs[1]) {
+            Err(Error::Compacted { .. }) => {}
+            Err(e) => panic!("expected Compacted, got {e}"),
+            Ok(_) => panic!("a watch older than the window was accepted"),
+        }
+        let (objects, rev, mut after) = c.snapshot_and_watch("/c/w").expect("snapshot");
+        assert_eq!(objects.len(), 10);
+        assert_eq!(rev, live.mod_revision);
+        let later = s.create("/c/w99", v("z")).await.expect("create");
+        assert_eq!(take(&mut after, 1).await[0].kv, later);
+    }
+
+    pub async fn slow_watchers_are_dropped_not_waited_for(s: Arc<dyn Store>) {
+        let c = cache(
+            s.clone(),
+            CacheOptions {
+                watcher_buffer: 2,
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut slow = c.watch("/c/", 0).expect("watch");
+        let mut fast = c.watch("/c/", 0).expect("watch");
+        let reader = tokio::spawn(async move { take(&mut fast, 30).await.len() });
+        for i in 0..30 {
+            s.create(&format!("/c/s{i:02}"), v("x"))
+                .await
+                .expect("create");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(
+            reader.await.expect("join"),
+            30,
+            "the reading watcher got everything"
+        );
+        // The stalled one got what fit in its buffer, then its stream ended.
+        let mut n = 0;
+        while let Ok(Some(item)) = tokio::time::timeout(Duration::from_secs(5), slow.next()).await {
+            n += item.expect("event batch").len();
+        }
+        assert!(n < 30, "a stalled watcher was kept: {n} events");
+        assert_eq!(c.watcher_count(), 0);
+    }
+
+    pub async fn not_older_than_the_future_times_out(s: Arc<dyn Store>) {
+        let c = cache(
+            s.clone(),
+            CacheOptions {
+                consistent_wait: Duration::from_millis(200),
+                ..Default::default()
+            },
+        )
+        .await;
+        let rev = s.current_revision().await.expect("rev");
+        match c
+            .list("/c/", None, 0, ReadFrom::NotOlderThan(rev + 100))
+            .await
+        {
+            Err(Error::FutureRevision { .. }) => {}
+            other => panic!("expected FutureRevision, got {other:?}"),
+        }
+        let ok = c.list("/c/", None, 0, ReadFrom::NotOlderThan(rev)).await;
+        assert!(ok.is_ok());
+    }
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let backend = crate::common::Backend::embedded();
+                    crate::cases::$case(backend.store()).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let backend = crate::common::Backend::etcd().await;
+                    crate::cases::$case(backend.store()).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    lists_are_consistent_and_page,
+    watches_start_inside_the_window_only,
+    slow_watchers_are_dropped_not_waited_for,
+    not_older_than_the_future_times_out,
+);
