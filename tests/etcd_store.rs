@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use k1s::store::{Error, Store};
+use k1s::store::Error;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_and_writes_resume_after_etcd_restarts() {
