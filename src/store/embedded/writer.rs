@@ -361,6 +361,8 @@ impl Writer {
 
     /// Writes the overlay into redb durably, empties the log and publishes an empty overlay.
     fn flush(&mut self) -> Result<(), EmbeddedError> {
+        let started = Instant::now();
+        let writes = self.mirror.log.len();
         let mut txn = self.db.begin_write()?;
         txn.set_quick_repair(true);
         {
@@ -390,11 +392,17 @@ impl Writer {
         self.shared.set_overlay(self.overlay.clone());
         self.first_unflushed = None;
         self.unsynced = false;
+        tracing::debug!(
+            writes,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "embedded store: flushed"
+        );
         Ok(())
     }
 
     /// Cleans up one chunk of history below the compacted revision, without an fsync.
     fn compact_chunk(&mut self) -> Result<(), EmbeddedError> {
+        let started = Instant::now();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
         let last = compact::chunk(&txn, self.meta.cleaned, self.meta.compacted)?;
@@ -403,6 +411,12 @@ impl Writer {
             meta.insert(tables::META_CLEANED, last as u64)?;
         }
         txn.commit()?;
+        tracing::trace!(
+            from = self.meta.cleaned,
+            to = last,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "embedded store: compaction chunk"
+        );
         self.meta.cleaned = last;
         self.unsynced = true;
         Ok(())
