@@ -7,6 +7,7 @@
 
 mod codec;
 mod compact;
+mod flusher;
 mod overlay;
 mod reads;
 mod tables;
@@ -108,6 +109,8 @@ impl EmbeddedOptions {
 pub(crate) struct Shared {
     pub current: AtomicI64,
     pub compacted: AtomicI64,
+    /// A flush job is queued for the flusher.
+    pub flush_pending: AtomicBool,
     /// Committed batches; `None` once the writer has stopped, which ends every watch.
     events: Mutex<Option<broadcast::Sender<Arc<Vec<Event>>>>>,
     /// Writes not yet flushed to redb.
@@ -196,13 +199,12 @@ impl EmbeddedStore {
             })?;
         let db = Arc::new(db);
         let state = tables::init(&db)?;
-        // Batches acknowledged after the last checkpoint live in the write-ahead log.
-        let wal_path = wal::path_for(&opts.path);
+        // Batches acknowledged after the last flush live in the write-ahead log.
         let wal_err = |source| EmbeddedError::Wal {
-            path: wal_path.clone(),
+            path: wal::segment_path(&opts.path, 0),
             source,
         };
-        let (batches, valid) = wal::read_all(&wal_path).map_err(wal_err)?;
+        let (batches, last_segment) = wal::recover(&opts.path).map_err(wal_err)?;
         let state = if batches.is_empty() {
             state
         } else {
@@ -214,18 +216,33 @@ impl EmbeddedStore {
             );
             state
         };
-        let mut log = wal::Wal::open(&wal_path, valid).map_err(wal_err)?;
-        log.reset().map_err(wal_err)?;
+        let log = wal::Wal::create(&opts.path, last_segment + 1).map_err(wal_err)?;
+        log.remove_through(last_segment).map_err(wal_err)?;
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
         let shared = Arc::new(Shared {
             current: AtomicI64::new(state.revision),
             compacted: AtomicI64::new(state.compacted),
+            flush_pending: AtomicBool::new(false),
             events: Mutex::new(Some(events)),
             view: Mutex::new(Arc::new(overlay::Overlay {
                 parts: Vec::new(),
                 meta: state,
             })),
         });
+        let (jobs_tx, jobs_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        let flusher = flusher::Flusher {
+            db: db.clone(),
+            shared: shared.clone(),
+            jobs: jobs_rx,
+            done: done_tx,
+            meta: state,
+            unsynced: false,
+        };
+        let flusher_thread = std::thread::Builder::new()
+            .name("k1s-store-flush".into())
+            .spawn(move || flusher.run())
+            .map_err(EmbeddedError::Thread)?;
         let (tx, rx) = mpsc::channel();
         let writer = Writer::new(
             db.clone(),
@@ -234,6 +251,11 @@ impl EmbeddedStore {
             opts.max_batch.max(1),
             state,
             log,
+            writer::FlusherHandle {
+                jobs: jobs_tx,
+                done: done_rx,
+                thread: flusher_thread,
+            },
         );
         let handle = std::thread::Builder::new()
             .name("k1s-store-writer".into())

@@ -104,9 +104,4 @@ impl Mirror {
         let (_, r) = codec::split_rev_key(k)?;
         Some((r, v.as_slice()))
     }
-
-    /// Whether nothing is waiting for a flush.
-    pub fn is_empty(&self) -> bool {
-        self.log.is_empty()
-    }
 }

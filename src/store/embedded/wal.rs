@@ -1,11 +1,12 @@
 //! The embedded store's write-ahead log: what makes a write durable between checkpoints.
 //!
 //! Each committed batch is appended as one record and `fdatasync`ed before any of its writes is
-//! acknowledged; the redb transaction holding the same writes is then committed without an
-//! fsync. Every few seconds (or 64 MiB) a checkpoint makes redb durable and empties the log.
-//! A batch thus costs one sequential append and one fdatasync instead of rewriting the B-tree
-//! pages it touched, which is also what spares an SD card. This is etcd's own scheme: a WAL in
-//! front of a B-tree committed in the background.
+//! acknowledged or visible. The log is a series of segment files (`DB.wal.SEQ`): when the writer
+//! hands its unflushed writes to the flusher it seals the segment and starts the next; once the
+//! flusher has made them durable in redb, the sealed segments are deleted. A batch thus costs one
+//! sequential append and one fdatasync instead of rewriting the B-tree pages it touched, which is
+//! also what spares an SD card. This is etcd's own scheme: a WAL in front of a B-tree committed in
+//! the background.
 //!
 //! Record: `LEN(u32 LE) CRC32(u32 LE) PAYLOAD`; payload: `REVISION(u64) COMPACTED(u64)
 //! COUNT(u32)` then per write `REV(u64) KEY_LEN(u32) KEY REC_LEN(u32) RECORD` (RECORD as in
@@ -34,18 +35,72 @@ pub struct Batch {
     pub entries: Vec<Entry>,
 }
 
-/// The log file, open for appending.
+/// The open segment of the log.
 pub struct Wal {
+    db: PathBuf,
+    seq: u64,
     file: File,
     path: PathBuf,
     len: u64,
 }
 
-/// The log file's path beside the database file.
-pub fn path_for(db: &Path) -> PathBuf {
+/// The path of segment `seq` beside the database file.
+pub fn segment_path(db: &Path, seq: u64) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
-    p.push(".wal");
+    p.push(format!(".wal.{seq:010}"));
     PathBuf::from(p)
+}
+
+/// The log's segments beside `db`, in order.
+pub fn segments(db: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let dir = match db.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(name) = db.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{name}.wal.");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let file = entry.file_name();
+        let Some(seq) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        out.push((seq, entry.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every whole batch in every segment, in order, and the highest segment number seen.
+pub fn recover(db: &Path) -> std::io::Result<(Vec<Batch>, u64)> {
+    let mut batches = Vec::new();
+    let mut last = 0;
+    let segs = segments(db)?;
+    let count = segs.len();
+    for (i, (seq, path)) in segs.into_iter().enumerate() {
+        let (mut b, valid) = read_all(&path)?;
+        let len = std::fs::metadata(&path)?.len();
+        if valid < len && i + 1 < count {
+            tracing::error!(path = %path.display(), valid, len, "write-ahead log segment is damaged before its end; later segments are still replayed");
+        }
+        batches.append(&mut b);
+        last = seq;
+    }
+    Ok((batches, last))
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => File::open(d)?.sync_all(),
+        _ => Ok(()),
+    }
 }
 
 fn encode(batch: &Batch) -> Vec<u8> {
@@ -145,34 +200,25 @@ pub fn read_all(path: &Path) -> std::io::Result<(Vec<Batch>, u64)> {
 }
 
 impl Wal {
-    /// Opens the log for appending after its first `valid_len` bytes (dropping a torn tail).
-    pub fn open(path: &Path, valid_len: u64) -> std::io::Result<Wal> {
+    /// Starts segment `seq` (empty) for appending.
+    pub fn create(db: &Path, seq: u64) -> std::io::Result<Wal> {
+        let path = segment_path(db, seq);
         let file = OpenOptions::new()
             .create(true)
-            .read(true)
             .write(true)
-            .truncate(false)
-            .open(path)?;
-        if file.metadata()?.len() != valid_len {
-            file.set_len(valid_len)?;
-            file.sync_all()?;
-        }
-        let mut wal = Wal {
+            .truncate(true)
+            .open(&path)?;
+        sync_dir(&path)?;
+        Ok(Wal {
+            db: db.to_path_buf(),
+            seq,
             file,
-            path: path.to_path_buf(),
-            len: valid_len,
-        };
-        wal.seek_end()?;
-        Ok(wal)
+            path,
+            len: 0,
+        })
     }
 
-    fn seek_end(&mut self) -> std::io::Result<()> {
-        use std::io::Seek;
-        self.file.seek(std::io::SeekFrom::Start(self.len))?;
-        Ok(())
-    }
-
-    /// Appends a batch and waits until it is on disk. On failure the log is cut back, so a
+    /// Appends a batch and waits until it is on disk. On failure the segment is cut back, so a
     /// failed append never hides the records after it.
     pub fn append(&mut self, batch: &Batch) -> std::io::Result<()> {
         let bytes = encode(batch);
@@ -186,27 +232,38 @@ impl Wal {
                 Ok(())
             }
             Err(e) => {
+                use std::io::Seek;
                 let _ = self.file.set_len(self.len);
-                let _ = self.seek_end();
+                let _ = self.file.seek(std::io::SeekFrom::Start(self.len));
                 Err(e)
             }
         }
     }
 
-    /// Empties the log once its batches are durable elsewhere.
-    pub fn reset(&mut self) -> std::io::Result<()> {
-        self.file.set_len(0)?;
-        self.file.sync_all()?;
-        self.len = 0;
-        self.seek_end()
+    /// Seals the current segment and starts the next; returns the sealed segment's number.
+    pub fn rotate(&mut self) -> std::io::Result<u64> {
+        let next = Wal::create(&self.db, self.seq + 1)?;
+        let sealed = self.seq;
+        *self = next;
+        Ok(sealed)
     }
 
-    /// Bytes in the log.
+    /// Deletes the segments up to and including `seq` (their batches are durable in redb).
+    pub fn remove_through(&self, seq: u64) -> std::io::Result<()> {
+        for (s, path) in segments(&self.db)? {
+            if s <= seq && s != self.seq {
+                std::fs::remove_file(path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes in the current segment.
     pub fn size(&self) -> u64 {
         self.len
     }
 
-    /// The log's path.
+    /// The current segment's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -229,40 +286,41 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_and_a_torn_tail_is_cut() {
+    fn segments_round_trip_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("x.wal");
-        let mut wal = Wal::open(&path, 0).expect("open");
+        let db = dir.path().join("x.redb");
+        let mut wal = Wal::create(&db, 1).expect("create");
         wal.append(&batch(1)).expect("append");
+        let sealed = wal.rotate().expect("rotate");
+        assert_eq!(sealed, 1);
         wal.append(&batch(2)).expect("append");
-        let full = wal.size();
         // A torn third record: only part of it reached the disk.
-        let mut f = OpenOptions::new().append(true).open(&path).expect("reopen");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(wal.path())
+            .expect("reopen");
         f.write_all(&encode(&batch(3))[..10]).expect("write");
-        let (batches, valid) = read_all(&path).expect("read");
+        let (batches, last) = recover(&db).expect("recover");
         assert_eq!(batches, vec![batch(1), batch(2)]);
-        assert_eq!(valid, full);
-        let mut wal = Wal::open(&path, valid).expect("reopen");
-        wal.append(&batch(3)).expect("append after cut");
-        let (batches, _) = read_all(&path).expect("read");
-        assert_eq!(batches.len(), 3);
-        wal.reset().expect("reset");
-        assert_eq!(read_all(&path).expect("read").0, vec![]);
+        assert_eq!(last, 2);
+        wal.remove_through(1).expect("remove");
+        assert_eq!(segments(&db).expect("list").len(), 1);
+        assert_eq!(recover(&db).expect("recover").0, vec![batch(2)]);
     }
 
     #[test]
-    fn a_corrupt_record_ends_the_log() {
+    fn a_corrupt_record_ends_the_segment() {
         let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("x.wal");
-        let mut wal = Wal::open(&path, 0).expect("open");
+        let db = dir.path().join("x.redb");
+        let mut wal = Wal::create(&db, 7).expect("create");
         wal.append(&batch(1)).expect("append");
         let first = wal.size();
         wal.append(&batch(2)).expect("append");
-        let mut data = std::fs::read(&path).expect("read");
+        let mut data = std::fs::read(wal.path()).expect("read");
         let last = data.len() - 1;
         data[last] ^= 0xff;
-        std::fs::write(&path, data).expect("write");
-        let (batches, valid) = read_all(&path).expect("read");
+        std::fs::write(wal.path(), data).expect("write");
+        let (batches, valid) = read_all(wal.path()).expect("read");
         assert_eq!(batches, vec![batch(1)]);
         assert_eq!(valid, first);
     }

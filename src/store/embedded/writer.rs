@@ -6,29 +6,28 @@
 //! overlay ([`super::overlay`]), answers each op and broadcasts the events. Concurrent writers
 //! thus share an fsync, and nothing is visible or acknowledged before it is on disk.
 //!
-//! Every few hundred milliseconds (or when idle, or past a size) a flush writes the overlay into
-//! redb in one durable transaction and empties the log: redb rewrites each hot B-tree page once
-//! per flush rather than once per batch.
-//!
-//! Compaction: [`Op::Compact`] records the compacted revision like any write; the physical
-//! clean-up runs in chunks ([`super::compact`]) while no write is waiting, each a short
-//! non-durable redb transaction made durable by the next flush. A crash loses at most clean-up
-//! progress, which the next start redoes.
+//! Every few hundred milliseconds (or when idle, or past a size) the writer seals the log segment
+//! and hands the generation of unflushed writes to the flusher thread ([`super::flusher`]), which
+//! writes it into redb durably while the writer goes on; readers see the generation in the overlay
+//! until redb has it. Compaction is recorded by [`Op::Compact`] like any write; the flusher does
+//! the physical clean-up.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase};
+use redb::{Database, ReadOnlyTable, ReadableDatabase};
 use tokio::sync::oneshot;
 
 use super::codec::{self, rev_key};
+use super::flusher::{Done, Job};
 use super::overlay::{Frozen, Mirror, Overlay};
-use super::tables::{self, MetaState, LOG, META, REVS};
+use super::tables::{self, MetaState, REVS};
 use super::wal::{self, Wal};
-use super::{compact, EmbeddedError, Shared};
+use super::{EmbeddedError, Shared};
 use crate::store::{Deleted, Error, Event, EventKind, KeyValue, Result, Revision};
 
 /// Flush at least this often while writes keep coming...
@@ -38,6 +37,8 @@ const FLUSH_WRITES: usize = 16_384;
 const FLUSH_BYTES: u64 = 64 << 20;
 /// ...or after this long without writes.
 const FLUSH_IDLE: Duration = Duration::from_millis(20);
+/// Unflushed writes beyond this many times the flush size make the writer wait for the flusher.
+const BACKPRESSURE: usize = 4;
 
 /// One request to the writer thread.
 pub(super) enum Op {
@@ -94,6 +95,23 @@ impl Pending {
     }
 }
 
+/// Writes logged since the last hand-over to the flusher.
+#[derive(Default)]
+struct Generation {
+    parts: Vec<Arc<Frozen>>,
+    mirror: Mirror,
+    started: Option<Instant>,
+    /// Something was logged (writes or a compaction).
+    changed: bool,
+}
+
+/// The flusher thread, from the writer's side.
+pub(super) struct FlusherHandle {
+    pub jobs: Sender<Job>,
+    pub done: Receiver<Done>,
+    pub thread: JoinHandle<()>,
+}
+
 /// The writer thread's state.
 pub(super) struct Writer {
     db: Arc<Database>,
@@ -102,13 +120,10 @@ pub(super) struct Writer {
     max_batch: usize,
     meta: MetaState,
     wal: Wal,
-    /// Writes logged but not flushed, for the writer's own lookups.
-    mirror: Mirror,
-    /// The same writes as published to readers.
-    overlay: Overlay,
-    first_unflushed: Option<Instant>,
-    /// Non-durable compaction commits wait for a flush.
-    unsynced: bool,
+    current: Generation,
+    /// The generation the flusher is writing, still needed for lookups.
+    in_flight: Option<Generation>,
+    flusher: Option<FlusherHandle>,
 }
 
 impl Writer {
@@ -119,6 +134,7 @@ impl Writer {
         max_batch: usize,
         meta: MetaState,
         wal: Wal,
+        flusher: FlusherHandle,
     ) -> Self {
         Writer {
             db,
@@ -127,43 +143,27 @@ impl Writer {
             max_batch,
             meta,
             wal,
-            mirror: Mirror::default(),
-            overlay: Overlay {
-                parts: Vec::new(),
-                meta,
-            },
-            first_unflushed: None,
-            unsynced: false,
+            current: Generation::default(),
+            in_flight: None,
+            flusher: Some(flusher),
         }
     }
 
-    /// Runs until a [`Op::Shutdown`] arrives or every sender is gone.
+    /// Runs until a [`Op::Shutdown`] arrives or every sender is gone, then flushes everything.
     pub(super) fn run(mut self) {
         self.run_loop();
-        self.flush_logged();
+        self.finish();
         self.shared.close();
-    }
-
-    fn dirty(&self) -> bool {
-        !self.mirror.is_empty() || self.unsynced
     }
 
     fn run_loop(&mut self) {
         loop {
-            let first = if self.meta.cleaned < self.meta.compacted {
-                match self.ops.try_recv() {
-                    Ok(op) => op,
-                    Err(TryRecvError::Empty) => {
-                        self.compact_step();
-                        continue;
-                    }
-                    Err(TryRecvError::Disconnected) => return,
-                }
-            } else if self.dirty() {
+            self.poll_done();
+            let first = if self.current.changed || self.in_flight.is_some() {
                 match self.ops.recv_timeout(FLUSH_IDLE) {
                     Ok(op) => op,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.flush_logged();
+                        self.maybe_flush(true);
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => return,
@@ -184,27 +184,136 @@ impl Writer {
             if self.commit_batch(batch) {
                 return;
             }
-            let due = self
-                .first_unflushed
-                .is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
-            if due || self.mirror.log.len() >= FLUSH_WRITES || self.wal.size() >= FLUSH_BYTES {
-                self.flush_logged();
+            self.poll_done();
+            self.maybe_flush(false);
+        }
+    }
+
+    /// Hands the current generation to the flusher when it is due, and pushes back on writers
+    /// when the flusher falls far behind.
+    fn maybe_flush(&mut self, idle: bool) {
+        let size = self.current.mirror.log.len();
+        if self.in_flight.is_some() {
+            if size >= FLUSH_WRITES * BACKPRESSURE
+                || self.wal.size() >= FLUSH_BYTES * BACKPRESSURE as u64
+            {
+                self.wait_done();
+            } else {
+                return;
+            }
+        }
+        if !self.current.changed {
+            return;
+        }
+        let due = self
+            .current
+            .started
+            .is_some_and(|t| t.elapsed() >= FLUSH_EVERY);
+        if idle || due || size >= FLUSH_WRITES || self.wal.size() >= FLUSH_BYTES {
+            self.start_flush();
+        }
+    }
+
+    fn start_flush(&mut self) {
+        let Some(flusher) = &self.flusher else {
+            return;
+        };
+        let segment = match self.wal.rotate() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "embedded store: cannot start a new log segment; flush postponed");
+                return;
+            }
+        };
+        let job = Job::Flush {
+            parts: self.current.parts.clone(),
+            meta: self.meta,
+            segment,
+        };
+        self.shared.flush_pending.store(true, Ordering::SeqCst);
+        if flusher.jobs.send(job).is_err() {
+            tracing::error!("embedded store: the flusher thread has stopped");
+            return;
+        }
+        self.in_flight = Some(std::mem::take(&mut self.current));
+    }
+
+    fn poll_done(&mut self) {
+        let done = match &self.flusher {
+            Some(f) => f.done.try_recv().ok(),
+            None => None,
+        };
+        if let Some(done) = done {
+            self.handle_done(done);
+        }
+    }
+
+    fn wait_done(&mut self) {
+        if self.in_flight.is_none() {
+            return;
+        }
+        let done = match &self.flusher {
+            Some(f) => f.done.recv().ok(),
+            None => None,
+        };
+        match done {
+            Some(done) => self.handle_done(done),
+            None => {
+                tracing::error!("embedded store: the flusher thread has stopped");
+                self.requeue_in_flight();
             }
         }
     }
 
-    /// One compaction step: flush first (the clean-up works on redb alone), then one chunk.
-    fn compact_step(&mut self) {
-        if !self.mirror.is_empty() {
-            self.flush_logged();
-            if !self.mirror.is_empty() {
-                return;
+    fn handle_done(&mut self, done: Done) {
+        match done.result {
+            Ok(()) => {
+                if let Err(e) = self.wal.remove_through(done.segment) {
+                    tracing::warn!(error = %e, "embedded store: removing flushed log segments");
+                }
+                self.in_flight = None;
+                self.publish_overlay();
             }
+            Err(_) => self.requeue_in_flight(),
         }
-        if let Err(e) = self.compact_chunk() {
-            tracing::error!(error = %e, "embedded store: compaction chunk failed");
-            // Leave the rest for the next compaction rather than spin on it.
-            self.meta.cleaned = self.meta.compacted;
+    }
+
+    /// A failed flush: its writes go back in front of the current generation for the next try.
+    fn requeue_in_flight(&mut self) {
+        if let Some(mut gen) = self.in_flight.take() {
+            gen.parts.append(&mut self.current.parts);
+            gen.mirror.revs.append(&mut self.current.mirror.revs);
+            gen.mirror.log.append(&mut self.current.mirror.log);
+            gen.changed = true;
+            self.current = gen;
+        }
+    }
+
+    fn publish_overlay(&self) {
+        let mut parts: Vec<Arc<Frozen>> = Vec::new();
+        if let Some(gen) = &self.in_flight {
+            parts.extend(gen.parts.iter().cloned());
+        }
+        parts.extend(self.current.parts.iter().cloned());
+        self.shared.set_overlay(Overlay {
+            parts,
+            meta: self.meta,
+        });
+    }
+
+    /// Flushes everything and stops the flusher.
+    fn finish(&mut self) {
+        self.wait_done();
+        if self.current.changed {
+            self.start_flush();
+            self.wait_done();
+        }
+        if let Some(f) = self.flusher.take() {
+            let _ = f.jobs.send(Job::Stop);
+            drop(f.jobs);
+            if f.thread.join().is_err() {
+                tracing::error!("embedded store: the flusher thread panicked");
+            }
         }
     }
 
@@ -237,7 +346,7 @@ impl Writer {
         }
         let stop = !shutdown.is_empty();
         if stop {
-            self.flush_logged();
+            self.finish();
         }
         for tx in shutdown {
             let _ = tx.send(());
@@ -257,7 +366,10 @@ impl Writer {
         let disk = rtxn.open_table(REVS)?;
         let mut stage = Stage {
             disk: &disk,
-            mirror: &self.mirror,
+            mirrors: [
+                Some(&self.current.mirror),
+                self.in_flight.as_ref().map(|g| &g.mirror),
+            ],
             part: Frozen::default(),
             events: Vec::new(),
             rev: self.meta.revision,
@@ -339,87 +451,14 @@ impl Writer {
         self.meta.revision = rev;
         self.meta.compacted = compacted;
         for (k, v) in &part.revs {
-            self.mirror.revs.insert(k.clone(), v.clone());
+            self.current.mirror.revs.insert(k.clone(), v.clone());
         }
-        self.mirror.log.extend(part.log.iter().cloned());
-        self.first_unflushed.get_or_insert_with(Instant::now);
-        self.overlay.parts.push(Arc::new(part));
-        self.overlay.meta = self.meta;
-        self.shared.set_overlay(self.overlay.clone());
+        self.current.mirror.log.extend(part.log.iter().cloned());
+        self.current.started.get_or_insert_with(Instant::now);
+        self.current.changed = true;
+        self.current.parts.push(Arc::new(part));
+        self.publish_overlay();
         Ok(events)
-    }
-
-    /// Flushes, logging a failure (the write-ahead log still holds the data).
-    fn flush_logged(&mut self) {
-        if !self.dirty() {
-            return;
-        }
-        if let Err(e) = self.flush() {
-            tracing::error!(error = %e, "embedded store: flush failed; the write-ahead log keeps the data");
-        }
-    }
-
-    /// Writes the overlay into redb durably, empties the log and publishes an empty overlay.
-    fn flush(&mut self) -> Result<(), EmbeddedError> {
-        let started = Instant::now();
-        let writes = self.mirror.log.len();
-        let mut txn = self.db.begin_write()?;
-        txn.set_quick_repair(true);
-        {
-            let mut revs = txn.open_table(REVS)?;
-            for (k, v) in &self.mirror.revs {
-                revs.insert(k.as_slice(), v.as_slice())?;
-            }
-            let mut log = txn.open_table(LOG)?;
-            for (r, k) in &self.mirror.log {
-                log.insert(*r as u64, k.as_slice())?;
-            }
-            let mut meta = txn.open_table(META)?;
-            meta.insert(tables::META_REVISION, self.meta.revision as u64)?;
-            meta.insert(tables::META_COMPACTED, self.meta.compacted as u64)?;
-            meta.insert(tables::META_CLEANED, self.meta.cleaned as u64)?;
-        }
-        txn.commit()?;
-        self.wal.reset().map_err(|source| EmbeddedError::Wal {
-            path: self.wal.path().to_path_buf(),
-            source,
-        })?;
-        self.mirror = Mirror::default();
-        self.overlay = Overlay {
-            parts: Vec::new(),
-            meta: self.meta,
-        };
-        self.shared.set_overlay(self.overlay.clone());
-        self.first_unflushed = None;
-        self.unsynced = false;
-        tracing::debug!(
-            writes,
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "embedded store: flushed"
-        );
-        Ok(())
-    }
-
-    /// Cleans up one chunk of history below the compacted revision, without an fsync.
-    fn compact_chunk(&mut self) -> Result<(), EmbeddedError> {
-        let started = Instant::now();
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        let last = compact::chunk(&txn, self.meta.cleaned, self.meta.compacted)?;
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.insert(tables::META_CLEANED, last as u64)?;
-        }
-        txn.commit()?;
-        tracing::trace!(
-            from = self.meta.cleaned,
-            to = last,
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "embedded store: compaction chunk"
-        );
-        self.meta.cleaned = last;
-        self.unsynced = true;
-        Ok(())
     }
 }
 
@@ -427,7 +466,8 @@ impl Writer {
 /// redb.
 struct Stage<'a> {
     disk: &'a ReadOnlyTable<&'static [u8], &'static [u8]>,
-    mirror: &'a Mirror,
+    /// The current generation, then the one being flushed.
+    mirrors: [Option<&'a Mirror>; 2],
     part: Frozen,
     events: Vec<Event>,
     rev: Revision,
@@ -445,7 +485,8 @@ impl Stage<'_> {
             .range(lo..=hi)
             .next_back()
             .and_then(|(ck, v)| Some((codec::split_rev_key(ck)?.1, v.as_slice())));
-        let found = match staged.or_else(|| self.mirror.latest(k)) {
+        let found = match staged.or_else(|| self.mirrors.iter().flatten().find_map(|m| m.latest(k)))
+        {
             Some((r, raw)) => Some((
                 r,
                 codec::decode(raw).ok_or(EmbeddedError::Corrupt {
