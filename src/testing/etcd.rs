@@ -19,12 +19,21 @@ pub enum EtcdServerError {
     NotReady { url: String, secs: u64, log: String },
 }
 
+/// Server-side TLS for etcd: its certificate and key, and the CA its clients must present.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// A running etcd that this process started.
 pub struct EtcdServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     client_url: String,
     peer_url: String,
+    tls: Option<ServerTls>,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -34,14 +43,25 @@ fn free_port() -> std::io::Result<u16> {
 impl EtcdServer {
     /// Starts etcd on free loopback ports and waits until it serves requests.
     pub fn start() -> Result<Self, EtcdServerError> {
+        Self::start_with(None)
+    }
+
+    /// Starts etcd serving HTTPS and requiring client certificates signed by `tls.ca`.
+    pub fn start_tls(tls: ServerTls) -> Result<Self, EtcdServerError> {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<ServerTls>) -> Result<Self, EtcdServerError> {
         let dir = tempfile::Builder::new().prefix("k1s-etcd-").tempdir()?;
-        let client_url = format!("http://127.0.0.1:{}", free_port()?);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{}", free_port()?);
         let peer_url = format!("http://127.0.0.1:{}", free_port()?);
         let mut server = EtcdServer {
             child: None,
             dir,
             client_url,
             peer_url,
+            tls,
         };
         server.spawn(true)?;
         Ok(server)
@@ -57,7 +77,14 @@ impl EtcdServer {
             .append(true)
             .open(self.log_path())?;
         let data = self.dir.path().join("data");
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name=k1s-test")
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--listen-client-urls={}", self.client_url))
@@ -82,9 +109,20 @@ impl EtcdServer {
 
     fn wait_ready(&self, limit: Duration) -> Result<(), EtcdServerError> {
         let start = Instant::now();
-        let addr = self.client_url.trim_start_matches("http://").to_string();
+        let tls = self.tls.is_some();
+        let addr = self
+            .client_url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_string();
         while start.elapsed() < limit {
-            if health_ok(&addr) {
+            // Over TLS an open port is the sign; clients retry until etcd serves.
+            let ready = if tls {
+                std::net::TcpStream::connect(&addr).is_ok()
+            } else {
+                health_ok(&addr)
+            };
+            if ready {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -96,7 +134,7 @@ impl EtcdServer {
         })
     }
 
-    /// The client URL (`http://127.0.0.1:PORT`).
+    /// The client URL (`http://127.0.0.1:PORT`, or `https://` with TLS).
     pub fn url(&self) -> &str {
         &self.client_url
     }
