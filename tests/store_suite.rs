@@ -379,30 +379,7 @@ mod cases {
     }
 }
 
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "current_thread")]
-                async fn $case() {
-                    let backend = crate::common::Backend::embedded();
-                    crate::cases::$case(backend.store()).await;
-                }
-            )*
-        }
-        mod etcd {
-            $(
-                #[tokio::test(flavor = "current_thread")]
-                async fn $case() {
-                    let backend = crate::common::Backend::etcd().await;
-                    crate::cases::$case(backend.store()).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+both_backends!(
     create_get,
     create_existing_fails,
     update_is_guarded,

@@ -163,30 +163,7 @@ mod cases {
     }
 }
 
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let backend = crate::common::Backend::embedded();
-                    crate::cases::$case(backend.store()).await;
-                }
-            )*
-        }
-        mod etcd {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let backend = crate::common::Backend::etcd().await;
-                    crate::cases::$case(backend.store()).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+both_backends!(
     lists_are_consistent_and_page,
     watches_start_inside_the_window_only,
     slow_watchers_are_dropped_not_waited_for,

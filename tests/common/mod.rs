@@ -48,3 +48,29 @@ impl Backend {
         self.store.clone()
     }
 }
+
+/// Generates one test per case and backend: `mod embedded { fn case() }` and `mod etcd { ... }`,
+/// each calling `crate::cases::case(store)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let backend = $crate::common::Backend::embedded();
+                    $crate::cases::$case(backend.store()).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let backend = $crate::common::Backend::etcd().await;
+                    $crate::cases::$case(backend.store()).await;
+                }
+            )*
+        }
+    };
+}
