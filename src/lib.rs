@@ -4,6 +4,8 @@
 //! the code map. Parts behind cargo features: `apiserver`, `scheduler`, `controllers`, `kubelet`
 //! and the `etcd` store backend.
 
+#[cfg(feature = "apiserver")]
+pub mod apiserver;
 pub mod bench;
 pub mod cli;
 pub mod parts;

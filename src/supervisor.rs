@@ -31,6 +31,11 @@ pub enum SupervisorError {
     Signals(#[source] std::io::Error),
     #[error("`k1s agent` joins a server's API, which this version of k1s does not serve yet")]
     AgentNeedsApi,
+    #[error("--service-cidr {0:?}: expected an IPv4 or IPv6 CIDR such as 10.43.0.0/16")]
+    BadServiceCidr(String),
+    #[cfg(feature = "apiserver")]
+    #[error("API server: {0}")]
+    Api(#[from] crate::apiserver::ApiError),
 }
 
 /// Where the cluster state lives.
@@ -59,6 +64,9 @@ pub struct ServerConfig {
     pub https_listen_port: u16,
     pub bind_address: IpAddr,
     pub compaction_interval: Duration,
+    pub tls_sans: Vec<String>,
+    pub kubeconfig: PathBuf,
+    pub service_cidr: String,
 }
 
 impl ServerConfig {
@@ -79,6 +87,62 @@ impl ServerConfig {
             parts.push(Part::Kubelet);
         }
         parts
+    }
+
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), SupervisorError> {
+        self.first_service_ip().map(|_| ())
+    }
+
+    /// The first address of the service range: the `kubernetes` service's ClusterIP.
+    pub fn first_service_ip(&self) -> Result<IpAddr, SupervisorError> {
+        let bad = || SupervisorError::BadServiceCidr(self.service_cidr.clone());
+        let (net, bits) = self.service_cidr.split_once('/').ok_or_else(bad)?;
+        let net: IpAddr = net.parse().map_err(|_| bad())?;
+        let bits: u32 = bits.parse().map_err(|_| bad())?;
+        match net {
+            IpAddr::V4(v4) if bits <= 30 => {
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
+                Ok(IpAddr::V4((u32::from(v4) & mask).wrapping_add(1).into()))
+            }
+            IpAddr::V6(v6) if bits <= 126 => {
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
+                Ok(IpAddr::V6((u128::from(v6) & mask).wrapping_add(1).into()))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// Names and addresses the API server's certificate covers.
+    pub fn api_sans(&self) -> Vec<String> {
+        let mut sans = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+            "kubernetes".to_string(),
+            "kubernetes.default".to_string(),
+            "kubernetes.default.svc".to_string(),
+            "kubernetes.default.svc.cluster.local".to_string(),
+        ];
+        if let Ok(ip) = self.first_service_ip() {
+            sans.push(ip.to_string());
+        }
+        if let Some(host) = hostname() {
+            sans.push(host);
+        }
+        if !self.bind_address.is_unspecified() {
+            sans.push(self.bind_address.to_string());
+        }
+        sans.extend(self.tls_sans.iter().cloned());
+        sans
     }
 
     /// The embedded store's file.
@@ -119,6 +183,34 @@ impl Gate {
     /// Whether the gate is open.
     pub fn is_open(&self) -> bool {
         *self.tx.borrow()
+    }
+}
+
+/// This machine's host name.
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_lowercase())
+}
+
+/// Whether this process runs as root (effective uid 0).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Where the admin kubeconfig goes by default: `/etc/k1s/k1s.yaml` as root, as k3s does.
+pub fn default_kubeconfig(data_dir: &std::path::Path) -> PathBuf {
+    if is_root() {
+        PathBuf::from("/etc/k1s/k1s.yaml")
+    } else {
+        data_dir.join("k1s.yaml")
     }
 }
 
@@ -169,13 +261,30 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
     let compactor = tokio::spawn(store::compactor::run(
         store.clone(),
         cfg.compaction_interval,
-        stop_rx,
+        stop_rx.clone(),
     ));
-    tracing::info!(parts = ?cfg.enabled_parts(), "k1s server running");
+
+    let api_ready = Gate::new("api");
+    #[cfg(feature = "apiserver")]
+    let api = {
+        let api_cfg = crate::apiserver::ApiConfig {
+            bind_address: cfg.bind_address,
+            port: cfg.https_listen_port,
+            tls_dir: cfg.data_dir.join("server").join("tls"),
+            sans: cfg.api_sans(),
+            kubeconfig: cfg.kubeconfig.clone(),
+        };
+        let api = crate::apiserver::start(api_cfg, store.clone(), stop_rx.clone()).await?;
+        api_ready.open();
+        api
+    };
+    tracing::info!(parts = ?cfg.enabled_parts(), api_ready = api_ready.is_open(), "k1s server running");
 
     let signal = signals.wait().await;
     tracing::info!(signal, "shutting down");
     stop_tx.send_replace(true);
+    #[cfg(feature = "apiserver")]
+    api.stopped().await;
     let _ = compactor.await;
     store.shutdown().await?;
     tracing::info!("stopped cleanly");

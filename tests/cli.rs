@@ -127,15 +127,33 @@ impl Server {
 fn server_starts_on_the_embedded_store_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().to_str().expect("utf8");
-    let s = Server::start(&["server", "--data-dir", data, "--log-format", "json"]);
+    let kc = dir.path().join("k.yaml");
+    let kc = kc.to_str().expect("utf8");
+    let api = [
+        "--https-listen-port",
+        "0",
+        "--bind-address",
+        "127.0.0.1",
+        "--write-kubeconfig",
+        kc,
+    ];
+    let mut args = vec!["server", "--data-dir", data, "--log-format", "json"];
+    args.extend(api);
+    let s = Server::start(&args);
     let line = s.wait_for("store ready");
     let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
     assert_eq!(v["fields"]["backend"], "embedded", "{line}");
     s.wait_for("k1s server running");
     assert_eq!(s.terminate(), Some(0));
     assert!(dir.path().join("server/db/state.redb").exists());
+    assert!(
+        dir.path().join("k.yaml").exists(),
+        "admin kubeconfig written"
+    );
     // A second start opens the same store.
-    let s = Server::start(&["server", "--data-dir", data]);
+    let mut args = vec!["server", "--data-dir", data];
+    args.extend(api);
+    let s = Server::start(&args);
     s.wait_for("store ready");
     assert_eq!(s.terminate(), Some(0));
 }
@@ -144,12 +162,19 @@ fn server_starts_on_the_embedded_store_and_stops_cleanly() {
 fn server_runs_on_etcd() {
     let etcd = EtcdServer::start().expect("etcd");
     let dir = tempfile::tempdir().expect("tmp");
+    let kc = dir.path().join("k.yaml");
     let s = Server::start(&[
         "server",
         "--data-dir",
         dir.path().to_str().expect("utf8"),
         "--datastore-endpoint",
         etcd.url(),
+        "--https-listen-port",
+        "0",
+        "--bind-address",
+        "127.0.0.1",
+        "--write-kubeconfig",
+        kc.to_str().expect("utf8"),
     ]);
     let line = s.wait_for("store ready");
     assert!(line.contains("etcd"), "{line}");
@@ -165,6 +190,8 @@ fn unreachable_etcd_fails_with_a_clear_error() {
         dir.path().to_str().expect("utf8"),
         "--datastore-endpoint",
         "http://127.0.0.1:1",
+        "--https-listen-port",
+        "0",
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("datastore"), "{}", stderr(&o));

@@ -107,6 +107,15 @@ pub struct ServerArgs {
     /// Address the API server listens on.
     #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
     pub bind_address: IpAddr,
+    /// Extra names or IPs for the API server's certificate (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub tls_san: Vec<String>,
+    /// Where to write the admin kubeconfig (default /etc/k1s/k1s.yaml as root, else DATA_DIR/k1s.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub write_kubeconfig: Option<PathBuf>,
+    /// Service ClusterIP range; its first address is the `kubernetes` service's.
+    #[arg(long, default_value = "10.43.0.0/16", value_name = "CIDR")]
+    pub service_cidr: String,
     /// How often the store's history is compacted (e.g. 5m, 30s).
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub compaction_interval: Duration,
@@ -222,6 +231,7 @@ pub fn main() -> i32 {
 
 async fn server(args: ServerArgs) -> Result<(), supervisor::SupervisorError> {
     let cfg = server_config(args)?;
+    cfg.validate()?;
     supervisor::run_server(cfg).await
 }
 
@@ -240,6 +250,9 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
         },
         None => Datastore::Embedded,
     };
+    let kubeconfig = args
+        .write_kubeconfig
+        .unwrap_or_else(|| supervisor::default_kubeconfig(&args.common.data_dir));
     Ok(ServerConfig {
         data_dir: args.common.data_dir,
         datastore,
@@ -250,6 +263,9 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
         https_listen_port: args.https_listen_port,
         bind_address: args.bind_address,
         compaction_interval: args.compaction_interval,
+        tls_sans: args.tls_san,
+        kubeconfig,
+        service_cidr: args.service_cidr,
     })
 }
 

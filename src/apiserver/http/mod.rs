@@ -1,0 +1,204 @@
+//! HTTPS serving: rustls with client-certificate authentication, HTTP/1.1 and HTTP/2 on one
+//! port, and the router. Only this module knows HTTP connections; handlers see requests with
+//! the caller's identity attached.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use super::health::{self, Health};
+use super::pki::Pki;
+use super::status;
+
+/// Why serving could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("bad certificate or key PEM: {0}")]
+    Pem(String),
+    #[error("TLS set-up failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client verifier set-up failed: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Who is calling, from their client certificate: CN is the user, O the groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+/// The caller of a request: `None` when anonymous.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Option<User>);
+
+/// The user a client certificate names.
+pub fn user_from_cert(der: &[u8]) -> Option<User> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())?
+        .to_string();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    Some(User { name, groups })
+}
+
+/// The rustls configuration: our serving certificate; client certificates optional, verified
+/// against the cluster CA when given.
+pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, HttpError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pki.ca_cert.as_bytes()) {
+        let cert = cert.map_err(|e| HttpError::Pem(e.to_string()))?;
+        roots.add(cert)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.serving_cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| HttpError::Pem(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.serving_key.as_bytes())
+        .map_err(|e| HttpError::Pem(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Paths anyone may read, as upstream's `system:public-info-viewer` allows.
+fn is_public(path: &str) -> bool {
+    ["/healthz", "/livez", "/readyz", "/version"]
+        .iter()
+        .any(|p| {
+            path == *p
+                || path
+                    .strip_prefix(p)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+}
+
+/// Refuses anonymous requests outside the public paths with 401.
+async fn authenticate(req: Request, next: Next) -> Response {
+    let known = req
+        .extensions()
+        .get::<Caller>()
+        .is_some_and(|c| c.0.is_some());
+    if known || is_public(req.uri().path()) {
+        next.run(req).await
+    } else {
+        status::unauthorized()
+    }
+}
+
+/// The router of every path served so far.
+pub fn router(health: Health) -> Router {
+    Router::new()
+        .route("/version", get(health::version))
+        .route("/healthz", get(health::healthz))
+        .route("/healthz/{check}", get(health::healthz_check))
+        .route("/livez", get(health::livez))
+        .route("/livez/{check}", get(health::livez_check))
+        .route("/readyz", get(health::readyz))
+        .route("/readyz/{check}", get(health::readyz_check))
+        .fallback(|| async { status::not_found() })
+        .with_state(health)
+        .layer(axum::middleware::from_fn(authenticate))
+}
+
+/// Accepts TLS connections on `listener` and serves `app` until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let user = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|c| user_from_cert(c));
+            let caller = Caller(user);
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(caller.clone());
+                    app.clone().oneshot(req)
+                },
+            );
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_paths_are_only_the_health_and_version_ones() {
+        assert!(is_public("/healthz"));
+        assert!(is_public("/readyz/etcd"));
+        assert!(is_public("/version"));
+        assert!(!is_public("/versions"));
+        assert!(!is_public("/api"));
+        assert!(!is_public("/healthzx"));
+    }
+}

@@ -1,0 +1,101 @@
+//! The API server: the Kubernetes v1.37 wire API over HTTPS, in front of the store.
+//!
+//! So far: TLS serving with the cluster PKI ([`pki`]), client-certificate authentication
+//! (anonymous callers get 401 outside the health and version paths), `/version`, `/healthz`,
+//! `/livez`, `/readyz`, and the admin kubeconfig. The resource API comes next.
+
+pub mod health;
+pub mod http;
+pub mod kubeconfig;
+pub mod pki;
+pub mod status;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::store::Store;
+
+/// Why the API server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("certificates: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+    #[error("writing the admin kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the API server is set up.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub bind_address: IpAddr,
+    pub port: u16,
+    /// Where the PKI lives (`DATA_DIR/server/tls`).
+    pub tls_dir: PathBuf,
+    /// Names and addresses the serving certificate covers.
+    pub sans: Vec<String>,
+    /// Where the admin kubeconfig goes.
+    pub kubeconfig: PathBuf,
+}
+
+/// A running API server.
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Waits until the server has stopped (after the stop signal).
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Starts serving; returns once the port is bound and the kubeconfig is written.
+pub async fn start(
+    cfg: ApiConfig,
+    store: Arc<dyn Store>,
+    stop: watch::Receiver<bool>,
+) -> Result<ApiServer, ApiError> {
+    let (tls_dir, sans) = (cfg.tls_dir.clone(), cfg.sans.clone());
+    let pki = tokio::task::spawn_blocking(move || pki::load_or_create(&tls_dir, &sans))
+        .await
+        .map_err(|e| pki::PkiError::Io {
+            path: cfg.tls_dir.clone(),
+            source: std::io::Error::other(e),
+        })??;
+    let tls = http::tls_config(&pki)?;
+    let addr = SocketAddr::new(cfg.bind_address, cfg.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| http::HttpError::Listen { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| http::HttpError::Listen { addr, source })?;
+    let host = if cfg.bind_address.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        match cfg.bind_address {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        }
+    };
+    let text = kubeconfig::render(&pki, &format!("https://{host}:{}", addr.port()));
+    kubeconfig::write(&cfg.kubeconfig, &text).map_err(|source| ApiError::Kubeconfig {
+        path: cfg.kubeconfig.clone(),
+        source,
+    })?;
+    let app = http::router(health::Health { store });
+    let task = tokio::spawn(http::serve(listener, tls, app, stop));
+    tracing::info!(%addr, kubeconfig = %cfg.kubeconfig.display(), "API server listening");
+    Ok(ApiServer { addr, task })
+}

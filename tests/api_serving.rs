@@ -1,0 +1,200 @@
+//! The API server's front door with a stock kubectl 1.37: TLS, the admin kubeconfig, /version,
+//! health endpoints, and 401 for anonymous callers.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// The stock kubectl that `make deps` unpacks into `.cache/`.
+fn kubectl() -> PathBuf {
+    std::env::var_os("K1S_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kubectl/kubectl"))
+}
+
+struct Server {
+    child: Child,
+    _dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    port: u16,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let kubeconfig = dir.path().join("k1s.yaml");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_k1s"))
+            .args([
+                "server",
+                "--bind-address",
+                "127.0.0.1",
+                "--https-listen-port",
+            ])
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--write-kubeconfig")
+            .arg(&kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start k1s");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains("API server listening") => break,
+                Ok(_) => {}
+                Err(_) => panic!("the API server did not start"),
+            }
+        }
+        Server {
+            child,
+            _dir: dir,
+            kubeconfig,
+            port,
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(kubectl())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl (make deps installs it)")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn kubectl_version_and_health_over_tls_with_the_admin_kubeconfig() {
+    let s = Server::start();
+    let mode = std::fs::metadata(&s.kubeconfig).expect("kubeconfig written");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+
+    let o = s.kubectl(&["version", "-o", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["serverVersion"]["gitVersion"], "v1.37.1+k1s");
+    assert_eq!(v["serverVersion"]["major"], "1");
+    assert_eq!(v["serverVersion"]["minor"], "37");
+
+    let o = s.kubectl(&["get", "--raw", "/readyz?verbose"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("[+]etcd ok") && out.contains("readyz check passed"),
+        "{out}"
+    );
+    let o = s.kubectl(&["get", "--raw", "/livez/ping"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok");
+    let o = s.kubectl(&["get", "--raw", "/healthz"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok");
+}
+
+/// A GET over TLS without a client certificate, trusting the cluster CA: (status, body).
+fn anonymous_get(s: &Server, path: &str) -> (u16, String) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::io::{Read, Write};
+    let ca = std::fs::read(s._dir.path().join("server/tls/server-ca.crt")).expect("ca");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.expect("pem")).expect("add ca");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).expect("tls");
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (code, body)
+}
+
+#[test]
+fn anonymous_callers_get_401_except_on_public_paths() {
+    let s = Server::start();
+    for path in ["/healthz", "/livez", "/readyz", "/readyz/etcd", "/version"] {
+        let (code, _) = anonymous_get(&s, path);
+        assert_eq!(code, 200, "{path}");
+    }
+    for path in [
+        "/api",
+        "/apis",
+        "/api/v1/namespaces/default/pods",
+        "/metrics",
+    ] {
+        let (code, body) = anonymous_get(&s, path);
+        assert_eq!(code, 401, "{path}");
+        let status: serde_json::Value = serde_json::from_str(&body).expect("Status body");
+        assert_eq!(status["kind"], "Status");
+        assert_eq!(status["reason"], "Unauthorized");
+        assert_eq!(status["code"], 401);
+    }
+    // The admin gets past authentication (the resource API itself comes next: 404).
+    let o = s.kubectl(&["get", "--raw", "/no/such/path"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("could not find the requested resource"),
+        "{}",
+        text(&o)
+    );
+}
