@@ -198,3 +198,85 @@ fn anonymous_callers_get_401_except_on_public_paths() {
         text(&o)
     );
 }
+
+#[test]
+fn discovery_answers_kubectl_api_versions_and_api_resources() {
+    let s = Server::start();
+    let o = s.kubectl(&["api-versions"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let versions = String::from_utf8_lossy(&o.stdout);
+    for gv in [
+        "v1",
+        "apps/v1",
+        "batch/v1",
+        "autoscaling/v2",
+        "rbac.authorization.k8s.io/v1",
+    ] {
+        assert!(
+            versions.lines().any(|l| l == gv),
+            "{gv} missing from:\n{versions}"
+        );
+    }
+    assert!(
+        !versions.contains("alpha"),
+        "alpha versions are off by default:\n{versions}"
+    );
+
+    let o = s.kubectl(&["api-resources"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    };
+    assert_eq!(row("pods"), Some(vec!["pods", "po", "v1", "true", "Pod"]));
+    assert_eq!(
+        row("deployments"),
+        Some(vec![
+            "deployments",
+            "deploy",
+            "apps/v1",
+            "true",
+            "Deployment"
+        ])
+    );
+    assert_eq!(
+        row("namespaces"),
+        Some(vec!["namespaces", "ns", "v1", "false", "Namespace"])
+    );
+
+    let o = s.kubectl(&["api-resources", "--categories=all", "-o", "name"]);
+    let all = String::from_utf8_lossy(&o.stdout);
+    for r in [
+        "pods",
+        "services",
+        "deployments.apps",
+        "jobs.batch",
+        "cronjobs.batch",
+    ] {
+        assert!(
+            all.lines().any(|l| l == r),
+            "{r} missing from `all`:\n{all}"
+        );
+    }
+
+    // The legacy documents too.
+    let o = s.kubectl(&["get", "--raw", "/apis/apps"]);
+    let group: serde_json::Value = serde_json::from_slice(&o.stdout).expect("APIGroup");
+    assert_eq!(group["kind"], "APIGroup");
+    assert_eq!(group["preferredVersion"]["groupVersion"], "apps/v1");
+    let o = s.kubectl(&["get", "--raw", "/api/v1"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).expect("APIResourceList");
+    let status = list["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["name"] == "pods/status")
+        .expect("pods/status");
+    assert_eq!(
+        status["verbs"],
+        serde_json::json!(["get", "patch", "update"])
+    );
+}

@@ -2,8 +2,11 @@
 //!
 //! So far: TLS serving with the cluster PKI ([`pki`]), client-certificate authentication
 //! (anonymous callers get 401 outside the health and version paths), `/version`, `/healthz`,
-//! `/livez`, `/readyz`, and the admin kubeconfig. The resource API comes next.
+//! `/livez`, `/readyz`, the admin kubeconfig, and discovery of every built-in resource
+//! ([`catalog`], [`discovery`]). The resource handlers come next.
 
+pub mod catalog;
+pub mod discovery;
 pub mod health;
 pub mod http;
 pub mod kubeconfig;
@@ -94,7 +97,12 @@ pub async fn start(
         path: cfg.kubeconfig.clone(),
         source,
     })?;
-    let app = http::router(health::Health { store });
+    let app = http::router(
+        health::Health { store },
+        discovery::Discovery {
+            server_address: format!("{host}:{}", addr.port()),
+        },
+    );
     let task = tokio::spawn(http::serve(listener, tls, app, stop));
     tracing::info!(%addr, kubeconfig = %cfg.kubeconfig.display(), "API server listening");
     Ok(ApiServer { addr, task })

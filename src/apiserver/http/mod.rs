@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use super::discovery::{self, Discovery};
 use super::health::{self, Health};
 use super::pki::Pki;
 use super::status;
@@ -121,7 +122,14 @@ async fn authenticate(req: Request, next: Next) -> Response {
 }
 
 /// The router of every path served so far.
-pub fn router(health: Health) -> Router {
+pub fn router(health: Health, disc: Discovery) -> Router {
+    let discovery = Router::new()
+        .route("/api", get(discovery::core))
+        .route("/api/v1", get(discovery::core_v1))
+        .route("/apis", get(discovery::groups))
+        .route("/apis/{group}", get(discovery::group))
+        .route("/apis/{group}/{version}", get(discovery::group_version))
+        .with_state(disc);
     Router::new()
         .route("/version", get(health::version))
         .route("/healthz", get(health::healthz))
@@ -130,8 +138,9 @@ pub fn router(health: Health) -> Router {
         .route("/livez/{check}", get(health::livez_check))
         .route("/readyz", get(health::readyz))
         .route("/readyz/{check}", get(health::readyz_check))
-        .fallback(|| async { status::not_found() })
         .with_state(health)
+        .merge(discovery)
+        .fallback(|| async { status::not_found() })
         .layer(axum::middleware::from_fn(authenticate))
 }
 
