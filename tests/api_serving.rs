@@ -280,3 +280,178 @@ fn discovery_answers_kubectl_api_versions_and_api_resources() {
         serde_json::json!(["get", "patch", "update"])
     );
 }
+
+#[test]
+fn kubectl_create_get_label_patch_apply_delete_through_the_generic_registry() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifest = dir.path().join("cm.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\n  labels: {app: web}\ndata:\n  a: \"1\"\n",
+    )
+    .expect("write");
+    let m = manifest.to_str().expect("utf8");
+    let ok = |args: &[&str]| {
+        let o = s.kubectl(args);
+        assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // The system namespaces exist from the start.
+    let ns = ok(&["get", "ns", "-o", "name"]);
+    for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(ns.contains(&format!("namespace/{n}")), "{ns}");
+    }
+    // OpenAPI is not served yet, so client-side validation is off.
+    assert!(ok(&["create", "-f", m, "--validate=false"]).contains("configmap/demo created"));
+    let o = s.kubectl(&["create", "-f", m, "--validate=false"]);
+    assert!(text(&o).contains("AlreadyExists"), "{}", text(&o));
+    let got: serde_json::Value =
+        serde_json::from_str(&ok(&["get", "cm", "demo", "-o", "json"])).expect("json");
+    assert_eq!(got["data"]["a"], "1");
+    assert!(got["metadata"]["uid"].is_string());
+    assert!(got["metadata"]["creationTimestamp"].is_string());
+    let rv: i64 = got["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .parse()
+        .expect("number");
+
+    ok(&["label", "cm", "demo", "tier=front"]);
+    ok(&["annotate", "cm", "demo", "note=hi"]);
+    assert!(ok(&["get", "cm", "-l", "tier=front", "-o", "name"]).contains("configmap/demo"));
+    assert!(ok(&["get", "cm", "-l", "tier!=front", "-o", "name"]).is_empty());
+    ok(&[
+        "patch",
+        "cm",
+        "demo",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"b":"2"}}"#,
+    ]);
+    ok(&[
+        "patch",
+        "cm",
+        "demo",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"add","path":"/data/c","value":"3"}]"#,
+    ]);
+    let data = ok(&["get", "cm", "demo", "-o", "jsonpath={.data}"]);
+    assert_eq!(data, r#"{"a":"1","b":"2","c":"3"}"#);
+    let got: serde_json::Value =
+        serde_json::from_str(&ok(&["get", "cm", "demo", "-o", "json"])).expect("json");
+    let rv2: i64 = got["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .parse()
+        .expect("number");
+    assert!(rv2 > rv, "writes move the resourceVersion");
+    assert!(ok(&["apply", "-f", m, "--validate=false"]).contains("configured"));
+
+    // A stale resourceVersion conflicts.
+    let mut stale = got.clone();
+    stale["metadata"]["resourceVersion"] = serde_json::json!(rv.to_string());
+    let stale_file = dir.path().join("stale.json");
+    std::fs::write(&stale_file, stale.to_string()).expect("write");
+    let o = s.kubectl(&[
+        "replace",
+        "-f",
+        stale_file.to_str().expect("utf8"),
+        "--validate=false",
+    ]);
+    assert!(
+        text(&o).contains("Conflict") || text(&o).contains("the object has been modified"),
+        "{}",
+        text(&o)
+    );
+
+    // Namespaces: objects need one that exists.
+    let o = s.kubectl(&["-n", "nowhere", "create", "-f", m, "--validate=false"]);
+    assert!(
+        text(&o).contains("namespaces \"nowhere\" not found"),
+        "{}",
+        text(&o)
+    );
+    // Names are checked.
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n",
+    )
+    .expect("write");
+    let o = s.kubectl(&["create", "-f", m, "--validate=false"]);
+    assert!(
+        text(&o).contains("is invalid") && text(&o).contains("RFC 1123"),
+        "{}",
+        text(&o)
+    );
+
+    assert!(ok(&["delete", "cm", "demo"]).contains("deleted"));
+    let o = s.kubectl(&["get", "cm", "demo"]);
+    assert!(text(&o).contains("NotFound"), "{}", text(&o));
+}
+
+#[test]
+fn paged_lists_and_watches() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    for i in 0..7 {
+        let f = dir.path().join(format!("cm{i}.json"));
+        std::fs::write(
+            &f,
+            format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cm-{i}"}}}}"#),
+        )
+        .expect("write");
+        let o = s.kubectl(&[
+            "create",
+            "-f",
+            f.to_str().expect("utf8"),
+            "--validate=false",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    // kubectl pages with --chunk-size and stitches the pages together.
+    let o = s.kubectl(&["get", "cm", "--chunk-size=2", "-o", "name"]);
+    let names: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    let o = s.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?limit=3",
+    ]);
+    let page: serde_json::Value = serde_json::from_slice(&o.stdout).expect("list");
+    assert_eq!(page["kind"], "ConfigMapList");
+    assert_eq!(page["items"].as_array().expect("items").len(), 3);
+    assert_eq!(page["metadata"]["remainingItemCount"], 4);
+    assert!(page["metadata"]["continue"].is_string());
+
+    // A watch from the list's resourceVersion sees the next change.
+    let rv = page["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    let watch = Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(&s.kubeconfig)
+        .args(["get", "--raw"])
+        .arg(format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=5"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("watch");
+    std::thread::sleep(Duration::from_millis(500));
+    let o = s.kubectl(&["delete", "cm", "cm-3"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = watch.wait_with_output().expect("watch output");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "DELETED");
+    assert_eq!(events[0]["object"]["metadata"]["name"], "cm-3");
+}

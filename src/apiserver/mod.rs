@@ -11,6 +11,7 @@ pub mod health;
 pub mod http;
 pub mod kubeconfig;
 pub mod pki;
+pub mod registry;
 pub mod status;
 
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +30,8 @@ pub enum ApiError {
     Pki(#[from] pki::PkiError),
     #[error(transparent)]
     Http(#[from] http::HttpError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::Error),
     #[error("writing the admin kubeconfig {path}: {source}")]
     Kubeconfig {
         path: PathBuf,
@@ -97,8 +100,18 @@ pub async fn start(
         path: cfg.kubeconfig.clone(),
         source,
     })?;
+    registry::bootstrap(store.as_ref()).await?;
+    let cache = crate::store::watch_cache::WatchCache::start(
+        store.clone(),
+        crate::store::keys::REGISTRY_ROOT,
+        Default::default(),
+    )
+    .await?;
     let app = http::router(
-        health::Health { store },
+        health::Health {
+            store: store.clone(),
+        },
+        registry::Registry { store, cache },
         discovery::Discovery {
             server_address: format!("{host}:{}", addr.port()),
         },

@@ -6,6 +6,16 @@ use serde_json::json;
 
 /// A failure `Status` with `code`, `reason` and `message`, as kube-apiserver writes it.
 pub fn failure(code: StatusCode, reason: &str, message: &str) -> Response {
+    failure_with_details(code, reason, message, json!({}))
+}
+
+/// A failure `Status` with `details` (name, kind, causes).
+pub fn failure_with_details(
+    code: StatusCode,
+    reason: &str,
+    message: &str,
+    details: serde_json::Value,
+) -> Response {
     let body = json!({
         "kind": "Status",
         "apiVersion": "v1",
@@ -13,7 +23,7 @@ pub fn failure(code: StatusCode, reason: &str, message: &str) -> Response {
         "status": "Failure",
         "message": message,
         "reason": reason,
-        "details": {},
+        "details": details,
         "code": code.as_u16(),
     });
     (

@@ -21,6 +21,7 @@ use tower::ServiceExt;
 use super::discovery::{self, Discovery};
 use super::health::{self, Health};
 use super::pki::Pki;
+use super::registry::{self, Registry};
 use super::status;
 
 /// Why serving could not start.
@@ -122,7 +123,7 @@ async fn authenticate(req: Request, next: Next) -> Response {
 }
 
 /// The router of every path served so far.
-pub fn router(health: Health, disc: Discovery) -> Router {
+pub fn router(health: Health, registry: Registry, disc: Discovery) -> Router {
     let discovery = Router::new()
         .route("/api", get(discovery::core))
         .route("/api/v1", get(discovery::core_v1))
@@ -130,6 +131,13 @@ pub fn router(health: Health, disc: Discovery) -> Router {
         .route("/apis/{group}", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::group_version))
         .with_state(disc);
+    let resources = Router::new()
+        .route("/api/v1/{*rest}", axum::routing::any(registry::handle))
+        .route(
+            "/apis/{group}/{version}/{*rest}",
+            axum::routing::any(registry::handle),
+        )
+        .with_state(registry);
     Router::new()
         .route("/version", get(health::version))
         .route("/healthz", get(health::healthz))
@@ -140,6 +148,7 @@ pub fn router(health: Health, disc: Discovery) -> Router {
         .route("/readyz/{check}", get(health::readyz_check))
         .with_state(health)
         .merge(discovery)
+        .merge(resources)
         .fallback(|| async { status::not_found() })
         .layer(axum::middleware::from_fn(authenticate))
 }

@@ -1,0 +1,398 @@
+//! List, watch and delete-collection, served from the watch cache (pages after the first come
+//! from the store at the first page's revision, so a paged list is one consistent snapshot).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use base64::Engine;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use super::object::{self, store_error, to_wire};
+use super::selector::Selector;
+use super::{json, Call};
+use crate::apiserver::catalog::ResourceDef;
+use crate::apiserver::status;
+use crate::store::keys::key_after;
+use crate::store::watch_cache::ReadFrom;
+use crate::store::{self, Event, EventKind, KeyValue};
+
+/// How often a watch that allows bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+/// A watch without `timeoutSeconds` ends after this long, and the client re-watches.
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+
+struct Filters {
+    labels: Selector,
+    fields: Selector,
+}
+
+impl Filters {
+    fn parse(call: &Call<'_>) -> Result<Filters, Response> {
+        let bad = |e: super::selector::SelectorError| {
+            status::failure(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string())
+        };
+        Ok(Filters {
+            labels: Selector::parse_labels(
+                call.query.label_selector.as_deref().unwrap_or_default(),
+            )
+            .map_err(bad)?,
+            fields: Selector::parse_fields(
+                call.query.field_selector.as_deref().unwrap_or_default(),
+            )
+            .map_err(bad)?,
+        })
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches_labels(obj) && self.fields.matches_fields(obj)
+    }
+}
+
+fn continue_token(rv: i64, start: &str) -> String {
+    let t = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": start});
+    base64::engine::general_purpose::STANDARD.encode(t.to_string())
+}
+
+fn parse_continue(token: &str) -> Option<(i64, String)> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()?;
+    let v: Value = serde_json::from_slice(&raw).ok()?;
+    Some((v["rv"].as_i64()?, v["start"].as_str()?.to_string()))
+}
+
+/// Which state a list reads, from resourceVersion and resourceVersionMatch.
+fn read_from(call: &Call<'_>) -> Result<ReadFrom, Response> {
+    let bad = |m: String| status::failure(StatusCode::BAD_REQUEST, "BadRequest", &m);
+    let rv = call.query.resource_version.as_deref().unwrap_or_default();
+    let parsed = || {
+        rv.parse::<i64>().map_err(|_| {
+            bad(format!(
+                "resourceVersion: Invalid value: \"{rv}\": must be a non-negative integer"
+            ))
+        })
+    };
+    Ok(match (rv, call.query.resource_version_match.as_deref()) {
+        ("", None | Some("")) => ReadFrom::Latest,
+        ("0", None | Some("") | Some("NotOlderThan")) => ReadFrom::Any,
+        (_, Some("Exact")) => ReadFrom::Exact(parsed()?),
+        (_, None | Some("") | Some("NotOlderThan")) => ReadFrom::NotOlderThan(parsed()?),
+        (_, Some(other)) => {
+            return Err(bad(format!(
+                "resourceVersionMatch: Unsupported value: \"{other}\""
+            )))
+        }
+    })
+}
+
+fn list_kind(def: &ResourceDef) -> String {
+    format!("{}List", def.kind)
+}
+
+/// Strips what list items leave out on the wire (apiVersion and kind).
+fn item(mut obj: Value) -> Value {
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("apiVersion");
+        o.remove("kind");
+    }
+    obj
+}
+
+/// `GET` a collection.
+pub async fn list(call: &Call<'_>) -> Response {
+    let filters = match Filters::parse(call) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let prefix = object::prefix(call.def, call.ns());
+    let limit = call.query.limit;
+    let (from, start) = match &call.query.continue_token {
+        Some(token) => match parse_continue(token) {
+            Some((rv, start)) => (ReadFrom::Exact(rv), Some(format!("{prefix}{start}"))),
+            None => {
+                return status::failure(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "continue key is not valid",
+                )
+            }
+        },
+        None => match read_from(call) {
+            Ok(f) => (f, None),
+            Err(r) => return r,
+        },
+    };
+    // Filtering happens after reading, so read everything from the start key and page here.
+    let page = match call.reg.cache.list(&prefix, start.as_deref(), 0, from).await {
+        Ok(p) => p,
+        Err(store::Error::Compacted { .. }) if call.query.continue_token.is_some() => {
+            return status::failure(
+                StatusCode::GONE,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+            )
+        }
+        Err(e) => return store_error(call.def, "", e),
+    };
+    let mut items = Vec::new();
+    let mut remaining = 0i64;
+    let mut next = None;
+    for kv in &page.kvs {
+        let obj = match to_wire(call.def, kv) {
+            Ok(o) => o,
+            Err(r) => return r,
+        };
+        if !filters.matches(&obj) {
+            continue;
+        }
+        if limit > 0 && items.len() >= limit {
+            remaining += 1;
+            continue;
+        }
+        if limit > 0 && items.len() + 1 == limit {
+            next = Some(kv.key.clone());
+        }
+        items.push(item(obj));
+    }
+    let mut meta = json!({"resourceVersion": page.revision.to_string()});
+    if remaining > 0 {
+        if let Some(last) = next {
+            let rel = key_after(&last)[prefix.len()..].to_string();
+            meta["continue"] = json!(continue_token(page.revision, &rel));
+            meta["remainingItemCount"] = json!(remaining);
+        }
+    }
+    json(
+        StatusCode::OK,
+        &json!({
+            "kind": list_kind(call.def),
+            "apiVersion": call.def.group_version(),
+            "metadata": meta,
+            "items": items,
+        }),
+    )
+}
+
+fn event_line(kind: &str, obj: &Value) -> Bytes {
+    let mut line = json!({"type": kind, "object": obj}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+fn bookmark(def: &ResourceDef, rev: i64, initial_end: bool) -> Bytes {
+    let mut meta = json!({"resourceVersion": rev.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    event_line(
+        "BOOKMARK",
+        &json!({"kind": def.kind, "apiVersion": def.group_version(), "metadata": meta}),
+    )
+}
+
+/// The watch event a store event becomes for this watcher, if any: selector changes turn
+/// modifications into additions or deletions, as upstream does.
+fn translate(def: &ResourceDef, filters: &Filters, e: &Event) -> Option<Bytes> {
+    let wire = |kv: &KeyValue| to_wire(def, kv).ok();
+    match e.kind {
+        EventKind::Put => {
+            let cur = wire(&e.kv)?;
+            let now = filters.matches(&cur);
+            let before = e.prev.as_ref().and_then(wire).map(|p| filters.matches(&p));
+            match (before, now) {
+                (None, true) => Some(event_line("ADDED", &cur)),
+                (Some(true), true) => Some(event_line("MODIFIED", &cur)),
+                (Some(false), true) => Some(event_line("ADDED", &cur)),
+                (Some(true), false) => Some(event_line("DELETED", &cur)),
+                _ => None,
+            }
+        }
+        EventKind::Delete => {
+            let prev = e.prev.as_ref()?;
+            let mut obj = wire(prev)?;
+            if !filters.matches(&obj) {
+                return None;
+            }
+            obj["metadata"]["resourceVersion"] = json!(e.revision().to_string());
+            Some(event_line("DELETED", &obj))
+        }
+    }
+}
+
+/// `GET ...?watch=true`: a stream of JSON watch events.
+pub async fn watch(call: &Call<'_>) -> Response {
+    let filters = match Filters::parse(call) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let def = call.def;
+    let prefix = object::prefix(def, call.ns());
+    let rv = call.query.resource_version.clone().unwrap_or_default();
+    let send_initial = call
+        .query
+        .send_initial_events
+        .unwrap_or(rv.is_empty() || rv == "0");
+    let mut initial: Vec<Bytes> = Vec::new();
+    let stream = if send_initial {
+        match call.reg.cache.snapshot_and_watch(&prefix) {
+            Ok((kvs, rev, stream)) => {
+                for kv in &kvs {
+                    if let Ok(obj) = to_wire(def, kv) {
+                        if filters.matches(&obj) {
+                            initial.push(event_line("ADDED", &obj));
+                        }
+                    }
+                }
+                if call.query.send_initial_events == Some(true) && call.query.allow_watch_bookmarks
+                {
+                    initial.push(bookmark(def, rev, true));
+                }
+                stream
+            }
+            Err(e) => return store_error(def, "", e),
+        }
+    } else {
+        let from = match rv.parse::<i64>() {
+            Ok(r) => r + 1,
+            Err(_) => {
+                return status::failure(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!("resourceVersion: Invalid value: \"{rv}\""),
+                )
+            }
+        };
+        match call.reg.cache.watch(&prefix, from) {
+            Ok(s) => s,
+            Err(store::Error::Compacted { compacted, .. }) => {
+                // Upstream answers 200 and then a 410 ERROR event.
+                let err = json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": format!("too old resource version: {rv} ({compacted})"),
+                    "reason": "Expired", "code": 410,
+                });
+                return stream_response(Body::from(event_line("ERROR", &err)));
+            }
+            Err(e) => return store_error(def, "", e),
+        }
+    };
+    let timeout = call
+        .query
+        .timeout_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_WATCH_TIMEOUT);
+    let bookmarks = call.query.allow_watch_bookmarks;
+    let cache = call.reg.cache.clone();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let events = futures::stream::unfold(
+        (
+            stream,
+            filters,
+            tokio::time::Instant::now() + BOOKMARK_EVERY,
+        ),
+        move |(mut stream, filters, mut next_bookmark)| {
+            let cache = cache.clone();
+            async move {
+                loop {
+                    let wake = if bookmarks {
+                        next_bookmark.min(deadline)
+                    } else {
+                        deadline
+                    };
+                    tokio::select! {
+                        item = stream.next() => {
+                            let batch = match item {
+                                Some(Ok(batch)) => batch,
+                                _ => return None,
+                            };
+                            let lines: Vec<Bytes> = batch.iter().filter_map(|e| translate(def, &filters, e)).collect();
+                            if lines.is_empty() {
+                                continue;
+                            }
+                            let mut out = Vec::new();
+                            for l in lines {
+                                out.extend_from_slice(&l);
+                            }
+                            return Some((Ok::<_, Infallible>(Bytes::from(out)), (stream, filters, next_bookmark)));
+                        }
+                        _ = tokio::time::sleep_until(wake) => {
+                            if tokio::time::Instant::now() >= deadline {
+                                return None;
+                            }
+                            next_bookmark = tokio::time::Instant::now() + BOOKMARK_EVERY;
+                            let b = bookmark(def, cache.revision(), false);
+                            return Some((Ok(b), (stream, filters, next_bookmark)));
+                        }
+                    }
+                }
+            }
+        },
+    );
+    let head = futures::stream::iter(initial.into_iter().map(Ok::<_, Infallible>));
+    stream_response(Body::from_stream(head.chain(events)))
+}
+
+fn stream_response(body: Body) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(body)
+        .unwrap_or_else(|_| {
+            status::failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "building the watch response",
+            )
+        })
+}
+
+/// `DELETE` a collection: every object matching the selectors.
+pub async fn delete_collection(call: &Call<'_>) -> Response {
+    let filters = match Filters::parse(call) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let prefix = object::prefix(call.def, call.ns());
+    let page = match call
+        .reg
+        .store
+        .range(store::RangeRequest {
+            prefix,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => return store_error(call.def, "", e),
+    };
+    let mut deleted = Vec::new();
+    for kv in &page.kvs {
+        let Ok(obj) = to_wire(call.def, kv) else {
+            continue;
+        };
+        if !filters.matches(&obj) {
+            continue;
+        }
+        if !call.query.dry_run {
+            match call.reg.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                Ok(_) | Err(store::Error::NotFound { .. }) => {}
+                Err(e) => return store_error(call.def, "", e),
+            }
+        }
+        deleted.push(item(obj));
+    }
+    json(
+        StatusCode::OK,
+        &json!({
+            "kind": list_kind(call.def),
+            "apiVersion": call.def.group_version(),
+            "metadata": {"resourceVersion": page.revision.to_string()},
+            "items": deleted,
+        }),
+    )
+}

@@ -1,0 +1,203 @@
+//! The generic registry: one REST handler for every built-in resource.
+//!
+//! A request is parsed into a [`request::RequestInfo`], looked up in the catalog, and served
+//! from the store (writes, exact reads) or the watch cache (lists, watches). Objects are handled
+//! as JSON; what differs per kind (defaults, validation, status handling) belongs in strategy
+//! tables, of which only the common part exists so far: names, uid, timestamps, generation,
+//! resourceVersion, finalizers, status kept apart from the main resource.
+// Failures here are finished HTTP responses, built once per failed request and returned at once;
+// boxing them would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+mod list;
+mod object;
+mod request;
+mod selector;
+mod write;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::catalog::{self, ResourceDef};
+use super::status;
+use crate::store::watch_cache::WatchCache;
+use crate::store::Store;
+
+pub use request::RequestInfo;
+
+/// Largest request body accepted, as kube-apiserver's 3 MiB.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// The namespaces that exist from the start.
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Shared state of the registry.
+#[derive(Clone)]
+pub struct Registry {
+    pub store: Arc<dyn Store>,
+    pub cache: WatchCache,
+}
+
+/// One request, resolved against the catalog.
+pub(crate) struct Call<'a> {
+    pub reg: &'a Registry,
+    pub def: &'static ResourceDef,
+    pub info: RequestInfo,
+    pub query: request::Query,
+}
+
+impl Call<'_> {
+    fn ns(&self) -> Option<&str> {
+        self.info.namespace.as_deref()
+    }
+    fn name(&self) -> &str {
+        self.info.name.as_deref().unwrap_or_default()
+    }
+}
+
+/// JSON with the given status.
+pub(crate) fn json(code: StatusCode, body: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn method_not_allowed(info: &RequestInfo) -> Response {
+    status::failure(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        &format!(
+            "the server does not allow this method on the requested resource ({} {})",
+            info.verb, info.resource
+        ),
+    )
+}
+
+/// Parses a request body as JSON or YAML into an object.
+pub(crate) fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, Response> {
+    let bad = |msg: String| status::failure(StatusCode::BAD_REQUEST, "BadRequest", &msg);
+    let value: Value = if content_type.contains("yaml") {
+        serde_yaml_ng::from_slice(body).map_err(|e| {
+            bad(format!(
+                "the body of the request was in an unknown format: {e}"
+            ))
+        })?
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| bad(format!("the body of the request could not be decoded: {e}")))?
+    };
+    if !value.is_object() {
+        return Err(bad("the body of the request must be an object".into()));
+    }
+    Ok(value)
+}
+
+/// Serves every request under `/api/v1` and `/apis/GROUP/VERSION` that discovery does not.
+pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
+    let query = request::parse_query(req.uri().query());
+    let Some(info) = request::parse(req.method(), req.uri().path(), query.watch) else {
+        return status::not_found();
+    };
+    let Some(def) = catalog::find(&info.group, &info.version, &info.resource) else {
+        return status::not_found();
+    };
+    // Scope: namespaced resources may be addressed across namespaces only to list and watch.
+    if !def.namespaced && info.namespace.is_some() {
+        return status::not_found();
+    }
+    if def.namespaced && info.namespace.is_none() && !matches!(info.verb, "list" | "watch") {
+        return status::not_found();
+    }
+    let verbs: &[&str] = match &info.subresource {
+        None => def.verbs,
+        Some(sub) => match def.subresources.iter().find(|s| s.name == sub) {
+            Some(s) => s.verbs,
+            None => return status::not_found(),
+        },
+    };
+    if !verbs.contains(&info.verb) {
+        return method_not_allowed(&info);
+    }
+    if let Some(sub) = &info.subresource {
+        if sub != "status" {
+            return status::failure(
+                StatusCode::NOT_IMPLEMENTED,
+                "NotImplemented",
+                &format!("the {}/{sub} subresource is not served yet", def.plural),
+            );
+        }
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    // Only JSON and YAML bodies: a 415 makes client-go switch from protobuf or CBOR to JSON.
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    if matches!(
+        info.verb,
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    ) && (media.contains("protobuf") || media.contains("cbor"))
+    {
+        return status::failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            &format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml ({media})"),
+        );
+    }
+    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return status::failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                "the request body is too large",
+            )
+        }
+    };
+    let call = Call {
+        reg: &reg,
+        def,
+        info,
+        query,
+    };
+    match call.info.verb {
+        "get" => write::get(&call).await,
+        "list" => list::list(&call).await,
+        "watch" => list::watch(&call).await,
+        "create" => write::create(&call, &body, &content_type).await,
+        "update" => write::update(&call, &body, &content_type).await,
+        "patch" => write::patch(&call, &body, &content_type).await,
+        "delete" => write::delete(&call, &body).await,
+        "deletecollection" => list::delete_collection(&call).await,
+        _ => method_not_allowed(&call.info),
+    }
+}
+
+/// Creates the system namespaces that do not exist yet.
+pub async fn bootstrap(store: &dyn Store) -> Result<(), crate::store::Error> {
+    let Some(def) = catalog::find("", "v1", "namespaces") else {
+        return Ok(());
+    };
+    for ns in SYSTEM_NAMESPACES {
+        let obj = write::new_namespace(ns);
+        match store
+            .create(&object::key(def, None, ns), object::to_stored(&obj))
+            .await
+        {
+            Ok(_) | Err(crate::store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

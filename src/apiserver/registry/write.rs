@@ -1,0 +1,488 @@
+//! Get, create, update, patch and delete of one object.
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::object::{self, invalid, not_found, store_error, to_stored, to_wire};
+use super::{json, parse_body, Call};
+use crate::apiserver::catalog::ResourceDef;
+use crate::apiserver::status;
+use crate::store::{self, KeyValue};
+
+/// How many times an unconditional update retries a lost race.
+const RETRIES: usize = 5;
+
+/// A new namespace object as upstream creates it.
+pub fn new_namespace(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "uid": object::new_uid(),
+            "creationTimestamp": object::now_rfc3339(),
+            "labels": {"kubernetes.io/metadata.name": name},
+        },
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    })
+}
+
+fn has_status(def: &ResourceDef) -> bool {
+    def.subresources.iter().any(|s| s.name == "status")
+}
+
+fn key(call: &Call<'_>) -> String {
+    object::key(call.def, call.ns(), call.name())
+}
+
+async fn current(call: &Call<'_>) -> Result<KeyValue, Response> {
+    match call.reg.store.get(&key(call), 0).await {
+        Ok(Some(kv)) => Ok(kv),
+        Ok(None) => Err(not_found(call.def, call.name())),
+        Err(e) => Err(store_error(call.def, call.name(), e)),
+    }
+}
+
+/// `GET` one object (or its status).
+pub async fn get(call: &Call<'_>) -> Response {
+    match current(call).await.and_then(|kv| to_wire(call.def, &kv)) {
+        Ok(obj) => json(StatusCode::OK, &obj),
+        Err(r) => r,
+    }
+}
+
+/// Checks apiVersion and kind of a request body against the endpoint.
+fn check_type(def: &ResourceDef, obj: &mut Value) -> Result<(), Response> {
+    let gv = def.group_version();
+    let bad = |msg: String| status::failure(StatusCode::BAD_REQUEST, "BadRequest", &msg);
+    match obj["apiVersion"].as_str() {
+        None | Some("") => obj["apiVersion"] = json!(gv),
+        Some(v) if v == gv => {}
+        Some(v) => {
+            return Err(bad(format!(
+                "the API version in the data ({v}) does not match the expected API version ({gv})"
+            )))
+        }
+    }
+    match obj["kind"].as_str() {
+        None | Some("") => obj["kind"] = json!(def.kind),
+        Some(k) if k == def.kind => {}
+        Some(k) => {
+            return Err(bad(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                def.kind
+            )))
+        }
+    }
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    Ok(())
+}
+
+/// Sets and checks the namespace of a body against the URL.
+fn check_namespace(call: &Call<'_>, obj: &mut Value) -> Result<(), Response> {
+    let Some(ns) = call.ns() else {
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("namespace");
+        }
+        return Ok(());
+    };
+    match obj["metadata"]["namespace"].as_str() {
+        None | Some("") => obj["metadata"]["namespace"] = json!(ns),
+        Some(n) if n == ns => {}
+        Some(_) => return Err(status::failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
+    }
+    Ok(())
+}
+
+/// Refuses objects in namespaces that are missing or terminating.
+async fn check_namespace_open(call: &Call<'_>) -> Result<(), Response> {
+    let Some(ns) = call.ns() else { return Ok(()) };
+    let Some(nsdef) = crate::apiserver::catalog::find("", "v1", "namespaces") else {
+        return Ok(());
+    };
+    match call.reg.store.get(&object::key(nsdef, None, ns), 0).await {
+        Ok(Some(kv)) => {
+            let obj: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+            if obj["metadata"]["deletionTimestamp"].is_string()
+                || obj["status"]["phase"] == "Terminating"
+            {
+                return Err(status::failure_with_details(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    &format!("{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", object::qualified(call.def), call.name()),
+                    json!({"name": call.name(), "kind": call.def.plural, "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}),
+                ));
+            }
+            Ok(())
+        }
+        Ok(None) => Err(not_found(nsdef, ns)),
+        Err(e) => Err(store_error(nsdef, ns, e)),
+    }
+}
+
+/// `POST` a new object.
+pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response {
+    let mut obj = match parse_body(body, content_type) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_type(call.def, &mut obj).and_then(|_| check_namespace(call, &mut obj)) {
+        return r;
+    }
+    let name = match obj["metadata"]["name"].as_str() {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => match obj["metadata"]["generateName"].as_str() {
+            Some(g) if !g.is_empty() => format!("{g}{}", object::name_suffix()),
+            _ => {
+                return invalid(
+                    call.def,
+                    "",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                )
+            }
+        },
+    };
+    let label_only = call.def.plural == "namespaces";
+    if let Some(problem) = object::name_problem(&name, label_only) {
+        return invalid(
+            call.def,
+            &name,
+            "metadata.name",
+            &format!("Invalid value: \"{name}\": {problem}"),
+        );
+    }
+    if let Err(r) = check_namespace_open(call).await {
+        return r;
+    }
+    let meta = &mut obj["metadata"];
+    meta["name"] = json!(name);
+    meta["uid"] = json!(object::new_uid());
+    meta["creationTimestamp"] = json!(object::now_rfc3339());
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("resourceVersion");
+        m.remove("deletionTimestamp");
+        m.remove("deletionGracePeriodSeconds");
+    }
+    if obj.get("spec").is_some() {
+        obj["metadata"]["generation"] = json!(1);
+    }
+    if call.def.plural == "namespaces" && call.def.group.is_empty() {
+        let fresh = new_namespace(&name);
+        obj["spec"] = fresh["spec"].clone();
+        obj["status"] = fresh["status"].clone();
+        let labels = obj["metadata"]["labels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        obj["metadata"]["labels"] = json!(labels);
+        obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+    } else if has_status(call.def) {
+        obj["status"] = json!({});
+    }
+    if call.query.dry_run {
+        return json(StatusCode::CREATED, &obj);
+    }
+    let key = object::key(call.def, call.ns(), &name);
+    match call.reg.store.create(&key, to_stored(&obj)).await {
+        Ok(kv) => match to_wire(call.def, &kv) {
+            Ok(o) => json(StatusCode::CREATED, &o),
+            Err(r) => r,
+        },
+        Err(e) => store_error(call.def, &name, e),
+    }
+}
+
+/// Merges `new` onto `old` for an update: immutable metadata kept, status or spec kept apart.
+fn prepare_update(call: &Call<'_>, old: &Value, mut new: Value) -> Value {
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        match old["metadata"].get(field) {
+            Some(v) => new["metadata"][field] = v.clone(),
+            None => {
+                if let Some(m) = new["metadata"].as_object_mut() {
+                    m.remove(field);
+                }
+            }
+        }
+    }
+    let status_call = call.info.subresource.as_deref() == Some("status");
+    if status_call {
+        // Only the status changes through /status.
+        let mut merged = old.clone();
+        merged["status"] = new["status"].clone();
+        return merged;
+    }
+    if has_status(call.def) {
+        match old.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                if let Some(o) = new.as_object_mut() {
+                    o.remove("status");
+                }
+            }
+        }
+    }
+    let gen = old["metadata"]["generation"].as_i64();
+    if let Some(g) = gen {
+        let bumped = if old.get("spec") != new.get("spec") {
+            g + 1
+        } else {
+            g
+        };
+        new["metadata"]["generation"] = json!(bumped);
+    }
+    new
+}
+
+/// Writes `obj` over the stored object at `expected`; deletes it instead when it is being
+/// deleted and its last finalizer is gone.
+async fn store_update(call: &Call<'_>, obj: &Value, expected: i64) -> Result<Value, store::Error> {
+    let key = key(call);
+    let finalizers_done = obj["metadata"]["finalizers"]
+        .as_array()
+        .is_none_or(|f| f.is_empty());
+    if obj["metadata"]["deletionTimestamp"].is_string() && finalizers_done {
+        let deleted = call.reg.store.delete(&key, Some(expected)).await?;
+        let mut out = obj.clone();
+        out["metadata"]["resourceVersion"] = json!(deleted.revision.to_string());
+        return Ok(out);
+    }
+    let kv = call
+        .reg
+        .store
+        .update(&key, to_stored(obj), expected)
+        .await?;
+    let mut out = obj.clone();
+    out["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    Ok(out)
+}
+
+/// Applies `change` to the current object and stores the result, retrying lost races when the
+/// caller gave no resourceVersion.
+async fn read_modify_write(
+    call: &Call<'_>,
+    change: impl Fn(&Value) -> Result<Value, Response>,
+) -> Response {
+    for _ in 0..RETRIES {
+        let kv = match current(call).await {
+            Ok(kv) => kv,
+            Err(r) => return r,
+        };
+        let old = match to_wire(call.def, &kv) {
+            Ok(o) => o,
+            Err(r) => return r,
+        };
+        let mut new = match change(&old) {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        if let Err(r) = check_type(call.def, &mut new).and_then(|_| check_namespace(call, &mut new))
+        {
+            return r;
+        }
+        if new["metadata"]["name"].as_str() != Some(call.name()) {
+            return status::failure(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!(
+                    "the name of the object ({}) does not match the name on the URL ({})",
+                    new["metadata"]["name"].as_str().unwrap_or_default(),
+                    call.name()
+                ),
+            );
+        }
+        let wanted = new["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string);
+        if let Some(rv) = &wanted {
+            if !rv.is_empty() && rv.parse::<i64>().ok() != Some(kv.mod_revision) {
+                return object::conflict(call.def, call.name());
+            }
+        }
+        let new = prepare_update(call, &old, new);
+        if call.query.dry_run {
+            return json(StatusCode::OK, &new);
+        }
+        match store_update(call, &new, kv.mod_revision).await {
+            Ok(obj) => return json(StatusCode::OK, &obj),
+            Err(store::Error::Conflict { .. }) if wanted.as_deref().is_none_or(str::is_empty) => {
+                continue
+            }
+            Err(e) => return store_error(call.def, call.name(), e),
+        }
+    }
+    object::conflict(call.def, call.name())
+}
+
+/// `PUT` an object (or its status).
+pub async fn update(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response {
+    let obj = match parse_body(body, content_type) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    read_modify_write(call, |_| Ok(obj.clone())).await
+}
+
+/// Whether a JSON value holds an array anywhere.
+fn has_array(v: &Value) -> bool {
+    match v {
+        Value::Array(_) => true,
+        Value::Object(m) => m.values().any(has_array),
+        _ => false,
+    }
+}
+
+/// Whether a strategic merge patch holds directives (`$patch`, `$setElementOrder/...`).
+fn has_directive(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.keys().any(|k| k.starts_with('$')) || m.values().any(has_directive),
+        Value::Array(a) => a.iter().any(has_directive),
+        _ => false,
+    }
+}
+
+/// `PATCH` an object: JSON patch, merge patch, or a strategic merge patch without lists.
+pub async fn patch(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response {
+    let bad = |msg: String| status::failure(StatusCode::BAD_REQUEST, "BadRequest", &msg);
+    let ct = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let patch: Value = match serde_json::from_slice(body) {
+        Ok(p) => p,
+        Err(e) => return bad(format!("error decoding patch: {e}")),
+    };
+    match ct.as_str() {
+        "application/json-patch+json" => {
+            let ops: json_patch::Patch = match serde_json::from_value(patch) {
+                Ok(p) => p,
+                Err(e) => return bad(format!("error decoding JSON patch: {e}")),
+            };
+            read_modify_write(call, |old| {
+                let mut doc = old.clone();
+                json_patch::patch(&mut doc, &ops).map_err(|e| {
+                    status::failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &format!("the server rejected our request due to an error in our request: {e}"))
+                })?;
+                Ok(doc)
+            })
+            .await
+        }
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            if ct.starts_with("application/strategic") && (has_array(&patch) || has_directive(&patch)) {
+                return status::failure(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    "strategic merge patches of lists are not served yet; use a JSON merge patch or JSON patch",
+                );
+            }
+            read_modify_write(call, |old| {
+                let mut doc = old.clone();
+                json_patch::merge(&mut doc, &patch);
+                Ok(doc)
+            })
+            .await
+        }
+        other => status::failure(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            &format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml ({other})"),
+        ),
+    }
+}
+
+/// `DELETE` one object: marked for deletion while finalizers remain, removed otherwise.
+pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
+    let opts: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body).unwrap_or_else(|_| json!({}))
+    };
+    let kv = match current(call).await {
+        Ok(kv) => kv,
+        Err(r) => return r,
+    };
+    let mut obj = match to_wire(call.def, &kv) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let pre = &opts["preconditions"];
+    if let Some(uid) = pre["uid"].as_str() {
+        if obj["metadata"]["uid"].as_str() != Some(uid) {
+            return object::error(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("Operation cannot be fulfilled on {} \"{}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {}", object::qualified(call.def), call.name(), obj["metadata"]["uid"].as_str().unwrap_or_default()),
+                call.name(),
+                call.def,
+            );
+        }
+    }
+    if let Some(rv) = pre["resourceVersion"].as_str() {
+        if rv.parse::<i64>().ok() != Some(kv.mod_revision) {
+            return object::error(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("Operation cannot be fulfilled on {} \"{}\": Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", object::qualified(call.def), call.name(), kv.mod_revision),
+                call.name(),
+                call.def,
+            );
+        }
+    }
+    let namespace_finalizers = call.def.plural == "namespaces"
+        && obj["spec"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+    let finalizers = obj["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty());
+    if call.query.dry_run {
+        return json(StatusCode::OK, &obj);
+    }
+    if finalizers || namespace_finalizers {
+        if obj["metadata"]["deletionTimestamp"].is_null() {
+            obj["metadata"]["deletionTimestamp"] = json!(object::now_rfc3339());
+            obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            if namespace_finalizers {
+                obj["status"]["phase"] = json!("Terminating");
+            }
+            return match call
+                .reg
+                .store
+                .update(&key(call), to_stored(&obj), kv.mod_revision)
+                .await
+            {
+                Ok(kv) => match to_wire(call.def, &kv) {
+                    Ok(o) => json(StatusCode::OK, &o),
+                    Err(r) => r,
+                },
+                Err(e) => store_error(call.def, call.name(), e),
+            };
+        }
+        return json(StatusCode::OK, &obj);
+    }
+    match call
+        .reg
+        .store
+        .delete(&key(call), Some(kv.mod_revision))
+        .await
+    {
+        Ok(_) => json(StatusCode::OK, &obj),
+        Err(e) => store_error(call.def, call.name(), e),
+    }
+}
