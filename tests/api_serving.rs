@@ -302,9 +302,8 @@ fn kubectl_create_get_label_patch_apply_delete_through_the_generic_registry() {
     for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         assert!(ns.contains(&format!("namespace/{n}")), "{ns}");
     }
-    // OpenAPI is not served yet, so client-side validation is off.
-    assert!(ok(&["create", "-f", m, "--validate=false"]).contains("configmap/demo created"));
-    let o = s.kubectl(&["create", "-f", m, "--validate=false"]);
+    assert!(ok(&["create", "-f", m]).contains("configmap/demo created"));
+    let o = s.kubectl(&["create", "-f", m]);
     assert!(text(&o).contains("AlreadyExists"), "{}", text(&o));
     let got: serde_json::Value =
         serde_json::from_str(&ok(&["get", "cm", "demo", "-o", "json"])).expect("json");
@@ -349,7 +348,11 @@ fn kubectl_create_get_label_patch_apply_delete_through_the_generic_registry() {
         .parse()
         .expect("number");
     assert!(rv2 > rv, "writes move the resourceVersion");
-    assert!(ok(&["apply", "-f", m, "--validate=false"]).contains("configured"));
+    assert!(ok(&["apply", "-f", m]).contains("configured"));
+    assert!(
+        ok(&["apply", "-f", m]).contains("unchanged"),
+        "repeated applies converge"
+    );
 
     // A stale resourceVersion conflicts.
     let mut stale = got.clone();
@@ -369,7 +372,7 @@ fn kubectl_create_get_label_patch_apply_delete_through_the_generic_registry() {
     );
 
     // Namespaces: objects need one that exists.
-    let o = s.kubectl(&["-n", "nowhere", "create", "-f", m, "--validate=false"]);
+    let o = s.kubectl(&["-n", "nowhere", "create", "-f", m]);
     assert!(
         text(&o).contains("namespaces \"nowhere\" not found"),
         "{}",
@@ -454,4 +457,26 @@ fn paged_lists_and_watches() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["type"], "DELETED");
     assert_eq!(events[0]["object"]["metadata"]["name"], "cm-3");
+}
+
+#[test]
+fn kubectl_explain_reads_the_openapi_documents() {
+    let s = Server::start();
+    let o = s.kubectl(&["explain", "pod.spec.containers.livenessProbe"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("KIND:       Pod"), "{out}");
+    assert!(out.contains("FIELD: livenessProbe <Probe>"), "{out}");
+    assert!(
+        out.contains("Periodic probe of container liveness"),
+        "{out}"
+    );
+    let o = s.kubectl(&["get", "--raw", "/openapi/v3"]);
+    let index: serde_json::Value = serde_json::from_slice(&o.stdout).expect("index");
+    assert!(index["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("/openapi/v3/apis/apps/v1?hash=")));
+    let o = s.kubectl(&["get", "--raw", "/openapi/v2"]);
+    let v2: serde_json::Value = serde_json::from_slice(&o.stdout).expect("v2");
+    assert_eq!(v2["swagger"], "2.0");
 }

@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod health;
 pub mod http;
 pub mod kubeconfig;
+pub mod openapi;
 pub mod pki;
 pub mod registry;
 pub mod status;

@@ -29,6 +29,7 @@ pub struct Query {
     pub send_initial_events: Option<bool>,
     pub dry_run: bool,
     pub field_manager: Option<String>,
+    pub field_validation: Option<String>,
     pub grace_period_seconds: Option<i64>,
     pub propagation_policy: Option<String>,
 }
@@ -84,6 +85,7 @@ pub fn parse_query(raw: Option<&str>) -> Query {
             "sendInitialEvents" => q.send_initial_events = Some(truthy(&v)),
             "dryRun" => q.dry_run = v == "All",
             "fieldManager" => q.field_manager = Some(v),
+            "fieldValidation" => q.field_validation = Some(v),
             "gracePeriodSeconds" => q.grace_period_seconds = v.parse().ok(),
             "propagationPolicy" => q.propagation_policy = Some(v),
             _ => {}

@@ -1,7 +1,7 @@
 //! Get, create, update, patch and delete of one object.
 
 use axum::body::Bytes;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
 
@@ -129,6 +129,41 @@ async fn check_namespace_open(call: &Call<'_>) -> Result<(), Response> {
     }
 }
 
+/// Drops unknown fields as upstream's decoder does: `fieldValidation=Strict` refuses them,
+/// `Warn` (the default) reports them in Warning headers, `Ignore` says nothing.
+fn check_fields(call: &Call<'_>, obj: &mut Value) -> Result<Vec<String>, Response> {
+    let Some(doc) = crate::apiserver::openapi::get() else {
+        return Ok(Vec::new());
+    };
+    let unknown: Vec<String> = doc
+        .prune_unknown(call.def.group, call.def.version, call.def.kind, obj)
+        .into_iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(unknown);
+    }
+    match call.query.field_validation.as_deref().unwrap_or("Warn") {
+        "Strict" => Err(status::failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("strict decoding error: {}", unknown.join(", ")),
+        )),
+        "Ignore" => Ok(Vec::new()),
+        _ => Ok(unknown),
+    }
+}
+
+/// Adds `Warning: 299 - "..."` headers.
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{}\"", w.replace('"', "\\\""))) {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+    resp
+}
+
 /// `POST` a new object.
 pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response {
     let mut obj = match parse_body(body, content_type) {
@@ -138,6 +173,10 @@ pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
     if let Err(r) = check_type(call.def, &mut obj).and_then(|_| check_namespace(call, &mut obj)) {
         return r;
     }
+    let warnings = match check_fields(call, &mut obj) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     let name = match obj["metadata"]["name"].as_str() {
         Some(n) if !n.is_empty() => n.to_string(),
         _ => match obj["metadata"]["generateName"].as_str() {
@@ -190,12 +229,12 @@ pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
         obj["status"] = json!({});
     }
     if call.query.dry_run {
-        return json(StatusCode::CREATED, &obj);
+        return with_warnings(json(StatusCode::CREATED, &obj), &warnings);
     }
     let key = object::key(call.def, call.ns(), &name);
     match call.reg.store.create(&key, to_stored(&obj)).await {
         Ok(kv) => match to_wire(call.def, &kv) {
-            Ok(o) => json(StatusCode::CREATED, &o),
+            Ok(o) => with_warnings(json(StatusCode::CREATED, &o), &warnings),
             Err(r) => r,
         },
         Err(e) => store_error(call.def, &name, e),
@@ -294,6 +333,10 @@ async fn read_modify_write(
         {
             return r;
         }
+        let warnings = match check_fields(call, &mut new) {
+            Ok(w) => w,
+            Err(r) => return r,
+        };
         if new["metadata"]["name"].as_str() != Some(call.name()) {
             return status::failure(
                 StatusCode::BAD_REQUEST,
@@ -315,10 +358,10 @@ async fn read_modify_write(
         }
         let new = prepare_update(call, &old, new);
         if call.query.dry_run {
-            return json(StatusCode::OK, &new);
+            return with_warnings(json(StatusCode::OK, &new), &warnings);
         }
         match store_update(call, &new, kv.mod_revision).await {
-            Ok(obj) => return json(StatusCode::OK, &obj),
+            Ok(obj) => return with_warnings(json(StatusCode::OK, &obj), &warnings),
             Err(store::Error::Conflict { .. }) if wanted.as_deref().is_none_or(str::is_empty) => {
                 continue
             }
