@@ -480,3 +480,73 @@ fn kubectl_explain_reads_the_openapi_documents() {
     let v2: serde_json::Value = serde_json::from_slice(&o.stdout).expect("v2");
     assert_eq!(v2["swagger"], "2.0");
 }
+
+#[test]
+fn kubectl_apply_patch_and_set_image_merge_lists_by_key() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifest = dir.path().join("d.yaml");
+    let deployment = |image: &str, value: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n      - name: web\n        image: {image}\n        env: [{{name: A, value: \"{value}\"}}]\n      - name: side\n        image: busybox:1\n"
+        )
+    };
+    let m = manifest.to_str().expect("utf8");
+    let ok = |args: &[&str]| {
+        let o = s.kubectl(args);
+        assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    std::fs::write(&manifest, deployment("busybox:1", "1")).expect("write");
+    assert!(ok(&["apply", "-f", m]).contains("created"));
+    assert!(ok(&["apply", "-f", m]).contains("unchanged"));
+    std::fs::write(&manifest, deployment("busybox:2", "2")).expect("write");
+    assert!(ok(&["apply", "-f", m]).contains("configured"));
+    let got: serde_json::Value =
+        serde_json::from_str(&ok(&["get", "deploy", "web", "-o", "json"])).expect("json");
+    let containers = &got["spec"]["template"]["spec"]["containers"];
+    assert_eq!(containers[0]["image"], "busybox:2");
+    assert_eq!(
+        containers[0]["env"],
+        serde_json::json!([{"name": "A", "value": "2"}])
+    );
+    assert_eq!(
+        containers[1]["name"], "side",
+        "the untouched container stays"
+    );
+    assert_eq!(
+        got["metadata"]["generation"], 2,
+        "a spec change bumps the generation"
+    );
+
+    // kubectl patch defaults to a strategic merge patch: one container by name.
+    ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"side","image":"busybox:3"}]}}}}"#,
+    ]);
+    ok(&["set", "image", "deploy/web", "web=busybox:9"]);
+    let images = ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[*].image}",
+    ]);
+    assert_eq!(images, "busybox:9 busybox:3");
+    // Status is not changed through the main resource.
+    ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"status":{"replicas":7}}"#,
+    ]);
+    let got: serde_json::Value =
+        serde_json::from_str(&ok(&["get", "deploy", "web", "-o", "json"])).expect("json");
+    assert!(got["status"]["replicas"].is_null(), "{}", got["status"]);
+}

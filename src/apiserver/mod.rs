@@ -11,6 +11,7 @@ pub mod health;
 pub mod http;
 pub mod kubeconfig;
 pub mod openapi;
+pub mod patch;
 pub mod pki;
 pub mod registry;
 pub mod status;

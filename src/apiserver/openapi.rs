@@ -239,6 +239,23 @@ impl OpenApi {
         })
     }
 
+    /// The upstream definitions, for strategic merge patches.
+    pub fn schemas(&self) -> super::patch::Schemas<'_> {
+        static EMPTY: OnceLock<Map<String, Value>> = OnceLock::new();
+        super::patch::Schemas {
+            definitions: self.v2["definitions"]
+                .as_object()
+                .unwrap_or_else(|| EMPTY.get_or_init(Map::new)),
+        }
+    }
+
+    /// A reference to the schema of a kind, if upstream defines one.
+    pub fn kind_schema(&self, group: &str, version: &str, kind: &str) -> Option<Value> {
+        self.by_gvk
+            .get(&(group.into(), version.into(), kind.into()))
+            .map(|name| json!({"$ref": format!("#/definitions/{name}")}))
+    }
+
     /// Removes the fields of `obj` the schema of its kind does not know, as upstream's decoder
     /// drops them; returns their dotted paths.
     pub fn prune_unknown(

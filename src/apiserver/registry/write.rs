@@ -380,25 +380,7 @@ pub async fn update(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
     read_modify_write(call, |_| Ok(obj.clone())).await
 }
 
-/// Whether a JSON value holds an array anywhere.
-fn has_array(v: &Value) -> bool {
-    match v {
-        Value::Array(_) => true,
-        Value::Object(m) => m.values().any(has_array),
-        _ => false,
-    }
-}
-
-/// Whether a strategic merge patch holds directives (`$patch`, `$setElementOrder/...`).
-fn has_directive(v: &Value) -> bool {
-    match v {
-        Value::Object(m) => m.keys().any(|k| k.starts_with('$')) || m.values().any(has_directive),
-        Value::Array(a) => a.iter().any(has_directive),
-        _ => false,
-    }
-}
-
-/// `PATCH` an object: JSON patch, merge patch, or a strategic merge patch without lists.
+/// `PATCH` an object: JSON patch, JSON merge patch or strategic merge patch.
 pub async fn patch(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response {
     let bad = |msg: String| status::failure(StatusCode::BAD_REQUEST, "BadRequest", &msg);
     let ct = content_type
@@ -426,18 +408,22 @@ pub async fn patch(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respons
             })
             .await
         }
-        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-            if ct.starts_with("application/strategic") && (has_array(&patch) || has_directive(&patch)) {
-                return status::failure(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "UnsupportedMediaType",
-                    "strategic merge patches of lists are not served yet; use a JSON merge patch or JSON patch",
-                );
-            }
+        "application/merge-patch+json" => {
             read_modify_write(call, |old| {
                 let mut doc = old.clone();
                 json_patch::merge(&mut doc, &patch);
                 Ok(doc)
+            })
+            .await
+        }
+        "application/strategic-merge-patch+json" => {
+            let Some(doc) = crate::apiserver::openapi::get() else {
+                return status::failure(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the OpenAPI schema is unavailable");
+            };
+            let schema = doc.kind_schema(call.def.group, call.def.version, call.def.kind);
+            read_modify_write(call, |old| {
+                crate::apiserver::patch::apply(&doc.schemas(), schema.as_ref(), old, &patch)
+                    .map_err(|e| status::failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &e.to_string()))
             })
             .await
         }
