@@ -550,3 +550,57 @@ fn kubectl_apply_patch_and_set_image_merge_lists_by_key() {
         serde_json::from_str(&ok(&["get", "deploy", "web", "-o", "json"])).expect("json");
     assert!(got["status"]["replicas"].is_null(), "{}", got["status"]);
 }
+
+#[test]
+fn kubectl_get_prints_upstreams_columns() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifest = dir.path().join("all.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: web, image: busybox:1}]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: demo, labels: {app: web}}\ndata: {a: \"1\", b: \"2\"}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p1}\nspec:\n  containers: [{name: c, image: busybox}]\n",
+    )
+    .expect("write");
+    let o = s.kubectl(&["apply", "-f", manifest.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let header = |args: &[&str]| {
+        let o = s.kubectl(args);
+        assert!(o.status.success(), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let first = out
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        (first, out)
+    };
+    assert_eq!(header(&["get", "cm", "demo"]).0, "NAME DATA AGE");
+    let (h, out) = header(&["get", "cm", "demo", "--show-labels"]);
+    assert_eq!(h, "NAME DATA AGE LABELS");
+    assert!(out.contains("app=web"), "{out}");
+    assert_eq!(header(&["get", "pods"]).0, "NAME READY STATUS RESTARTS AGE");
+    let (_, pods) = header(&["get", "pods"]);
+    assert!(pods.contains("0/1") && pods.contains("Pending"), "{pods}");
+    assert_eq!(
+        header(&["get", "pods", "-o", "wide"]).0,
+        "NAME READY STATUS RESTARTS AGE IP NODE NOMINATED NODE READINESS GATES"
+    );
+    assert_eq!(
+        header(&["get", "deploy"]).0,
+        "NAME READY UP-TO-DATE AVAILABLE AGE"
+    );
+    assert_eq!(
+        header(&["get", "deploy", "-o", "wide"]).0,
+        "NAME READY UP-TO-DATE AVAILABLE AGE CONTAINERS IMAGES SELECTOR"
+    );
+    assert_eq!(header(&["get", "ns"]).0, "NAME STATUS AGE");
+    // Kinds without their own columns get upstream's default ones.
+    let o = s.kubectl(&[
+        "get",
+        "--raw",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}

@@ -156,7 +156,7 @@ pub async fn list(call: &Call<'_>) -> Response {
         if limit > 0 && items.len() + 1 == limit {
             next = Some(kv.key.clone());
         }
-        items.push(item(obj));
+        items.push(obj);
     }
     let mut meta = json!({"resourceVersion": page.revision.to_string()});
     if remaining > 0 {
@@ -166,6 +166,10 @@ pub async fn list(call: &Call<'_>) -> Response {
             meta["remainingItemCount"] = json!(remaining);
         }
     }
+    if let Some(v) = call.table {
+        return json(StatusCode::OK, &call.table_of(v, &items, meta));
+    }
+    let items: Vec<Value> = items.into_iter().map(item).collect();
     json(
         StatusCode::OK,
         &json!({
@@ -194,9 +198,36 @@ fn bookmark(def: &ResourceDef, rev: i64, initial_end: bool) -> Bytes {
     )
 }
 
+/// How a watcher wants objects: as they are, or as one-row Tables.
+#[derive(Clone)]
+struct Render {
+    table: Option<&'static str>,
+    include: String,
+}
+
+impl Render {
+    fn line(&self, def: &ResourceDef, kind: &str, obj: &Value) -> Bytes {
+        match self.table {
+            Some(v) => {
+                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
+                let t = crate::apiserver::table::table(
+                    def,
+                    v,
+                    std::slice::from_ref(obj),
+                    meta,
+                    &self.include,
+                );
+                event_line(kind, &t)
+            }
+            None => event_line(kind, obj),
+        }
+    }
+}
+
 /// The watch event a store event becomes for this watcher, if any: selector changes turn
 /// modifications into additions or deletions, as upstream does.
-fn translate(def: &ResourceDef, filters: &Filters, e: &Event) -> Option<Bytes> {
+fn translate(def: &ResourceDef, filters: &Filters, render: &Render, e: &Event) -> Option<Bytes> {
+    let event_line = |kind: &str, obj: &Value| render.line(def, kind, obj);
     let wire = |kv: &KeyValue| to_wire(def, kv).ok();
     match e.kind {
         EventKind::Put => {
@@ -230,6 +261,14 @@ pub async fn watch(call: &Call<'_>) -> Response {
         Err(r) => return r,
     };
     let def = call.def;
+    let render = Render {
+        table: call.table,
+        include: call
+            .query
+            .include_object
+            .clone()
+            .unwrap_or_else(|| "Metadata".into()),
+    };
     let prefix = object::prefix(def, call.ns());
     let rv = call.query.resource_version.clone().unwrap_or_default();
     let send_initial = call
@@ -243,7 +282,7 @@ pub async fn watch(call: &Call<'_>) -> Response {
                 for kv in &kvs {
                     if let Ok(obj) = to_wire(def, kv) {
                         if filters.matches(&obj) {
-                            initial.push(event_line("ADDED", &obj));
+                            initial.push(render.line(def, "ADDED", &obj));
                         }
                     }
                 }
@@ -296,6 +335,7 @@ pub async fn watch(call: &Call<'_>) -> Response {
         ),
         move |(mut stream, filters, mut next_bookmark)| {
             let cache = cache.clone();
+            let render = render.clone();
             async move {
                 loop {
                     let wake = if bookmarks {
@@ -309,7 +349,7 @@ pub async fn watch(call: &Call<'_>) -> Response {
                                 Some(Ok(batch)) => batch,
                                 _ => return None,
                             };
-                            let lines: Vec<Bytes> = batch.iter().filter_map(|e| translate(def, &filters, e)).collect();
+                            let lines: Vec<Bytes> = batch.iter().filter_map(|e| translate(def, &filters, &render, e)).collect();
                             if lines.is_empty() {
                                 continue;
                             }

@@ -50,9 +50,22 @@ pub(crate) struct Call<'a> {
     pub def: &'static ResourceDef,
     pub info: RequestInfo,
     pub query: request::Query,
+    /// The Table version asked for, if the client wants a Table.
+    pub table: Option<&'static str>,
 }
 
 impl Call<'_> {
+    /// Renders objects (with apiVersion and kind) as the Table the client asked for.
+    fn table_of(&self, version: &str, objects: &[Value], list_meta: Value) -> Value {
+        crate::apiserver::table::table(
+            self.def,
+            version,
+            objects,
+            list_meta,
+            self.query.include_object.as_deref().unwrap_or("Metadata"),
+        )
+    }
+
     fn ns(&self) -> Option<&str> {
         self.info.namespace.as_deref()
     }
@@ -136,6 +149,11 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
             );
         }
     }
+    let table = crate::apiserver::table::wants_table(
+        req.headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -170,6 +188,7 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
         def,
         info,
         query,
+        table,
     };
     match call.info.verb {
         "get" => write::get(&call).await,

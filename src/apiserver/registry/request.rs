@@ -30,6 +30,7 @@ pub struct Query {
     pub dry_run: bool,
     pub field_manager: Option<String>,
     pub field_validation: Option<String>,
+    pub include_object: Option<String>,
     pub grace_period_seconds: Option<i64>,
     pub propagation_policy: Option<String>,
 }
@@ -86,6 +87,7 @@ pub fn parse_query(raw: Option<&str>) -> Query {
             "dryRun" => q.dry_run = v == "All",
             "fieldManager" => q.field_manager = Some(v),
             "fieldValidation" => q.field_validation = Some(v),
+            "includeObject" => q.include_object = Some(v),
             "gracePeriodSeconds" => q.grace_period_seconds = v.parse().ok(),
             "propagationPolicy" => q.propagation_policy = Some(v),
             _ => {}

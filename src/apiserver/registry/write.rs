@@ -49,7 +49,16 @@ async fn current(call: &Call<'_>) -> Result<KeyValue, Response> {
 /// `GET` one object (or its status).
 pub async fn get(call: &Call<'_>) -> Response {
     match current(call).await.and_then(|kv| to_wire(call.def, &kv)) {
-        Ok(obj) => json(StatusCode::OK, &obj),
+        Ok(obj) => match call.table {
+            Some(v) => {
+                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
+                json(
+                    StatusCode::OK,
+                    &call.table_of(v, std::slice::from_ref(&obj), meta),
+                )
+            }
+            None => json(StatusCode::OK, &obj),
+        },
         Err(r) => r,
     }
 }
