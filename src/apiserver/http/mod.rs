@@ -122,6 +122,63 @@ async fn authenticate(req: Request, next: Next) -> Response {
     }
 }
 
+/// Requests served at once before the server answers 429, as kube-apiserver's
+/// `--max-requests-inflight` (400) and `--max-mutating-requests-inflight` (200).
+const MAX_READS_IN_FLIGHT: usize = 400;
+const MAX_WRITES_IN_FLIGHT: usize = 200;
+
+/// The in-flight limits; watches and other long-running requests are not counted.
+#[derive(Clone)]
+pub struct InFlight {
+    reads: Arc<tokio::sync::Semaphore>,
+    writes: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight {
+            reads: Arc::new(tokio::sync::Semaphore::new(MAX_READS_IN_FLIGHT)),
+            writes: Arc::new(tokio::sync::Semaphore::new(MAX_WRITES_IN_FLIGHT)),
+        }
+    }
+}
+
+fn long_running(req: &Request) -> bool {
+    let q = req.uri().query().unwrap_or_default();
+    q.split('&').any(|p| p == "watch=true" || p == "watch=1")
+        || req.uri().path().contains("/watch/")
+}
+
+/// Answers 429 with Retry-After when too many requests are being served.
+async fn limit_in_flight(
+    axum::extract::State(limits): axum::extract::State<InFlight>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if long_running(&req) {
+        return next.run(req).await;
+    }
+    let mutating = !matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS");
+    let sem = if mutating {
+        &limits.writes
+    } else {
+        &limits.reads
+    };
+    let Ok(_permit) = sem.clone().try_acquire_owned() else {
+        let mut resp = status::failure(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        );
+        resp.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return resp;
+    };
+    next.run(req).await
+}
+
 /// The router of every path served so far.
 pub fn router(health: Health, registry: Registry, disc: Discovery) -> Router {
     let discovery = Router::new()
@@ -153,6 +210,10 @@ pub fn router(health: Health, registry: Registry, disc: Discovery) -> Router {
         .merge(discovery)
         .merge(resources)
         .fallback(|| async { status::not_found() })
+        .layer(axum::middleware::from_fn_with_state(
+            InFlight::default(),
+            limit_in_flight,
+        ))
         .layer(axum::middleware::from_fn(authenticate))
 }
 
@@ -212,6 +273,41 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_full_server_answers_429_with_retry_after() {
+        let limits = InFlight {
+            reads: Arc::new(tokio::sync::Semaphore::new(0)),
+            writes: Arc::new(tokio::sync::Semaphore::new(1)),
+        };
+        let app = Router::new().route("/x", get(|| async { "ok" })).layer(
+            axum::middleware::from_fn_with_state(limits, limit_in_flight),
+        );
+        let resp = app
+            .clone()
+            .oneshot(
+                axum::http::Request::get("/x")
+                    .body(axum::body::Body::empty())
+                    .expect("req"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        let watch = app
+            .oneshot(
+                axum::http::Request::get("/x?watch=true")
+                    .body(axum::body::Body::empty())
+                    .expect("req"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(
+            watch.status(),
+            axum::http::StatusCode::OK,
+            "watches are not counted"
+        );
+    }
 
     #[test]
     fn public_paths_are_only_the_health_and_version_ones() {
