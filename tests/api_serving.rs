@@ -16,6 +16,8 @@ fn kubectl() -> PathBuf {
 
 struct Server {
     child: Child,
+    /// The etcd this server stores in, when `K1S_TEST_DATASTORE=etcd`.
+    _etcd: Option<k1s::testing::etcd::EtcdServer>,
     _dir: tempfile::TempDir,
     kubeconfig: PathBuf,
     port: u16,
@@ -29,13 +31,15 @@ impl Server {
             .expect("free port")
             .port();
         let kubeconfig = dir.path().join("k1s.yaml");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_k1s"))
-            .args([
-                "server",
-                "--bind-address",
-                "127.0.0.1",
-                "--https-listen-port",
-            ])
+        let etcd = (std::env::var("K1S_TEST_DATASTORE").as_deref() == Ok("etcd"))
+            .then(|| k1s::testing::etcd::EtcdServer::start().expect("start etcd"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_k1s"));
+        cmd.arg("server");
+        if let Some(e) = &etcd {
+            cmd.args(["--datastore-endpoint", e.url()]);
+        }
+        let mut child = cmd
+            .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
             .arg(port.to_string())
             .arg("--data-dir")
             .arg(dir.path())
@@ -62,6 +66,7 @@ impl Server {
         }
         Server {
             child,
+            _etcd: etcd,
             _dir: dir,
             kubeconfig,
             port,
