@@ -8,6 +8,7 @@
 pub mod apiserver;
 pub mod bench;
 pub mod cli;
+pub mod metrics;
 pub mod parts;
 pub mod store;
 pub mod supervisor;

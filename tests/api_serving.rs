@@ -609,3 +609,27 @@ fn kubectl_get_prints_upstreams_columns() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn metrics_count_requests_store_operations_and_watchers() {
+    let s = Server::start();
+    let o = s.kubectl(&["get", "ns"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = s.kubectl(&["get", "--raw", "/metrics"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let m = String::from_utf8_lossy(&o.stdout);
+    assert!(m.contains("# TYPE apiserver_request_total counter"), "{m}");
+    assert!(
+        m.lines().any(|l| l.starts_with("apiserver_request_total{verb=\"LIST\",group=\"\",version=\"v1\",resource=\"namespaces\"") && l.contains("code=\"200\"")),
+        "{m}"
+    );
+    assert!(
+        m.contains("apiserver_request_duration_seconds_bucket{verb=\"LIST\""),
+        "{m}"
+    );
+    assert!(
+        m.contains("etcd_request_duration_seconds_count{operation=\"create\",type=\"namespaces\"}"),
+        "{m}"
+    );
+    assert!(m.contains("apiserver_registered_watchers "), "{m}");
+}

@@ -103,6 +103,7 @@ pub async fn start(
         path: cfg.kubeconfig.clone(),
         source,
     })?;
+    let store: Arc<dyn Store> = Arc::new(crate::store::metered::MeteredStore::new(store));
     registry::bootstrap(store.as_ref()).await?;
     let cache = crate::store::watch_cache::WatchCache::start(
         store.clone(),

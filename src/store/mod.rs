@@ -14,6 +14,7 @@ pub mod embedded;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod keys;
+pub mod metered;
 pub mod watch_cache;
 
 use std::fmt;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -179,6 +179,91 @@ async fn limit_in_flight(
     next.run(req).await
 }
 
+const REQUESTS: crate::metrics::Desc = crate::metrics::Desc {
+    name: "apiserver_request_total",
+    help: "Counter of apiserver requests broken out for each verb, group, version, resource, subresource, scope and HTTP response code.",
+    labels: &["verb", "group", "version", "resource", "subresource", "scope", "component", "code"],
+    buckets: &[],
+};
+
+const DURATION: crate::metrics::Desc = crate::metrics::Desc {
+    name: "apiserver_request_duration_seconds",
+    help: "Response latency distribution in seconds for each verb, group, version, resource, subresource, scope and component.",
+    labels: &["verb", "group", "version", "resource", "subresource", "scope", "component"],
+    buckets: crate::metrics::LATENCY_BUCKETS,
+};
+
+/// Counts and times every request, labelled as upstream labels them.
+async fn measure(req: Request, next: Next) -> Response {
+    let start = std::time::Instant::now();
+    let watch = long_running(&req);
+    let info = registry::request::parse(req.method(), req.uri().path(), watch);
+    let (verb, group, version, resource, sub, scope) = match &info {
+        Some(i) => (
+            i.verb.to_uppercase(),
+            i.group.clone(),
+            i.version.clone(),
+            i.resource.clone(),
+            i.subresource.clone().unwrap_or_default(),
+            if i.namespace.is_some() {
+                "namespace"
+            } else if i.name.is_some() {
+                "cluster"
+            } else {
+                "resource"
+            },
+        ),
+        None => (
+            req.method().as_str().to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            "",
+        ),
+    };
+    let resp = next.run(req).await;
+    let code = resp.status().as_u16().to_string();
+    let labels = [
+        verb.as_str(),
+        &group,
+        &version,
+        &resource,
+        &sub,
+        scope,
+        "apiserver",
+    ];
+    let m = crate::metrics::registry();
+    m.inc(&REQUESTS, &[&labels[..], &[code.as_str()]].concat(), 1.0);
+    if !watch {
+        m.observe(&DURATION, &labels, start.elapsed().as_secs_f64());
+    }
+    resp
+}
+
+/// `GET /metrics`: every registered family plus the live watcher count.
+async fn metrics(axum::extract::State(reg): axum::extract::State<Registry>) -> Response {
+    let mut text = crate::metrics::registry().render();
+    text.push_str(
+        "# HELP apiserver_registered_watchers Number of currently registered watchers.
+# TYPE apiserver_registered_watchers gauge
+",
+    );
+    text.push_str(&format!(
+        "apiserver_registered_watchers {}
+",
+        reg.cache.watcher_count()
+    ));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 /// The router of every path served so far.
 pub fn router(health: Health, registry: Registry, disc: Discovery) -> Router {
     let discovery = Router::new()
@@ -189,6 +274,7 @@ pub fn router(health: Health, registry: Registry, disc: Discovery) -> Router {
         .route("/apis/{group}/{version}", get(discovery::group_version))
         .with_state(disc);
     let resources = Router::new()
+        .route("/metrics", get(metrics))
         .route("/api/v1/{*rest}", axum::routing::any(registry::handle))
         .route(
             "/apis/{group}/{version}/{*rest}",
@@ -214,6 +300,7 @@ pub fn router(health: Health, registry: Registry, disc: Discovery) -> Router {
             InFlight::default(),
             limit_in_flight,
         ))
+        .layer(axum::middleware::from_fn(measure))
         .layer(axum::middleware::from_fn(authenticate))
 }
 

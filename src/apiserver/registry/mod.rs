@@ -11,7 +11,7 @@
 
 mod list;
 mod object;
-mod request;
+pub(crate) mod request;
 mod selector;
 mod write;
 
