@@ -601,6 +601,22 @@ fn kubectl_get_prints_upstreams_columns() {
         "NAME READY UP-TO-DATE AVAILABLE AGE CONTAINERS IMAGES SELECTOR"
     );
     assert_eq!(header(&["get", "ns"]).0, "NAME STATUS AGE");
+    // Upstream's defaults were applied.
+    let (_, pod) = header(&["get", "pod", "p1", "-o", "json"]);
+    let pod: serde_json::Value = serde_json::from_str(&pod).expect("json");
+    assert_eq!(pod["spec"]["restartPolicy"], "Always");
+    assert_eq!(pod["spec"]["dnsPolicy"], "ClusterFirst");
+    assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    assert_eq!(pod["status"]["phase"], "Pending");
+    assert_eq!(pod["status"]["qosClass"], "BestEffort");
+    let (_, d) = header(&["get", "deploy", "web", "-o", "json"]);
+    let d: serde_json::Value = serde_json::from_str(&d).expect("json");
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
     // Kinds without their own columns get upstream's default ones.
     let o = s.kubectl(&[
         "get",

@@ -15,6 +15,7 @@ pub mod patch;
 pub mod pki;
 pub mod registry;
 pub mod status;
+pub mod strategy;
 pub mod table;
 
 use std::net::{IpAddr, SocketAddr};

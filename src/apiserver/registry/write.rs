@@ -224,6 +224,7 @@ pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
     if obj.get("spec").is_some() {
         obj["metadata"]["generation"] = json!(1);
     }
+    crate::apiserver::strategy::apply_defaults(call.def, &mut obj);
     if call.def.plural == "namespaces" && call.def.group.is_empty() {
         let fresh = new_namespace(&name);
         obj["spec"] = fresh["spec"].clone();
@@ -234,8 +235,8 @@ pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
             .unwrap_or_default();
         obj["metadata"]["labels"] = json!(labels);
         obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
-    } else if has_status(call.def) {
-        obj["status"] = json!({});
+    } else if let Some(status) = crate::apiserver::strategy::initial_status(call.def, &obj) {
+        obj["status"] = status;
     }
     if call.query.dry_run {
         return with_warnings(json(StatusCode::CREATED, &obj), &warnings);
@@ -365,6 +366,7 @@ async fn read_modify_write(
                 return object::conflict(call.def, call.name());
             }
         }
+        crate::apiserver::strategy::apply_defaults(call.def, &mut new);
         let new = prepare_update(call, &old, new);
         if call.query.dry_run {
             return with_warnings(json(StatusCode::OK, &new), &warnings);
