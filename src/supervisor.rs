@@ -273,6 +273,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             tls_dir: cfg.data_dir.join("server").join("tls"),
             sans: cfg.api_sans(),
             kubeconfig: cfg.kubeconfig.clone(),
+            service_cidr: cfg.service_cidr.clone(),
         };
         let api = crate::apiserver::start(api_cfg, store.clone(), stop_rx.clone()).await?;
         api_ready.open();

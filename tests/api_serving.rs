@@ -649,3 +649,60 @@ fn metrics_count_requests_store_operations_and_watchers() {
     );
     assert!(m.contains("apiserver_registered_watchers "), "{m}");
 }
+
+#[test]
+fn services_get_cluster_ips_from_the_service_range() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifest = dir.path().join("s.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: fixed}\nspec:\n  clusterIP: 10.43.7.7\n  ports: [{port: 81}]\n",
+    )
+    .expect("write");
+    let o = s.kubectl(&["apply", "-f", manifest.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ip = |name: &str| {
+        let o = s.kubectl(&["get", "svc", name, "-o", "jsonpath={.spec.clusterIP}"]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(
+        ip("kubernetes"),
+        "10.43.0.1",
+        "the kubernetes service exists from the start"
+    );
+    assert_eq!(ip("fixed"), "10.43.7.7");
+    let web: std::net::Ipv4Addr = ip("web").parse().expect("an IPv4 ClusterIP");
+    assert_eq!(web.octets()[..2], [10, 43]);
+    let o = s.kubectl(&[
+        "get",
+        "svc",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].targetPort}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "80",
+        "targetPort defaults to port"
+    );
+    // A taken address is refused as upstream words it.
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: clash}\nspec:\n  clusterIP: 10.43.7.7\n  ports: [{port: 82}]\n",
+    )
+    .expect("write");
+    let o = s.kubectl(&["apply", "-f", manifest.to_str().expect("utf8")]);
+    assert!(
+        text(&o).contains(r#"The Service "clash" is invalid: spec.clusterIPs: Invalid value: []string{"10.43.7.7"}: failed to allocate IP 10.43.7.7: provided IP is already allocated"#),
+        "{}",
+        text(&o)
+    );
+    // Deleting a service frees its address.
+    let o = s.kubectl(&["delete", "svc", "fixed"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = s.kubectl(&["get", "ipaddresses", "-o", "name"]);
+    let ips = String::from_utf8_lossy(&o.stdout);
+    assert!(!ips.contains("10.43.7.7"), "{ips}");
+    assert!(ips.contains("10.43.0.1"), "{ips}");
+}

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod discovery;
 pub mod health;
 pub mod http;
+pub mod ipalloc;
 pub mod kubeconfig;
 pub mod openapi;
 pub mod patch;
@@ -36,6 +37,8 @@ pub enum ApiError {
     Http(#[from] http::HttpError),
     #[error("store: {0}")]
     Store(#[from] crate::store::Error),
+    #[error("service IPs: {0}")]
+    ServiceIps(#[from] ipalloc::AllocError),
     #[error("writing the admin kubeconfig {path}: {source}")]
     Kubeconfig {
         path: PathBuf,
@@ -55,6 +58,8 @@ pub struct ApiConfig {
     pub sans: Vec<String>,
     /// Where the admin kubeconfig goes.
     pub kubeconfig: PathBuf,
+    /// The Service ClusterIP range.
+    pub service_cidr: String,
 }
 
 /// A running API server.
@@ -105,7 +110,12 @@ pub async fn start(
         source,
     })?;
     let store: Arc<dyn Store> = Arc::new(crate::store::metered::MeteredStore::new(store));
-    registry::bootstrap(store.as_ref()).await?;
+    let range = ipalloc::ServiceRange::parse(&cfg.service_cidr)?;
+    registry::bootstrap(store.as_ref(), &range, addr.port()).await?;
+    let (created, removed) = ipalloc::repair(store.as_ref()).await?;
+    if created + removed > 0 {
+        tracing::info!(created, removed, "repaired service IP allocations");
+    }
     let cache = crate::store::watch_cache::WatchCache::start(
         store.clone(),
         crate::store::keys::REGISTRY_ROOT,
@@ -116,7 +126,11 @@ pub async fn start(
         health::Health {
             store: store.clone(),
         },
-        registry::Registry { store, cache },
+        registry::Registry {
+            store,
+            cache,
+            service_range: Some(range),
+        },
         discovery::Discovery {
             server_address: format!("{host}:{}", addr.port()),
         },

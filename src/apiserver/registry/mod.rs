@@ -10,7 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 mod list;
-mod object;
+pub(crate) mod object;
 pub(crate) mod request;
 mod selector;
 mod write;
@@ -42,6 +42,8 @@ pub const SYSTEM_NAMESPACES: [&str; 4] =
 pub struct Registry {
     pub store: Arc<dyn Store>,
     pub cache: WatchCache,
+    /// Where Service ClusterIPs come from.
+    pub service_range: Option<crate::apiserver::ipalloc::ServiceRange>,
 }
 
 /// One request, resolved against the catalog.
@@ -203,19 +205,47 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
     }
 }
 
-/// Creates the system namespaces that do not exist yet.
-pub async fn bootstrap(store: &dyn Store) -> Result<(), crate::store::Error> {
-    let Some(def) = catalog::find("", "v1", "namespaces") else {
-        return Ok(());
+/// Creates the system namespaces and the `kubernetes` Service that do not exist yet.
+pub async fn bootstrap(
+    store: &dyn Store,
+    range: &crate::apiserver::ipalloc::ServiceRange,
+    api_port: u16,
+) -> Result<(), crate::apiserver::ApiError> {
+    let ignore_exists = |r: Result<crate::store::KeyValue, crate::store::Error>| match r {
+        Ok(_) | Err(crate::store::Error::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e),
     };
-    for ns in SYSTEM_NAMESPACES {
-        let obj = write::new_namespace(ns);
-        match store
-            .create(&object::key(def, None, ns), object::to_stored(&obj))
-            .await
-        {
-            Ok(_) | Err(crate::store::Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
+    if let Some(def) = catalog::find("", "v1", "namespaces") {
+        for ns in SYSTEM_NAMESPACES {
+            let obj = write::new_namespace(ns);
+            ignore_exists(
+                store
+                    .create(&object::key(def, None, ns), object::to_stored(&obj))
+                    .await,
+            )?;
+        }
+    }
+    if let Some(def) = catalog::find("", "v1", "services") {
+        let key = object::key(def, Some("default"), "kubernetes");
+        if store.get(&key, 0).await?.is_none() {
+            let ip = range.first().to_string();
+            let svc = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": "kubernetes", "namespace": "default", "uid": object::new_uid(),
+                    "creationTimestamp": object::now_rfc3339(),
+                    "labels": {"component": "apiserver", "provider": "kubernetes"},
+                },
+                "spec": {
+                    "type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                    "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                    "internalTrafficPolicy": "Cluster", "sessionAffinity": "None",
+                    "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api_port}],
+                },
+                "status": {"loadBalancer": {}},
+            });
+            ignore_exists(store.create(&key, object::to_stored(&svc)).await)?;
         }
     }
     Ok(())

@@ -189,6 +189,8 @@ pub fn conflict(def: &ResourceDef, name: &str) -> Response {
 /// 422 for an invalid object: `field: problem`.
 pub fn invalid(def: &ResourceDef, name: &str, field: &str, problem: &str) -> Response {
     let mut d = details(name, def);
+    // Invalid names the kind, not the resource, as upstream's NewInvalid does.
+    d["kind"] = json!(def.kind);
     d["causes"] = json!([{"reason": "FieldValueInvalid", "message": problem, "field": field}]);
     status::failure_with_details(
         StatusCode::UNPROCESSABLE_ENTITY,

@@ -173,6 +173,67 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     resp
 }
 
+fn is_service(def: &ResourceDef) -> bool {
+    def.group.is_empty() && def.plural == "services"
+}
+
+/// Gives a new Service its ClusterIP (the one asked for, or any free one). Returns the
+/// address allocated, to release if the create fails.
+async fn allocate_cluster_ip(
+    call: &Call<'_>,
+    name: &str,
+    obj: &mut Value,
+) -> Result<Option<String>, Response> {
+    let Some(range) = call
+        .reg
+        .service_range
+        .as_ref()
+        .filter(|_| is_service(call.def))
+    else {
+        return Ok(None);
+    };
+    let spec = &mut obj["spec"];
+    let requested = spec["clusterIP"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    if spec["type"] == "ExternalName" {
+        return Ok(None);
+    }
+    if requested.as_deref() == Some("None") {
+        spec["clusterIPs"] = json!(["None"]);
+        return Ok(None);
+    }
+    let ns = call.ns().unwrap_or("default");
+    match crate::apiserver::ipalloc::allocate(
+        call.reg.store.as_ref(),
+        range,
+        ns,
+        name,
+        requested.as_deref(),
+    )
+    .await
+    {
+        Ok(ip) => {
+            spec["clusterIP"] = json!(ip);
+            spec["clusterIPs"] = json!([ip]);
+            spec["ipFamilies"] = json!(["IPv4"]);
+            spec["ipFamilyPolicy"] = json!("SingleStack");
+            Ok(Some(ip))
+        }
+        Err(crate::apiserver::ipalloc::AllocError::Store(e)) => Err(store_error(call.def, name, e)),
+        Err(e) => Err(invalid(
+            call.def,
+            name,
+            "spec.clusterIPs",
+            &format!(
+                "Invalid value: []string{{\"{}\"}}: {e}",
+                requested.unwrap_or_default()
+            ),
+        )),
+    }
+}
+
 /// `POST` a new object.
 pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response {
     let mut obj = match parse_body(body, content_type) {
@@ -241,13 +302,22 @@ pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
     if call.query.dry_run {
         return with_warnings(json(StatusCode::CREATED, &obj), &warnings);
     }
+    let allocated = match allocate_cluster_ip(call, &name, &mut obj).await {
+        Ok(ip) => ip,
+        Err(r) => return r,
+    };
     let key = object::key(call.def, call.ns(), &name);
     match call.reg.store.create(&key, to_stored(&obj)).await {
         Ok(kv) => match to_wire(call.def, &kv) {
             Ok(o) => with_warnings(json(StatusCode::CREATED, &o), &warnings),
             Err(r) => r,
         },
-        Err(e) => store_error(call.def, &name, e),
+        Err(e) => {
+            if let Some(ip) = allocated {
+                crate::apiserver::ipalloc::release(call.reg.store.as_ref(), &ip).await;
+            }
+            store_error(call.def, &name, e)
+        }
     }
 }
 
@@ -367,6 +437,21 @@ async fn read_modify_write(
             }
         }
         crate::apiserver::strategy::apply_defaults(call.def, &mut new);
+        if is_service(call.def) {
+            for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+                let (o, n) = (&old["spec"][field], &new["spec"][field]);
+                if n.is_null() || n == "" {
+                    new["spec"][field] = o.clone();
+                } else if field == "clusterIP" && !o.is_null() && o != n {
+                    return invalid(
+                        call.def,
+                        call.name(),
+                        "spec.clusterIPs[0]",
+                        "Invalid value: may not change once set",
+                    );
+                }
+            }
+        }
         let new = prepare_update(call, &old, new);
         if call.query.dry_run {
             return with_warnings(json(StatusCode::OK, &new), &warnings);
@@ -522,7 +607,21 @@ pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
         .delete(&key(call), Some(kv.mod_revision))
         .await
     {
-        Ok(_) => json(StatusCode::OK, &obj),
+        Ok(_) => {
+            if is_service(call.def) {
+                for ip in obj["spec"]["clusterIPs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
+                    if ip != "None" {
+                        crate::apiserver::ipalloc::release(call.reg.store.as_ref(), ip).await;
+                    }
+                }
+            }
+            json(StatusCode::OK, &obj)
+        }
         Err(e) => store_error(call.def, call.name(), e),
     }
 }
