@@ -706,3 +706,67 @@ fn services_get_cluster_ips_from_the_service_range() {
     assert!(!ips.contains("10.43.7.7"), "{ips}");
     assert!(ips.contains("10.43.0.1"), "{ips}");
 }
+
+#[test]
+fn node_ports_are_allocated_kept_and_released() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifest = dir.path().join("np.yaml");
+    let write = |body: &str| std::fs::write(&manifest, body).expect("write");
+    let m = manifest.to_str().expect("utf8");
+    write("apiVersion: v1\nkind: Service\nmetadata: {name: np}\nspec:\n  type: NodePort\n  ports: [{port: 80}, {port: 81, nodePort: 30081}]\n");
+    let o = s.kubectl(&["apply", "-f", m]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ports = |name: &str| {
+        let o = s.kubectl(&[
+            "get",
+            "svc",
+            name,
+            "-o",
+            "jsonpath={.spec.ports[*].nodePort}",
+        ]);
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(|p| p.parse::<i64>().expect("port"))
+            .collect::<Vec<_>>()
+    };
+    let first = ports("np");
+    assert_eq!(first.len(), 2);
+    assert!((30000..=32767).contains(&first[0]), "{first:?}");
+    assert_eq!(first[1], 30081);
+    // A re-apply keeps the ports; the table shows them as upstream does.
+    let o = s.kubectl(&["apply", "-f", m]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(ports("np"), first);
+    let o = s.kubectl(&["get", "svc", "np"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("80:{}/TCP,81:30081/TCP", first[0])),
+        "{}",
+        text(&o)
+    );
+    // Taken and out-of-range ports are refused with upstream's words.
+    write("apiVersion: v1\nkind: Service\nmetadata: {name: np2}\nspec:\n  type: NodePort\n  ports: [{port: 80, nodePort: 30081}]\n");
+    let o = s.kubectl(&["apply", "-f", m]);
+    assert!(
+        text(&o).contains(
+            "spec.ports[0].nodePort: Invalid value: 30081: provided port is already allocated"
+        ),
+        "{}",
+        text(&o)
+    );
+    write("apiVersion: v1\nkind: Service\nmetadata: {name: np3}\nspec:\n  type: NodePort\n  ports: [{port: 80, nodePort: 80}]\n");
+    let o = s.kubectl(&["apply", "-f", m]);
+    assert!(
+        text(&o).contains(
+            "provided port is not in the valid range. The range of valid ports is 30000-32767"
+        ),
+        "{}",
+        text(&o)
+    );
+    // Deleting frees the ports for others.
+    let o = s.kubectl(&["delete", "svc", "np"]);
+    assert!(o.status.success(), "{}", text(&o));
+    write("apiVersion: v1\nkind: Service\nmetadata: {name: np2}\nspec:\n  type: NodePort\n  ports: [{port: 80, nodePort: 30081}]\n");
+    let o = s.kubectl(&["apply", "-f", m]);
+    assert!(o.status.success(), "{}", text(&o));
+}

@@ -14,6 +14,7 @@ pub mod kubeconfig;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod portalloc;
 pub mod registry;
 pub mod status;
 pub mod strategy;
@@ -115,6 +116,10 @@ pub async fn start(
     let (created, removed) = ipalloc::repair(store.as_ref()).await?;
     if created + removed > 0 {
         tracing::info!(created, removed, "repaired service IP allocations");
+    }
+    let (created, removed) = portalloc::repair(store.as_ref()).await?;
+    if created + removed > 0 {
+        tracing::info!(created, removed, "repaired node port allocations");
     }
     let cache = crate::store::watch_cache::WatchCache::start(
         store.clone(),

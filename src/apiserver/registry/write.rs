@@ -234,6 +234,80 @@ async fn allocate_cluster_ip(
     }
 }
 
+/// Gives the ports of a NodePort or LoadBalancer Service their node ports: kept from `old`
+/// where the port is the same, the one asked for, or any free one; strips them from other types.
+/// Returns the ports newly reserved.
+async fn assign_node_ports(
+    call: &Call<'_>,
+    name: &str,
+    old: &Value,
+    obj: &mut Value,
+) -> Result<Vec<i64>, Response> {
+    use crate::apiserver::portalloc;
+    if !is_service(call.def) {
+        return Ok(Vec::new());
+    }
+    let store = call.reg.store.as_ref();
+    let owner = format!("{}/{name}", call.ns().unwrap_or("default"));
+    let held = portalloc::ports_of(old);
+    let wants = portalloc::wants_node_ports(obj);
+    let mut reserved = Vec::new();
+    let count = obj["spec"]["ports"].as_array().map_or(0, |p| p.len());
+    for i in 0..count {
+        let p = &mut obj["spec"]["ports"][i];
+        if !wants {
+            if let Some(m) = p.as_object_mut() {
+                m.remove("nodePort");
+            }
+            continue;
+        }
+        let kept = old["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| {
+                o["port"] == p["port"] && o["protocol"] == p["protocol"] && o["nodePort"].is_i64()
+            });
+        let result = match (p["nodePort"].as_i64(), kept) {
+            (Some(n), _) if held.contains(&n) => continue,
+            (None, Some(k)) => {
+                p["nodePort"] = k["nodePort"].clone();
+                continue;
+            }
+            (requested, _) => portalloc::allocate(store, &owner, requested).await,
+        };
+        match result {
+            Ok(port) => {
+                obj["spec"]["ports"][i]["nodePort"] = json!(port);
+                reserved.push(port);
+            }
+            Err(e) => {
+                for port in reserved {
+                    portalloc::release(store, port).await;
+                }
+                return Err(match e {
+                    portalloc::PortError::Store(se) => store_error(call.def, name, se),
+                    other => invalid(
+                        call.def,
+                        name,
+                        &format!("spec.ports[{i}].nodePort"),
+                        &format!(
+                            "Invalid value: {}: {other}",
+                            obj["spec"]["ports"][i]["nodePort"]
+                        ),
+                    ),
+                });
+            }
+        }
+    }
+    // Ports the service no longer holds go back to the range.
+    let now = portalloc::ports_of(obj);
+    for port in held.into_iter().filter(|p| !now.contains(p)) {
+        portalloc::release(store, port).await;
+    }
+    Ok(reserved)
+}
+
 /// `POST` a new object.
 pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response {
     let mut obj = match parse_body(body, content_type) {
@@ -306,6 +380,15 @@ pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
         Ok(ip) => ip,
         Err(r) => return r,
     };
+    let ports = match assign_node_ports(call, &name, &Value::Null, &mut obj).await {
+        Ok(p) => p,
+        Err(r) => {
+            if let Some(ip) = &allocated {
+                crate::apiserver::ipalloc::release(call.reg.store.as_ref(), ip).await;
+            }
+            return r;
+        }
+    };
     let key = object::key(call.def, call.ns(), &name);
     match call.reg.store.create(&key, to_stored(&obj)).await {
         Ok(kv) => match to_wire(call.def, &kv) {
@@ -315,6 +398,9 @@ pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
         Err(e) => {
             if let Some(ip) = allocated {
                 crate::apiserver::ipalloc::release(call.reg.store.as_ref(), &ip).await;
+            }
+            for port in ports {
+                crate::apiserver::portalloc::release(call.reg.store.as_ref(), port).await;
             }
             store_error(call.def, &name, e)
         }
@@ -450,6 +536,11 @@ async fn read_modify_write(
                         "Invalid value: may not change once set",
                     );
                 }
+            }
+        }
+        if is_service(call.def) && call.info.subresource.is_none() && !call.query.dry_run {
+            if let Err(r) = assign_node_ports(call, call.name(), &old, &mut new).await {
+                return r;
             }
         }
         let new = prepare_update(call, &old, new);
@@ -609,6 +700,9 @@ pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
     {
         Ok(_) => {
             if is_service(call.def) {
+                for port in crate::apiserver::portalloc::ports_of(&obj) {
+                    crate::apiserver::portalloc::release(call.reg.store.as_ref(), port).await;
+                }
                 for ip in obj["spec"]["clusterIPs"]
                     .as_array()
                     .into_iter()
