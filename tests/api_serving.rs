@@ -770,3 +770,55 @@ fn node_ports_are_allocated_kept_and_released() {
     let o = s.kubectl(&["apply", "-f", m]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn kubectl_scale_and_pod_binding() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifest = dir.path().join("w.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: web, image: busybox:1}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p1}\nspec:\n  containers: [{name: c, image: busybox}]\n",
+    )
+    .expect("write");
+    let o = s.kubectl(&["apply", "-f", manifest.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = s.kubectl(&["scale", "deploy", "web", "--replicas=3"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = s.kubectl(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "3");
+    let o = s.kubectl(&[
+        "get",
+        "--raw",
+        "/apis/apps/v1/namespaces/default/deployments/web/scale",
+    ]);
+    let scale: serde_json::Value = serde_json::from_slice(&o.stdout).expect("Scale");
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 3);
+    assert_eq!(scale["status"]["selector"], "app=web");
+    let o = s.kubectl(&["scale", "deploy", "web", "--replicas=-1"]);
+    assert!(!o.status.success());
+
+    // A binding assigns a pod to a node once.
+    let binding = dir.path().join("b.json");
+    std::fs::write(
+        &binding,
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p1"},"target":{"apiVersion":"v1","kind":"Node","name":"n1"}}"#,
+    )
+    .expect("write");
+    let post = |path: &str| {
+        Command::new(kubectl())
+            .arg("--kubeconfig")
+            .arg(&s.kubeconfig)
+            .args(["create", "--raw", path, "-f"])
+            .arg(&binding)
+            .output()
+            .expect("kubectl")
+    };
+    let o = post("/api/v1/namespaces/default/pods/p1/binding");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = s.kubectl(&["get", "pod", "p1", "-o", "jsonpath={.spec.nodeName}"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "n1");
+    let o = post("/api/v1/namespaces/default/pods/p1/binding");
+    assert!(text(&o).contains("already assigned"), "{}", text(&o));
+}

@@ -13,6 +13,7 @@ mod list;
 pub(crate) mod object;
 pub(crate) mod request;
 mod selector;
+mod subresource;
 mod write;
 
 use std::sync::Arc;
@@ -143,7 +144,7 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
         return method_not_allowed(&info);
     }
     if let Some(sub) = &info.subresource {
-        if sub != "status" {
+        if !matches!(sub.as_str(), "status" | "scale" | "binding") {
             return status::failure(
                 StatusCode::NOT_IMPLEMENTED,
                 "NotImplemented",
@@ -192,6 +193,23 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
         query,
         table,
     };
+    match (call.info.subresource.as_deref(), call.info.verb) {
+        (Some("scale"), "get") => return subresource::get_scale(&call).await,
+        (Some("scale"), "update") => {
+            return match parse_body(&body, &content_type) {
+                Ok(wanted) => subresource::update_scale(&call, |_| Ok(wanted.clone())).await,
+                Err(r) => r,
+            };
+        }
+        (Some("scale"), "patch") => {
+            return match write::Patcher::new(&body, &content_type, ("autoscaling", "v1", "Scale")) {
+                Ok(p) => subresource::update_scale(&call, |scale| p.apply(scale)).await,
+                Err(r) => r,
+            };
+        }
+        (Some("binding"), "create") => return subresource::bind(&call, &body, &content_type).await,
+        _ => {}
+    }
     match call.info.verb {
         "get" => write::get(&call).await,
         "list" => list::list(&call).await,

@@ -569,56 +569,82 @@ pub async fn update(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
 
 /// `PATCH` an object: JSON patch, JSON merge patch or strategic merge patch.
 pub async fn patch(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response {
-    let bad = |msg: String| status::failure(StatusCode::BAD_REQUEST, "BadRequest", &msg);
-    let ct = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let patch: Value = match serde_json::from_slice(body) {
+    let patcher = match Patcher::new(
+        body,
+        content_type,
+        (call.def.group, call.def.version, call.def.kind),
+    ) {
         Ok(p) => p,
-        Err(e) => return bad(format!("error decoding patch: {e}")),
+        Err(r) => return r,
     };
-    match ct.as_str() {
-        "application/json-patch+json" => {
-            let ops: json_patch::Patch = match serde_json::from_value(patch) {
-                Ok(p) => p,
-                Err(e) => return bad(format!("error decoding JSON patch: {e}")),
-            };
-            read_modify_write(call, |old| {
+    read_modify_write(call, |old| patcher.apply(old)).await
+}
+
+/// A parsed patch of one of the three types, ready to apply to any number of objects.
+pub(crate) enum Patcher {
+    Json(json_patch::Patch),
+    Merge(Value),
+    Strategic(
+        Value,
+        Option<Value>,
+        std::sync::Arc<crate::apiserver::openapi::OpenApi>,
+    ),
+}
+
+impl Patcher {
+    /// Parses `body` as the patch `content_type` names, for objects of kind `(group, version, kind)`.
+    pub(crate) fn new(
+        body: &Bytes,
+        content_type: &str,
+        gvk: (&str, &str, &str),
+    ) -> Result<Patcher, Response> {
+        let bad = |msg: String| status::failure(StatusCode::BAD_REQUEST, "BadRequest", &msg);
+        let ct = content_type.split(';').next().unwrap_or_default().trim();
+        let patch: Value =
+            serde_json::from_slice(body).map_err(|e| bad(format!("error decoding patch: {e}")))?;
+        match ct {
+            "application/json-patch+json" => serde_json::from_value(patch)
+                .map(Patcher::Json)
+                .map_err(|e| bad(format!("error decoding JSON patch: {e}"))),
+            "application/merge-patch+json" => Ok(Patcher::Merge(patch)),
+            "application/strategic-merge-patch+json" => {
+                let doc = crate::apiserver::openapi::get().ok_or_else(|| {
+                    status::failure(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the OpenAPI schema is unavailable")
+                })?;
+                let schema = doc.kind_schema(gvk.0, gvk.1, gvk.2);
+                Ok(Patcher::Strategic(patch, schema, doc))
+            }
+            other => Err(status::failure(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                &format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml ({other})"),
+            )),
+        }
+    }
+
+    /// The patched copy of `old`.
+    pub(crate) fn apply(&self, old: &Value) -> Result<Value, Response> {
+        let invalid = |e: String| status::failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &e);
+        match self {
+            Patcher::Json(ops) => {
                 let mut doc = old.clone();
-                json_patch::patch(&mut doc, &ops).map_err(|e| {
-                    status::failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &format!("the server rejected our request due to an error in our request: {e}"))
+                json_patch::patch(&mut doc, ops).map_err(|e| {
+                    invalid(format!(
+                        "the server rejected our request due to an error in our request: {e}"
+                    ))
                 })?;
                 Ok(doc)
-            })
-            .await
-        }
-        "application/merge-patch+json" => {
-            read_modify_write(call, |old| {
+            }
+            Patcher::Merge(patch) => {
                 let mut doc = old.clone();
-                json_patch::merge(&mut doc, &patch);
+                json_patch::merge(&mut doc, patch);
                 Ok(doc)
-            })
-            .await
+            }
+            Patcher::Strategic(patch, schema, doc) => {
+                crate::apiserver::patch::apply(&doc.schemas(), schema.as_ref(), old, patch)
+                    .map_err(|e| invalid(e.to_string()))
+            }
         }
-        "application/strategic-merge-patch+json" => {
-            let Some(doc) = crate::apiserver::openapi::get() else {
-                return status::failure(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the OpenAPI schema is unavailable");
-            };
-            let schema = doc.kind_schema(call.def.group, call.def.version, call.def.kind);
-            read_modify_write(call, |old| {
-                crate::apiserver::patch::apply(&doc.schemas(), schema.as_ref(), old, &patch)
-                    .map_err(|e| status::failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &e.to_string()))
-            })
-            .await
-        }
-        other => status::failure(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            &format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml ({other})"),
-        ),
     }
 }
 
