@@ -16,7 +16,7 @@ deps:
 test: deps features
 	$(CARGO) test --all-targets
 	# The kubectl suite once more, on the etcd backend.
-	K1S_TEST_DATASTORE=etcd $(CARGO) test --test api_serving
+	K1S_TEST_DATASTORE=etcd $(CARGO) test --test api_serving --test api_resources
 
 # Each part compiles alone, without warnings.
 features:

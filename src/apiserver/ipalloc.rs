@@ -172,15 +172,8 @@ pub async fn repair(store: &dyn Store) -> Result<(usize, usize), store::Error> {
     let (Some(ipdef), Some(svcdef)) = (ipaddress_def(), catalog::find("", "v1", "services")) else {
         return Ok((0, 0));
     };
-    let services = store
-        .range(RangeRequest {
-            prefix: object::prefix(svcdef, None),
-            ..Default::default()
-        })
-        .await?;
     let mut used = std::collections::BTreeMap::new();
-    for kv in &services.kvs {
-        let svc: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+    for svc in object::stored_all(store, svcdef).await? {
         for ip in svc["spec"]["clusterIPs"]
             .as_array()
             .into_iter()
@@ -188,15 +181,7 @@ pub async fn repair(store: &dyn Store) -> Result<(usize, usize), store::Error> {
             .filter_map(Value::as_str)
         {
             if ip != "None" {
-                let ns = svc["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let name = svc["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                used.insert(ip.to_string(), (ns, name));
+                used.insert(ip.to_string(), object::namespace_name(&svc));
             }
         }
     }

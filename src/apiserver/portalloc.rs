@@ -104,22 +104,11 @@ pub async fn repair(store: &dyn Store) -> Result<(usize, usize), store::Error> {
     let Some(svcdef) = catalog::find("", "v1", "services") else {
         return Ok((0, 0));
     };
-    let services = store
-        .range(RangeRequest {
-            prefix: object::prefix(svcdef, None),
-            ..Default::default()
-        })
-        .await?;
     let mut used: BTreeMap<i64, String> = BTreeMap::new();
-    for kv in &services.kvs {
-        let svc: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
-        let owner = format!(
-            "{}/{}",
-            svc["metadata"]["namespace"].as_str().unwrap_or_default(),
-            svc["metadata"]["name"].as_str().unwrap_or_default()
-        );
+    for svc in object::stored_all(store, svcdef).await? {
+        let (ns, name) = object::namespace_name(&svc);
         for port in ports_of(&svc) {
-            used.insert(port, owner.clone());
+            used.insert(port, format!("{ns}/{name}"));
         }
     }
     let held = store

@@ -1,6 +1,8 @@
 //! Shared harness for the integration tests: a store of either backend, started for real.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::sync::Arc;
 
 use k1s::store::embedded::{EmbeddedOptions, EmbeddedStore};

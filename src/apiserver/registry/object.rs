@@ -31,6 +31,33 @@ pub fn prefix(def: &ResourceDef, namespace: Option<&str>) -> String {
     store::keys::list_prefix(&storage_resource(def), namespace)
 }
 
+/// Every stored object of a resource (all namespaces), decoded; undecodable ones are skipped.
+pub async fn stored_all(
+    store: &dyn store::Store,
+    def: &ResourceDef,
+) -> Result<Vec<Value>, store::Error> {
+    let page = store
+        .range(store::RangeRequest {
+            prefix: prefix(def, None),
+            ..Default::default()
+        })
+        .await?;
+    Ok(page
+        .kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect())
+}
+
+/// `namespace` and `name` of an object.
+pub fn namespace_name(obj: &Value) -> (String, String) {
+    let m = &obj["metadata"];
+    (
+        m["namespace"].as_str().unwrap_or_default().to_string(),
+        m["name"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
 /// The current time as upstream writes timestamps (RFC 3339, seconds, UTC).
 pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now()

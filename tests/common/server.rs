@@ -1,0 +1,108 @@
+//! A `k1s server` started for a test, and a stock kubectl 1.37 to drive it.
+//!
+//! `K1S_TEST_DATASTORE=etcd` puts the server on a throwaway etcd instead of the embedded store.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// The stock kubectl that `make deps` unpacks into `.cache/`.
+pub fn kubectl() -> PathBuf {
+    std::env::var_os("K1S_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kubectl/kubectl"))
+}
+
+pub struct Server {
+    child: Child,
+    /// The etcd this server stores in, when `K1S_TEST_DATASTORE=etcd`.
+    _etcd: Option<k1s::testing::etcd::EtcdServer>,
+    pub _dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let kubeconfig = dir.path().join("k1s.yaml");
+        let etcd = (std::env::var("K1S_TEST_DATASTORE").as_deref() == Ok("etcd"))
+            .then(|| k1s::testing::etcd::EtcdServer::start().expect("start etcd"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_k1s"));
+        cmd.arg("server");
+        if let Some(e) = &etcd {
+            cmd.args(["--datastore-endpoint", e.url()]);
+        }
+        let mut child = cmd
+            .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--write-kubeconfig")
+            .arg(&kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start k1s");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains("API server listening") => break,
+                Ok(_) => {}
+                Err(_) => panic!("the API server did not start"),
+            }
+        }
+        Server {
+            child,
+            _etcd: etcd,
+            _dir: dir,
+            kubeconfig,
+            port,
+        }
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(kubectl())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl (make deps installs it)")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
