@@ -275,9 +275,21 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             kubeconfig: cfg.kubeconfig.clone(),
             service_cidr: cfg.service_cidr.clone(),
         };
-        let api = crate::apiserver::start(api_cfg, store.clone(), stop_rx.clone()).await?;
-        api_ready.open();
-        api
+        match crate::apiserver::start(api_cfg, store.clone(), stop_rx.clone()).await {
+            Ok(api) => {
+                api_ready.open();
+                api
+            }
+            Err(e) => {
+                // Close what started before failing: the store flushes and releases its file.
+                stop_tx.send_replace(true);
+                let _ = compactor.await;
+                if let Err(se) = store.shutdown().await {
+                    tracing::warn!(error = %se, "closing the store after a failed start");
+                }
+                return Err(e.into());
+            }
+        }
     };
     tracing::info!(parts = ?cfg.enabled_parts(), api_ready = api_ready.is_open(), "k1s server running");
 

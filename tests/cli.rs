@@ -196,3 +196,27 @@ fn unreachable_etcd_fails_with_a_clear_error() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("datastore"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_port_in_use_fails_start_up_clearly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let dir = tempfile::tempdir().expect("tmp");
+    let o = run(&[
+        "server",
+        "--data-dir",
+        dir.path().to_str().expect("utf8"),
+        "--bind-address",
+        "127.0.0.1",
+        "--https-listen-port",
+        &port,
+        "--write-kubeconfig",
+        dir.path().join("k.yaml").to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("listening on 127.0.0.1:") && err.contains("in use"),
+        "{err}"
+    );
+}
