@@ -100,24 +100,36 @@ fn kill_9_loses_no_acknowledged_write() {
             .spawn()
             .expect("spawn child");
         let stdout = child.stdout.take().expect("child stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
-            let mut lines = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 match line {
-                    Ok(l) => lines.push(l),
+                    Ok(l) => {
+                        if tx.send(l).is_err() {
+                            break;
+                        }
+                    }
                     Err(_) => break,
                 }
             }
-            lines
         });
-        // Let it write for a while (varying, so the kill lands at different points).
-        let until = Instant::now() + Duration::from_millis(300 + (round as u64 * 37) % 400);
-        while Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(10));
+        // Wait until the child is writing (start-up includes recovering from the last kill,
+        // slower on a loaded machine), then let it run a varying while so kills land at
+        // different points.
+        let mut lines = Vec::new();
+        let started = Instant::now();
+        while lines.len() < 20 {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(l) => lines.push(l),
+                Err(_) if started.elapsed() < Duration::from_secs(60) => {}
+                Err(_) => panic!("round {round}: the child acknowledged no write within 60 s"),
+            }
         }
+        std::thread::sleep(Duration::from_millis(50 + (round as u64 * 37) % 300));
         child.kill().expect("SIGKILL the child");
         child.wait().expect("reap child");
-        let lines = reader.join().expect("reader");
+        reader.join().expect("reader");
+        lines.extend(rx.try_iter());
         let before = acked.len();
         acked.extend(lines.iter().filter_map(|l| parse_ack(l)));
         assert!(

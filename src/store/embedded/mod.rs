@@ -160,14 +160,26 @@ impl Shared {
 }
 
 struct Inner {
-    /// `None` after shutdown, so the file is released once the last reader is done.
-    db: std::sync::RwLock<Option<Arc<Database>>>,
+    /// `None` after shutdown; readers and watchers take the database from here for each read
+    /// only, so shutdown can wait for them and release the file before it returns.
+    db: DbSlot,
     shared: Arc<Shared>,
     ops: Mutex<Option<mpsc::Sender<Op>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     max_value_bytes: usize,
     path: PathBuf,
+}
+
+/// Where the open database is found; `None` once the store is shut down.
+pub(crate) type DbSlot = Arc<std::sync::RwLock<Option<Arc<Database>>>>;
+
+/// The open database, for one read.
+pub(crate) fn db_of(slot: &DbSlot) -> Result<Arc<Database>> {
+    slot.read()
+        .map_err(|_| unavailable("the database handle is poisoned"))?
+        .clone()
+        .ok_or_else(|| unavailable("the store is shut down"))
 }
 
 /// The embedded store. Cheap to clone.
@@ -264,7 +276,7 @@ impl EmbeddedStore {
         tracing::info!(path = %opts.path.display(), revision = state.revision, compacted = state.compacted, "embedded store opened");
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
-                db: std::sync::RwLock::new(Some(db)),
+                db: Arc::new(std::sync::RwLock::new(Some(db))),
                 shared,
                 ops: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
@@ -302,12 +314,7 @@ impl EmbeddedStore {
     }
 
     fn db(&self) -> Result<Arc<Database>> {
-        self.inner
-            .db
-            .read()
-            .map_err(|_| unavailable("the database handle is poisoned"))?
-            .clone()
-            .ok_or_else(|| unavailable("the store is shut down"))
+        db_of(&self.inner.db)
     }
 
     fn check_write(&self, key: &str, value: &[u8]) -> Result<()> {
@@ -391,7 +398,7 @@ impl Store for EmbeddedStore {
             });
         }
         Ok(watch::spawn(
-            self.db()?,
+            self.inner.db.clone(),
             self.inner.shared.clone(),
             prefix.to_string(),
             start,
@@ -444,8 +451,17 @@ impl Store for EmbeddedStore {
                 .map_err(|e| Error::backend("joining the writer thread", e))?
                 .map_err(|_| unavailable("the writer thread panicked"))?;
         }
-        if let Ok(mut db) = self.inner.db.write() {
-            *db = None;
+        let db = self.inner.db.write().ok().and_then(|mut slot| slot.take());
+        if let Some(db) = db {
+            // Reads in flight hold the database briefly; wait for them so the file is free
+            // when this returns.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Arc::strong_count(&db) > 1 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            if Arc::strong_count(&db) > 1 {
+                tracing::warn!("embedded store: readers still hold the database after shutdown");
+            }
         }
         tracing::info!(path = %self.inner.path.display(), "embedded store closed");
         Ok(())

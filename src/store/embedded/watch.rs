@@ -10,12 +10,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use redb::Database;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::reads;
-use super::Shared;
+use super::{db_of, DbSlot, Shared};
 use crate::store::{Error, Event, Result, Revision, WatchStream};
 
 /// Batches buffered between a watcher and its consumer.
@@ -31,7 +30,7 @@ enum State {
 
 /// Starts a watcher task and returns its stream.
 pub(super) fn spawn(
-    db: Arc<Database>,
+    db: DbSlot,
     shared: Arc<Shared>,
     prefix: String,
     start: Revision,
@@ -58,7 +57,7 @@ pub(super) fn spawn(
 }
 
 struct Watcher {
-    db: Arc<Database>,
+    db: DbSlot,
     shared: Arc<Shared>,
     prefix: String,
     next: Revision,
@@ -91,7 +90,11 @@ impl Watcher {
             if self.next > current {
                 return State::Live(sub);
             }
-            let (db, shared) = (self.db.clone(), self.shared.clone());
+            let db = match db_of(&self.db) {
+                Ok(db) => db,
+                Err(e) => return self.fail(e).await,
+            };
+            let shared = self.shared.clone();
             let (prefix, from) = (self.prefix.clone(), self.next);
             let read = tokio::task::spawn_blocking(move || {
                 reads::read_log(&db, &shared, &prefix, from, current, CATCH_UP_STEP)
