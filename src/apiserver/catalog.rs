@@ -33,6 +33,11 @@ impl ResourceDef {
         self.kind.to_lowercase()
     }
 
+    /// Whether the resource has the subresource `name` (e.g. `status`).
+    pub fn has_subresource(&self, name: &str) -> bool {
+        self.subresources.iter().any(|s| s.name == name)
+    }
+
     /// `group/version`, or just `version` for the core group.
     pub fn group_version(&self) -> String {
         group_version(self.group, self.version)

@@ -192,7 +192,7 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
 pub fn initial_status(def: &ResourceDef, obj: &Value) -> Option<Value> {
     match (def.group, def.plural) {
         ("", "pods") => Some(json!({"phase": "Pending", "qosClass": qos_class(&obj["spec"])})),
-        _ if def.subresources.iter().any(|s| s.name == "status") => Some(json!({})),
+        _ if def.has_subresource("status") => Some(json!({})),
         _ => None,
     }
 }

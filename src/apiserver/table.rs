@@ -140,18 +140,7 @@ fn none_if_empty(s: String) -> Value {
     })
 }
 fn selector_text(sel: &Value) -> Value {
-    let labels = sel.get("matchLabels").unwrap_or(sel);
-    none_if_empty(
-        labels
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default(),
-    )
+    none_if_empty(super::registry::selector::selector_string(sel))
 }
 fn containers(o: &Value, field: &str) -> Value {
     let list = o["spec"]["template"]["spec"]["containers"]
@@ -384,13 +373,6 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
     cols
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// The `object` of a row: the metadata (default), the whole object, or nothing.
 fn row_object(obj: &Value, include: &str) -> Value {
     match include {
@@ -413,7 +395,7 @@ pub fn table(
     include: &str,
 ) -> Value {
     let cols = columns(def);
-    let now = now();
+    let now = super::registry::object::epoch_now();
     let defs: Vec<Value> = cols
         .iter()
         .map(|c| {

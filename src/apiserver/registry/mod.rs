@@ -12,7 +12,7 @@
 mod list;
 pub(crate) mod object;
 pub(crate) mod request;
-mod selector;
+pub(crate) mod selector;
 mod subresource;
 mod write;
 

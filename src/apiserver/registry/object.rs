@@ -60,11 +60,15 @@ pub fn namespace_name(obj: &Value) -> (String, String) {
 
 /// The current time as upstream writes timestamps (RFC 3339, seconds, UTC).
 pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
+    rfc3339(epoch_now())
+}
+
+/// Seconds since the epoch, now.
+pub fn epoch_now() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    rfc3339(secs)
+        .unwrap_or(0)
 }
 
 /// Seconds since the epoch as RFC 3339 UTC.

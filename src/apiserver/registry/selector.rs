@@ -141,6 +141,36 @@ impl Selector {
     }
 }
 
+/// A label selector as the text `kubectl` and Scale's status show.
+pub fn selector_string(sel: &Value) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let labels = if sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some() {
+        &sel["matchLabels"]
+    } else {
+        sel
+    };
+    for (k, v) in labels.as_object().into_iter().flatten() {
+        parts.push(format!("{k}={}", v.as_str().unwrap_or_default()));
+    }
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        parts.push(match e["operator"].as_str() {
+            Some("In") => format!("{key} in ({})", values.join(",")),
+            Some("NotIn") => format!("{key} notin ({})", values.join(",")),
+            Some("Exists") => key.to_string(),
+            Some("DoesNotExist") => format!("!{key}"),
+            _ => continue,
+        });
+    }
+    parts.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +186,13 @@ mod tests {
         assert!(!s.matches_labels(&no));
         assert!(Selector::parse_labels("a in b").is_err());
         assert!(Selector::default().matches_labels(&json!({})));
+    }
+
+    #[test]
+    fn selectors_print_like_kubectl() {
+        let sel = json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]});
+        assert_eq!(selector_string(&sel), "app=web,tier in (a,b)");
+        assert_eq!(selector_string(&json!({"app": "rc"})), "app=rc");
     }
 
     #[test]

@@ -12,36 +12,6 @@ use crate::store;
 
 const RETRIES: usize = 5;
 
-/// A label selector as the text `kubectl` and Scale's status show.
-pub fn selector_string(sel: &Value) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let labels = if sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some() {
-        &sel["matchLabels"]
-    } else {
-        sel
-    };
-    for (k, v) in labels.as_object().into_iter().flatten() {
-        parts.push(format!("{k}={}", v.as_str().unwrap_or_default()));
-    }
-    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
-        let key = e["key"].as_str().unwrap_or_default();
-        let values: Vec<&str> = e["values"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        parts.push(match e["operator"].as_str() {
-            Some("In") => format!("{key} in ({})", values.join(",")),
-            Some("NotIn") => format!("{key} notin ({})", values.join(",")),
-            Some("Exists") => key.to_string(),
-            Some("DoesNotExist") => format!("!{key}"),
-            _ => continue,
-        });
-    }
-    parts.join(",")
-}
-
 /// The autoscaling/v1 Scale of a scalable object.
 fn scale_of(obj: &Value) -> Value {
     let m = &obj["metadata"];
@@ -55,7 +25,7 @@ fn scale_of(obj: &Value) -> Value {
         "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
         "status": {
             "replicas": obj["status"]["replicas"].as_i64().unwrap_or(0),
-            "selector": selector_string(&obj["spec"]["selector"]),
+            "selector": super::selector::selector_string(&obj["spec"]["selector"]),
         },
     })
 }
@@ -199,16 +169,4 @@ pub async fn bind(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn selectors_print_like_kubectl() {
-        let sel = json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]});
-        assert_eq!(selector_string(&sel), "app=web,tier in (a,b)");
-        assert_eq!(selector_string(&json!({"app": "rc"})), "app=rc");
-    }
 }

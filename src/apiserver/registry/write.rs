@@ -30,10 +30,6 @@ pub fn new_namespace(name: &str) -> Value {
     })
 }
 
-fn has_status(def: &ResourceDef) -> bool {
-    def.subresources.iter().any(|s| s.name == "status")
-}
-
 fn key(call: &Call<'_>) -> String {
     object::key(call.def, call.ns(), call.name())
 }
@@ -431,7 +427,7 @@ fn prepare_update(call: &Call<'_>, old: &Value, mut new: Value) -> Value {
         merged["status"] = new["status"].clone();
         return merged;
     }
-    if has_status(call.def) {
+    if call.def.has_subresource("status") {
         match old.get("status") {
             Some(s) => new["status"] = s.clone(),
             None => {
