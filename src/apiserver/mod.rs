@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod portalloc;
+pub mod protobuf;
 pub mod registry;
 pub mod status;
 pub mod strategy;

@@ -28,13 +28,44 @@ fn pull_policy(image: &str) -> &'static str {
     }
 }
 
+/// The array at `obj[field]`, if there is one (indexing would insert a null).
+fn array_mut<'a>(obj: &'a mut Value, field: &str) -> impl Iterator<Item = &'a mut Value> {
+    obj.get_mut(field)
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+}
+
+/// `obj[field]` when it is an object.
+fn object_mut<'a>(obj: &'a mut Value, field: &str) -> Option<&'a mut Value> {
+    obj.get_mut(field).filter(|v| v.is_object())
+}
+
+/// A rolling-update strategy: `type` defaults to RollingUpdate, whose parameters get `params`
+/// where unset.
+fn rolling_update(spec: &mut Value, field: &str, params: &[(&str, Value)]) {
+    default(spec, field, json!({}));
+    let Some(strategy) = object_mut(spec, field) else {
+        return;
+    };
+    default(strategy, "type", json!("RollingUpdate"));
+    if strategy["type"] == "RollingUpdate" {
+        default(strategy, "rollingUpdate", json!({}));
+        if let Some(ru) = object_mut(strategy, "rollingUpdate") {
+            for (k, v) in params {
+                default(ru, k, v.clone());
+            }
+        }
+    }
+}
+
 fn container_defaults(c: &mut Value) {
     let image = c["image"].as_str().unwrap_or_default().to_string();
     default(c, "imagePullPolicy", json!(pull_policy(&image)));
     default(c, "terminationMessagePath", json!("/dev/termination-log"));
     default(c, "terminationMessagePolicy", json!("File"));
     default(c, "resources", json!({}));
-    for p in c["ports"].as_array_mut().into_iter().flatten() {
+    for p in array_mut(c, "ports") {
         default(p, "protocol", json!("TCP"));
     }
 }
@@ -51,7 +82,7 @@ pub fn pod_spec_defaults(spec: &mut Value) {
     default(spec, "securityContext", json!({}));
     default(spec, "enableServiceLinks", json!(true));
     for field in ["containers", "initContainers", "ephemeralContainers"] {
-        for c in spec[field].as_array_mut().into_iter().flatten() {
+        for c in array_mut(spec, field) {
             container_defaults(c);
         }
     }
@@ -83,87 +114,85 @@ pub fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
-fn template_defaults(obj: &mut Value) {
-    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
-        pod_spec_defaults(spec);
-    }
-}
-
 /// Applies the kind's defaults to an object about to be written.
 pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
+    if def.group.is_empty() && def.plural == "secrets" {
+        default(obj, "type", json!("Opaque"));
+        return;
+    }
+    if def.group.is_empty() && def.plural == "podtemplates" {
+        if let Some(spec) = obj.pointer_mut("/template/spec") {
+            pod_spec_defaults(spec);
+        }
+        return;
+    }
+    let Some(spec) = object_mut(obj, "spec") else {
+        return;
+    };
     match (def.group, def.plural) {
-        ("", "pods") => {
-            if let Some(spec) = obj.get_mut("spec") {
-                pod_spec_defaults(spec);
-            }
-        }
-        ("", "podtemplates") => {
-            if let Some(spec) = obj.pointer_mut("/template/spec") {
-                pod_spec_defaults(spec);
-            }
-        }
-        ("", "replicationcontrollers") => {
-            default(&mut obj["spec"], "replicas", json!(1));
-            template_defaults(obj);
+        ("", "pods") => pod_spec_defaults(spec),
+        ("", "replicationcontrollers") | ("apps", "replicasets") => {
+            default(spec, "replicas", json!(1));
         }
         ("", "services") => {
-            let spec = &mut obj["spec"];
             default(spec, "type", json!("ClusterIP"));
             default(spec, "sessionAffinity", json!("None"));
             default(spec, "internalTrafficPolicy", json!("Cluster"));
-            for p in spec["ports"].as_array_mut().into_iter().flatten() {
+            if matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer")) {
+                default(spec, "externalTrafficPolicy", json!("Cluster"));
+            }
+            if spec["type"] == "LoadBalancer" {
+                default(spec, "allocateLoadBalancerNodePorts", json!(true));
+            }
+            if spec["sessionAffinity"] == "ClientIP" {
+                default(spec, "sessionAffinityConfig", json!({}));
+                if let Some(c) = object_mut(spec, "sessionAffinityConfig") {
+                    default(c, "clientIP", json!({}));
+                    if let Some(ip) = object_mut(c, "clientIP") {
+                        default(ip, "timeoutSeconds", json!(10800));
+                    }
+                }
+            }
+            for p in array_mut(spec, "ports") {
                 default(p, "protocol", json!("TCP"));
                 let port = p["port"].clone();
-                default(p, "targetPort", port);
+                if p.get("targetPort")
+                    .is_none_or(|t| t.is_null() || *t == 0 || *t == "")
+                {
+                    p["targetPort"] = port;
+                }
             }
         }
-        ("", "namespaces") | ("", "configmaps") => {}
-        ("", "secrets") => default(obj, "type", json!("Opaque")),
         ("apps", "deployments") => {
-            let spec = &mut obj["spec"];
             default(spec, "replicas", json!(1));
-            default(
+            rolling_update(
                 spec,
                 "strategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+                &[("maxUnavailable", json!("25%")), ("maxSurge", json!("25%"))],
             );
             default(spec, "revisionHistoryLimit", json!(10));
             default(spec, "progressDeadlineSeconds", json!(600));
-            template_defaults(obj);
-        }
-        ("apps", "replicasets") => {
-            default(&mut obj["spec"], "replicas", json!(1));
-            template_defaults(obj);
         }
         ("apps", "statefulsets") => {
-            let spec = &mut obj["spec"];
             default(spec, "replicas", json!(1));
             default(spec, "podManagementPolicy", json!("OrderedReady"));
-            default(
-                spec,
-                "updateStrategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
-            );
+            rolling_update(spec, "updateStrategy", &[("partition", json!(0))]);
             default(spec, "revisionHistoryLimit", json!(10));
             default(
                 spec,
                 "persistentVolumeClaimRetentionPolicy",
                 json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
             );
-            template_defaults(obj);
         }
         ("apps", "daemonsets") => {
-            let spec = &mut obj["spec"];
-            default(
+            rolling_update(
                 spec,
                 "updateStrategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+                &[("maxUnavailable", json!(1)), ("maxSurge", json!(0))],
             );
             default(spec, "revisionHistoryLimit", json!(10));
-            template_defaults(obj);
         }
         ("batch", "jobs") => {
-            let spec = &mut obj["spec"];
             if spec.get("completions").is_none() && spec.get("parallelism").is_none() {
                 spec["completions"] = json!(1);
             }
@@ -172,19 +201,84 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
             default(spec, "completionMode", json!("NonIndexed"));
             default(spec, "suspend", json!(false));
             default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
-            template_defaults(obj);
         }
         ("batch", "cronjobs") => {
-            let spec = &mut obj["spec"];
             default(spec, "concurrencyPolicy", json!("Allow"));
             default(spec, "suspend", json!(false));
             default(spec, "successfulJobsHistoryLimit", json!(3));
             default(spec, "failedJobsHistoryLimit", json!(1));
-            if let Some(pod) = obj.pointer_mut("/spec/jobTemplate/spec/template/spec") {
+            if let Some(pod) = spec.pointer_mut("/jobTemplate/spec/template/spec") {
                 pod_spec_defaults(pod);
             }
         }
         _ => {}
+    }
+    if let Some(pod) = spec.pointer_mut("/template/spec") {
+        pod_spec_defaults(pod);
+    }
+}
+
+/// Whether the kind counts spec changes in `metadata.generation`, as upstream's strategies that
+/// set it on create do.
+pub fn tracks_generation(def: &ResourceDef) -> bool {
+    matches!(
+        (def.group, def.plural),
+        ("", "pods" | "replicationcontrollers")
+            | (
+                "apps",
+                "deployments" | "replicasets" | "statefulsets" | "daemonsets"
+            )
+            | ("batch", "jobs" | "cronjobs")
+            | ("policy", "poddisruptionbudgets")
+            | ("networking.k8s.io", "networkpolicies" | "ingresses")
+            | ("autoscaling", "horizontalpodautoscalers")
+            | (
+                "admissionregistration.k8s.io",
+                "validatingwebhookconfigurations"
+                    | "mutatingwebhookconfigurations"
+                    | "validatingadmissionpolicies"
+                    | "validatingadmissionpolicybindings"
+                    | "mutatingadmissionpolicies"
+                    | "mutatingadmissionpolicybindings"
+            )
+            | ("flowcontrol.apiserver.k8s.io", _)
+            | ("apiextensions.k8s.io", "customresourcedefinitions")
+            | ("resource.k8s.io", "deviceclasses" | "resourceclaims")
+    )
+}
+
+/// What create adds once the object has its name and uid: a Job's generated selector and the
+/// labels that go with it (unless `manualSelector` is set).
+pub fn prepare_create(def: &ResourceDef, obj: &mut Value) {
+    if (def.group, def.plural) != ("batch", "jobs") || obj["spec"]["manualSelector"] == true {
+        return;
+    }
+    let uid = obj["metadata"]["uid"].clone();
+    let name = obj["metadata"]["name"].clone();
+    let Some(spec) = object_mut(obj, "spec") else {
+        return;
+    };
+    if spec.get("selector").is_none_or(Value::is_null) {
+        spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    }
+    default(spec, "template", json!({}));
+    let Some(template) = object_mut(spec, "template") else {
+        return;
+    };
+    default(template, "metadata", json!({}));
+    let Some(meta) = object_mut(template, "metadata") else {
+        return;
+    };
+    default(meta, "labels", json!({}));
+    if let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut) {
+        for (k, v) in [
+            ("batch.kubernetes.io/controller-uid", &uid),
+            ("batch.kubernetes.io/job-name", &name),
+            ("controller-uid", &uid),
+            ("job-name", &name),
+        ] {
+            labels.entry(k).or_insert_with(|| v.clone());
+        }
     }
 }
 

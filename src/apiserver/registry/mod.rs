@@ -163,17 +163,17 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    // Only JSON and YAML bodies: a 415 makes client-go switch from protobuf or CBOR to JSON.
+    // JSON, YAML and protobuf bodies. CBOR gets a 415, on which client-go switches to JSON.
     let media = content_type.split(';').next().unwrap_or_default().trim();
-    if matches!(
+    let writes = matches!(
         info.verb,
         "create" | "update" | "patch" | "delete" | "deletecollection"
-    ) && (media.contains("protobuf") || media.contains("cbor"))
-    {
+    );
+    if writes && media.contains("cbor") {
         return status::failure(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
-            &format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml ({media})"),
+            &format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf ({media})"),
         );
     }
     let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
@@ -186,6 +186,26 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
             )
         }
     };
+    // A protobuf body becomes the JSON upstream would have written for it.
+    let (body, content_type) =
+        if media == crate::apiserver::protobuf::MEDIA_TYPE && !body.is_empty() {
+            let api_version = match def.group {
+                "" => def.version.to_string(),
+                g => format!("{g}/{}", def.version),
+            };
+            match crate::apiserver::protobuf::to_json(&body, Some((&api_version, def.kind))) {
+                Ok(v) => (Bytes::from(v.to_string()), "application/json".to_string()),
+                Err(e) => {
+                    return status::failure(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        &format!("the body of the request could not be decoded: {e}"),
+                    )
+                }
+            }
+        } else {
+            (body, content_type)
+        };
     let call = Call {
         reg: &reg,
         def,

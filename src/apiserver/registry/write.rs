@@ -352,10 +352,13 @@ pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
         m.remove("deletionTimestamp");
         m.remove("deletionGracePeriodSeconds");
     }
-    if obj.get("spec").is_some() {
+    if crate::apiserver::strategy::tracks_generation(call.def) {
         obj["metadata"]["generation"] = json!(1);
+    } else if let Some(m) = obj["metadata"].as_object_mut() {
+        m.remove("generation");
     }
     crate::apiserver::strategy::apply_defaults(call.def, &mut obj);
+    crate::apiserver::strategy::prepare_create(call.def, &mut obj);
     if call.def.plural == "namespaces" && call.def.group.is_empty() {
         let fresh = new_namespace(&name);
         obj["spec"] = fresh["spec"].clone();
@@ -445,6 +448,8 @@ fn prepare_update(call: &Call<'_>, old: &Value, mut new: Value) -> Value {
             g
         };
         new["metadata"]["generation"] = json!(bumped);
+    } else if let Some(m) = new["metadata"].as_object_mut() {
+        m.remove("generation");
     }
     new
 }
