@@ -218,6 +218,56 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
     }
 }
 
+/// The fields a field selector may name for the kind, besides `metadata.name` and
+/// `metadata.namespace` (upstream's per-kind field label sets), with the value an unset one has.
+pub fn field_labels(def: &ResourceDef) -> &'static [(&'static str, &'static str)] {
+    match (def.group, def.plural) {
+        ("", "pods") => &[
+            ("spec.nodeName", ""),
+            ("spec.restartPolicy", ""),
+            ("spec.schedulerName", ""),
+            ("spec.serviceAccountName", ""),
+            ("spec.hostNetwork", "false"),
+            ("status.phase", ""),
+            ("status.podIP", ""),
+            ("status.nominatedNodeName", ""),
+        ],
+        ("", "events") => &[
+            ("involvedObject.kind", ""),
+            ("involvedObject.namespace", ""),
+            ("involvedObject.name", ""),
+            ("involvedObject.uid", ""),
+            ("involvedObject.apiVersion", ""),
+            ("involvedObject.resourceVersion", ""),
+            ("involvedObject.fieldPath", ""),
+            ("reason", ""),
+            ("reportingComponent", ""),
+            ("source", ""),
+            ("type", ""),
+        ],
+        ("events.k8s.io", "events") => &[
+            ("regarding.kind", ""),
+            ("regarding.namespace", ""),
+            ("regarding.name", ""),
+            ("regarding.uid", ""),
+            ("regarding.apiVersion", ""),
+            ("regarding.resourceVersion", ""),
+            ("regarding.fieldPath", ""),
+            ("reason", ""),
+            ("reportingController", ""),
+            ("type", ""),
+        ],
+        ("", "secrets") => &[("type", "")],
+        ("", "namespaces") => &[("status.phase", "")],
+        ("", "nodes") => &[("spec.unschedulable", "false")],
+        ("", "replicationcontrollers") | ("apps", "replicasets") => &[("status.replicas", "0")],
+        ("", "services") => &[("spec.clusterIP", ""), ("spec.type", "")],
+        ("batch", "jobs") => &[("status.successful", "0")],
+        ("certificates.k8s.io", "certificatesigningrequests") => &[("spec.signerName", "")],
+        _ => &[],
+    }
+}
+
 /// Whether the kind counts spec changes in `metadata.generation`, as upstream's strategies that
 /// set it on create do.
 pub fn tracks_generation(def: &ResourceDef) -> bool {

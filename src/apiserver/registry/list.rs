@@ -28,6 +28,7 @@ const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 struct Filters {
     labels: Selector,
     fields: Selector,
+    field_labels: &'static [(&'static str, &'static str)],
 }
 
 impl Filters {
@@ -35,20 +36,38 @@ impl Filters {
         let bad = |e: super::selector::SelectorError| {
             status::failure(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string())
         };
+        let field_labels = crate::apiserver::strategy::field_labels(call.def);
+        let fields =
+            Selector::parse_fields(call.query.field_selector.as_deref().unwrap_or_default())
+                .map_err(bad)?;
+        if let Some(k) = fields.keys().find(|k| {
+            !matches!(*k, "metadata.name" | "metadata.namespace")
+                && !field_labels.iter().any(|(f, _)| f == k)
+        }) {
+            return Err(status::failure(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("field label not supported: {k}"),
+            ));
+        }
         Ok(Filters {
             labels: Selector::parse_labels(
                 call.query.label_selector.as_deref().unwrap_or_default(),
             )
             .map_err(bad)?,
-            fields: Selector::parse_fields(
-                call.query.field_selector.as_deref().unwrap_or_default(),
-            )
-            .map_err(bad)?,
+            fields,
+            field_labels,
         })
     }
 
     fn matches(&self, obj: &Value) -> bool {
-        self.labels.matches_labels(obj) && self.fields.matches_fields(obj)
+        self.labels.matches_labels(obj)
+            && self.fields.matches_fields(obj, |k| {
+                self.field_labels
+                    .iter()
+                    .find(|(f, _)| *f == k)
+                    .map_or("", |(_, v)| v)
+            })
     }
 }
 

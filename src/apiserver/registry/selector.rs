@@ -82,11 +82,30 @@ impl Selector {
             {
                 Requirement::Exists(part.to_string())
             } else {
-                return Err(SelectorError(part.to_string()));
+                // `key word`: an operator was expected after the key, as upstream words it.
+                let mut words = part.split_whitespace();
+                return Err(SelectorError(match (words.next(), words.next()) {
+                    (Some(_), Some(found)) => {
+                        format!("found '{found}', expected: '=', '!=', '==', 'in', notin'")
+                    }
+                    _ => part.to_string(),
+                }));
             };
             reqs.push(req);
         }
         Ok(Selector(reqs))
+    }
+
+    /// The keys the selector names.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|r| match r {
+            Requirement::Equals(k, _)
+            | Requirement::NotEquals(k, _)
+            | Requirement::In(k, _)
+            | Requirement::NotIn(k, _)
+            | Requirement::Exists(k)
+            | Requirement::DoesNotExist(k) => k.as_str(),
+        })
     }
 
     /// Parses a field selector (`metadata.name=x,status.phase!=Running`).
@@ -125,18 +144,22 @@ impl Selector {
         self.matches(|k| labels.get(k).and_then(Value::as_str).map(str::to_string))
     }
 
-    /// Whether the object's fields satisfy the selector (dotted paths into the object).
-    pub fn matches_fields(&self, obj: &Value) -> bool {
+    /// Whether the object's fields satisfy the selector (dotted paths into the object); an
+    /// unset field has the value `unset` gives it (upstream's field sets hold Go zero values).
+    pub fn matches_fields(&self, obj: &Value, unset: impl Fn(&str) -> &'static str) -> bool {
         self.matches(|k| {
             let mut cur = obj;
             for part in k.split('.') {
-                cur = cur.get(part)?;
+                match cur.get(part) {
+                    Some(v) => cur = v,
+                    None => return Some(unset(k).to_string()),
+                }
             }
-            match cur {
-                Value::String(s) => Some(s.clone()),
-                Value::Null => None,
-                other => Some(other.to_string()),
-            }
+            Some(match cur {
+                Value::String(s) => s.clone(),
+                Value::Null => unset(k).to_string(),
+                other => other.to_string(),
+            })
         })
     }
 }
@@ -199,10 +222,10 @@ mod tests {
     fn field_selectors_follow_paths() {
         let s = Selector::parse_fields("metadata.name=a,status.phase!=Running").expect("parse");
         assert!(
-            s.matches_fields(&json!({"metadata": {"name": "a"}, "status": {"phase": "Pending"}}))
+            s.matches_fields(&json!({"metadata": {"name": "a"}, "status": {"phase": "Pending"}}), |_| "")
         );
         assert!(
-            !s.matches_fields(&json!({"metadata": {"name": "a"}, "status": {"phase": "Running"}}))
+            !s.matches_fields(&json!({"metadata": {"name": "a"}, "status": {"phase": "Running"}}), |_| "")
         );
     }
 }
