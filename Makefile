@@ -16,7 +16,7 @@ deps:
 test: deps features
 	$(CARGO) test --all-targets
 	# The kubectl suite once more, on the etcd backend.
-	K1S_TEST_DATASTORE=etcd $(CARGO) test --test api_serving --test api_resources
+	K1S_TEST_DATASTORE=etcd $(CARGO) test --test api_serving --test api_resources --test api_compat_kubectl
 
 # Each part compiles alone, without warnings.
 features:

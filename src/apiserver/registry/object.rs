@@ -93,6 +93,23 @@ pub fn rfc3339(secs: i64) -> String {
     )
 }
 
+/// Drops empty label, annotation, finalizer, owner and managedFields collections, which
+/// upstream's JSON leaves out (`omitempty`): a patch that removes the last label leaves none.
+pub fn drop_empty_metadata(obj: &mut Value) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.retain(|k, v| {
+            let empty = v.is_null()
+                || v.as_object().is_some_and(|m| m.is_empty())
+                || v.as_array().is_some_and(|a| a.is_empty());
+            !(empty
+                && matches!(
+                    k.as_str(),
+                    "labels" | "annotations" | "finalizers" | "ownerReferences" | "managedFields"
+                ))
+        });
+    }
+}
+
 /// A random v4 uid.
 pub fn new_uid() -> String {
     uuid::Uuid::new_v4().to_string()

@@ -359,6 +359,7 @@ pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
     }
     crate::apiserver::strategy::apply_defaults(call.def, &mut obj);
     crate::apiserver::strategy::prepare_create(call.def, &mut obj);
+    object::drop_empty_metadata(&mut obj);
     if call.def.plural == "namespaces" && call.def.group.is_empty() {
         let fresh = new_namespace(&name);
         obj["spec"] = fresh["spec"].clone();
@@ -477,6 +478,52 @@ async fn store_update(call: &Call<'_>, obj: &Value, expected: i64) -> Result<Val
     Ok(out)
 }
 
+/// Once an object is being deleted, finalizers may only be removed.
+fn check_finalizers(call: &Call<'_>, old: &Value, new: &Value) -> Result<(), Response> {
+    if old["metadata"]["deletionTimestamp"].is_null() {
+        return Ok(());
+    }
+    let list = |v: &Value| -> Vec<String> {
+        v["metadata"]["finalizers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect()
+    };
+    let before = list(old);
+    let added: Vec<String> = list(new)
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    if added.is_empty() {
+        return Ok(());
+    }
+    let go_list = added
+        .iter()
+        .map(|f| format!("{f:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(invalid(
+        call.def,
+        call.name(),
+        "metadata.finalizers",
+        &format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{go_list}}}"),
+    ))
+}
+
+/// Whether `new` is `old` apart from the resourceVersion the client sent.
+fn unchanged(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        v
+    };
+    strip(old) == strip(new)
+}
+
 /// Applies `change` to the current object and stores the result, retrying lost races when the
 /// caller gave no resourceVersion.
 async fn read_modify_write(
@@ -544,7 +591,16 @@ async fn read_modify_write(
                 return r;
             }
         }
-        let new = prepare_update(call, &old, new);
+        let mut new = prepare_update(call, &old, new);
+        object::drop_empty_metadata(&mut new);
+        if let Err(r) = check_finalizers(call, &old, &new) {
+            return r;
+        }
+        if unchanged(&old, &new) {
+            // As upstream, an update that changes nothing is not written: no new
+            // resourceVersion, no watch event.
+            return with_warnings(json(StatusCode::OK, &old), &warnings);
+        }
         if call.query.dry_run {
             return with_warnings(json(StatusCode::OK, &new), &warnings);
         }
@@ -649,13 +705,57 @@ impl Patcher {
     }
 }
 
+/// The grace period a pod's deletion gets, as upstream's pod strategy decides it: none for pods
+/// that never reached a node or have finished, else the one asked for or the pod's own.
+fn pod_grace_period(def: &ResourceDef, pod: &Value, asked: Option<i64>) -> Option<i64> {
+    if !(def.group.is_empty() && def.plural == "pods") {
+        return None;
+    }
+    let scheduled = pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+    let finished = matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    if !scheduled || finished {
+        return Some(0);
+    }
+    Some(
+        asked
+            .or(pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(30)
+            .max(0),
+    )
+}
+
 /// `DELETE` one object: marked for deletion while finalizers remain, removed otherwise.
 pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
     let opts: Value = if body.is_empty() {
         json!({})
     } else {
-        serde_json::from_slice(body).unwrap_or_else(|_| json!({}))
+        match serde_json::from_slice::<Value>(body) {
+            Ok(v) if v.is_object() => v,
+            _ => {
+                return status::failure(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "the body of the request could not be decoded as DeleteOptions",
+                )
+            }
+        }
     };
+    if let Some(p) = opts["propagationPolicy"]
+        .as_str()
+        .or(call.query.propagation_policy.as_deref())
+    {
+        if !matches!(p, "Orphan" | "Background" | "Foreground") {
+            return object::invalid(
+                call.def,
+                call.name(),
+                "propagationPolicy",
+                &format!("Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""),
+            );
+        }
+    }
+    let grace_asked = opts["gracePeriodSeconds"]
+        .as_i64()
+        .or(call.query.grace_period_seconds);
     let kv = match current(call).await {
         Ok(kv) => kv,
         Err(r) => return r,
@@ -694,7 +794,35 @@ pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
     let finalizers = obj["metadata"]["finalizers"]
         .as_array()
         .is_some_and(|f| !f.is_empty());
-    if call.query.dry_run {
+    // Pods on a node end gracefully: marked now, removed when the kubelet has stopped them
+    // (or the grace period was 0).
+    let grace = pod_grace_period(call.def, &obj, grace_asked);
+    let dry_run = call.query.dry_run
+        || opts["dryRun"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|v| v == "All"));
+    if dry_run {
+        return json(StatusCode::OK, &obj);
+    }
+    if let Some(grace) = grace.filter(|g| *g > 0) {
+        let marked = &obj["metadata"]["deletionGracePeriodSeconds"];
+        // A second delete may only shorten the grace period.
+        if marked.as_i64().is_none_or(|m| grace < m) {
+            obj["metadata"]["deletionTimestamp"] = json!(object::rfc3339(object::epoch_now() + grace));
+            obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            return match call
+                .reg
+                .store
+                .update(&key(call), to_stored(&obj), kv.mod_revision)
+                .await
+            {
+                Ok(kv) => match to_wire(call.def, &kv) {
+                    Ok(o) => json(StatusCode::OK, &o),
+                    Err(r) => r,
+                },
+                Err(e) => store_error(call.def, call.name(), e),
+            };
+        }
         return json(StatusCode::OK, &obj);
     }
     if finalizers || namespace_finalizers {
