@@ -390,7 +390,7 @@ fn node_ports_are_allocated_kept_and_released() {
     let manifest = dir.path().join("np.yaml");
     let write = |body: &str| std::fs::write(&manifest, body).expect("write");
     let m = manifest.to_str().expect("utf8");
-    write("apiVersion: v1\nkind: Service\nmetadata: {name: np}\nspec:\n  type: NodePort\n  ports: [{port: 80}, {port: 81, nodePort: 30081}]\n");
+    write("apiVersion: v1\nkind: Service\nmetadata: {name: np}\nspec:\n  type: NodePort\n  ports: [{name: a, port: 80}, {name: b, port: 81, nodePort: 30081}]\n");
     let o = s.kubectl(&["apply", "-f", m]);
     assert!(o.status.success(), "{}", text(&o));
     let ports = |name: &str| {

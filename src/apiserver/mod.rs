@@ -20,6 +20,7 @@ pub mod registry;
 pub mod status;
 pub mod strategy;
 pub mod table;
+pub mod validation;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

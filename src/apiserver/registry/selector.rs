@@ -221,11 +221,13 @@ mod tests {
     #[test]
     fn field_selectors_follow_paths() {
         let s = Selector::parse_fields("metadata.name=a,status.phase!=Running").expect("parse");
-        assert!(
-            s.matches_fields(&json!({"metadata": {"name": "a"}, "status": {"phase": "Pending"}}), |_| "")
-        );
-        assert!(
-            !s.matches_fields(&json!({"metadata": {"name": "a"}, "status": {"phase": "Running"}}), |_| "")
-        );
+        assert!(s.matches_fields(
+            &json!({"metadata": {"name": "a"}, "status": {"phase": "Pending"}}),
+            |_| ""
+        ));
+        assert!(!s.matches_fields(
+            &json!({"metadata": {"name": "a"}, "status": {"phase": "Running"}}),
+            |_| ""
+        ));
     }
 }

@@ -109,7 +109,7 @@ fn check_namespace(call: &Call<'_>, obj: &mut Value) -> Result<(), Response> {
 }
 
 /// Refuses objects in namespaces that are missing or terminating.
-async fn check_namespace_open(call: &Call<'_>) -> Result<(), Response> {
+async fn check_namespace_open(call: &Call<'_>, name: &str) -> Result<(), Response> {
     let Some(ns) = call.ns() else { return Ok(()) };
     let Some(nsdef) = crate::apiserver::catalog::find("", "v1", "namespaces") else {
         return Ok(());
@@ -123,8 +123,8 @@ async fn check_namespace_open(call: &Call<'_>) -> Result<(), Response> {
                 return Err(status::failure_with_details(
                     StatusCode::FORBIDDEN,
                     "Forbidden",
-                    &format!("{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", object::qualified(call.def), call.name()),
-                    json!({"name": call.name(), "kind": call.def.plural, "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}),
+                    &format!("{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", object::qualified(call.def), name),
+                    json!({"name": name, "kind": call.def.plural, "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}),
                 ));
             }
             Ok(())
@@ -152,7 +152,12 @@ fn check_fields(call: &Call<'_>, obj: &mut Value) -> Result<Vec<String>, Respons
         "Strict" => Err(status::failure(
             StatusCode::BAD_REQUEST,
             "BadRequest",
-            &format!("strict decoding error: {}", unknown.join(", ")),
+            &format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                unknown.join(", "),
+                kind = call.def.kind,
+                version = call.def.version,
+            ),
         )),
         "Ignore" => Ok(Vec::new()),
         _ => Ok(unknown),
@@ -331,16 +336,7 @@ pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
             }
         },
     };
-    let label_only = call.def.plural == "namespaces";
-    if let Some(problem) = object::name_problem(&name, label_only) {
-        return invalid(
-            call.def,
-            &name,
-            "metadata.name",
-            &format!("Invalid value: \"{name}\": {problem}"),
-        );
-    }
-    if let Err(r) = check_namespace_open(call).await {
+    if let Err(r) = check_namespace_open(call, &name).await {
         return r;
     }
     let meta = &mut obj["metadata"];
@@ -360,6 +356,10 @@ pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
     crate::apiserver::strategy::apply_defaults(call.def, &mut obj);
     crate::apiserver::strategy::prepare_create(call.def, &mut obj);
     object::drop_empty_metadata(&mut obj);
+    let errs = crate::apiserver::validation::validate_create(call.def, &obj);
+    if !errs.is_empty() {
+        return crate::apiserver::validation::response(call.def, &name, &errs);
+    }
     if call.def.plural == "namespaces" && call.def.group.is_empty() {
         let fresh = new_namespace(&name);
         obj["spec"] = fresh["spec"].clone();
@@ -596,6 +596,12 @@ async fn read_modify_write(
         if let Err(r) = check_finalizers(call, &old, &new) {
             return r;
         }
+        if call.info.subresource.is_none() {
+            let errs = crate::apiserver::validation::validate_update(call.def, &old, &new);
+            if !errs.is_empty() {
+                return crate::apiserver::validation::response(call.def, call.name(), &errs);
+            }
+        }
         if unchanged(&old, &new) {
             // As upstream, an update that changes nothing is not written: no new
             // resourceVersion, no watch event.
@@ -711,8 +717,13 @@ fn pod_grace_period(def: &ResourceDef, pod: &Value, asked: Option<i64>) -> Optio
     if !(def.group.is_empty() && def.plural == "pods") {
         return None;
     }
-    let scheduled = pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
-    let finished = matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    let scheduled = pod["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
     if !scheduled || finished {
         return Some(0);
     }
@@ -808,7 +819,8 @@ pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
         let marked = &obj["metadata"]["deletionGracePeriodSeconds"];
         // A second delete may only shorten the grace period.
         if marked.as_i64().is_none_or(|m| grace < m) {
-            obj["metadata"]["deletionTimestamp"] = json!(object::rfc3339(object::epoch_now() + grace));
+            obj["metadata"]["deletionTimestamp"] =
+                json!(object::rfc3339(object::epoch_now() + grace));
             obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
             return match call
                 .reg

@@ -1,0 +1,239 @@
+//! Pod specs (pods and every pod template) and what a pod update may change.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::Errors;
+use crate::apiserver::registry::object::name_problem;
+
+fn items(v: &Value) -> impl Iterator<Item = (usize, &Value)> {
+    v.as_array().into_iter().flatten().enumerate()
+}
+
+/// Whether the spec is a pod's own (an image is required) or a template's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Pod,
+    Template,
+}
+
+/// Validates a pod spec at `path` (`spec` or `spec.template.spec`).
+pub fn spec(spec: &Value, path: &str, owner: Owner, errs: &mut Errors) {
+    let volumes = volumes(&spec["volumes"], &format!("{path}.volumes"), errs);
+    let containers = &spec["containers"];
+    if containers.as_array().is_none_or(Vec::is_empty) {
+        errs.required(&format!("{path}.containers"), "");
+    }
+    let mut names = HashSet::new();
+    for field in ["initContainers", "containers"] {
+        for (i, c) in items(&spec[field]) {
+            container(
+                c,
+                &format!("{path}.{field}[{i}]"),
+                owner,
+                &volumes,
+                &mut names,
+                errs,
+            );
+        }
+    }
+    errs.one_of(
+        &format!("{path}.restartPolicy"),
+        &spec["restartPolicy"],
+        &["Always", "OnFailure", "Never"],
+    );
+    errs.one_of(
+        &format!("{path}.dnsPolicy"),
+        &spec["dnsPolicy"],
+        &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"],
+    );
+    if let Some(g) = spec["terminationGracePeriodSeconds"].as_i64() {
+        if g < 0 && owner == Owner::Template {
+            errs.invalid(
+                &format!("{path}.terminationGracePeriodSeconds"),
+                &spec["terminationGracePeriodSeconds"],
+                "must be greater than or equal to 0",
+            );
+        }
+    }
+    if let Some(d) = spec["activeDeadlineSeconds"].as_i64() {
+        if d <= 0 {
+            errs.invalid(
+                &format!("{path}.activeDeadlineSeconds"),
+                &spec["activeDeadlineSeconds"],
+                "must be between 1 and 2147483647, inclusive",
+            );
+        }
+    }
+    for (i, t) in items(&spec["tolerations"]) {
+        errs.one_of(
+            &format!("{path}.tolerations[{i}].operator"),
+            &t["operator"],
+            &["Equal", "Exists"],
+        );
+        errs.one_of(
+            &format!("{path}.tolerations[{i}].effect"),
+            &t["effect"],
+            &["NoSchedule", "PreferNoSchedule", "NoExecute", ""],
+        );
+    }
+}
+
+/// Checks the volumes and returns their names.
+fn volumes(list: &Value, path: &str, errs: &mut Errors) -> HashSet<String> {
+    let mut names = HashSet::new();
+    for (i, v) in items(list) {
+        let p = format!("{path}[{i}].name");
+        match v["name"].as_str() {
+            None | Some("") => errs.required(&p, ""),
+            Some(n) => {
+                if let Some(problem) = name_problem(n, true) {
+                    errs.invalid(&p, &v["name"], &problem);
+                } else if !names.insert(n.to_string()) {
+                    errs.duplicate(&p, &v["name"]);
+                }
+            }
+        }
+    }
+    names
+}
+
+fn container(
+    c: &Value,
+    path: &str,
+    owner: Owner,
+    volumes: &HashSet<String>,
+    names: &mut HashSet<String>,
+    errs: &mut Errors,
+) {
+    match c["name"].as_str() {
+        None | Some("") => errs.required(&format!("{path}.name"), ""),
+        Some(n) => {
+            if let Some(problem) = name_problem(n, true) {
+                errs.invalid(&format!("{path}.name"), &c["name"], &problem);
+            } else if !names.insert(n.to_string()) {
+                errs.duplicate(&format!("{path}.name"), &c["name"]);
+            }
+        }
+    }
+    if owner == Owner::Pod && c["image"].as_str().is_none_or(|i| i.trim().is_empty()) {
+        errs.required(&format!("{path}.image"), "");
+    }
+    errs.one_of(
+        &format!("{path}.imagePullPolicy"),
+        &c["imagePullPolicy"],
+        &["Always", "IfNotPresent", "Never"],
+    );
+    errs.one_of(
+        &format!("{path}.terminationMessagePolicy"),
+        &c["terminationMessagePolicy"],
+        &["File", "FallbackToLogsOnError"],
+    );
+    let mut port_names = HashSet::new();
+    for (i, p) in items(&c["ports"]) {
+        let pp = format!("{path}.ports[{i}]");
+        match p["containerPort"].as_i64() {
+            None | Some(0) => errs.required(&format!("{pp}.containerPort"), ""),
+            Some(n) if !(1..=65535).contains(&n) => errs.invalid(
+                &format!("{pp}.containerPort"),
+                &p["containerPort"],
+                "must be between 1 and 65535, inclusive",
+            ),
+            _ => {}
+        }
+        if let Some(h) = p["hostPort"].as_i64() {
+            if !(0..=65535).contains(&h) {
+                errs.invalid(
+                    &format!("{pp}.hostPort"),
+                    &p["hostPort"],
+                    "must be between 1 and 65535, inclusive",
+                );
+            }
+        }
+        errs.one_of(
+            &format!("{pp}.protocol"),
+            &p["protocol"],
+            &["SCTP", "TCP", "UDP"],
+        );
+        if let Some(n) = p["name"].as_str().filter(|n| !n.is_empty()) {
+            if !port_names.insert(n.to_string()) {
+                errs.duplicate(&format!("{pp}.name"), &p["name"]);
+            }
+        }
+    }
+    for (i, e) in items(&c["env"]) {
+        if e["name"].as_str().is_none_or(str::is_empty) {
+            errs.required(&format!("{path}.env[{i}].name"), "");
+        }
+    }
+    let mut mount_paths = HashSet::new();
+    for (i, m) in items(&c["volumeMounts"]) {
+        let mp = format!("{path}.volumeMounts[{i}]");
+        match m["name"].as_str() {
+            None | Some("") => errs.required(&format!("{mp}.name"), ""),
+            Some(n) if !volumes.contains(n) => errs.not_found(&format!("{mp}.name"), &m["name"]),
+            _ => {}
+        }
+        match m["mountPath"].as_str() {
+            None | Some("") => errs.required(&format!("{mp}.mountPath"), ""),
+            Some(p) => {
+                if !mount_paths.insert(p.to_string()) {
+                    errs.invalid(
+                        &format!("{mp}.mountPath"),
+                        &m["mountPath"],
+                        "must be unique",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// What a pod update may change in the spec: container images, activeDeadlineSeconds,
+/// added tolerations, terminationGracePeriodSeconds; everything else is fixed once created.
+pub fn update(old: &Value, new: &Value, errs: &mut Errors) {
+    let mask = |spec: &Value| {
+        let mut s = spec.clone();
+        for field in ["containers", "initContainers"] {
+            if let Some(list) = s.get_mut(field).and_then(Value::as_array_mut) {
+                for c in list {
+                    if let Some(c) = c.as_object_mut() {
+                        c.remove("image");
+                    }
+                }
+            }
+        }
+        if let Some(o) = s.as_object_mut() {
+            for f in [
+                "activeDeadlineSeconds",
+                "tolerations",
+                "terminationGracePeriodSeconds",
+                "schedulingGates",
+            ] {
+                o.remove(f);
+            }
+        }
+        s
+    };
+    if mask(&old["spec"]) != mask(&new["spec"]) {
+        errs.forbidden(
+            "spec",
+            "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+        );
+    }
+    let old_tol = old["spec"]["tolerations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let new_tol = new["spec"]["tolerations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if old_tol.iter().any(|t| !new_tol.contains(t)) {
+        errs.forbidden(
+            "spec.tolerations",
+            "existing toleration can not be modified except its tolerationSeconds",
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! Upstream's wording for the common mistakes.
+
+use serde_json::json;
+
+use super::*;
+use crate::apiserver::catalog::find;
+use crate::apiserver::strategy::apply_defaults;
+
+fn create(group: &str, plural: &str, mut obj: Value) -> Vec<String> {
+    let def = find(group, "v1", plural).expect("kind");
+    apply_defaults(def, &mut obj);
+    validate_create(def, &obj)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn pods_need_containers_with_names_and_images() {
+    assert_eq!(
+        create("", "pods", json!({"metadata": {"name": "p"}, "spec": {}})),
+        vec!["spec.containers: Required value"]
+    );
+    let errs = create(
+        "",
+        "pods",
+        json!({"metadata": {"name": "p"}, "spec": {"restartPolicy": "Sometimes", "containers": [
+            {"name": "a", "image": "x", "ports": [{"containerPort": 70000}]},
+            {"name": "a"},
+            {"name": "B_", "image": "x", "volumeMounts": [{"name": "data", "mountPath": "/d"}]},
+        ]}}),
+    );
+    assert!(errs.contains(&"spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive".to_string()), "{errs:?}");
+    assert!(errs.contains(&"spec.containers[1].name: Duplicate value: \"a\"".to_string()));
+    assert!(errs.contains(&"spec.containers[1].image: Required value".to_string()));
+    assert!(errs.iter().any(|e| e.starts_with(
+        "spec.containers[2].name: Invalid value: \"B_\": a lowercase RFC 1123 label"
+    )));
+    assert!(
+        errs.contains(&"spec.containers[2].volumeMounts[0].name: Not found: \"data\"".to_string())
+    );
+    assert!(errs.contains(&"spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"".to_string()));
+}
+
+#[test]
+fn deployments_selectors_and_templates() {
+    let dep = |sel: Value, labels: Value| {
+        json!({"metadata": {"name": "d"}, "spec": {"selector": sel, "template": {
+            "metadata": {"labels": labels}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}})
+    };
+    assert_eq!(
+        create("apps", "deployments", dep(json!({"matchLabels": {"app": "a"}}), json!({"app": "b"}))),
+        vec!["spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"b\"}: `selector` does not match template `labels`"]
+    );
+    assert_eq!(
+        create("apps", "deployments", dep(json!({}), json!({"app": "b"}))),
+        vec!["spec.selector: Invalid value: v1.LabelSelector{MatchLabels:map[string]string(nil), MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: empty selector is invalid for deployment"]
+    );
+    let def = find("apps", "v1", "deployments").expect("deployments");
+    let mut old = dep(json!({"matchLabels": {"app": "a"}}), json!({"app": "a"}));
+    apply_defaults(def, &mut old);
+    let mut new = dep(
+        json!({"matchLabels": {"app": "other"}}),
+        json!({"app": "other"}),
+    );
+    apply_defaults(def, &mut new);
+    let errs: Vec<String> = validate_update(def, &old, &new)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(errs, vec!["spec.selector: Invalid value: v1.LabelSelector{MatchLabels:map[string]string{\"app\":\"other\"}, MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: field is immutable"]);
+}
+
+#[test]
+fn jobs_may_not_restart_always_and_services_need_ports() {
+    let errs = create(
+        "batch",
+        "jobs",
+        json!({"metadata": {"name": "j"}, "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}}),
+    );
+    assert_eq!(errs, vec!["spec.template.spec.restartPolicy: Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""]);
+    let errs = create(
+        "",
+        "services",
+        json!({"metadata": {"name": "s"}, "spec": {}}),
+    );
+    assert_eq!(errs, vec!["spec.ports: Required value"]);
+    let errs = create(
+        "",
+        "services",
+        json!({"metadata": {"name": "9s"}, "spec": {"ports": [{"port": 80}, {"port": 81}]}}),
+    );
+    assert!(
+        errs[0].starts_with("metadata.name: Invalid value: \"9s\": a DNS-1035 label"),
+        "{errs:?}"
+    );
+    assert_eq!(
+        &errs[1..],
+        [
+            "spec.ports[0].name: Required value",
+            "spec.ports[1].name: Required value"
+        ]
+    );
+}
+
+#[test]
+fn metadata_and_data_keys() {
+    let errs = create(
+        "",
+        "configmaps",
+        json!({"metadata": {"name": "c", "labels": {"bad key": "v", "ok": "bad value!"}}, "data": {"a b": "1"}}),
+    );
+    assert!(
+        errs.iter().any(|e| e
+            .starts_with("metadata.labels: Invalid value: \"bad key\": name part must consist")),
+        "{errs:?}"
+    );
+    assert!(errs
+        .iter()
+        .any(|e| e
+            .starts_with("metadata.labels: Invalid value: \"bad value!\": a valid label must be")));
+    assert!(errs
+        .iter()
+        .any(|e| e.starts_with("data[a b]: Invalid value: \"a b\": a valid config key")));
+    let errs = create(
+        "",
+        "secrets",
+        json!({"metadata": {"name": "s"}, "type": "kubernetes.io/tls", "data": {"tls.crt": "eA=="}}),
+    );
+    assert_eq!(errs, vec!["data[tls.key]: Required value"]);
+}
+
+#[test]
+fn one_error_or_a_list_in_the_status() {
+    let def = find("", "v1", "pods").expect("pods");
+    let e = FieldError {
+        kind: Kind::Required,
+        field: "spec.containers".into(),
+        value: None,
+        detail: String::new(),
+    };
+    let resp = response(def, "p", &[e.clone(), e]);
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
