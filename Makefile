@@ -31,4 +31,5 @@ lint:
 
 bench:
 	$(CARGO) build --release
-	./target/release/k1s bench store
+	RUST_LOG=warn ./target/release/k1s bench store
+	RUST_LOG=warn ./target/release/k1s bench api

@@ -220,3 +220,41 @@ fn a_port_in_use_fails_start_up_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn the_benchmarks_run_and_print_their_tables() {
+    // Tiny sizes: this only proves the benchmark code works; `make bench` gives the figures.
+    let o = run(&[
+        "bench",
+        "api",
+        "--clients",
+        "2",
+        "--objects",
+        "40",
+        "--lists",
+        "1",
+        "--watchers",
+        "4",
+        "--events",
+        "1",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(
+        out.contains("| embedded |") && out.contains("| etcd |"),
+        "{out}"
+    );
+    let o = run(&[
+        "bench",
+        "store",
+        "--writers",
+        "2",
+        "--seconds",
+        "0.2",
+        "--value-bytes",
+        "64",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(out.contains("embedded backend"), "{out}");
+}

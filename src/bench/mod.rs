@@ -1,5 +1,7 @@
-//! `k1s bench store`: write throughput and latency of each store backend against raw etcd.
+//! `k1s bench store` and `k1s bench api`: the store backends and the API server, each
+//! against raw etcd puts measured in the same run ([`api`] describes the API figures).
 //!
+//! `k1s bench store`: write throughput and latency of each store backend against raw etcd.
 //! In one run, for each number of concurrent writers, it measures raw etcd-client puts (the
 //! anchor), the etcd backend's guarded creates against the same etcd, and the embedded backend's
 //! creates (every one fsynced before it is acknowledged), then prints a table with the ratios to
@@ -12,8 +14,43 @@ use clap::Args;
 
 use crate::parts::{Part, PartError};
 
+#[cfg(all(feature = "apiserver", feature = "etcd"))]
+mod api;
 #[cfg(feature = "etcd")]
 mod store;
+
+/// Flags of `k1s bench api`.
+#[derive(Debug, Args)]
+pub struct ApiBenchArgs {
+    /// Concurrent clients (connections) creating objects.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Pods to create, then to LIST in one request.
+    #[arg(long, default_value_t = 10_000)]
+    pub objects: usize,
+    /// LIST requests to time.
+    #[arg(long, default_value_t = 20)]
+    pub lists: usize,
+    /// Concurrent watchers.
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+    /// Events each watcher must receive.
+    #[arg(long, default_value_t = 10)]
+    pub events: usize,
+}
+
+/// Runs the API benchmark and prints its table.
+pub async fn run_api(args: ApiBenchArgs) -> Result<(), BenchError> {
+    Part::Etcd.require()?;
+    Part::ApiServer.require()?;
+    #[cfg(all(feature = "apiserver", feature = "etcd"))]
+    return api::run(args).await;
+    #[cfg(not(all(feature = "apiserver", feature = "etcd")))]
+    {
+        let _ = args;
+        Err(PartError::NotBuilt(Part::ApiServer).into())
+    }
+}
 
 /// Flags of `k1s bench store`.
 #[derive(Debug, Args)]

@@ -57,6 +57,8 @@ pub enum Command {
 pub enum BenchCommand {
     /// Write throughput and latency of the store backends against raw etcd.
     Store(BenchArgs),
+    /// Creates, LISTs and watch delivery of the API server on each backend.
+    Api(crate::bench::ApiBenchArgs),
 }
 
 /// Flags every long-running command has.
@@ -225,6 +227,14 @@ pub fn main() -> i32 {
                 log_format: LogFormat::Text,
             };
             run_async(&common, crate::bench::run_store(args))
+        }
+        Command::Bench(BenchCommand::Api(args)) => {
+            let common = CommonArgs {
+                config: None,
+                data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+                log_format: LogFormat::Text,
+            };
+            run_async(&common, crate::bench::run_api(args))
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -58,6 +58,10 @@ impl Filters {
             fields,
             field_labels,
         })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
     }
 
     fn matches(&self, obj: &Value) -> bool {
@@ -157,6 +161,9 @@ pub async fn list(call: &Call<'_>) -> Response {
         }
         Err(e) => return store_error(call.def, "", e),
     };
+    if call.table.is_none() && filters.is_empty() {
+        return fast_list(call, &prefix, &page);
+    }
     let mut items = Vec::new();
     let mut remaining = 0i64;
     let mut next = None;
@@ -198,6 +205,56 @@ pub async fn list(call: &Call<'_>) -> Response {
             "items": items,
         }),
     )
+}
+
+/// A list with nothing to filter or render: items copied as stored ([`super::rawjson`]).
+fn fast_list(
+    call: &Call<'_>,
+    prefix: &str,
+    page: &crate::store::watch_cache::CachedList,
+) -> Response {
+    let limit = call.query.limit;
+    let take = if limit > 0 {
+        limit.min(page.kvs.len())
+    } else {
+        page.kvs.len()
+    };
+    let mut meta = json!({"resourceVersion": page.revision.to_string()});
+    if take < page.kvs.len() && take > 0 {
+        let rel = key_after(&page.kvs[take - 1].key)[prefix.len()..].to_string();
+        meta["continue"] = json!(continue_token(page.revision, &rel));
+        meta["remainingItemCount"] = json!(page.kvs.len() - take);
+    }
+    let size: usize = page.kvs[..take].iter().map(|kv| kv.value.len() + 32).sum();
+    let mut out = Vec::with_capacity(size + 256);
+    out.extend_from_slice(
+        format!(
+            "{{\"kind\":{},\"apiVersion\":{},\"metadata\":{meta},\"items\":[",
+            json!(list_kind(call.def)),
+            json!(call.def.group_version())
+        )
+        .as_bytes(),
+    );
+    for (i, kv) in page.kvs[..take].iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if !super::rawjson::write_item(&mut out, &kv.value, kv.mod_revision) {
+            tracing::error!(key = %kv.key, "stored object is not a JSON object");
+            return status::failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "stored object is corrupt",
+            );
+        }
+    }
+    out.extend_from_slice(b"]}");
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        out,
+    )
+        .into_response()
 }
 
 fn event_line(kind: &str, obj: &Value) -> Bytes {

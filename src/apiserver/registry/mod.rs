@@ -11,6 +11,7 @@
 
 mod list;
 pub(crate) mod object;
+mod rawjson;
 pub(crate) mod request;
 pub(crate) mod selector;
 mod subresource;

@@ -96,6 +96,11 @@ impl Selector {
         Ok(Selector(reqs))
     }
 
+    /// Whether the selector has no requirements (selects everything).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The keys the selector names.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|r| match r {

@@ -1,0 +1,197 @@
+//! Writing stored objects into list responses without parsing them.
+//!
+//! A LIST of thousands of objects spends most of its time turning stored JSON into values and
+//! back. When nothing needs the parsed object (no selector, no Table), each item is copied as
+//! stored with a scan of its top level only: `apiVersion` and `kind` dropped (list items carry
+//! neither, as upstream's typed lists) and `metadata.resourceVersion` added.
+
+use std::ops::Range;
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// The end (exclusive) of the string starting at `i` (which must be a quote).
+fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The end (exclusive) of the value starting at `i`.
+fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => skip_string(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = skip_string(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']') && !b[j].is_ascii_whitespace()
+            {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
+/// The members of the top-level object: (key including quotes, value).
+fn members(b: &[u8]) -> Option<Vec<(Range<usize>, Range<usize>)>> {
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    let mut out = Vec::new();
+    if b.get(i) == Some(&b'}') {
+        return Some(out);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(b, i)?;
+        let key = i..key_end;
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let v_start = skip_ws(b, i + 1);
+        let v_end = skip_value(b, v_start)?;
+        out.push((key, v_start..v_end));
+        i = skip_ws(b, v_end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return Some(out),
+            _ => return None,
+        }
+    }
+}
+
+/// Appends the stored object `raw` as a list item at `rv`; false (and nothing appended) if it
+/// is not a JSON object with an object `metadata`.
+pub fn write_item(out: &mut Vec<u8>, raw: &[u8], rv: i64) -> bool {
+    let Some(members) = members(raw) else {
+        return false;
+    };
+    let start = out.len();
+    out.push(b'{');
+    let mut first = true;
+    let mut had_meta = false;
+    for (key, value) in members {
+        let k = &raw[key.clone()];
+        if k == b"\"apiVersion\"" || k == b"\"kind\"" {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(k);
+        out.push(b':');
+        if k == b"\"metadata\"" {
+            let v = &raw[value];
+            let inner = skip_ws(v, 1);
+            if v.first() != Some(&b'{') || v.last() != Some(&b'}') {
+                out.truncate(start);
+                return false;
+            }
+            had_meta = true;
+            out.extend_from_slice(&v[..v.len() - 1]);
+            if v.get(inner) != Some(&b'}') {
+                out.push(b',');
+            }
+            out.extend_from_slice(format!("\"resourceVersion\":\"{rv}\"}}").as_bytes());
+        } else {
+            out.extend_from_slice(&raw[value]);
+        }
+    }
+    if !had_meta {
+        if !first {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("\"metadata\":{{\"resourceVersion\":\"{rv}\"}}").as_bytes());
+    }
+    out.push(b'}');
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn item(raw: &str, rv: i64) -> Value {
+        let mut out = Vec::new();
+        assert!(write_item(&mut out, raw.as_bytes(), rv), "{raw}");
+        serde_json::from_slice(&out).expect("valid json")
+    }
+
+    #[test]
+    fn items_lose_their_type_and_gain_the_revision() {
+        assert_eq!(
+            item(
+                r#"{"apiVersion":"v1","data":{"k":"a\"}b{"},"kind":"ConfigMap","metadata":{"name":"x"}}"#,
+                7
+            ),
+            json!({"data": {"k": "a\"}b{"}, "metadata": {"name": "x", "resourceVersion": "7"}})
+        );
+        assert_eq!(
+            item(
+                r#" { "kind" : "X" , "metadata" : { } , "n" : [1, {"a": null}], "t": true } "#,
+                3
+            ),
+            json!({"metadata": {"resourceVersion": "3"}, "n": [1, {"a": null}], "t": true})
+        );
+        assert_eq!(
+            item(r#"{"spec":{}}"#, 1),
+            json!({"spec": {}, "metadata": {"resourceVersion": "1"}})
+        );
+    }
+
+    #[test]
+    fn malformed_input_is_refused() {
+        let mut out = b"[".to_vec();
+        for bad in [
+            "",
+            "[]",
+            "{",
+            r#"{"a"}"#,
+            r#"{"a":"#,
+            r#"{"metadata":1}"#,
+            r#"{"a":"x}"#,
+        ] {
+            assert!(!write_item(&mut out, bad.as_bytes(), 1), "{bad}");
+        }
+        assert_eq!(out, b"[");
+    }
+}
