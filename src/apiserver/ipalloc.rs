@@ -102,7 +102,7 @@ async fn reserve(
     };
     let obj = ipaddress(ip, namespace, name);
     match store
-        .create(&object::key(def, None, ip), object::to_stored(&obj))
+        .create(&object::key(def, None, ip), object::to_stored(def, &obj))
         .await
     {
         Ok(_) => Ok(true),
@@ -213,7 +213,10 @@ pub async fn repair(store: &dyn Store) -> Result<(usize, usize), store::Error> {
         if !have.contains(&ip) {
             let obj = ipaddress(&ip, &ns, &name);
             if store
-                .create(&object::key(ipdef, None, &ip), object::to_stored(&obj))
+                .create(
+                    &object::key(ipdef, None, &ip),
+                    object::to_stored(ipdef, &obj),
+                )
                 .await
                 .is_ok()
             {

@@ -6,6 +6,7 @@
 //! ([`catalog`], [`discovery`]). The resource handlers come next.
 
 pub mod catalog;
+pub mod convert;
 pub mod discovery;
 pub mod health;
 pub mod http;
@@ -20,6 +21,7 @@ pub mod registry;
 pub mod status;
 pub mod strategy;
 pub mod table;
+pub mod token;
 pub mod validation;
 
 use std::net::{IpAddr, SocketAddr};
@@ -40,6 +42,8 @@ pub enum ApiError {
     Http(#[from] http::HttpError),
     #[error("store: {0}")]
     Store(#[from] crate::store::Error),
+    #[error("service-account key: {0}")]
+    Token(#[from] token::TokenError),
     #[error("service IPs: {0}")]
     ServiceIps(#[from] ipalloc::AllocError),
     #[error("writing the admin kubeconfig {path}: {source}")]
@@ -92,6 +96,9 @@ pub async fn start(
             source: std::io::Error::other(e),
         })??;
     let tls = http::tls_config(&pki)?;
+    let tokens = Some(Arc::new(token::TokenSigner::from_pem(
+        &pki.service_account_key,
+    )?));
     let addr = SocketAddr::new(cfg.bind_address, cfg.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -137,6 +144,7 @@ pub async fn start(
             store,
             cache,
             service_range: Some(range),
+            tokens,
         },
         discovery::Discovery {
             server_address: format!("{host}:{}", addr.port()),

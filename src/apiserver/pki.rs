@@ -35,6 +35,8 @@ pub struct Pki {
     pub serving_key: String,
     pub admin_cert: String,
     pub admin_key: String,
+    /// The key service-account tokens are signed with (ECDSA P-256, PKCS#8 PEM).
+    pub service_account_key: String,
 }
 
 const CA_DAYS: i64 = 3650;
@@ -164,12 +166,22 @@ pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
         std::fs::write(&admin_cert_path, cert.pem()).map_err(io_err(&admin_cert_path))?;
         (cert.pem(), key.serialize_pem())
     };
+    // The service-account token signing key, kept across restarts (tokens stay valid).
+    let sa_key_path = dir.join("service.key");
+    let service_account_key = if sa_key_path.exists() {
+        std::fs::read_to_string(&sa_key_path).map_err(io_err(&sa_key_path))?
+    } else {
+        let key = KeyPair::generate()?.serialize_pem();
+        write_private(&sa_key_path, &key)?;
+        key
+    };
     Ok(Pki {
         ca_cert,
         serving_cert: serving_cert.pem(),
         serving_key: serving_key.serialize_pem(),
         admin_cert,
         admin_key,
+        service_account_key,
     })
 }
 
@@ -185,6 +197,7 @@ mod tests {
         let second = load_or_create(dir.path(), &sans).expect("load");
         assert_eq!(first.ca_cert, second.ca_cert);
         assert_eq!(first.admin_cert, second.admin_cert);
+        assert_eq!(first.service_account_key, second.service_account_key);
         assert_ne!(first.serving_cert, second.serving_cert);
         let key = std::fs::metadata(dir.path().join("server-ca.key")).expect("key");
         use std::os::unix::fs::PermissionsExt;

@@ -161,7 +161,8 @@ pub async fn list(call: &Call<'_>) -> Response {
         }
         Err(e) => return store_error(call.def, "", e),
     };
-    if call.table.is_none() && filters.is_empty() {
+    if call.table.is_none() && filters.is_empty() && !crate::apiserver::convert::converts(call.def)
+    {
         return fast_list(call, &prefix, &page);
     }
     let mut items = Vec::new();

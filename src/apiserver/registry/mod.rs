@@ -15,7 +15,7 @@ mod rawjson;
 pub(crate) mod request;
 pub(crate) mod selector;
 mod subresource;
-mod write;
+pub(crate) mod write;
 
 use std::sync::Arc;
 
@@ -46,6 +46,8 @@ pub struct Registry {
     pub cache: WatchCache,
     /// Where Service ClusterIPs come from.
     pub service_range: Option<crate::apiserver::ipalloc::ServiceRange>,
+    /// Signs service-account tokens (`serviceaccounts/NAME/token`).
+    pub tokens: Option<Arc<crate::apiserver::token::TokenSigner>>,
 }
 
 /// One request, resolved against the catalog.
@@ -145,7 +147,10 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
         return method_not_allowed(&info);
     }
     if let Some(sub) = &info.subresource {
-        if !matches!(sub.as_str(), "status" | "scale" | "binding") {
+        if !matches!(
+            sub.as_str(),
+            "status" | "scale" | "binding" | "eviction" | "token"
+        ) {
             return status::failure(
                 StatusCode::NOT_IMPLEMENTED,
                 "NotImplemented",
@@ -229,6 +234,10 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
             };
         }
         (Some("binding"), "create") => return subresource::bind(&call, &body, &content_type).await,
+        (Some("eviction"), "create") => {
+            return subresource::evict(&call, &body, &content_type).await
+        }
+        (Some("token"), "create") => return subresource::token(&call, &body, &content_type).await,
         _ => {}
     }
     match call.info.verb {
@@ -259,7 +268,7 @@ pub async fn bootstrap(
             let obj = write::new_namespace(ns);
             ignore_exists(
                 store
-                    .create(&object::key(def, None, ns), object::to_stored(&obj))
+                    .create(&object::key(def, None, ns), object::to_stored(def, &obj))
                     .await,
             )?;
         }
@@ -284,7 +293,7 @@ pub async fn bootstrap(
                 },
                 "status": {"loadBalancer": {}},
             });
-            ignore_exists(store.create(&key, object::to_stored(&svc)).await)?;
+            ignore_exists(store.create(&key, object::to_stored(def, &svc)).await)?;
         }
     }
     Ok(())

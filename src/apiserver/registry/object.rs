@@ -166,6 +166,7 @@ pub fn to_wire(def: &ResourceDef, kv: &KeyValue) -> Result<Value, Response> {
             "stored object is corrupt",
         )
     })?;
+    crate::apiserver::convert::from_storage(def, &mut obj);
     obj["apiVersion"] = json!(def.group_version());
     obj["kind"] = json!(def.kind);
     if !obj["metadata"].is_object() {
@@ -176,8 +177,9 @@ pub fn to_wire(def: &ResourceDef, kv: &KeyValue) -> Result<Value, Response> {
 }
 
 /// The bytes stored for an object: without its resourceVersion, as upstream stores it.
-pub fn to_stored(obj: &Value) -> bytes::Bytes {
+pub fn to_stored(def: &ResourceDef, obj: &Value) -> bytes::Bytes {
     let mut o = obj.clone();
+    crate::apiserver::convert::to_storage(def, &mut o);
     if let Some(m) = o["metadata"].as_object_mut() {
         m.remove("resourceVersion");
     }

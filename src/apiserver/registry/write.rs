@@ -390,7 +390,7 @@ pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
         }
     };
     let key = object::key(call.def, call.ns(), &name);
-    match call.reg.store.create(&key, to_stored(&obj)).await {
+    match call.reg.store.create(&key, to_stored(call.def, &obj)).await {
         Ok(kv) => match to_wire(call.def, &kv) {
             Ok(o) => with_warnings(json(StatusCode::CREATED, &o), &warnings),
             Err(r) => r,
@@ -471,7 +471,7 @@ async fn store_update(call: &Call<'_>, obj: &Value, expected: i64) -> Result<Val
     let kv = call
         .reg
         .store
-        .update(&key, to_stored(obj), expected)
+        .update(&key, to_stored(call.def, obj), expected)
         .await?;
     let mut out = obj.clone();
     out["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
@@ -825,7 +825,7 @@ pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
             return match call
                 .reg
                 .store
-                .update(&key(call), to_stored(&obj), kv.mod_revision)
+                .update(&key(call), to_stored(call.def, &obj), kv.mod_revision)
                 .await
             {
                 Ok(kv) => match to_wire(call.def, &kv) {
@@ -847,7 +847,7 @@ pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
             return match call
                 .reg
                 .store
-                .update(&key(call), to_stored(&obj), kv.mod_revision)
+                .update(&key(call), to_stored(call.def, &obj), kv.mod_revision)
                 .await
             {
                 Ok(kv) => match to_wire(call.def, &kv) {
