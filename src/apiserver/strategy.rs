@@ -202,6 +202,13 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
             default(spec, "suspend", json!(false));
             default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
         }
+        ("autoscaling", "horizontalpodautoscalers") => {
+            default(spec, "minReplicas", json!(1));
+            if def.version == "v2" && spec["metrics"].as_array().is_none_or(Vec::is_empty) {
+                spec["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 80}}}]);
+            }
+        }
         ("batch", "cronjobs") => {
             default(spec, "concurrencyPolicy", json!("Allow"));
             default(spec, "suspend", json!(false));

@@ -9,11 +9,13 @@
 // boxing them would only add an allocation.
 #![allow(clippy::result_large_err)]
 
+mod delete;
 mod list;
 pub(crate) mod object;
 mod rawjson;
 pub(crate) mod request;
 pub(crate) mod selector;
+mod services;
 mod subresource;
 pub(crate) mod write;
 
@@ -247,7 +249,7 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
         "create" => write::create(&call, &body, &content_type).await,
         "update" => write::update(&call, &body, &content_type).await,
         "patch" => write::patch(&call, &body, &content_type).await,
-        "delete" => write::delete(&call, &body).await,
+        "delete" => delete::delete(&call, &body).await,
         "deletecollection" => list::delete_collection(&call).await,
         _ => method_not_allowed(&call.info),
     }

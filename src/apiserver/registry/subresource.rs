@@ -218,7 +218,7 @@ pub async fn evict(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respons
         Value::Object(o) => Bytes::from(Value::Object(o.clone()).to_string()),
         _ => Bytes::new(),
     };
-    let resp = super::write::delete(call, &opts).await;
+    let resp = super::delete::delete(call, &opts).await;
     if !resp.status().is_success() {
         return resp;
     }

@@ -6,7 +6,9 @@
 
 use serde_json::{json, Value};
 
-use super::catalog::ResourceDef;
+use crate::apiserver::catalog::ResourceDef;
+
+mod more;
 
 /// One column: header, OpenAPI type and format, priority (1 = only with `-o wide`), cell.
 struct Column {
@@ -140,7 +142,7 @@ fn none_if_empty(s: String) -> Value {
     })
 }
 fn selector_text(sel: &Value) -> Value {
-    none_if_empty(super::registry::selector::selector_string(sel))
+    none_if_empty(crate::apiserver::registry::selector::selector_string(sel))
 }
 fn containers(o: &Value, field: &str) -> Value {
     let list = o["spec"]["template"]["spec"]["containers"]
@@ -347,6 +349,9 @@ fn columns(def: &ResourceDef) -> Vec<Column> {
             ];
         }
         _ => {
+            if let Some(more) = more::columns(def) {
+                return more;
+            }
             cols.push(Column {
                 name: "Created At",
                 kind: "date",
@@ -395,7 +400,7 @@ pub fn table(
     include: &str,
 ) -> Value {
     let cols = columns(def);
-    let now = super::registry::object::epoch_now();
+    let now = crate::apiserver::registry::object::epoch_now();
     let defs: Vec<Value> = cols
         .iter()
         .map(|c| {
