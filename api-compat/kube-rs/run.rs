@@ -213,6 +213,44 @@ async fn kube_rs_scenario() {
         .expect("merge patch");
     }
 
+    // Server-side apply, kube-rs's usual way to write: creates, owns, conflicts, forces.
+    let ssa = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"v": v}});
+    let pp = PatchParams::apply("kube-rs-test");
+    let made = cms
+        .patch("ssa", &pp, &Patch::Apply(ssa("1")))
+        .await
+        .expect("apply creates");
+    let managers: Vec<String> = made
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(managers, ["kube-rs-test"]);
+    cms.patch(
+        "ssa",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"v": "2"}})),
+    )
+    .await
+    .expect("someone else changes v");
+    match cms.patch("ssa", &pp, &Patch::Apply(ssa("1"))).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 409, "{e:?}");
+            assert!(e.message.contains(".data.v"), "{}", e.message);
+        }
+        other => panic!("an apply over another manager's value must conflict: {other:?}"),
+    }
+    let forced = cms
+        .patch("ssa", &pp.clone().force(), &Patch::Apply(ssa("1")))
+        .await
+        .expect("forced apply");
+    assert_eq!(
+        forced.data.and_then(|d| d.get("v").cloned()).as_deref(),
+        Some("1")
+    );
+
     // A typed Deployment with its defaults, and its scale subresource.
     let deps: Api<Deployment> = Api::namespaced(client.clone(), NS);
     let d: Deployment = serde_json::from_value(json!({

@@ -5,6 +5,7 @@
 //! `/livez`, `/readyz`, the admin kubeconfig, and discovery of every built-in resource
 //! ([`catalog`], [`discovery`]). The resource handlers come next.
 
+pub mod apply;
 pub mod catalog;
 pub mod convert;
 pub mod discovery;

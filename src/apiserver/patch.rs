@@ -22,7 +22,7 @@ pub struct Schemas<'a> {
 }
 
 impl<'a> Schemas<'a> {
-    fn resolve(&self, schema: Option<&'a Value>) -> Option<&'a Value> {
+    pub(crate) fn resolve(&self, schema: Option<&'a Value>) -> Option<&'a Value> {
         let s = schema?;
         match s["$ref"]
             .as_str()
@@ -34,7 +34,7 @@ impl<'a> Schemas<'a> {
     }
 
     /// The schema of property `key` of an object schema (or of a map's values).
-    fn property(&self, schema: Option<&'a Value>, key: &str) -> Option<&'a Value> {
+    pub(crate) fn property(&self, schema: Option<&'a Value>, key: &str) -> Option<&'a Value> {
         let s = self.resolve(schema)?;
         s.get("properties")
             .and_then(|p| p.get(key))
@@ -42,7 +42,7 @@ impl<'a> Schemas<'a> {
     }
 
     /// The schema of the items of an array schema.
-    fn items(&self, schema: Option<&'a Value>) -> Option<&'a Value> {
+    pub(crate) fn items(&self, schema: Option<&'a Value>) -> Option<&'a Value> {
         self.resolve(schema)?.get("items")
     }
 }

@@ -60,6 +60,8 @@ pub(crate) struct Call<'a> {
     pub query: request::Query,
     /// The Table version asked for, if the client wants a Table.
     pub table: Option<&'static str>,
+    /// The field manager of a write: `fieldManager`, else the User-Agent's product name.
+    pub manager: String,
 }
 
 impl Call<'_> {
@@ -165,6 +167,19 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok()),
     );
+    let manager = match &query.field_manager {
+        Some(m) if !m.is_empty() => m.clone(),
+        _ => req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .filter(|m| !m.is_empty())
+            .unwrap_or("unknown")
+            .chars()
+            .take(128)
+            .collect(),
+    };
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -220,6 +235,7 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
         info,
         query,
         table,
+        manager,
     };
     match (call.info.subresource.as_deref(), call.info.verb) {
         (Some("scale"), "get") => return subresource::get_scale(&call).await,

@@ -29,6 +29,8 @@ pub struct Query {
     pub send_initial_events: Option<bool>,
     pub dry_run: bool,
     pub field_manager: Option<String>,
+    /// `force=true`: a server-side apply takes over conflicting fields.
+    pub force: bool,
     pub field_validation: Option<String>,
     pub include_object: Option<String>,
     pub grace_period_seconds: Option<i64>,
@@ -86,6 +88,7 @@ pub fn parse_query(raw: Option<&str>) -> Query {
             "sendInitialEvents" => q.send_initial_events = Some(truthy(&v)),
             "dryRun" => q.dry_run = v == "All",
             "fieldManager" => q.field_manager = Some(v),
+            "force" => q.force = v == "true",
             "fieldValidation" => q.field_validation = Some(v),
             "includeObject" => q.include_object = Some(v),
             "gracePeriodSeconds" => q.grace_period_seconds = v.parse().ok(),

@@ -83,9 +83,11 @@ pub async fn update_scale(
             );
         }
         if obj["spec"]["replicas"].as_i64() != Some(replicas) {
+            let old = obj.clone();
             obj["spec"]["replicas"] = json!(replicas);
             let gen = obj["metadata"]["generation"].as_i64().unwrap_or(0);
             obj["metadata"]["generation"] = json!(gen + 1);
+            super::write::record_fields(call, Some(&old), &mut obj);
         }
         if call.query.dry_run {
             return json(StatusCode::OK, &scale_of(&obj));

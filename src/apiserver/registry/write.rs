@@ -177,10 +177,36 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
 
 /// `POST` a new object.
 pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response {
-    let mut obj = match parse_body(body, content_type) {
-        Ok(o) => o,
-        Err(r) => return r,
+    match parse_body(body, content_type) {
+        Ok(obj) => create_object(call, obj, false).await,
+        Err(r) => r,
+    }
+}
+
+/// Records a write by `call`'s manager in `new`'s managedFields (`old` is None on create).
+pub(crate) fn record_fields(call: &Call<'_>, old: Option<&Value>, new: &mut Value) {
+    let Some(doc) = crate::apiserver::openapi::get() else {
+        return;
     };
+    let schema = doc.kind_schema(call.def.group, call.def.version, call.def.kind);
+    let now = object::now_rfc3339();
+    let api_version = call.def.group_version();
+    crate::apiserver::apply::record_update(
+        &doc.schemas(),
+        schema.as_ref(),
+        old,
+        new,
+        &crate::apiserver::apply::Writer {
+            manager: &call.manager,
+            api_version: &api_version,
+            subresource: call.info.subresource.as_deref(),
+            now: &now,
+        },
+    );
+}
+
+/// Creates `obj`; `applied` when server-side apply made it (its managedFields are set).
+async fn create_object(call: &Call<'_>, mut obj: Value, applied: bool) -> Response {
     if let Err(r) = check_type(call.def, &mut obj).and_then(|_| check_namespace(call, &mut obj)) {
         return r;
     }
@@ -238,6 +264,10 @@ pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
         obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
     } else if let Some(status) = crate::apiserver::strategy::initial_status(call.def, &obj) {
         obj["status"] = status;
+    }
+    if !applied {
+        crate::apiserver::apply::strip(&mut obj);
+        record_fields(call, None, &mut obj);
     }
     if call.query.dry_run {
         return with_warnings(json(StatusCode::CREATED, &obj), &warnings);
@@ -395,6 +425,7 @@ fn unchanged(old: &Value, new: &Value) -> bool {
 async fn read_modify_write(
     call: &Call<'_>,
     change: impl Fn(&Value) -> Result<Value, Response>,
+    record: bool,
 ) -> Response {
     for _ in 0..RETRIES {
         let kv = match current(call).await {
@@ -458,6 +489,11 @@ async fn read_modify_write(
             }
         }
         let mut new = prepare_update(call, &old, new);
+        if record {
+            // managedFields are the server's to keep: the old ones, with this write added.
+            new["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
+            record_fields(call, Some(&old), &mut new);
+        }
         object::drop_empty_metadata(&mut new);
         if let Err(r) = check_finalizers(call, &old, &new) {
             return r;
@@ -493,11 +529,15 @@ pub async fn update(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
         Ok(o) => o,
         Err(r) => return r,
     };
-    read_modify_write(call, |_| Ok(obj.clone())).await
+    read_modify_write(call, |_| Ok(obj.clone()), true).await
 }
 
 /// `PATCH` an object: JSON patch, JSON merge patch or strategic merge patch.
 pub async fn patch(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    if media == "application/apply-patch+yaml" {
+        return apply_patch(call, body).await;
+    }
     let patcher = match Patcher::new(
         body,
         content_type,
@@ -506,7 +546,77 @@ pub async fn patch(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respons
         Ok(p) => p,
         Err(r) => return r,
     };
-    read_modify_write(call, |old| patcher.apply(old)).await
+    read_modify_write(call, |old| patcher.apply(old), true).await
+}
+
+/// `PATCH` with `application/apply-patch+yaml`: server-side apply, creating the object when it
+/// does not exist yet.
+async fn apply_patch(call: &Call<'_>, body: &Bytes) -> Response {
+    let bad = |msg: &str| status::failure(StatusCode::BAD_REQUEST, "BadRequest", msg);
+    if call
+        .query
+        .field_manager
+        .as_deref()
+        .is_none_or(str::is_empty)
+    {
+        return bad("PATCH /apply requests require a fieldManager: the fieldManager parameter is required for apply requests");
+    }
+    let mut config: Value = match serde_yaml_ng::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return bad("error decoding YAML: the applied configuration must be an object"),
+        Err(e) => return bad(&format!("error decoding YAML: {e}")),
+    };
+    crate::apiserver::apply::strip(&mut config);
+    if config["metadata"]["name"].as_str() != Some(call.name()) {
+        return bad(&format!(
+            "the name of the object ({}) does not match the name on the URL ({})",
+            config["metadata"]["name"].as_str().unwrap_or_default(),
+            call.name()
+        ));
+    }
+    let Some(doc) = crate::apiserver::openapi::get() else {
+        return status::failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the OpenAPI schema is unavailable",
+        );
+    };
+    let schema = doc.kind_schema(call.def.group, call.def.version, call.def.kind);
+    let now = object::now_rfc3339();
+    let api_version = call.def.group_version();
+    let writer = crate::apiserver::apply::Writer {
+        manager: &call.manager,
+        api_version: &api_version,
+        subresource: call.info.subresource.as_deref(),
+        now: &now,
+    };
+    let run = |live: Option<&Value>| {
+        crate::apiserver::apply::apply(
+            &doc.schemas(),
+            schema.as_ref(),
+            live,
+            &config,
+            call.query.force,
+            &writer,
+        )
+        .map_err(|c| {
+            let mut details =
+                json!({"name": call.name(), "kind": call.def.plural, "causes": c.causes()});
+            if !call.def.group.is_empty() {
+                details["group"] = json!(call.def.group);
+            }
+            status::failure_with_details(StatusCode::CONFLICT, "Conflict", &c.message(), details)
+        })
+    };
+    match call.reg.store.get(&key(call), 0).await {
+        Ok(None) if call.info.subresource.is_none() => match run(None) {
+            Ok(obj) => create_object(call, obj, true).await,
+            Err(r) => r,
+        },
+        Ok(None) => not_found(call.def, call.name()),
+        Ok(Some(_)) => read_modify_write(call, |old| run(Some(old)), false).await,
+        Err(e) => store_error(call.def, call.name(), e),
+    }
 }
 
 /// A parsed patch of one of the three types, ready to apply to any number of objects.
