@@ -287,10 +287,14 @@ async fn create_object(call: &Call<'_>, mut obj: Value, applied: bool) -> Respon
     };
     let key = object::key(call.def, call.ns(), &name);
     match call.reg.store.create(&key, to_stored(call.def, &obj)).await {
-        Ok(kv) => match to_wire(call.def, &kv) {
-            Ok(o) => with_warnings(json(StatusCode::CREATED, &o), &warnings),
-            Err(r) => r,
-        },
+        Ok(kv) => {
+            // The object as stored, without reading it back: its resourceVersion is the new
+            // revision.
+            obj["apiVersion"] = json!(call.def.group_version());
+            obj["kind"] = json!(call.def.kind);
+            obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+            with_warnings(json(StatusCode::CREATED, &obj), &warnings)
+        }
         Err(e) => {
             if let Some(ip) = allocated {
                 crate::apiserver::ipalloc::release(call.reg.store.as_ref(), &ip).await;
