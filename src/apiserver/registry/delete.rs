@@ -100,6 +100,28 @@ pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
             );
         }
     }
+    // Foreground and Orphan propagation are recorded as the finalizers the garbage collector
+    // acts on: it deletes or orphans the dependents, then removes the finalizer.
+    let policy = opts["propagationPolicy"]
+        .as_str()
+        .or(call.query.propagation_policy.as_deref())
+        .or((opts["orphanDependents"] == true).then_some("Orphan"));
+    let gc_finalizer = match policy {
+        Some("Foreground") => Some("foregroundDeletion"),
+        Some("Orphan") => Some("orphan"),
+        _ => None,
+    };
+    if let Some(f) = gc_finalizer.filter(|_| obj["metadata"]["deletionTimestamp"].is_null()) {
+        let list = obj["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !list.iter().any(|x| x == f) {
+            let mut list = list;
+            list.push(json!(f));
+            obj["metadata"]["finalizers"] = json!(list);
+        }
+    }
     let namespace_finalizers = call.def.plural == "namespaces"
         && obj["spec"]["finalizers"]
             .as_array()

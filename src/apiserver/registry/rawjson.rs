@@ -145,6 +145,68 @@ pub fn write_item(out: &mut Vec<u8>, raw: &[u8], rv: i64) -> bool {
     true
 }
 
+/// The dotted paths of keys that appear more than once in one object of a JSON document
+/// (`metadata.name`, `spec.containers[0].image`), as upstream's strict decoder reports them.
+pub fn duplicate_fields(raw: &[u8]) -> Vec<String> {
+    fn walk(b: &[u8], i: usize, path: &str, out: &mut Vec<String>, depth: u32) -> Option<usize> {
+        if depth > 100 {
+            return None;
+        }
+        let i = skip_ws(b, i);
+        match *b.get(i)? {
+            b'{' => {
+                let mut seen = std::collections::HashSet::new();
+                let mut j = skip_ws(b, i + 1);
+                if b.get(j) == Some(&b'}') {
+                    return Some(j + 1);
+                }
+                loop {
+                    let key_end = skip_string(b, j)?;
+                    let key: String = serde_json::from_slice(&b[j..key_end]).ok()?;
+                    let sub = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    if !seen.insert(key) && !out.contains(&sub) {
+                        out.push(sub.clone());
+                    }
+                    j = skip_ws(b, key_end);
+                    if b.get(j) != Some(&b':') {
+                        return None;
+                    }
+                    j = skip_ws(b, walk(b, j + 1, &sub, out, depth + 1)?);
+                    match b.get(j) {
+                        Some(b',') => j = skip_ws(b, j + 1),
+                        Some(b'}') => return Some(j + 1),
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                let mut j = skip_ws(b, i + 1);
+                if b.get(j) == Some(&b']') {
+                    return Some(j + 1);
+                }
+                let mut n = 0;
+                loop {
+                    j = skip_ws(b, walk(b, j, &format!("{path}[{n}]"), out, depth + 1)?);
+                    n += 1;
+                    match b.get(j) {
+                        Some(b',') => j += 1,
+                        Some(b']') => return Some(j + 1),
+                        _ => return None,
+                    }
+                }
+            }
+            _ => skip_value(b, i),
+        }
+    }
+    let mut out = Vec::new();
+    let _ = walk(raw, 0, "", &mut out, 0);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +238,16 @@ mod tests {
             item(r#"{"spec":{}}"#, 1),
             json!({"spec": {}, "metadata": {"resourceVersion": "1"}})
         );
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_with_their_paths() {
+        let raw = br#"{"metadata":{"name":"a","name":"b"},"spec":{"containers":[{"image":"x","image":"y"}]},"kind":"Pod"}"#;
+        assert_eq!(
+            duplicate_fields(raw),
+            ["metadata.name", "spec.containers[0].image"]
+        );
+        assert!(duplicate_fields(br#"{"a":{"b":1},"c":{"b":2}}"#).is_empty());
     }
 
     #[test]

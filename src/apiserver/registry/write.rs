@@ -137,7 +137,11 @@ async fn check_namespace_open(call: &Call<'_>, name: &str) -> Result<(), Respons
 
 /// Drops unknown fields as upstream's decoder does: `fieldValidation=Strict` refuses them,
 /// `Warn` (the default) reports them in Warning headers, `Ignore` says nothing.
-fn check_fields(call: &Call<'_>, obj: &mut Value) -> Result<Vec<String>, Response> {
+fn check_fields(
+    call: &Call<'_>,
+    obj: &mut Value,
+    duplicates: &[String],
+) -> Result<Vec<String>, Response> {
     let Some(doc) = crate::apiserver::openapi::get() else {
         return Ok(Vec::new());
     };
@@ -145,6 +149,11 @@ fn check_fields(call: &Call<'_>, obj: &mut Value) -> Result<Vec<String>, Respons
         .prune_unknown(call.def.group, call.def.version, call.def.kind, obj)
         .into_iter()
         .map(|f| format!("unknown field \"{f}\""))
+        .chain(
+            duplicates
+                .iter()
+                .map(|f| format!("duplicate field \"{f}\"")),
+        )
         .collect();
     if unknown.is_empty() {
         return Ok(unknown);
@@ -178,9 +187,17 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
 /// `POST` a new object.
 pub async fn create(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response {
     match parse_body(body, content_type) {
-        Ok(obj) => create_object(call, obj, false).await,
+        Ok(obj) => create_object(call, obj, false, duplicates(body, content_type)).await,
         Err(r) => r,
     }
+}
+
+/// Keys given twice in a JSON body (YAML bodies with duplicate keys fail to parse).
+fn duplicates(body: &Bytes, content_type: &str) -> Vec<String> {
+    if content_type.contains("yaml") {
+        return Vec::new();
+    }
+    super::rawjson::duplicate_fields(body)
 }
 
 /// Records a write by `call`'s manager in `new`'s managedFields (`old` is None on create).
@@ -206,11 +223,16 @@ pub(crate) fn record_fields(call: &Call<'_>, old: Option<&Value>, new: &mut Valu
 }
 
 /// Creates `obj`; `applied` when server-side apply made it (its managedFields are set).
-async fn create_object(call: &Call<'_>, mut obj: Value, applied: bool) -> Response {
+async fn create_object(
+    call: &Call<'_>,
+    mut obj: Value,
+    applied: bool,
+    duplicates: Vec<String>,
+) -> Response {
     if let Err(r) = check_type(call.def, &mut obj).and_then(|_| check_namespace(call, &mut obj)) {
         return r;
     }
-    let warnings = match check_fields(call, &mut obj) {
+    let warnings = match check_fields(call, &mut obj, &duplicates) {
         Ok(w) => w,
         Err(r) => return r,
     };
@@ -430,6 +452,7 @@ async fn read_modify_write(
     call: &Call<'_>,
     change: impl Fn(&Value) -> Result<Value, Response>,
     record: bool,
+    duplicates: &[String],
 ) -> Response {
     for _ in 0..RETRIES {
         let kv = match current(call).await {
@@ -448,7 +471,7 @@ async fn read_modify_write(
         {
             return r;
         }
-        let warnings = match check_fields(call, &mut new) {
+        let warnings = match check_fields(call, &mut new, duplicates) {
             Ok(w) => w,
             Err(r) => return r,
         };
@@ -533,7 +556,13 @@ pub async fn update(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respon
         Ok(o) => o,
         Err(r) => return r,
     };
-    read_modify_write(call, |_| Ok(obj.clone()), true).await
+    read_modify_write(
+        call,
+        |_| Ok(obj.clone()),
+        true,
+        &duplicates(body, content_type),
+    )
+    .await
 }
 
 /// `PATCH` an object: JSON patch, JSON merge patch or strategic merge patch.
@@ -550,7 +579,7 @@ pub async fn patch(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respons
         Ok(p) => p,
         Err(r) => return r,
     };
-    read_modify_write(call, |old| patcher.apply(old), true).await
+    read_modify_write(call, |old| patcher.apply(old), true, &[]).await
 }
 
 /// `PATCH` with `application/apply-patch+yaml`: server-side apply, creating the object when it
@@ -614,11 +643,11 @@ async fn apply_patch(call: &Call<'_>, body: &Bytes) -> Response {
     };
     match call.reg.store.get(&key(call), 0).await {
         Ok(None) if call.info.subresource.is_none() => match run(None) {
-            Ok(obj) => create_object(call, obj, true).await,
+            Ok(obj) => create_object(call, obj, true, Vec::new()).await,
             Err(r) => r,
         },
         Ok(None) => not_found(call.def, call.name()),
-        Ok(Some(_)) => read_modify_write(call, |old| run(Some(old)), false).await,
+        Ok(Some(_)) => read_modify_write(call, |old| run(Some(old)), false, &[]).await,
         Err(e) => store_error(call.def, call.name(), e),
     }
 }
