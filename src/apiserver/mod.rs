@@ -6,6 +6,7 @@
 //! ([`catalog`], [`discovery`]). The resource handlers come next.
 
 pub mod apply;
+pub mod auth;
 pub mod catalog;
 pub mod convert;
 pub mod discovery;
@@ -142,14 +143,15 @@ pub async fn start(
             store: store.clone(),
         },
         registry::Registry {
-            store,
+            store: store.clone(),
             cache,
             service_range: Some(range),
-            tokens,
+            tokens: tokens.clone(),
         },
         discovery::Discovery {
             server_address: format!("{host}:{}", addr.port()),
         },
+        auth::Authenticator { tokens, store },
     );
     let task = tokio::spawn(http::serve(listener, tls, app, stop));
     tracing::info!(%addr, kubeconfig = %cfg.kubeconfig.display(), "API server listening");

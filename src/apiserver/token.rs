@@ -21,6 +21,14 @@ pub enum TokenError {
     Key(String),
     #[error("signing a token failed")]
     Sign,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's signature is not valid")]
+    Signature,
+    #[error("the token has expired or is not valid yet")]
+    Expired,
+    #[error("the token is for another issuer or audience")]
+    Audience,
 }
 
 /// Signs tokens with the service-account key.
@@ -63,6 +71,69 @@ impl TokenSigner {
             .sign(&self.rng, input.as_bytes())
             .map_err(|_| TokenError::Sign)?;
         Ok(format!("{input}.{}", b64(sig.as_ref())))
+    }
+}
+
+impl TokenSigner {
+    /// Checks a token's signature, issuer, time window and audience (one of `audiences`);
+    /// returns its claims. Whether its service account and bound object still exist is the
+    /// caller's to check.
+    pub fn verify(&self, token: &str, audiences: &[&str], now: i64) -> Result<Value, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let dec = |s: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(s)
+                .map_err(|_| TokenError::Malformed)
+        };
+        let header: Value = serde_json::from_slice(&dec(h)?).map_err(|_| TokenError::Malformed)?;
+        if header["alg"] != "ES256" {
+            return Err(TokenError::Signature);
+        }
+        let public = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            self.key.public_key().as_ref(),
+        );
+        public
+            .verify(format!("{h}.{p}").as_bytes(), &dec(sig)?)
+            .map_err(|_| TokenError::Signature)?;
+        let claims: Value = serde_json::from_slice(&dec(p)?).map_err(|_| TokenError::Malformed)?;
+        if claims["iss"] != ISSUER {
+            return Err(TokenError::Audience);
+        }
+        // A minute of leeway for clocks, as upstream allows.
+        let exp = claims["exp"].as_i64().ok_or(TokenError::Malformed)?;
+        let nbf = claims["nbf"].as_i64().unwrap_or(0);
+        if now > exp + 60 || now + 60 < nbf {
+            return Err(TokenError::Expired);
+        }
+        let aud_ok = claims["aud"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(claims["aud"].is_string().then_some(&claims["aud"]))
+            .filter_map(Value::as_str)
+            .any(|a| audiences.contains(&a));
+        if !aud_ok {
+            return Err(TokenError::Audience);
+        }
+        Ok(claims)
+    }
+
+    /// The public key as a JSON Web Key Set, for `/openid/v1/jwks`.
+    pub fn jwks(&self) -> Value {
+        // An uncompressed P-256 point: 0x04, then X and Y, 32 bytes each.
+        let point = self.key.public_key().as_ref();
+        let (x, y) = if point.len() == 65 {
+            (b64(&point[1..33]), b64(&point[33..]))
+        } else {
+            (String::new(), String::new())
+        };
+        json!({"keys": [{"use": "sig", "kty": "EC", "kid": self.kid, "crv": "P-256", "alg": "ES256", "x": x, "y": y}]})
     }
 }
 

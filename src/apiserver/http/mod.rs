@@ -61,10 +61,11 @@ pub fn user_from_cert(der: &[u8]) -> Option<User> {
         .next()
         .and_then(|cn| cn.as_str().ok())?
         .to_string();
-    let groups = subject
+    let mut groups: Vec<String> = subject
         .iter_organization()
         .filter_map(|o| o.as_str().ok().map(str::to_string))
         .collect();
+    groups.push("system:authenticated".into());
     Some(User { name, groups })
 }
 
@@ -109,18 +110,57 @@ fn is_public(path: &str) -> bool {
         })
 }
 
-/// Refuses anonymous requests outside the public paths with 401.
-async fn authenticate(req: Request, next: Next) -> Response {
-    let known = req
-        .extensions()
-        .get::<Caller>()
-        .is_some_and(|c| c.0.is_some());
-    if known || is_public(req.uri().path()) {
-        next.run(req).await
-    } else {
-        status::unauthorized()
+/// Knows the caller by certificate or bearer token, refuses unknown callers outside the public
+/// paths with 401 (a token that does not verify is a 401 everywhere), then authorizes.
+async fn authenticate(
+    axum::extract::State(auth): axum::extract::State<crate::apiserver::auth::Authenticator>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let mut user = req.extensions().get::<Caller>().and_then(|c| c.0.clone());
+    if user.is_none() {
+        let bearer = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string());
+        if let Some(token) = bearer {
+            match crate::apiserver::auth::authenticate_token(&auth, &token).await {
+                Some(u) => user = Some(u),
+                None => {
+                    crate::metrics::registry().inc(&AUTHN_FAILURES, &["token"], 1.0);
+                    return status::unauthorized();
+                }
+            }
+        }
     }
+    let path = req.uri().path().to_string();
+    let Some(user) = user else {
+        if is_public(&path) {
+            return next.run(req).await;
+        }
+        crate::metrics::registry().inc(&AUTHN_FAILURES, &["anonymous"], 1.0);
+        return status::unauthorized();
+    };
+    if !is_public(&path) {
+        if let Err(r) =
+            crate::apiserver::auth::authorize(&user, req.method(), &path, long_running(&req))
+        {
+            return r;
+        }
+    }
+    req.extensions_mut().insert(Caller(Some(user)));
+    next.run(req).await
 }
+
+/// Authentication failures, by the credential the caller tried.
+static AUTHN_FAILURES: crate::metrics::Desc = crate::metrics::Desc {
+    name: "apiserver_authentication_failures_total",
+    help: "Requests refused with 401, by the credential they carried.",
+    labels: &["credential"],
+    buckets: &[],
+};
 
 /// Requests served at once before the server answers 429, as kube-apiserver's
 /// `--max-requests-inflight` (400) and `--max-mutating-requests-inflight` (200).
@@ -265,7 +305,28 @@ async fn metrics(axum::extract::State(reg): axum::extract::State<Registry>) -> R
 }
 
 /// The router of every path served so far.
-pub fn router(health: Health, registry: Registry, disc: Discovery) -> Router {
+pub fn router(
+    health: Health,
+    registry: Registry,
+    disc: Discovery,
+    auth: crate::apiserver::auth::Authenticator,
+) -> Router {
+    use crate::apiserver::auth::reviews;
+    let reviews = Router::new()
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            axum::routing::post(reviews::self_subject),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            axum::routing::post(reviews::token_review),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(reviews::openid_configuration),
+        )
+        .route("/openid/v1/jwks", get(reviews::jwks))
+        .with_state(auth.clone());
     let discovery = Router::new()
         .route("/api", get(discovery::core))
         .route("/api/v1", get(discovery::core_v1))
@@ -294,6 +355,7 @@ pub fn router(health: Health, registry: Registry, disc: Discovery) -> Router {
         .route("/openapi/v3/{*gv}", get(super::openapi::v3_doc))
         .with_state(health)
         .merge(discovery)
+        .merge(reviews)
         .merge(resources)
         .fallback(|| async { status::not_found() })
         .layer(axum::middleware::from_fn_with_state(
@@ -301,7 +363,7 @@ pub fn router(health: Health, registry: Registry, disc: Discovery) -> Router {
             limit_in_flight,
         ))
         .layer(axum::middleware::from_fn(measure))
-        .layer(axum::middleware::from_fn(authenticate))
+        .layer(axum::middleware::from_fn_with_state(auth, authenticate))
 }
 
 /// Accepts TLS connections on `listener` and serves `app` until `stop` turns true.
