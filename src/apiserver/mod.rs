@@ -15,6 +15,7 @@ pub mod http;
 pub mod ipalloc;
 pub mod kubeconfig;
 pub mod openapi;
+pub mod openapi_pb;
 pub mod patch;
 pub mod pki;
 pub mod portalloc;

@@ -22,6 +22,8 @@ static SWAGGER: &[u8] = include_bytes!("../../api/swagger-v1.36.json");
 pub struct OpenApi {
     v2: Value,
     v2_bytes: Vec<u8>,
+    /// The served v2 document as protobuf, made on first request.
+    v2_proto: OnceLock<Vec<u8>>,
     v3: BTreeMap<String, (String, Vec<u8>)>,
     /// `group/version/kind` -> definition name.
     by_gvk: BTreeMap<(String, String, String), String>,
@@ -234,6 +236,7 @@ impl OpenApi {
         Ok(OpenApi {
             v2,
             v2_bytes,
+            v2_proto: OnceLock::new(),
             v3,
             by_gvk,
         })
@@ -372,6 +375,25 @@ fn unavailable() -> Response {
 
 /// `GET /openapi/v2` (JSON only: protobuf is answered with 406, so clients ask for JSON).
 pub async fn v2(headers: HeaderMap) -> Response {
+    // What kube-openapi answers with (the `@` form clients ask for is not a valid media type).
+    const PROTO: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+    let wants_proto = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/com.github.proto-openapi.spec.v2"));
+    if wants_proto {
+        let Some(doc) = get() else {
+            return unavailable();
+        };
+        let bytes = doc
+            .v2_proto
+            .get_or_init(|| {
+                let served: Value = serde_json::from_slice(&doc.v2_bytes).unwrap_or(Value::Null);
+                super::openapi_pb::document(&served)
+            })
+            .clone();
+        return ([(axum::http::header::CONTENT_TYPE, PROTO)], bytes).into_response();
+    }
     if !accepts_json(&headers) {
         return status::failure(
             StatusCode::NOT_ACCEPTABLE,
