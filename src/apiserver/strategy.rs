@@ -59,7 +59,30 @@ fn rolling_update(spec: &mut Value, field: &str, params: &[(&str, Value)]) {
     }
 }
 
-fn container_defaults(c: &mut Value) {
+/// An HTTPGet action's path and scheme.
+fn http_get_defaults(handler: &mut Value) {
+    if let Some(get) = object_mut(handler, "httpGet") {
+        default(get, "path", json!("/"));
+        default(get, "scheme", json!("HTTP"));
+    }
+}
+
+fn probe_defaults(probe: &mut Value) {
+    default(probe, "timeoutSeconds", json!(1));
+    default(probe, "periodSeconds", json!(10));
+    default(probe, "successThreshold", json!(1));
+    default(probe, "failureThreshold", json!(3));
+    http_get_defaults(probe);
+}
+
+/// `fieldRef.apiVersion` of env vars and downward API items.
+fn field_ref_defaults(holder: &mut Value) {
+    if let Some(f) = object_mut(holder, "fieldRef") {
+        default(f, "apiVersion", json!("v1"));
+    }
+}
+
+fn container_defaults(c: &mut Value, host_network: bool) {
     let image = c["image"].as_str().unwrap_or_default().to_string();
     default(c, "imagePullPolicy", json!(pull_policy(&image)));
     default(c, "terminationMessagePath", json!("/dev/termination-log"));
@@ -67,6 +90,55 @@ fn container_defaults(c: &mut Value) {
     default(c, "resources", json!({}));
     for p in array_mut(c, "ports") {
         default(p, "protocol", json!("TCP"));
+        if host_network && p.get("hostPort").is_none_or(|h| h.is_null() || *h == 0) {
+            p["hostPort"] = p["containerPort"].clone();
+        }
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = object_mut(c, probe) {
+            probe_defaults(p);
+        }
+    }
+    if let Some(lifecycle) = object_mut(c, "lifecycle") {
+        for hook in ["postStart", "preStop"] {
+            if let Some(h) = object_mut(lifecycle, hook) {
+                http_get_defaults(h);
+            }
+        }
+    }
+    for e in array_mut(c, "env") {
+        if let Some(from) = object_mut(e, "valueFrom") {
+            field_ref_defaults(from);
+        }
+    }
+}
+
+/// Volume sources: file modes 0644 where unset, a service-account token's hour, and an
+/// emptyDir for a volume that names no source.
+fn volume_defaults(v: &mut Value) {
+    let sources = v
+        .as_object()
+        .map_or(0, |m| m.keys().filter(|k| *k != "name").count());
+    if sources == 0 {
+        v["emptyDir"] = json!({});
+    }
+    for kind in ["secret", "configMap", "downwardAPI", "projected"] {
+        if let Some(src) = object_mut(v, kind) {
+            default(src, "defaultMode", json!(420));
+            for item in array_mut(src, "items") {
+                field_ref_defaults(item);
+            }
+            for proj in array_mut(src, "sources") {
+                if let Some(t) = object_mut(proj, "serviceAccountToken") {
+                    default(t, "expirationSeconds", json!(3600));
+                }
+                if let Some(d) = object_mut(proj, "downwardAPI") {
+                    for item in array_mut(d, "items") {
+                        field_ref_defaults(item);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -81,9 +153,38 @@ pub fn pod_spec_defaults(spec: &mut Value) {
     default(spec, "schedulerName", json!("default-scheduler"));
     default(spec, "securityContext", json!({}));
     default(spec, "enableServiceLinks", json!(true));
+    let host_network = spec["hostNetwork"] == true;
     for field in ["containers", "initContainers", "ephemeralContainers"] {
         for c in array_mut(spec, field) {
-            container_defaults(c);
+            container_defaults(c, host_network);
+        }
+    }
+    for v in array_mut(spec, "volumes") {
+        volume_defaults(v);
+    }
+}
+
+/// A pod's own containers ask for what they are limited to, where they ask for nothing, as
+/// upstream defaults pods (not templates); this decides the QoS class.
+fn requests_from_limits(spec: &mut Value) {
+    for field in ["containers", "initContainers"] {
+        for c in array_mut(spec, field) {
+            let limits = c["resources"]["limits"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            if limits.is_empty() {
+                continue;
+            }
+            let Some(res) = object_mut(c, "resources") else {
+                continue;
+            };
+            default(res, "requests", json!({}));
+            if let Some(req) = res.get_mut("requests").and_then(Value::as_object_mut) {
+                for (k, v) in limits {
+                    req.entry(k).or_insert(v);
+                }
+            }
         }
     }
 }
@@ -130,7 +231,10 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
         return;
     };
     match (def.group, def.plural) {
-        ("", "pods") => pod_spec_defaults(spec),
+        ("", "pods") => {
+            pod_spec_defaults(spec);
+            requests_from_limits(spec);
+        }
         ("", "replicationcontrollers") | ("apps", "replicasets") => {
             default(spec, "replicas", json!(1));
         }
@@ -369,6 +473,24 @@ mod tests {
         assert_eq!(spec["containers"][0]["imagePullPolicy"], "Always");
         assert_eq!(spec["containers"][1]["imagePullPolicy"], "IfNotPresent");
         assert_eq!(spec["containers"][0]["ports"][0]["protocol"], "TCP");
+        let mut full = json!({"spec": {"hostNetwork": true, "volumes": [{"name": "v"}, {"name": "s", "secret": {"secretName": "x"}}],
+            "containers": [{"name": "a", "image": "x:1", "ports": [{"containerPort": 8080}],
+                "resources": {"limits": {"cpu": "1"}},
+                "livenessProbe": {"httpGet": {"port": 80}},
+                "env": [{"name": "N", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}});
+        apply_defaults(pods, &mut full);
+        let c = &full["spec"]["containers"][0];
+        assert_eq!(c["ports"][0]["hostPort"], 8080);
+        assert_eq!(c["resources"]["requests"]["cpu"], "1");
+        assert_eq!(c["livenessProbe"]["periodSeconds"], 10);
+        assert_eq!(c["livenessProbe"]["httpGet"]["scheme"], "HTTP");
+        assert_eq!(c["env"][0]["valueFrom"]["fieldRef"]["apiVersion"], "v1");
+        assert_eq!(full["spec"]["volumes"][0]["emptyDir"], json!({}));
+        assert_eq!(full["spec"]["volumes"][1]["secret"]["defaultMode"], 420);
+        assert_eq!(
+            initial_status(pods, &full).expect("status")["qosClass"],
+            "Burstable"
+        );
         assert_eq!(
             initial_status(pods, &pod).expect("status")["qosClass"],
             "BestEffort"
