@@ -79,6 +79,16 @@ pub struct Entry {
 }
 
 impl Entry {
+    fn new(w: &Writer<'_>, operation: &str, fields: FieldSet) -> Entry {
+        Entry {
+            manager: w.manager.to_string(),
+            operation: operation.into(),
+            api_version: w.api_version.to_string(),
+            subresource: w.subresource.map(str::to_string),
+            time: w.now.to_string(),
+            fields,
+        }
+    }
     fn same_owner(&self, manager: &str, operation: &str, subresource: Option<&str>) -> bool {
         self.manager == manager
             && self.operation == operation
@@ -184,14 +194,7 @@ pub fn record_update(
             e.time = w.now.to_string();
             e.api_version = w.api_version.to_string();
         }
-        None => list.push(Entry {
-            manager: w.manager.to_string(),
-            operation: "Update".into(),
-            api_version: w.api_version.to_string(),
-            subresource: w.subresource.map(str::to_string),
-            time: w.now.to_string(),
-            fields: changed,
-        }),
+        None => list.push(Entry::new(w, "Update", changed)),
     }
     store(new, &list);
 }
@@ -287,14 +290,7 @@ pub fn apply(
     let mut list = live.map(entries).unwrap_or_default();
     let Some(live) = live else {
         let mut obj = config.clone();
-        list.push(Entry {
-            manager: w.manager.to_string(),
-            operation: "Apply".into(),
-            api_version: w.api_version.to_string(),
-            subresource: w.subresource.map(str::to_string),
-            time: w.now.to_string(),
-            fields: applied,
-        });
+        list.push(Entry::new(w, "Apply", applied));
         store(&mut obj, &list);
         return Ok(obj);
     };
@@ -366,14 +362,7 @@ pub fn apply(
             e.time = w.now.to_string();
             e.api_version = w.api_version.to_string();
         }
-        None => list.push(Entry {
-            manager: w.manager.to_string(),
-            operation: "Apply".into(),
-            api_version: w.api_version.to_string(),
-            subresource: w.subresource.map(str::to_string),
-            time: w.now.to_string(),
-            fields: applied,
-        }),
+        None => list.push(Entry::new(w, "Apply", applied)),
     }
     store(&mut merged, &list);
     Ok(merged)

@@ -37,6 +37,22 @@ fn pod_grace_period(def: &ResourceDef, pod: &Value, asked: Option<i64>) -> Optio
     )
 }
 
+/// Stores an object newly marked for deletion (grace period or finalizers) and answers with it.
+async fn store_marked(call: &Call<'_>, obj: &Value, expected: i64) -> Response {
+    match call
+        .reg
+        .store
+        .update(&key(call), to_stored(call.def, obj), expected)
+        .await
+    {
+        Ok(kv) => match to_wire(call.def, &kv) {
+            Ok(o) => json(StatusCode::OK, &o),
+            Err(r) => r,
+        },
+        Err(e) => store_error(call.def, call.name(), e),
+    }
+}
+
 /// `DELETE` one object: marked for deletion while finalizers remain, removed otherwise.
 pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
     let opts: Value = if body.is_empty() {
@@ -146,18 +162,7 @@ pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
             obj["metadata"]["deletionTimestamp"] =
                 json!(object::rfc3339(object::epoch_now() + grace));
             obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-            return match call
-                .reg
-                .store
-                .update(&key(call), to_stored(call.def, &obj), kv.mod_revision)
-                .await
-            {
-                Ok(kv) => match to_wire(call.def, &kv) {
-                    Ok(o) => json(StatusCode::OK, &o),
-                    Err(r) => r,
-                },
-                Err(e) => store_error(call.def, call.name(), e),
-            };
+            return store_marked(call, &obj, kv.mod_revision).await;
         }
         return json(StatusCode::OK, &obj);
     }
@@ -168,18 +173,7 @@ pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
             if namespace_finalizers {
                 obj["status"]["phase"] = json!("Terminating");
             }
-            return match call
-                .reg
-                .store
-                .update(&key(call), to_stored(call.def, &obj), kv.mod_revision)
-                .await
-            {
-                Ok(kv) => match to_wire(call.def, &kv) {
-                    Ok(o) => json(StatusCode::OK, &o),
-                    Err(r) => r,
-                },
-                Err(e) => store_error(call.def, call.name(), e),
-            };
+            return store_marked(call, &obj, kv.mod_revision).await;
         }
         return json(StatusCode::OK, &obj);
     }

@@ -55,6 +55,12 @@ fn set_values(rest: &str, whole: &str) -> Result<Vec<String>, SelectorError> {
         .collect())
 }
 
+/// Whether a LabelSelector object (matchLabels and matchExpressions) selects `labels`.
+pub fn label_selector_matches(selector: &Value, labels: &Value) -> bool {
+    Selector::parse_labels(&selector_string(selector))
+        .is_ok_and(|s| s.matches_labels(&serde_json::json!({"metadata": {"labels": labels}})))
+}
+
 impl Selector {
     /// Parses a label selector (`a=b,c!=d,e in (f,g),h,!i`).
     pub fn parse_labels(s: &str) -> Result<Selector, SelectorError> {

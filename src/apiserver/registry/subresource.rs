@@ -177,13 +177,7 @@ pub async fn bind(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response
 /// Whether a PodDisruptionBudget's selector selects the pod's labels.
 fn pdb_selects(pdb: &Value, pod: &Value) -> bool {
     let sel = &pdb["spec"]["selector"];
-    if !sel.is_object() {
-        return false;
-    }
-    let labels = &pod["metadata"]["labels"];
-    let expr = super::selector::selector_string(sel);
-    super::selector::Selector::parse_labels(&expr)
-        .is_ok_and(|s| s.matches_labels(&json!({"metadata": {"labels": labels}})))
+    sel.is_object() && super::selector::label_selector_matches(sel, &pod["metadata"]["labels"])
 }
 
 /// `POST pods/NAME/eviction`: deletes the pod unless that would break its disruption budget.

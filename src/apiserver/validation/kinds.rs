@@ -91,30 +91,10 @@ fn map_matches(selector: &Value, labels: &Value) -> bool {
         .all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// Whether a LabelSelector (matchLabels and matchExpressions) selects `labels`.
+/// Whether a LabelSelector (matchLabels and matchExpressions) selects `labels`, by the
+/// registry's one selector implementation.
 fn selector_matches(selector: &Value, labels: &Value) -> bool {
-    map_matches(&selector["matchLabels"], labels)
-        && selector["matchExpressions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .all(|e| {
-                let key = e["key"].as_str().unwrap_or_default();
-                let have = labels.get(key).and_then(Value::as_str);
-                let values: Vec<&str> = e["values"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                match e["operator"].as_str() {
-                    Some("In") => have.is_some_and(|h| values.contains(&h)),
-                    Some("NotIn") => !have.is_some_and(|h| values.contains(&h)),
-                    Some("Exists") => have.is_some(),
-                    Some("DoesNotExist") => have.is_none(),
-                    _ => false,
-                }
-            })
+    crate::apiserver::registry::selector::label_selector_matches(selector, labels)
 }
 
 /// A LabelSelector as Go's `%#v` prints it, the way upstream's "field is immutable" shows it.
