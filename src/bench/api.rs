@@ -26,7 +26,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::sync::{mpsc, watch};
 
-use super::{ms, percentiles, ApiBenchArgs, BenchError, Sample};
+use super::{ms, ApiBenchArgs, BenchError, Sample};
 use crate::apiserver::{self, ApiConfig};
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::etcd::{EtcdOptions, EtcdStore};
@@ -154,6 +154,15 @@ fn pod(name: &str) -> Bytes {
     )
 }
 
+fn percentiles(mut lat: Vec<Duration>) -> (Duration, Duration, Duration) {
+    lat.sort();
+    if lat.is_empty() {
+        return Default::default();
+    }
+    let at = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    (at(0.5), at(0.99), lat[lat.len() - 1])
+}
+
 /// `clients` workers doing `op(i)` for i in 0..total, each one at a time.
 async fn run_count<F, Fut>(
     target: &'static str,
@@ -206,7 +215,7 @@ struct Figures {
     backend: &'static str,
     creates: Sample,
     list: (Duration, Duration, usize),
-    watch: (Duration, Duration),
+    watch: (Duration, Duration, usize),
 }
 
 async fn bench_backend(
@@ -297,7 +306,7 @@ async fn bench_backend(
 async fn watchers(
     conns: &Arc<Vec<Conn>>,
     args: &ApiBenchArgs,
-) -> Result<(Duration, Duration), BenchError> {
+) -> Result<(Duration, Duration, usize), BenchError> {
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let (tx, mut rx) = mpsc::unbounded_channel::<Duration>();
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
@@ -376,8 +385,9 @@ async fn watchers(
     for t in tasks {
         t.abort();
     }
+    let n = delays.len();
     let (p50, p99, _) = percentiles(delays);
-    Ok((p50, p99))
+    Ok((p50, p99, n))
 }
 
 /// Raw etcd-client puts of pod-sized values with the same number of clients: the anchor.
@@ -442,6 +452,7 @@ pub async fn run(args: ApiBenchArgs) -> Result<(), BenchError> {
         if f.list.2 != args.objects {
             println!("(the {} LIST returned {} items)", f.backend, f.list.2);
         }
+        let _ = f.watch.2;
     }
     Ok(())
 }

@@ -110,16 +110,6 @@ pub async fn run_store(args: BenchArgs) -> Result<(), BenchError> {
     }
 }
 
-/// The p50, p99 and largest of some latencies.
-pub(crate) fn percentiles(mut lat: Vec<Duration>) -> (Duration, Duration, Duration) {
-    lat.sort();
-    let Some(&max) = lat.last() else {
-        return Default::default();
-    };
-    let at = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-    (at(0.5), at(0.99), max)
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }

@@ -48,16 +48,21 @@ where
         all.extend(lat);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let ops = all.len();
-    let (p50, p99, max) = super::percentiles(all);
+    all.sort();
+    let pct = |p: f64| -> Duration {
+        if all.is_empty() {
+            return Duration::ZERO;
+        }
+        all[((all.len() as f64 * p) as usize).min(all.len() - 1)]
+    };
     Ok(Sample {
         target,
         writers,
-        ops,
-        per_sec: ops as f64 / elapsed,
-        p50,
-        p99,
-        max,
+        ops: all.len(),
+        per_sec: all.len() as f64 / elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        max: all.last().copied().unwrap_or_default(),
     })
 }
 

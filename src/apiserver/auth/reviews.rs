@@ -2,6 +2,7 @@
 //! SelfSubjectReview (`kubectl auth whoami`), TokenReview, and OIDC discovery
 //! (`/.well-known/openid-configuration`, `/openid/v1/jwks`) so others can verify our tokens.
 
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -9,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{authenticate_token_for, Authenticator};
 use crate::apiserver::http::Caller;
-use crate::apiserver::registry::{object, read_body};
+use crate::apiserver::registry::{object, MAX_BODY};
 use crate::apiserver::status;
 use crate::apiserver::token::ISSUER;
 
@@ -44,9 +45,15 @@ pub async fn self_subject(req: Request) -> Response {
 
 /// `POST /apis/authentication.k8s.io/v1/tokenreviews`: whether a token is valid, and for whom.
 pub async fn token_review(State(auth): State<Authenticator>, req: Request) -> Response {
-    let body = match read_body(req).await {
+    let body: Bytes = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(_) => {
+            return status::failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                "the request body is too large",
+            )
+        }
     };
     let review: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,

@@ -105,19 +105,6 @@ fn method_not_allowed(info: &RequestInfo) -> Response {
     )
 }
 
-/// The request body, at most [`MAX_BODY`] bytes (413 beyond).
-pub(crate) async fn read_body(req: Request) -> Result<Bytes, Response> {
-    axum::body::to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|_| {
-            status::failure(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
-                "the request body is too large",
-            )
-        })
-}
-
 /// Parses a request body as JSON or YAML into an object.
 pub(crate) fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, Response> {
     let bad = |msg: String| status::failure(StatusCode::BAD_REQUEST, "BadRequest", &msg);
@@ -223,9 +210,15 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
             &format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf ({media})"),
         );
     }
-    let body = match read_body(req).await {
+    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(_) => {
+            return status::failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                "the request body is too large",
+            )
+        }
     };
     // A protobuf body becomes the JSON upstream would have written for it.
     let (body, content_type) =
