@@ -8,6 +8,8 @@
 pub mod apiserver;
 pub mod bench;
 pub mod cli;
+#[cfg(feature = "controllers")]
+pub mod controllers;
 pub mod metrics;
 pub mod parts;
 pub mod store;

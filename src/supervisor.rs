@@ -291,11 +291,26 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             }
         }
     };
+    #[cfg(all(feature = "apiserver", feature = "controllers"))]
+    let controllers = (!cfg.disable_controllers).then(|| {
+        let app = api.app.clone();
+        let client_for: crate::controllers::ClientFor = Arc::new(move |name: &str| {
+            crate::apiserver::local_client::client(
+                app.clone(),
+                crate::apiserver::local_client::controller_user(name),
+            )
+        });
+        tokio::spawn(crate::controllers::run(client_for, stop_rx.clone()))
+    });
     tracing::info!(parts = ?cfg.enabled_parts(), api_ready = api_ready.is_open(), "k1s server running");
 
     let signal = signals.wait().await;
     tracing::info!(signal, "shutting down");
     stop_tx.send_replace(true);
+    #[cfg(all(feature = "apiserver", feature = "controllers"))]
+    if let Some(c) = controllers {
+        let _ = c.await;
+    }
     #[cfg(feature = "apiserver")]
     api.stopped().await;
     let _ = compactor.await;

@@ -14,6 +14,8 @@ pub mod health;
 pub mod http;
 pub mod ipalloc;
 pub mod kubeconfig;
+#[cfg(feature = "controllers")]
+pub mod local_client;
 pub mod openapi;
 pub mod openapi_pb;
 pub mod patch;
@@ -47,6 +49,8 @@ pub enum ApiError {
     Store(#[from] crate::store::Error),
     #[error("service-account key: {0}")]
     Token(#[from] token::TokenError),
+    #[error("RBAC: {0}")]
+    Rbac(#[from] auth::rbac::bootstrap::BootstrapError),
     #[error("service IPs: {0}")]
     ServiceIps(#[from] ipalloc::AllocError),
     #[error("writing the admin kubeconfig {path}: {source}")]
@@ -75,6 +79,8 @@ pub struct ApiConfig {
 /// A running API server.
 pub struct ApiServer {
     pub addr: SocketAddr,
+    /// The router, for in-process clients.
+    pub app: axum::Router,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -133,12 +139,15 @@ pub async fn start(
     if created + removed > 0 {
         tracing::info!(created, removed, "repaired node port allocations");
     }
+    let policy = auth::rbac::bootstrap::reconcile_all(store.as_ref()).await?;
+    tracing::debug!(objects = policy, "bootstrap RBAC policy reconciled");
     let cache = crate::store::watch_cache::WatchCache::start(
         store.clone(),
         crate::store::keys::REGISTRY_ROOT,
         Default::default(),
     )
     .await?;
+    let rbac = auth::rbac::Rbac::start(store.clone(), &cache)?;
     let app = http::router(
         health::Health {
             store: store.clone(),
@@ -148,13 +157,18 @@ pub async fn start(
             cache,
             service_range: Some(range),
             tokens: tokens.clone(),
+            rbac: rbac.clone(),
         },
         discovery::Discovery {
             server_address: format!("{host}:{}", addr.port()),
         },
-        auth::Authenticator { tokens, store },
+        auth::Authenticator {
+            tokens,
+            store,
+            rbac,
+        },
     );
-    let task = tokio::spawn(http::serve(listener, tls, app, stop));
+    let task = tokio::spawn(http::serve(listener, tls, app.clone(), stop));
     tracing::info!(%addr, kubeconfig = %cfg.kubeconfig.display(), "API server listening");
-    Ok(ApiServer { addr, task })
+    Ok(ApiServer { addr, app, task })
 }

@@ -4,16 +4,18 @@
 //! service-account JWT this server signed ([`authenticate_token`]), valid only while its service
 //! account (and the pod or secret it is bound to) still exists with the same uid.
 //!
-//! Authorization is deliberately strict until RBAC lands: members of `system:masters` may do
-//! everything; every other authenticated user may only read discovery, OpenAPI, the health and
-//! version paths and the service-account issuer documents, and ask who they are
-//! (SelfSubjectReview), as upstream's bootstrap roles allow everyone. Everything else gets 403
-//! with upstream's wording.
+//! Authorization is upstream's: members of `system:masters` may do everything, everyone else what
+//! RBAC ([`rbac`]) allows; refusals are 403 with upstream's wording ([`forbidden`]).
+//! Impersonation ([`impersonate`]) and the access reviews ([`access`]) sit on the same
+//! authorizer.
 
 // A refusal is a finished HTTP response, built once per refused request; boxing it would only
 // add an allocation.
 #![allow(clippy::result_large_err)]
 
+pub mod access;
+pub mod impersonate;
+pub mod rbac;
 pub mod reviews;
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
 
+use self::rbac::rules::{Attributes, ResourceAttrs};
 use super::catalog;
 use super::http::User;
 use super::registry::object;
@@ -34,6 +37,7 @@ use crate::store::Store;
 pub struct Authenticator {
     pub tokens: Option<Arc<TokenSigner>>,
     pub store: Arc<dyn Store>,
+    pub rbac: rbac::Rbac,
 }
 
 /// The groups every service account is in.
@@ -100,118 +104,124 @@ pub async fn authenticate_token_for(
     })
 }
 
-/// Paths every authenticated user may read.
-fn open_to_authenticated(path: &str) -> bool {
-    matches!(
-        path,
-        "/api"
-            | "/apis"
-            | "/openapi/v2"
-            | "/openapi/v3"
-            | "/.well-known/openid-configuration"
-            | "/openid/v1/jwks"
-    ) || path.starts_with("/openapi/v3/")
-        || path == "/api/v1"
-        || path
-            .strip_prefix("/apis/")
-            .is_some_and(|rest| rest.split('/').filter(|s| !s.is_empty()).count() <= 2)
+/// The authorization attributes of an HTTP request, as upstream's RequestInfo resolves them.
+pub fn request_attributes(method: &Method, path: &str, watch: bool) -> Attributes {
+    match super::registry::request::parse(method, path, watch) {
+        Some(i) => {
+            // A namespace is its own namespace, so a RoleBinding in it can grant access to it.
+            let namespace = match (&i.namespace, i.group.as_str(), i.resource.as_str()) {
+                (None, "", "namespaces") => i.name.clone().unwrap_or_default(),
+                (ns, _, _) => ns.clone().unwrap_or_default(),
+            };
+            Attributes {
+                verb: i.verb.to_string(),
+                resource: Some(ResourceAttrs {
+                    group: i.group,
+                    resource: i.resource,
+                    subresource: i.subresource.unwrap_or_default(),
+                    namespace,
+                    name: i.name.unwrap_or_default(),
+                }),
+                path: path.to_string(),
+            }
+        }
+        None => Attributes {
+            verb: match method.as_str() {
+                "HEAD" => "get".into(),
+                m => m.to_lowercase(),
+            },
+            resource: None,
+            path: path.to_string(),
+        },
+    }
 }
 
-/// Decides whether `user` may make this request; the 403 upstream words if not.
-pub fn authorize(
-    user: &User,
-    method: &Method,
-    path: &str,
-    query_watch: bool,
-) -> Result<(), Response> {
-    if user.groups.iter().any(|g| g == "system:masters") {
-        return Ok(());
-    }
-    if method == Method::GET && open_to_authenticated(path) {
-        return Ok(());
-    }
-    if method == Method::POST && path == "/apis/authentication.k8s.io/v1/selfsubjectreviews" {
-        return Ok(());
-    }
-    let info = super::registry::request::parse(method, path, query_watch);
-    let message = match &info {
-        Some(i) => {
-            let resource = match &i.subresource {
-                Some(s) => format!("{}/{s}", i.resource),
-                None => i.resource.clone(),
+/// The 403 upstream answers when `user` may not do what `a` describes.
+pub fn forbidden(user: &str, a: &Attributes, reason: &str) -> Response {
+    let mut message = match &a.resource {
+        Some(r) => {
+            let resource = match r.subresource.as_str() {
+                "" => r.resource.clone(),
+                s => format!("{}/{s}", r.resource),
             };
-            let what = match &i.name {
-                Some(n) => format!("{} {n:?}", i.resource),
-                None => i.resource.clone(),
+            let qualified = match r.group.as_str() {
+                "" => r.resource.clone(),
+                g => format!("{}.{g}", r.resource),
             };
-            let scope = match &i.namespace {
-                Some(ns) => format!("in the namespace {ns:?}"),
-                None => "at the cluster scope".into(),
+            let what = match r.name.as_str() {
+                "" => qualified,
+                n => format!("{qualified} {n:?}"),
+            };
+            let scope = match r.namespace.as_str() {
+                "" => "at the cluster scope".into(),
+                ns => format!("in the namespace {ns:?}"),
             };
             format!(
-                "{what} is forbidden: User {:?} cannot {} resource {resource:?} in API group {:?} {scope}",
-                user.name, i.verb, i.group
+                "{what} is forbidden: User {user:?} cannot {} resource {resource:?} in API group {:?} {scope}",
+                a.verb, r.group
             )
         }
         None => format!(
-            "forbidden: User {:?} cannot {} path {path:?}",
-            user.name,
-            method.as_str().to_lowercase()
+            "forbidden: User {user:?} cannot {} path {:?}",
+            a.verb, a.path
         ),
     };
+    if !reason.is_empty() {
+        message.push_str(&format!(": {reason}"));
+    }
     let mut details = json!({});
-    if let Some(i) = &info {
-        details = json!({"kind": i.resource, "group": i.group});
-        if let Some(n) = &i.name {
-            details["name"] = json!(n);
+    if let Some(r) = &a.resource {
+        details = json!({"kind": r.resource, "group": r.group});
+        if !r.name.is_empty() {
+            details["name"] = json!(r.name);
         }
     }
-    Err(status::failure_with_details(
-        StatusCode::FORBIDDEN,
-        "Forbidden",
-        &message,
-        details,
-    ))
+    status::failure_with_details(StatusCode::FORBIDDEN, "Forbidden", &message, details)
+}
+
+/// Decides whether `user` may make the request `a`; the 403 upstream words if not.
+pub async fn authorize(auth: &Authenticator, user: &User, a: &Attributes) -> Result<(), Response> {
+    let d = auth.rbac.authorize(user, a).await;
+    if d.allowed {
+        return Ok(());
+    }
+    let reason = match d.errors.as_slice() {
+        [] => String::new(),
+        [one] => format!("RBAC: {one}"),
+        errs => format!("RBAC: [{}]", errs.join(", ")),
+    };
+    Err(forbidden(&user.name, a, &reason))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn user(groups: &[&str]) -> User {
-        User {
-            name: "ann".into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-        }
+    #[test]
+    fn requests_resolve_to_upstreams_attributes() {
+        let a = request_attributes(&Method::GET, "/api/v1/namespaces/a/pods/p/log", false);
+        let r = a.resource.expect("resource request");
+        assert_eq!((a.verb.as_str(), r.namespace.as_str()), ("get", "a"));
+        assert_eq!(
+            (r.resource.as_str(), r.subresource.as_str()),
+            ("pods", "log")
+        );
+        let ns = request_attributes(&Method::DELETE, "/api/v1/namespaces/team", false);
+        assert_eq!(ns.resource.expect("resource").namespace, "team");
+        let w = request_attributes(&Method::GET, "/apis/apps/v1/deployments", true);
+        assert_eq!(w.verb, "watch");
+        let n = request_attributes(&Method::GET, "/apis/apps/v1", false);
+        assert!(n.resource.is_none());
+        assert_eq!((n.verb.as_str(), n.path.as_str()), ("get", "/apis/apps/v1"));
     }
 
     #[test]
-    fn masters_pass_others_get_upstreams_403() {
-        let admin = user(&["system:masters", "system:authenticated"]);
-        assert!(authorize(&admin, &Method::DELETE, "/api/v1/nodes/n1", false).is_ok());
-        let ann = user(&["system:authenticated"]);
-        for (m, p) in [
-            (Method::GET, "/api"),
-            (Method::GET, "/apis/apps/v1"),
-            (Method::GET, "/openapi/v3/api/v1"),
-        ] {
-            assert!(authorize(&ann, &m, p, false).is_ok(), "{p}");
-        }
-        assert!(authorize(
-            &ann,
-            &Method::POST,
-            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
-            false
-        )
-        .is_ok());
-        for (m, p) in [
-            (Method::GET, "/api/v1/namespaces/a/pods"),
-            (Method::GET, "/apis/apps/v1/deployments"),
-            (Method::GET, "/metrics"),
-            (Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews"),
-        ] {
-            let r = authorize(&ann, &m, p, false).expect_err(p);
-            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{p}");
-        }
+    fn refusals_are_worded_as_upstream() {
+        let a = request_attributes(&Method::GET, "/api/v1/namespaces/a/pods", false);
+        let r = forbidden("ann", &a, "");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let n = request_attributes(&Method::GET, "/metrics", false);
+        let r = forbidden("ann", &n, "");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
     }
 }

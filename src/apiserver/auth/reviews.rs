@@ -14,7 +14,44 @@ use crate::apiserver::registry::{object, MAX_BODY};
 use crate::apiserver::status;
 use crate::apiserver::token::ISSUER;
 
-fn json(code: StatusCode, v: &Value) -> Response {
+/// Reads a review object from a request body (JSON, YAML or protobuf).
+pub(super) async fn read_review(req: Request, kind: &str) -> Result<Value, Response> {
+    let media = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    let body: Bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| {
+            status::failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                "the request body is too large",
+            )
+        })?;
+    let bad = || {
+        status::failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("the body of the request could not be decoded as a {kind}"),
+        )
+    };
+    let value = if media.starts_with(crate::apiserver::protobuf::MEDIA_TYPE) {
+        crate::apiserver::protobuf::to_json(&body, None).map_err(|_| bad())?
+    } else if media.contains("yaml") {
+        serde_yaml_ng::from_slice(&body).map_err(|_| bad())?
+    } else {
+        serde_json::from_slice(&body).map_err(|_| bad())?
+    };
+    match value {
+        v @ Value::Object(_) => Ok(v),
+        _ => Err(bad()),
+    }
+}
+
+pub(super) fn json(code: StatusCode, v: &Value) -> Response {
     (
         code,
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -45,25 +82,9 @@ pub async fn self_subject(req: Request) -> Response {
 
 /// `POST /apis/authentication.k8s.io/v1/tokenreviews`: whether a token is valid, and for whom.
 pub async fn token_review(State(auth): State<Authenticator>, req: Request) -> Response {
-    let body: Bytes = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            return status::failure(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
-                "the request body is too large",
-            )
-        }
-    };
-    let review: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return status::failure(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "the body of the request could not be decoded as a TokenReview",
-            )
-        }
+    let review = match read_review(req, "TokenReview").await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let token = review["spec"]["token"].as_str().unwrap_or_default();
     let asked: Vec<String> = review["spec"]["audiences"]

@@ -143,10 +143,17 @@ async fn authenticate(
         crate::metrics::registry().inc(&AUTHN_FAILURES, &["anonymous"], 1.0);
         return status::unauthorized();
     };
+    let user = match crate::apiserver::auth::impersonate::impersonated(&auth, &user, req.headers())
+        .await
+    {
+        Ok(Some(acting_as)) => acting_as,
+        Ok(None) => user,
+        Err(r) => return r,
+    };
     if !is_public(&path) {
-        if let Err(r) =
-            crate::apiserver::auth::authorize(&user, req.method(), &path, long_running(&req))
-        {
+        let attrs =
+            crate::apiserver::auth::request_attributes(req.method(), &path, long_running(&req));
+        if let Err(r) = crate::apiserver::auth::authorize(&auth, &user, &attrs).await {
             return r;
         }
     }
@@ -311,7 +318,7 @@ pub fn router(
     disc: Discovery,
     auth: crate::apiserver::auth::Authenticator,
 ) -> Router {
-    use crate::apiserver::auth::reviews;
+    use crate::apiserver::auth::{access, reviews};
     let reviews = Router::new()
         .route(
             "/apis/authentication.k8s.io/v1/selfsubjectreviews",
@@ -326,6 +333,22 @@ pub fn router(
             get(reviews::openid_configuration),
         )
         .route("/openid/v1/jwks", get(reviews::jwks))
+        .route(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            axum::routing::post(access::subject),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/namespaces/{namespace}/localsubjectaccessreviews",
+            axum::routing::post(access::local_subject),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            axum::routing::post(access::self_subject),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+            axum::routing::post(access::self_rules),
+        )
         .with_state(auth.clone());
     let discovery = Router::new()
         .route("/api", get(discovery::core))

@@ -50,6 +50,8 @@ pub struct Registry {
     pub service_range: Option<crate::apiserver::ipalloc::ServiceRange>,
     /// Signs service-account tokens (`serviceaccounts/NAME/token`).
     pub tokens: Option<Arc<crate::apiserver::token::TokenSigner>>,
+    /// The authorizer, for escalation checks on RBAC writes.
+    pub rbac: crate::apiserver::auth::rbac::Rbac,
 }
 
 /// One request, resolved against the catalog.
@@ -62,6 +64,8 @@ pub(crate) struct Call<'a> {
     pub table: Option<&'static str>,
     /// The field manager of a write: `fieldManager`, else the User-Agent's product name.
     pub manager: String,
+    /// Who is asking (after impersonation).
+    pub user: Option<crate::apiserver::http::User>,
 }
 
 impl Call<'_> {
@@ -127,6 +131,10 @@ pub(crate) fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, Resp
 /// Serves every request under `/api/v1` and `/apis/GROUP/VERSION` that discovery does not.
 pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
     let query = request::parse_query(req.uri().query());
+    let user = req
+        .extensions()
+        .get::<crate::apiserver::http::Caller>()
+        .and_then(|c| c.0.clone());
     let Some(info) = request::parse(req.method(), req.uri().path(), query.watch) else {
         return status::not_found();
     };
@@ -247,6 +255,7 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
         query,
         table,
         manager,
+        user,
     };
     match (call.info.subresource.as_deref(), call.info.verb) {
         (Some("scale"), "get") => return subresource::get_scale(&call).await,

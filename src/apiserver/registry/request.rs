@@ -114,7 +114,10 @@ pub fn parse(method: &Method, path: &str, watch: bool) -> Option<RequestInfo> {
         rest.remove(0);
     }
     let mut namespace = None;
-    if rest.len() >= 3 && rest[0] == "namespaces" {
+    // `namespaces/NAME/status` and `namespaces/NAME/finalize` are subresources of a namespace.
+    let namespace_subresource =
+        rest.len() == 3 && rest[0] == "namespaces" && matches!(rest[2], "status" | "finalize");
+    if rest.len() >= 3 && rest[0] == "namespaces" && !namespace_subresource {
         namespace = Some(rest[1].to_string());
         rest.drain(..2);
     }

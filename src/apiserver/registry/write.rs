@@ -274,6 +274,9 @@ async fn create_object(
     if !errs.is_empty() {
         return crate::apiserver::validation::response(call.def, &name, &errs);
     }
+    if let Err(r) = check_escalation(call, &obj, None).await {
+        return r;
+    }
     if call.def.plural == "namespaces" && call.def.group.is_empty() {
         let fresh = new_namespace(&name);
         obj["spec"] = fresh["spec"].clone();
@@ -530,6 +533,9 @@ async fn read_modify_write(
             if !errs.is_empty() {
                 return crate::apiserver::validation::response(call.def, call.name(), &errs);
             }
+            if let Err(r) = check_escalation(call, &new, Some(&old)).await {
+                return r;
+            }
         }
         if unchanged(&old, &new) {
             // As upstream, an update that changes nothing is not written: no new
@@ -548,6 +554,23 @@ async fn read_modify_write(
         }
     }
     object::conflict(call.def, call.name())
+}
+
+/// Refuses RBAC objects that grant more than their writer holds.
+async fn check_escalation(
+    call: &Call<'_>,
+    new: &Value,
+    old: Option<&Value>,
+) -> Result<(), Response> {
+    match &call.user {
+        Some(user) if call.def.group == "rbac.authorization.k8s.io" => {
+            call.reg
+                .rbac
+                .check_escalation(user, call.def.plural, call.ns(), new, old)
+                .await
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `PUT` an object (or its status).
