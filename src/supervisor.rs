@@ -293,14 +293,18 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
     };
     #[cfg(all(feature = "apiserver", feature = "controllers"))]
     let controllers = (!cfg.disable_controllers).then(|| {
+        use crate::apiserver::local_client;
         let app = api.app.clone();
-        let client_for: crate::controllers::ClientFor = Arc::new(move |name: &str| {
-            crate::apiserver::local_client::client(
-                app.clone(),
-                crate::apiserver::local_client::controller_user(name),
-            )
-        });
-        tokio::spawn(crate::controllers::run(client_for, stop_rx.clone()))
+        let clients = crate::controllers::Clients {
+            shared: local_client::client(app.clone(), local_client::controller_manager_user()),
+            for_account: Arc::new(move |name: &str| {
+                local_client::client(app.clone(), local_client::controller_user(name))
+            }),
+        };
+        let ctx = crate::controllers::Context {
+            root_ca: api.ca_cert.clone(),
+        };
+        tokio::spawn(crate::controllers::run(clients, ctx, stop_rx.clone()))
     });
     tracing::info!(parts = ?cfg.enabled_parts(), api_ready = api_ready.is_open(), "k1s server running");
 

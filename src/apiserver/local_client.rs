@@ -29,3 +29,11 @@ pub fn controller_user(name: &str) -> User {
         ],
     }
 }
+
+/// The controller manager's own user, for the reads its controllers share.
+pub fn controller_manager_user() -> User {
+    User {
+        name: "system:kube-controller-manager".into(),
+        groups: vec!["system:authenticated".into()],
+    }
+}

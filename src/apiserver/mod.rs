@@ -5,6 +5,7 @@
 //! `/livez`, `/readyz`, the admin kubeconfig, and discovery of every built-in resource
 //! ([`catalog`], [`discovery`]). The resource handlers come next.
 
+pub mod admission;
 pub mod apply;
 pub mod auth;
 pub mod catalog;
@@ -22,6 +23,7 @@ pub mod patch;
 pub mod pki;
 pub mod portalloc;
 pub mod protobuf;
+pub mod quantity;
 pub mod registry;
 pub mod status;
 pub mod strategy;
@@ -81,6 +83,8 @@ pub struct ApiServer {
     pub addr: SocketAddr,
     /// The router, for in-process clients.
     pub app: axum::Router,
+    /// The cluster CA certificate (PEM).
+    pub ca_cert: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -170,5 +174,10 @@ pub async fn start(
     );
     let task = tokio::spawn(http::serve(listener, tls, app.clone(), stop));
     tracing::info!(%addr, kubeconfig = %cfg.kubeconfig.display(), "API server listening");
-    Ok(ApiServer { addr, app, task })
+    Ok(ApiServer {
+        addr,
+        app,
+        ca_cert: pki.ca_cert.clone(),
+        task,
+    })
 }

@@ -258,6 +258,16 @@ async fn bench_backend(
                 Some(Bytes::from(body.to_string())),
             )
             .await?;
+        // Pods run as the namespace's `default` account, which the controllers (not started
+        // here) would create.
+        let sa = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+        admin
+            .call(
+                "POST",
+                &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+                Some(Bytes::from(sa.to_string())),
+            )
+            .await?;
     }
 
     let conns = Arc::new(conns);

@@ -1,24 +1,58 @@
 //! The controllers: API clients (kube-rs) that reconcile the cluster towards what its objects
-//! ask for. Each runs with its own identity, the service account upstream's
+//! ask for. Each writes with its own identity, the service account upstream's
 //! kube-controller-manager gives it (`--use-service-account-credentials`), so RBAC limits each to
-//! what its bootstrap role allows.
+//! what its bootstrap role allows; they read through one shared identity
+//! (`system:kube-controller-manager`), as upstream's shared informers do.
 //!
-//! So far: the ClusterRole aggregation controller ([`clusterrole_aggregation`]).
+//! So far: ClusterRole aggregation ([`clusterrole_aggregation`]), the `default` ServiceAccount
+//! ([`serviceaccounts`]) and the root CA ConfigMap ([`root_ca`]) of every namespace.
 
 pub mod clusterrole_aggregation;
+pub mod per_namespace;
+pub mod root_ca;
+pub mod serviceaccounts;
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-/// Makes an API client acting as the service account `kube-system:NAME`.
-pub type ClientFor = Arc<dyn Fn(&str) -> kube::Client + Send + Sync>;
+/// The API clients controllers use.
+#[derive(Clone)]
+pub struct Clients {
+    /// Reads shared by every controller (watches and lists).
+    pub shared: kube::Client,
+    /// Makes a client acting as the service account `kube-system:NAME`.
+    pub for_account: Arc<dyn Fn(&str) -> kube::Client + Send + Sync>,
+}
+
+/// What the controllers need to know about the cluster.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The cluster CA certificate (PEM), published as `kube-root-ca.crt`.
+    pub root_ca: String,
+}
 
 /// Runs every controller until `stop` turns true.
-pub async fn run(client_for: ClientFor, stop: watch::Receiver<bool>) {
-    let aggregation = tokio::spawn(clusterrole_aggregation::run(
-        client_for("clusterrole-aggregation-controller"),
-        stop.clone(),
-    ));
-    let _ = aggregation.await;
+pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
+    let account = |name: &str| (clients.for_account)(name);
+    let tasks = vec![
+        tokio::spawn(clusterrole_aggregation::run(
+            account("clusterrole-aggregation-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(serviceaccounts::run(
+            clients.shared.clone(),
+            account("service-account-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(root_ca::run(
+            clients.shared.clone(),
+            account("root-ca-cert-publisher"),
+            ctx.root_ca,
+            stop.clone(),
+        )),
+    ];
+    for t in tasks {
+        let _ = t.await;
+    }
 }

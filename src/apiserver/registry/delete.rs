@@ -93,6 +93,14 @@ pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
         Ok(o) => o,
         Err(r) => return r,
     };
+    let attrs = super::write::admission_attributes(
+        call,
+        call.name(),
+        crate::apiserver::admission::Operation::Delete,
+    );
+    if let Err(r) = crate::apiserver::admission::validate(&attrs, &obj).await {
+        return r;
+    }
     let pre = &opts["preconditions"];
     if let Some(uid) = pre["uid"].as_str() {
         if obj["metadata"]["uid"].as_str() != Some(uid) {

@@ -334,5 +334,36 @@ pub async fn bootstrap(
             ignore_exists(store.create(&key, object::to_stored(def, &svc)).await)?;
         }
     }
+    if let Some(def) = catalog::find("scheduling.k8s.io", "v1", "priorityclasses") {
+        for (name, value, description) in SYSTEM_PRIORITY_CLASSES {
+            let pc = serde_json::json!({
+                "apiVersion": "scheduling.k8s.io/v1",
+                "kind": "PriorityClass",
+                "metadata": {"name": name, "uid": object::new_uid(), "creationTimestamp": object::now_rfc3339()},
+                "value": value,
+                "description": description,
+                "preemptionPolicy": "PreemptLowerPriority",
+            });
+            ignore_exists(
+                store
+                    .create(&object::key(def, None, name), object::to_stored(def, &pc))
+                    .await,
+            )?;
+        }
+    }
     Ok(())
 }
+
+/// The priority classes upstream creates at start.
+const SYSTEM_PRIORITY_CLASSES: [(&str, i64, &str); 2] = [
+    (
+        "system-node-critical",
+        2_000_001_000,
+        "Used for system critical pods that must not be moved from their current node.",
+    ),
+    (
+        "system-cluster-critical",
+        2_000_000_000,
+        "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+    ),
+];

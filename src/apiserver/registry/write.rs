@@ -1,5 +1,6 @@
 //! Get, create, update, patch and delete of one object.
 
+use crate::apiserver::admission::{self, Operation};
 use axum::body::Bytes;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
@@ -269,12 +270,19 @@ async fn create_object(
     }
     crate::apiserver::strategy::apply_defaults(call.def, &mut obj);
     crate::apiserver::strategy::prepare_create(call.def, &mut obj);
+    let attrs = admission_attributes(call, &name, Operation::Create);
+    if let Err(r) = admission::admit(&attrs, &mut obj, None).await {
+        return r;
+    }
     object::drop_empty_metadata(&mut obj);
     let errs = crate::apiserver::validation::validate_create(call.def, &obj);
     if !errs.is_empty() {
         return crate::apiserver::validation::response(call.def, &name, &errs);
     }
     if let Err(r) = check_escalation(call, &obj, None).await {
+        return r;
+    }
+    if let Err(r) = admission::validate(&attrs, &obj).await {
         return r;
     }
     if call.def.plural == "namespaces" && call.def.group.is_empty() {
@@ -519,6 +527,10 @@ async fn read_modify_write(
             }
         }
         let mut new = prepare_update(call, &old, new);
+        let attrs = admission_attributes(call, call.name(), Operation::Update);
+        if let Err(r) = admission::admit(&attrs, &mut new, Some(&old)).await {
+            return r;
+        }
         if record {
             // managedFields are the server's to keep: the old ones, with this write added.
             new["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
@@ -537,6 +549,9 @@ async fn read_modify_write(
                 return r;
             }
         }
+        if let Err(r) = admission::validate(&attrs, &new).await {
+            return r;
+        }
         if unchanged(&old, &new) {
             // As upstream, an update that changes nothing is not written: no new
             // resourceVersion, no watch event.
@@ -554,6 +569,23 @@ async fn read_modify_write(
         }
     }
     object::conflict(call.def, call.name())
+}
+
+/// What admission sees of a write.
+pub(crate) fn admission_attributes<'a>(
+    call: &'a Call<'_>,
+    name: &'a str,
+    op: Operation,
+) -> admission::Attributes<'a> {
+    admission::Attributes {
+        reg: call.reg,
+        def: call.def,
+        subresource: call.info.subresource.as_deref(),
+        namespace: call.ns(),
+        name,
+        user: call.user.as_ref(),
+        op,
+    }
 }
 
 /// Refuses RBAC objects that grant more than their writer holds.
