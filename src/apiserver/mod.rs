@@ -158,7 +158,7 @@ pub async fn start(
         },
         registry::Registry {
             store: store.clone(),
-            cache,
+            cache: cache.clone(),
             service_range: Some(range),
             tokens: tokens.clone(),
             rbac: rbac.clone(),
@@ -170,6 +170,7 @@ pub async fn start(
             tokens,
             store,
             rbac,
+            cache: cache.clone(),
         },
     );
     let task = tokio::spawn(http::serve(listener, tls, app.clone(), stop));

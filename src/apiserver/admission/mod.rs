@@ -2,7 +2,8 @@
 //!
 //! The mutating phase ([`admit`]) runs after defaults and before validation, the validating phase
 //! ([`validate`]) after validation, as kube-apiserver orders them. Plugins, in upstream's order:
-//! NamespaceLifecycle (the namespace checks of the registry, plus [`lifecycle`]), LimitRanger
+//! NamespaceLifecycle (the namespace checks of the registry, plus [`lifecycle`]), NodeRestriction
+//! ([`node_restriction`]), LimitRanger
 //! ([`limit_ranger`]), ServiceAccount ([`service_account`]), TaintNodesByCondition,
 //! Priority ([`priority`]), DefaultTolerationSeconds, DefaultStorageClass and
 //! StorageObjectInUseProtection ([`defaults`]).
@@ -14,6 +15,7 @@
 pub mod defaults;
 pub mod lifecycle;
 pub mod limit_ranger;
+pub mod node_restriction;
 pub mod priority;
 pub mod service_account;
 
@@ -91,9 +93,15 @@ pub async fn admit(
     Ok(())
 }
 
-/// The validating plugins; `obj` is the object written (the old one for a delete).
-pub async fn validate(a: &Attributes<'_>, obj: &Value) -> Result<(), Response> {
+/// The validating plugins; `obj` is the object written (the old one for a delete), `old` the one
+/// it replaces.
+pub async fn validate(
+    a: &Attributes<'_>,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Result<(), Response> {
     lifecycle::validate(a)?;
+    node_restriction::validate(a, obj, old)?;
     limit_ranger::validate(a, obj).await?;
     Ok(())
 }

@@ -53,6 +53,7 @@ fn spec_attributes(spec: &Value) -> Attributes {
                 subresource: s("subresource"),
                 namespace: s("namespace"),
                 name: s("name"),
+                ..Default::default()
             }),
             path: String::new(),
         };
@@ -68,13 +69,10 @@ fn spec_attributes(spec: &Value) -> Attributes {
 /// Answers a review for `user`, echoing the request with its status filled in.
 async fn answer(auth: &Authenticator, mut review: Value, kind: &str, user: &User) -> Response {
     let a = spec_attributes(&review["spec"]);
-    let d = auth.rbac.authorize(user, &a).await;
+    let d = super::decide(auth, user, &a).await;
     let mut st = json!({"allowed": d.allowed});
     if !d.reason.is_empty() {
         st["reason"] = json!(d.reason);
-    }
-    if !d.errors.is_empty() {
-        st["evaluationError"] = json!(d.errors.join(", "));
     }
     review["kind"] = json!(kind);
     review["apiVersion"] = json!(GROUP_VERSION);

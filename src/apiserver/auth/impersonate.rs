@@ -24,6 +24,7 @@ fn attrs(group: &str, resource: &str, sub: &str, namespace: &str, name: &str) ->
             subresource: sub.into(),
             namespace: namespace.into(),
             name: name.into(),
+            ..Default::default()
         }),
         path: String::new(),
     }
@@ -100,7 +101,7 @@ pub async fn impersonated(
         checks.push(attrs("authentication.k8s.io", "userextras", k, "", v));
     }
     for a in &checks {
-        if !auth.rbac.authorize(caller, a).await.allowed {
+        if !super::decide(auth, caller, a).await.allowed {
             return Err(forbidden(&caller.name, a, ""));
         }
     }

@@ -15,6 +15,7 @@
 
 pub mod access;
 pub mod impersonate;
+pub mod node;
 pub mod rbac;
 pub mod reviews;
 
@@ -38,6 +39,8 @@ pub struct Authenticator {
     pub tokens: Option<Arc<TokenSigner>>,
     pub store: Arc<dyn Store>,
     pub rbac: rbac::Rbac,
+    /// The watch cache, for the Node authorizer's lookups.
+    pub cache: crate::store::watch_cache::WatchCache,
 }
 
 /// The groups every service account is in.
@@ -105,9 +108,24 @@ pub async fn authenticate_token_for(
 }
 
 /// The authorization attributes of an HTTP request, as upstream's RequestInfo resolves them.
-pub fn request_attributes(method: &Method, path: &str, watch: bool) -> Attributes {
+pub fn request_attributes(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    watch: bool,
+) -> Attributes {
     match super::registry::request::parse(method, path, watch) {
         Some(i) => {
+            let field_selector = super::registry::request::parse_query(query)
+                .field_selector
+                .unwrap_or_default();
+            // A list or watch of one object by name names it, as upstream's RequestInfo does.
+            let mut name = i.name.clone().unwrap_or_default();
+            if name.is_empty() && matches!(i.verb, "list" | "watch") {
+                if let Some(n) = exact_match(&field_selector, "metadata.name") {
+                    name = n.to_string();
+                }
+            }
             // A namespace is its own namespace, so a RoleBinding in it can grant access to it.
             let namespace = match (&i.namespace, i.group.as_str(), i.resource.as_str()) {
                 (None, "", "namespaces") => i.name.clone().unwrap_or_default(),
@@ -120,7 +138,8 @@ pub fn request_attributes(method: &Method, path: &str, watch: bool) -> Attribute
                     resource: i.resource,
                     subresource: i.subresource.unwrap_or_default(),
                     namespace,
-                    name: i.name.unwrap_or_default(),
+                    name,
+                    field_selector,
                 }),
                 path: path.to_string(),
             }
@@ -134,6 +153,14 @@ pub fn request_attributes(method: &Method, path: &str, watch: bool) -> Attribute
             path: path.to_string(),
         },
     }
+}
+
+/// The value a field selector requires `field` to equal, if it does.
+pub fn exact_match<'a>(selector: &'a str, field: &str) -> Option<&'a str> {
+    selector.split(',').find_map(|term| {
+        let (k, v) = term.split_once("==").or_else(|| term.split_once('='))?;
+        (k.trim() == field && !k.ends_with('!')).then(|| v.trim())
+    })
 }
 
 /// The 403 upstream answers when `user` may not do what `a` describes.
@@ -179,18 +206,45 @@ pub fn forbidden(user: &str, a: &Attributes, reason: &str) -> Response {
     status::failure_with_details(StatusCode::FORBIDDEN, "Forbidden", &message, details)
 }
 
-/// Decides whether `user` may make the request `a`; the 403 upstream words if not.
-pub async fn authorize(auth: &Authenticator, user: &User, a: &Attributes) -> Result<(), Response> {
+/// Whether `user` may make the request `a`: the Node authorizer for kubelets, then RBAC, as
+/// upstream's `--authorization-mode=Node,RBAC`. A refusal's reason gathers both authorizers'.
+pub async fn decide(auth: &Authenticator, user: &User, a: &Attributes) -> rbac::Decision {
+    let mut reasons = Vec::new();
+    if let Some(n) = node::node_name(user) {
+        match node::authorize(auth, n, a).await {
+            node::Verdict::Allow => {
+                return rbac::Decision {
+                    allowed: true,
+                    ..Default::default()
+                }
+            }
+            node::Verdict::NoOpinion(why) if !why.is_empty() => reasons.push(why),
+            node::Verdict::NoOpinion(_) => {}
+        }
+    }
     let d = auth.rbac.authorize(user, a).await;
+    if d.allowed {
+        return d;
+    }
+    match d.errors.as_slice() {
+        [] => {}
+        [one] => reasons.push(format!("RBAC: {one}")),
+        errs => reasons.push(format!("RBAC: [{}]", errs.join(", "))),
+    }
+    rbac::Decision {
+        allowed: false,
+        reason: reasons.join("\n"),
+        errors: d.errors,
+    }
+}
+
+/// As [`decide`], with upstream's 403 for a refusal.
+pub async fn authorize(auth: &Authenticator, user: &User, a: &Attributes) -> Result<(), Response> {
+    let d = decide(auth, user, a).await;
     if d.allowed {
         return Ok(());
     }
-    let reason = match d.errors.as_slice() {
-        [] => String::new(),
-        [one] => format!("RBAC: {one}"),
-        errs => format!("RBAC: [{}]", errs.join(", ")),
-    };
-    Err(forbidden(&user.name, a, &reason))
+    Err(forbidden(&user.name, a, &d.reason))
 }
 
 #[cfg(test)]
@@ -199,28 +253,34 @@ mod tests {
 
     #[test]
     fn requests_resolve_to_upstreams_attributes() {
-        let a = request_attributes(&Method::GET, "/api/v1/namespaces/a/pods/p/log", false);
+        let a = request_attributes(&Method::GET, "/api/v1/namespaces/a/pods/p/log", None, false);
         let r = a.resource.expect("resource request");
         assert_eq!((a.verb.as_str(), r.namespace.as_str()), ("get", "a"));
         assert_eq!(
             (r.resource.as_str(), r.subresource.as_str()),
             ("pods", "log")
         );
-        let ns = request_attributes(&Method::DELETE, "/api/v1/namespaces/team", false);
+        let ns = request_attributes(&Method::DELETE, "/api/v1/namespaces/team", None, false);
         assert_eq!(ns.resource.expect("resource").namespace, "team");
-        let w = request_attributes(&Method::GET, "/apis/apps/v1/deployments", true);
+        let w = request_attributes(
+            &Method::GET,
+            "/apis/apps/v1/deployments",
+            Some("fieldSelector=metadata.name%3Dweb"),
+            true,
+        );
         assert_eq!(w.verb, "watch");
-        let n = request_attributes(&Method::GET, "/apis/apps/v1", false);
+        assert_eq!(w.resource.expect("resource").name, "web");
+        let n = request_attributes(&Method::GET, "/apis/apps/v1", None, false);
         assert!(n.resource.is_none());
         assert_eq!((n.verb.as_str(), n.path.as_str()), ("get", "/apis/apps/v1"));
     }
 
     #[test]
     fn refusals_are_worded_as_upstream() {
-        let a = request_attributes(&Method::GET, "/api/v1/namespaces/a/pods", false);
+        let a = request_attributes(&Method::GET, "/api/v1/namespaces/a/pods", None, false);
         let r = forbidden("ann", &a, "");
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
-        let n = request_attributes(&Method::GET, "/metrics", false);
+        let n = request_attributes(&Method::GET, "/metrics", None, false);
         let r = forbidden("ann", &n, "");
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
     }

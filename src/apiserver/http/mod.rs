@@ -151,8 +151,12 @@ async fn authenticate(
         Err(r) => return r,
     };
     if !is_public(&path) {
-        let attrs =
-            crate::apiserver::auth::request_attributes(req.method(), &path, long_running(&req));
+        let attrs = crate::apiserver::auth::request_attributes(
+            req.method(),
+            &path,
+            req.uri().query(),
+            long_running(&req),
+        );
         if let Err(r) = crate::apiserver::auth::authorize(&auth, &user, &attrs).await {
             return r;
         }

@@ -98,7 +98,7 @@ pub async fn delete(call: &Call<'_>, body: &Bytes) -> Response {
         call.name(),
         crate::apiserver::admission::Operation::Delete,
     );
-    if let Err(r) = crate::apiserver::admission::validate(&attrs, &obj).await {
+    if let Err(r) = crate::apiserver::admission::validate(&attrs, &obj, None).await {
         return r;
     }
     let pre = &opts["preconditions"];

@@ -282,7 +282,7 @@ async fn create_object(
     if let Err(r) = check_escalation(call, &obj, None).await {
         return r;
     }
-    if let Err(r) = admission::validate(&attrs, &obj).await {
+    if let Err(r) = admission::validate(&attrs, &obj, None).await {
         return r;
     }
     if call.def.plural == "namespaces" && call.def.group.is_empty() {
@@ -549,7 +549,7 @@ async fn read_modify_write(
                 return r;
             }
         }
-        if let Err(r) = admission::validate(&attrs, &new).await {
+        if let Err(r) = admission::validate(&attrs, &new, Some(&old)).await {
             return r;
         }
         if unchanged(&old, &new) {

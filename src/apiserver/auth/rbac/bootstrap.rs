@@ -231,6 +231,23 @@ async fn ensure(store: &dyn Store, plural: &str, expected: Value) -> Result<(), 
     Ok(())
 }
 
+/// Upstream's static rules for kubelets: the `system:node` role's, which the Node authorizer
+/// applies itself (the role is not bound to anyone by default).
+pub fn node_rules() -> &'static [Rule] {
+    static RULES: std::sync::OnceLock<Vec<Rule>> = std::sync::OnceLock::new();
+    RULES.get_or_init(|| {
+        serde_yaml_ng::from_str::<Policy>(POLICY)
+            .ok()
+            .and_then(|p| {
+                p.cluster_roles
+                    .into_iter()
+                    .find(|r| r.name == "system:node")
+            })
+            .map(|r| r.rules)
+            .unwrap_or_default()
+    })
+}
+
 /// Reconciles the bootstrap policy into the store.
 pub async fn reconcile_all(store: &dyn Store) -> Result<usize, BootstrapError> {
     let policy: Policy = serde_yaml_ng::from_str(POLICY)?;
@@ -289,6 +306,7 @@ mod tests {
             .collect();
         assert!(crb.contains(&"cluster-admin"));
         assert!(crb.contains(&"system:basic-user"));
+        assert!(!node_rules().is_empty());
     }
 
     #[test]

@@ -407,6 +407,7 @@ pub fn resource_attrs(
             subresource: String::new(),
             namespace: namespace.into(),
             name: name.into(),
+            ..Default::default()
         }),
         path: String::new(),
     }

@@ -41,6 +41,8 @@ pub struct ResourceAttrs {
     pub subresource: String,
     pub namespace: String,
     pub name: String,
+    /// The request's field selector (list and watch), for the Node authorizer.
+    pub field_selector: String,
 }
 
 fn has(list: &[String], v: &str) -> bool {
@@ -265,6 +267,7 @@ mod tests {
                 subresource: sub.into(),
                 namespace: "ns".into(),
                 name: name.into(),
+                ..Default::default()
             }),
             path: String::new(),
         }

@@ -1,0 +1,175 @@
+//! NodeRestriction: what a kubelet (`system:node:NAME`) may write is limited to its own Node
+//! (without the labels reserved for administrators), its own Lease and CSINode, the status of
+//! pods bound to it, and mirror pods of its own; upstream's messages.
+
+use axum::response::Response;
+use serde_json::{Map, Value};
+
+use super::{Attributes, Operation};
+use crate::apiserver::auth::node::node_name;
+
+const MIRROR: &str = "kubernetes.io/config.mirror";
+
+/// Labels under `kubernetes.io`/`k8s.io` a kubelet may still set on its Node.
+const ALLOWED_LABELS: [&str; 11] = [
+    "kubernetes.io/hostname",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "failure-domain.beta.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+];
+
+/// Whether a kubelet may not set or change `label` on its Node.
+fn reserved_label(label: &str) -> bool {
+    let Some((prefix, _)) = label.split_once('/') else {
+        return false;
+    };
+    if prefix == "node-restriction.kubernetes.io"
+        || prefix.ends_with(".node-restriction.kubernetes.io")
+    {
+        return true;
+    }
+    let kube = |d: &str| prefix == d || prefix.ends_with(&format!(".{d}"));
+    if !(kube("kubernetes.io") || kube("k8s.io")) {
+        return false;
+    }
+    if ALLOWED_LABELS.contains(&label) {
+        return false;
+    }
+    let free = |d: &str| prefix == d || prefix.ends_with(&format!(".{d}"));
+    !(free("kubelet.kubernetes.io") || free("node.kubernetes.io"))
+}
+
+fn labels(obj: &Value) -> Map<String, Value> {
+    obj["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Refuses a kubelet's writes beyond its own node.
+pub fn validate(a: &Attributes<'_>, obj: &Value, old: Option<&Value>) -> Result<(), Response> {
+    let Some(node) = a.user.and_then(node_name) else {
+        return Ok(());
+    };
+    let group = a.def.group;
+    match (group, a.def.plural, a.subresource) {
+        ("", "pods", None) => match a.op {
+            Operation::Create => {
+                if obj["metadata"]["annotations"].get(MIRROR).is_none() {
+                    return Err(a.forbidden(&format!("pod does not have \"{MIRROR}\" annotation, node \"{node}\" can only create mirror pods")));
+                }
+                if obj["spec"]["nodeName"] != node {
+                    return Err(a.forbidden(&format!(
+                        "node \"{node}\" can only create pods with spec.nodeName set to itself"
+                    )));
+                }
+                if obj["spec"]["serviceAccountName"].as_str().is_some_and(|s| !s.is_empty()) {
+                    return Err(a.forbidden(&format!(
+                        "node \"{node}\" can not create pods that reference a service account"
+                    )));
+                }
+                Ok(())
+            }
+            Operation::Delete => {
+                if obj["spec"]["nodeName"] != node {
+                    return Err(a.forbidden(&format!(
+                        "node \"{node}\" can only delete pods with spec.nodeName set to itself"
+                    )));
+                }
+                Ok(())
+            }
+            Operation::Update => Err(a.forbidden(&format!(
+                "unexpected operation \"UPDATE\", node \"{node}\" can only create and delete mirror pods"
+            ))),
+        },
+        ("", "pods", Some("status")) => {
+            let bound = old.unwrap_or(obj);
+            if bound["spec"]["nodeName"] != node {
+                return Err(a.forbidden(&format!(
+                    "node \"{node}\" can only update pod status for pods with spec.nodeName set to itself"
+                )));
+            }
+            Ok(())
+        }
+        ("", "nodes", _) => {
+            if a.name != node {
+                return Err(a.forbidden(&format!(
+                    "node \"{node}\" is not allowed to modify node \"{}\"",
+                    a.name
+                )));
+            }
+            match (a.op, old) {
+                (Operation::Create, _) => {
+                    let mut bad: Vec<String> =
+                        labels(obj).keys().filter(|k| reserved_label(k)).cloned().collect();
+                    bad.sort();
+                    if !bad.is_empty() {
+                        return Err(a.forbidden(&format!(
+                            "node \"{node}\" is not allowed to set the following labels: {}",
+                            bad.join(", ")
+                        )));
+                    }
+                }
+                (Operation::Update, Some(old)) => {
+                    let (was, now) = (labels(old), labels(obj));
+                    let mut bad: Vec<String> = was
+                        .keys()
+                        .chain(now.keys())
+                        .filter(|k| reserved_label(k) && was.get(*k) != now.get(*k))
+                        .cloned()
+                        .collect();
+                    bad.sort();
+                    bad.dedup();
+                    if !bad.is_empty() {
+                        return Err(a.forbidden(&format!(
+                            "node \"{node}\" is not allowed to modify labels: {}",
+                            bad.join(", ")
+                        )));
+                    }
+                    if a.subresource.is_none() && old["spec"]["taints"] != obj["spec"]["taints"] {
+                        return Err(a.forbidden(&format!(
+                            "node \"{node}\" is not allowed to modify taints"
+                        )));
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+        ("coordination.k8s.io", "leases", _) | ("storage.k8s.io", "csinodes", _)
+            if a.op == Operation::Create && a.name != node =>
+        {
+            Err(a.forbidden(&format!(
+                "can only access {} with the same name as the requesting node",
+                if group == "storage.k8s.io" { "CSINode" } else { "node lease" }
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_labels_are_upstreams() {
+        assert!(reserved_label("node-restriction.kubernetes.io/pool"));
+        assert!(reserved_label("node-role.kubernetes.io/control-plane"));
+        assert!(reserved_label("example.k8s.io/x"));
+        assert!(!reserved_label("kubernetes.io/hostname"));
+        assert!(!reserved_label(
+            "node.kubernetes.io/exclude-from-external-load-balancers"
+        ));
+        assert!(!reserved_label("kubelet.kubernetes.io/x"));
+        assert!(!reserved_label("example.com/team"));
+        assert!(!reserved_label("plain"));
+    }
+}
