@@ -201,6 +201,15 @@ pub async fn evict(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respons
         Ok(c) => c,
         Err(r) => return r,
     };
+    if let Some(node) = caller_node(call) {
+        if pod["spec"]["nodeName"] != node {
+            return crate::apiserver::admission::forbidden(
+                call.def,
+                call.name(),
+                &format!("node \"{node}\" can only evict pods with spec.nodeName set to itself"),
+            );
+        }
+    }
     let phase = pod["status"]["phase"].as_str().unwrap_or_default();
     // Pods that are not running (or already going) are evicted without asking a budget.
     let ignore_budgets = matches!(phase, "Succeeded" | "Failed" | "Pending")
@@ -305,6 +314,13 @@ async fn take_disruption(call: &Call<'_>, pod: &Value) -> Result<(), Response> {
 }
 
 /// `POST serviceaccounts/NAME/token`: a signed, expiring token for the service account.
+/// The node a kubelet caller acts for (NodeRestriction on subresources).
+fn caller_node<'a>(call: &'a Call<'_>) -> Option<&'a str> {
+    call.user
+        .as_ref()
+        .and_then(crate::apiserver::auth::node::node_name)
+}
+
 pub async fn token(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response {
     let req = match parse_body(body, content_type) {
         Ok(b) => b,
@@ -386,6 +402,20 @@ pub async fn token(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respons
             {
                 return object::conflict(def, name);
             }
+            if let Some(node) = caller_node(call) {
+                let why = if kind != "Pod" {
+                    Some("node requested token not bound to a pod")
+                } else if obj["spec"]["nodeName"] != node {
+                    Some("node requested token bound to a pod scheduled on a different node")
+                } else if obj["spec"]["serviceAccountName"] != call.name() {
+                    Some("node requested token bound to a pod with a different service account")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return crate::apiserver::admission::forbidden(call.def, call.name(), why);
+                }
+            }
             Some((kind.to_lowercase(), name.to_string(), uid))
         }
         Some(other) => {
@@ -401,6 +431,13 @@ pub async fn token(call: &Call<'_>, body: &Bytes, content_type: &str) -> Respons
             )
         }
     };
+    if bound_ref.is_none() && caller_node(call).is_some() {
+        return crate::apiserver::admission::forbidden(
+            call.def,
+            call.name(),
+            "node requested token not bound to a pod",
+        );
+    }
     let now = object::epoch_now();
     let claims = crate::apiserver::token::Claims {
         namespace: call.ns().unwrap_or_default(),
