@@ -67,6 +67,8 @@ pub struct ServerConfig {
     pub tls_sans: Vec<String>,
     pub kubeconfig: PathBuf,
     pub service_cidr: String,
+    /// The static token file (`--token-auth-file`).
+    pub token_auth_file: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -274,6 +276,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             sans: cfg.api_sans(),
             kubeconfig: cfg.kubeconfig.clone(),
             service_cidr: cfg.service_cidr.clone(),
+            token_auth_file: cfg.token_auth_file.clone(),
         };
         match crate::apiserver::start(api_cfg, store.clone(), stop_rx.clone()).await {
             Ok(api) => {

@@ -149,9 +149,14 @@ fn run(server: &Server, path: &Path) -> Vec<String> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    let k1s_dir = Path::new(env!("CARGO_BIN_EXE_k1s"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let path_env = format!(
-        "{}:{}",
+        "{}:{}:{}",
         bin_dir.display(),
+        k1s_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let sh = |cmd: &str| {
@@ -210,9 +215,16 @@ fn indent(lines: &[String]) -> String {
         .join("\n")
 }
 
+/// The server's `--token-auth-file` (upstream's CSV).
+const STATIC_TOKENS: &str = "kc-static-token-tina,tina,1001,\"token-users,readers\"\n";
+
 #[test]
 fn kubectl_scenarios() {
-    let server = Server::start();
+    // A static token file for the token scenarios.
+    let tokens = tempfile::tempdir().expect("tmp");
+    let token_file = tokens.path().join("tokens.csv");
+    std::fs::write(&token_file, STATIC_TOKENS).expect("write token file");
+    let server = Server::start_with(&["--token-auth-file", token_file.to_str().expect("utf8")]);
     let mut failures = Vec::new();
     let files = scenarios();
     assert!(!files.is_empty(), "no scenarios found");

@@ -51,6 +51,8 @@ pub enum ApiError {
     Store(#[from] crate::store::Error),
     #[error("service-account key: {0}")]
     Token(#[from] token::TokenError),
+    #[error(transparent)]
+    TokenFile(#[from] auth::tokens::TokenFileError),
     #[error("RBAC: {0}")]
     Rbac(#[from] auth::rbac::bootstrap::BootstrapError),
     #[error("service IPs: {0}")]
@@ -76,6 +78,8 @@ pub struct ApiConfig {
     pub kubeconfig: PathBuf,
     /// The Service ClusterIP range.
     pub service_cidr: String,
+    /// The static token file (`--token-auth-file`), if any.
+    pub token_auth_file: Option<PathBuf>,
 }
 
 /// A running API server.
@@ -109,6 +113,10 @@ pub async fn start(
             source: std::io::Error::other(e),
         })??;
     let tls = http::tls_config(&pki)?;
+    let static_tokens = match &cfg.token_auth_file {
+        Some(path) => auth::tokens::load_token_file(path)?,
+        None => Default::default(),
+    };
     let tokens = Some(Arc::new(token::TokenSigner::from_pem(
         &pki.service_account_key,
     )?));
@@ -171,6 +179,7 @@ pub async fn start(
             store,
             rbac,
             cache: cache.clone(),
+            static_tokens: Arc::new(static_tokens),
         },
     );
     let task = tokio::spawn(http::serve(listener, tls, app.clone(), stop));

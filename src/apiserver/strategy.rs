@@ -215,10 +215,29 @@ pub fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
+/// A Secret's `stringData` is written into `data` (base64), winning over the same keys there,
+/// and never stored, as upstream's conversion does.
+fn merge_string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(string_data) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
+    for (k, v) in string_data.as_object().into_iter().flatten() {
+        if let Some(text) = v.as_str() {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+            if !obj["data"].is_object() {
+                obj["data"] = json!({});
+            }
+            obj["data"][k] = json!(b64);
+        }
+    }
+}
+
 /// Applies the kind's defaults to an object about to be written.
 pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
     if def.group.is_empty() && def.plural == "secrets" {
         default(obj, "type", json!("Opaque"));
+        merge_string_data(obj);
         return;
     }
     if def.group.is_empty() && def.plural == "podtemplates" {

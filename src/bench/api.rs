@@ -235,6 +235,7 @@ async fn bench_backend(
             sans: vec!["127.0.0.1".into(), "localhost".into()],
             kubeconfig: dir.path().join("kubeconfig"),
             service_cidr: "10.43.0.0/16".into(),
+            token_auth_file: None,
         },
         store,
         stop,

@@ -6,6 +6,8 @@
 
 mod config;
 mod logging;
+#[cfg(feature = "controllers")]
+pub mod token;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -17,6 +19,20 @@ use crate::bench::BenchArgs;
 use crate::supervisor::{self, Datastore, ServerConfig};
 
 pub use config::ConfigError;
+#[cfg(feature = "controllers")]
+pub use token::TokenCommand;
+
+/// `k1s token` without the API client built in.
+#[cfg(not(feature = "controllers"))]
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a bootstrap token (not built into this binary).
+    Create,
+    /// List the bootstrap tokens (not built into this binary).
+    List,
+    /// Delete bootstrap tokens (not built into this binary).
+    Delete,
+}
 pub use logging::LogFormat;
 
 /// The default config file.
@@ -40,7 +56,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane (and a kubelet, unless disabled).
     #[command(args_override_self = true)]
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a kubelet that joins a server.
     #[command(args_override_self = true)]
     Agent(AgentArgs),
@@ -51,6 +67,9 @@ pub enum Command {
     /// Measure k1s against its anchors.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Manage bootstrap tokens for joining agents.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +137,9 @@ pub struct ServerArgs {
     /// Service ClusterIP range; its first address is the `kubernetes` service's.
     #[arg(long, default_value = "10.43.0.0/16", value_name = "CIDR")]
     pub service_cidr: String,
+    /// Bearer tokens in upstream's CSV format: token,user,uid[,"group1,group2"].
+    #[arg(long, value_name = "FILE")]
+    pub token_auth_file: Option<PathBuf>,
     /// How often the store's history is compacted (e.g. 5m, 30s).
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub compaction_interval: Duration,
@@ -201,6 +223,7 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
+        Command::Token(cmd) => token_command(cmd),
         Command::Version => {
             println!("{}", crate::parts::version_line());
             0
@@ -218,7 +241,7 @@ pub fn main() -> i32 {
                 1
             }
         },
-        Command::Server(args) => run_async(&args.common.clone(), server(args)),
+        Command::Server(args) => run_async(&args.common.clone(), server(*args)),
         Command::Agent(args) => run_async(&args.common.clone(), supervisor::run_agent(args)),
         Command::Bench(BenchCommand::Store(args)) => {
             let common = CommonArgs {
@@ -276,7 +299,43 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
         tls_sans: args.tls_san,
         kubeconfig,
         service_cidr: args.service_cidr,
+        token_auth_file: args.token_auth_file,
     })
+}
+
+/// Runs `k1s token ...`.
+#[cfg(feature = "controllers")]
+fn token_command(cmd: TokenCommand) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("k1s: starting the async runtime: {e}");
+            return 1;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cmd {
+            TokenCommand::Create(a) => token::create(a).await,
+            TokenCommand::List(a) => token::list(a).await,
+            TokenCommand::Delete(a) => token::delete(a).await,
+        }
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("k1s: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(not(feature = "controllers"))]
+fn token_command(_: TokenCommand) -> i32 {
+    eprintln!("k1s: `k1s token` needs the API client, which is built with the controllers; this binary was built without the `controllers` feature");
+    1
 }
 
 fn run_async<E: std::fmt::Display>(

@@ -18,6 +18,7 @@ pub mod impersonate;
 pub mod node;
 pub mod rbac;
 pub mod reviews;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -41,6 +42,8 @@ pub struct Authenticator {
     pub rbac: rbac::Rbac,
     /// The watch cache, for the Node authorizer's lookups.
     pub cache: crate::store::watch_cache::WatchCache,
+    /// The static token file's tokens.
+    pub static_tokens: Arc<std::collections::HashMap<String, User>>,
 }
 
 /// The groups every service account is in.
@@ -62,6 +65,19 @@ async fn object_uid(
     let kv = store.get(&object::key(def, ns, name), 0).await.ok()??;
     let obj: Value = serde_json::from_slice(&kv.value).ok()?;
     obj["metadata"]["uid"].as_str().map(str::to_string)
+}
+
+/// The user a bearer token stands for: a static token, a bootstrap token, or a service-account
+/// token for the API's audience.
+pub async fn authenticate_bearer(auth: &Authenticator, token: &str) -> Option<User> {
+    if let Some(u) = auth.static_tokens.get(token) {
+        return Some(u.clone());
+    }
+    if tokens::parse_bootstrap_token(token).is_some() {
+        return tokens::authenticate_bootstrap(auth.store.as_ref(), token, object::epoch_now())
+            .await;
+    }
+    authenticate_token(auth, token).await
 }
 
 /// The user a service-account token stands for, if it is valid now: signed by us, for the API

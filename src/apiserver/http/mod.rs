@@ -126,7 +126,7 @@ async fn authenticate(
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| t.trim().to_string());
         if let Some(token) = bearer {
-            match crate::apiserver::auth::authenticate_token(&auth, &token).await {
+            match crate::apiserver::auth::authenticate_bearer(&auth, &token).await {
                 Some(u) => user = Some(u),
                 None => {
                     crate::metrics::registry().inc(&AUTHN_FAILURES, &["token"], 1.0);
