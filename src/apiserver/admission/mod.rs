@@ -3,7 +3,7 @@
 //! The mutating phase ([`admit`]) runs after defaults and before validation, the validating phase
 //! ([`validate`]) after validation, as kube-apiserver orders them. Plugins, in upstream's order:
 //! NamespaceLifecycle (the namespace checks of the registry, plus [`lifecycle`]), NodeRestriction
-//! ([`node_restriction`]), LimitRanger
+//! ([`node_restriction`]), PodSecurity ([`pod_security`]), LimitRanger
 //! ([`limit_ranger`]), ServiceAccount ([`service_account`]), TaintNodesByCondition,
 //! Priority ([`priority`]), DefaultTolerationSeconds, DefaultStorageClass and
 //! StorageObjectInUseProtection ([`defaults`]).
@@ -16,6 +16,7 @@ pub mod defaults;
 pub mod lifecycle;
 pub mod limit_ranger;
 pub mod node_restriction;
+pub mod pod_security;
 pub mod priority;
 pub mod service_account;
 
@@ -94,16 +95,17 @@ pub async fn admit(
 }
 
 /// The validating plugins; `obj` is the object written (the old one for a delete), `old` the one
-/// it replaces.
+/// it replaces. Returns the warnings for the response.
 pub async fn validate(
     a: &Attributes<'_>,
     obj: &Value,
     old: Option<&Value>,
-) -> Result<(), Response> {
+) -> Result<Vec<String>, Response> {
     lifecycle::validate(a)?;
     node_restriction::validate(a, obj, old)?;
+    let warnings = pod_security::validate(a, obj, old).await?;
     limit_ranger::validate(a, obj).await?;
-    Ok(())
+    Ok(warnings)
 }
 
 /// One object by name, from the watch cache (as upstream's plugins read their informers).

@@ -282,8 +282,10 @@ async fn create_object(
     if let Err(r) = check_escalation(call, &obj, None).await {
         return r;
     }
-    if let Err(r) = admission::validate(&attrs, &obj, None).await {
-        return r;
+    let mut warnings = warnings;
+    match admission::validate(&attrs, &obj, None).await {
+        Ok(w) => warnings.extend(w),
+        Err(r) => return r,
     }
     if call.def.plural == "namespaces" && call.def.group.is_empty() {
         let fresh = new_namespace(&name);
@@ -549,8 +551,10 @@ async fn read_modify_write(
                 return r;
             }
         }
-        if let Err(r) = admission::validate(&attrs, &new, Some(&old)).await {
-            return r;
+        let mut warnings = warnings;
+        match admission::validate(&attrs, &new, Some(&old)).await {
+            Ok(w) => warnings.extend(w),
+            Err(r) => return r,
         }
         if unchanged(&old, &new) {
             // As upstream, an update that changes nothing is not written: no new
