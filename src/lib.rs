@@ -12,6 +12,8 @@ pub mod cli;
 pub mod controllers;
 pub mod metrics;
 pub mod parts;
+pub mod quantity;
+pub mod quota;
 pub mod store;
 pub mod supervisor;
 pub mod testing;

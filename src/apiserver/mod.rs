@@ -23,7 +23,6 @@ pub mod patch;
 pub mod pki;
 pub mod portalloc;
 pub mod protobuf;
-pub mod quantity;
 pub mod registry;
 pub mod status;
 pub mod strategy;

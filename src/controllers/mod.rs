@@ -5,10 +5,12 @@
 //! (`system:kube-controller-manager`), as upstream's shared informers do.
 //!
 //! So far: ClusterRole aggregation ([`clusterrole_aggregation`]), the `default` ServiceAccount
-//! ([`serviceaccounts`]) and the root CA ConfigMap ([`root_ca`]) of every namespace.
+//! ([`serviceaccounts`]) and the root CA ConfigMap ([`root_ca`]) of every namespace, and
+//! ResourceQuota usage ([`resourcequota`]).
 
 pub mod clusterrole_aggregation;
 pub mod per_namespace;
+pub mod resourcequota;
 pub mod root_ca;
 pub mod serviceaccounts;
 
@@ -43,6 +45,11 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         tokio::spawn(serviceaccounts::run(
             clients.shared.clone(),
             account("service-account-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(resourcequota::run(
+            clients.shared.clone(),
+            account("resourcequota-controller"),
             stop.clone(),
         )),
         tokio::spawn(root_ca::run(

@@ -8,7 +8,7 @@ use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 use super::{list, Attributes, Operation};
-use crate::apiserver::quantity::milli;
+use crate::quantity::milli;
 
 const ANNOTATION: &str = "kubernetes.io/limit-ranger";
 

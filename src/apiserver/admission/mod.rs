@@ -6,7 +6,7 @@
 //! ([`node_restriction`]), PodSecurity ([`pod_security`]), LimitRanger
 //! ([`limit_ranger`]), ServiceAccount ([`service_account`]), TaintNodesByCondition,
 //! Priority ([`priority`]), DefaultTolerationSeconds, DefaultStorageClass and
-//! StorageObjectInUseProtection ([`defaults`]).
+//! StorageObjectInUseProtection ([`defaults`]), and last ResourceQuota ([`resource_quota`]).
 //!
 //! Refusals are 403 Forbidden worded as upstream: `pods "web" is forbidden: ...`.
 
@@ -18,6 +18,7 @@ pub mod limit_ranger;
 pub mod node_restriction;
 pub mod pod_security;
 pub mod priority;
+pub mod resource_quota;
 pub mod service_account;
 
 use axum::http::StatusCode;
@@ -105,6 +106,7 @@ pub async fn validate(
     node_restriction::validate(a, obj, old)?;
     let warnings = pod_security::validate(a, obj, old).await?;
     limit_ranger::validate(a, obj).await?;
+    resource_quota::validate(a, obj, old).await?;
     Ok(warnings)
 }
 

@@ -58,6 +58,49 @@ pub fn milli(s: &str) -> Option<i128> {
     Some(if neg { -v } else { v })
 }
 
+/// Writes thousandths back as a quantity, in binary units when `like` (the limit it is compared
+/// with) uses them, as upstream keeps a sum in its first operand's format.
+pub fn format(milli: i128, like: &str) -> String {
+    if milli % 1000 != 0 {
+        return format!("{milli}m");
+    }
+    let v = milli / 1000;
+    let binary = like.ends_with('i');
+    if binary && v != 0 {
+        for (suffix, shift) in [
+            ("Ei", 60),
+            ("Pi", 50),
+            ("Ti", 40),
+            ("Gi", 30),
+            ("Mi", 20),
+            ("Ki", 10),
+        ] {
+            let unit = 1i128 << shift;
+            if v % unit == 0 {
+                return format!("{}{suffix}", v / unit);
+            }
+        }
+        return v.to_string();
+    }
+    let decimal_suffix = like.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+    if v != 0 && matches!(decimal_suffix, "k" | "M" | "G" | "T" | "P" | "E") {
+        for (suffix, exp) in [
+            ("E", 18),
+            ("P", 15),
+            ("T", 12),
+            ("G", 9),
+            ("M", 6),
+            ("k", 3),
+        ] {
+            let unit = 10i128.pow(exp);
+            if v % unit == 0 {
+                return format!("{}{suffix}", v / unit);
+            }
+        }
+    }
+    v.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +117,9 @@ mod tests {
         assert_eq!(milli("1n"), Some(1));
         assert_eq!(milli("x"), None);
         assert_eq!(milli("1Q"), None);
+        assert_eq!(format(500, "1"), "500m");
+        assert_eq!(format(2000, "1"), "2");
+        assert_eq!(format(1_610_612_736_000, "2Gi"), "1536Mi");
+        assert_eq!(format(2_000_000, "5k"), "2k");
     }
 }
