@@ -69,6 +69,8 @@ pub struct ServerConfig {
     pub service_cidr: String,
     /// The static token file (`--token-auth-file`).
     pub token_auth_file: Option<PathBuf>,
+    /// Encryption at rest (`--encryption-provider-config`).
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -277,6 +279,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             kubeconfig: cfg.kubeconfig.clone(),
             service_cidr: cfg.service_cidr.clone(),
             token_auth_file: cfg.token_auth_file.clone(),
+            encryption_provider_config: cfg.encryption_provider_config.clone(),
         };
         match crate::apiserver::start(api_cfg, store.clone(), stop_rx.clone()).await {
             Ok(api) => {

@@ -225,6 +225,11 @@ pub fn resources<'a>(
         .filter(move |r| r.group == group && r.version == version)
 }
 
+/// Every served resource, in every version.
+pub fn all() -> impl Iterator<Item = &'static ResourceDef> {
+    RESOURCES.iter()
+}
+
 /// One resource by group, version and plural name.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {
     RESOURCES

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod catalog;
 pub mod convert;
 pub mod discovery;
+pub mod encryption;
 pub mod health;
 pub mod http;
 pub mod ipalloc;
@@ -52,6 +53,8 @@ pub enum ApiError {
     Token(#[from] token::TokenError),
     #[error(transparent)]
     TokenFile(#[from] auth::tokens::TokenFileError),
+    #[error(transparent)]
+    Encryption(#[from] encryption::EncryptionError),
     #[error("RBAC: {0}")]
     Rbac(#[from] auth::rbac::bootstrap::BootstrapError),
     #[error("service IPs: {0}")]
@@ -79,6 +82,8 @@ pub struct ApiConfig {
     pub service_cidr: String,
     /// The static token file (`--token-auth-file`), if any.
     pub token_auth_file: Option<PathBuf>,
+    /// The EncryptionConfiguration (`--encryption-provider-config`), if any.
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 /// A running API server.
@@ -139,6 +144,13 @@ pub async fn start(
         path: cfg.kubeconfig.clone(),
         source,
     })?;
+    let store: Arc<dyn Store> = match &cfg.encryption_provider_config {
+        Some(path) => Arc::new(encryption::store::EncryptingStore::new(
+            store,
+            encryption::EncryptionConfig::load(path)?,
+        )),
+        None => store,
+    };
     let store: Arc<dyn Store> = Arc::new(crate::store::metered::MeteredStore::new(store));
     let range = ipalloc::ServiceRange::parse(&cfg.service_cidr)?;
     registry::bootstrap(store.as_ref(), &range, addr.port()).await?;

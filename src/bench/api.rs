@@ -236,6 +236,7 @@ async fn bench_backend(
             kubeconfig: dir.path().join("kubeconfig"),
             service_cidr: "10.43.0.0/16".into(),
             token_auth_file: None,
+            encryption_provider_config: None,
         },
         store,
         stop,

@@ -140,6 +140,9 @@ pub struct ServerArgs {
     /// Bearer tokens in upstream's CSV format: token,user,uid[,"group1,group2"].
     #[arg(long, value_name = "FILE")]
     pub token_auth_file: Option<PathBuf>,
+    /// Encrypt resources at rest as this EncryptionConfiguration file says (upstream's format).
+    #[arg(long, value_name = "FILE")]
+    pub encryption_provider_config: Option<PathBuf>,
     /// How often the store's history is compacted (e.g. 5m, 30s).
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub compaction_interval: Duration,
@@ -300,6 +303,7 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
         kubeconfig,
         service_cidr: args.service_cidr,
         token_auth_file: args.token_auth_file,
+        encryption_provider_config: args.encryption_provider_config,
     })
 }
 

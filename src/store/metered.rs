@@ -94,6 +94,9 @@ impl Store for MeteredStore {
     fn backend_name(&self) -> &'static str {
         self.inner.backend_name()
     }
+    async fn needs_rewrite(&self, key: &str) -> bool {
+        self.inner.needs_rewrite(key).await
+    }
 }
 
 #[cfg(test)]

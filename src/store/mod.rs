@@ -224,6 +224,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// A short name for logs and metrics: `embedded` or `etcd`.
     fn backend_name(&self) -> &'static str;
+
+    /// Whether `key` must be written again even if its object did not change (a decorator's
+    /// stored form is out of date, e.g. encrypted with a rotated-out key).
+    async fn needs_rewrite(&self, _key: &str) -> bool {
+        false
+    }
 }
 
 /// Rejects keys no backend can hold the same way.

@@ -31,7 +31,19 @@ impl Server {
 
     /// A server with extra `k1s server` flags.
     pub fn start_with(extra: &[&str]) -> Server {
-        let dir = tempfile::tempdir().expect("tmp");
+        Server::start_in(tempfile::tempdir().expect("tmp"), extra)
+    }
+
+    /// Stops the server and hands back its data directory.
+    #[allow(dead_code)]
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tmp"));
+        drop(self);
+        dir
+    }
+
+    /// A server on an existing data directory (one a stopped server left), with extra flags.
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")

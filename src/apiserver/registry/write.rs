@@ -556,7 +556,7 @@ async fn read_modify_write(
             Ok(w) => warnings.extend(w),
             Err(r) => return r,
         }
-        if unchanged(&old, &new) {
+        if unchanged(&old, &new) && !call.reg.store.needs_rewrite(&kv.key).await {
             // As upstream, an update that changes nothing is not written: no new
             // resourceVersion, no watch event.
             return with_warnings(json(StatusCode::OK, &old), &warnings);
