@@ -71,6 +71,22 @@ pub struct ServerConfig {
     pub token_auth_file: Option<PathBuf>,
     /// Encryption at rest (`--encryption-provider-config`).
     pub encryption_provider_config: Option<PathBuf>,
+    /// The audit log.
+    pub audit: AuditOptions,
+}
+
+/// The audit log's flags (`--audit-policy-file`, `--audit-log-*`).
+#[derive(Clone, Debug, Default)]
+pub struct AuditOptions {
+    pub policy_file: Option<PathBuf>,
+    /// A file, or `-` for stdout.
+    pub log_path: Option<PathBuf>,
+    /// Rotate past this many megabytes (0: never).
+    pub max_size_mb: u64,
+    /// Rotated files kept (0: all).
+    pub max_backups: usize,
+    /// Days rotated files are kept (0: forever).
+    pub max_age_days: u64,
 }
 
 impl ServerConfig {
@@ -280,6 +296,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             service_cidr: cfg.service_cidr.clone(),
             token_auth_file: cfg.token_auth_file.clone(),
             encryption_provider_config: cfg.encryption_provider_config.clone(),
+            audit: cfg.audit.clone(),
         };
         match crate::apiserver::start(api_cfg, store.clone(), stop_rx.clone()).await {
             Ok(api) => {

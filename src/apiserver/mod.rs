@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod apply;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod convert;
@@ -55,6 +56,8 @@ pub enum ApiError {
     TokenFile(#[from] auth::tokens::TokenFileError),
     #[error(transparent)]
     Encryption(#[from] encryption::EncryptionError),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
     #[error("RBAC: {0}")]
     Rbac(#[from] auth::rbac::bootstrap::BootstrapError),
     #[error("service IPs: {0}")]
@@ -84,6 +87,8 @@ pub struct ApiConfig {
     pub token_auth_file: Option<PathBuf>,
     /// The EncryptionConfiguration (`--encryption-provider-config`), if any.
     pub encryption_provider_config: Option<PathBuf>,
+    /// The audit log.
+    pub audit: crate::supervisor::AuditOptions,
 }
 
 /// A running API server.
@@ -117,6 +122,7 @@ pub async fn start(
             source: std::io::Error::other(e),
         })??;
     let tls = http::tls_config(&pki)?;
+    let auditor = audit::Auditor::from_options(&cfg.audit)?.map(Arc::new);
     let static_tokens = match &cfg.token_auth_file {
         Some(path) => auth::tokens::load_token_file(path)?,
         None => Default::default(),
@@ -192,6 +198,7 @@ pub async fn start(
             cache: cache.clone(),
             static_tokens: Arc::new(static_tokens),
         },
+        auditor,
     );
     let task = tokio::spawn(http::serve(listener, tls, app.clone(), stop));
     tracing::info!(%addr, kubeconfig = %cfg.kubeconfig.display(), "API server listening");

@@ -143,6 +143,21 @@ pub struct ServerArgs {
     /// Encrypt resources at rest as this EncryptionConfiguration file says (upstream's format).
     #[arg(long, value_name = "FILE")]
     pub encryption_provider_config: Option<PathBuf>,
+    /// Audit policy (upstream's audit.k8s.io/v1 Policy).
+    #[arg(long, value_name = "FILE")]
+    pub audit_policy_file: Option<PathBuf>,
+    /// Where audit events go, as JSON lines (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub audit_log_path: Option<PathBuf>,
+    /// Rotate the audit log past this many megabytes (0: never).
+    #[arg(long, default_value_t = 100, value_name = "MB")]
+    pub audit_log_maxsize: u64,
+    /// Rotated audit logs to keep (0: all).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub audit_log_maxbackup: usize,
+    /// Days to keep rotated audit logs (0: forever).
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    pub audit_log_maxage: u64,
     /// How often the store's history is compacted (e.g. 5m, 30s).
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub compaction_interval: Duration,
@@ -304,6 +319,13 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
         service_cidr: args.service_cidr,
         token_auth_file: args.token_auth_file,
         encryption_provider_config: args.encryption_provider_config,
+        audit: supervisor::AuditOptions {
+            policy_file: args.audit_policy_file,
+            log_path: args.audit_log_path,
+            max_size_mb: args.audit_log_maxsize,
+            max_backups: args.audit_log_maxbackup,
+            max_age_days: args.audit_log_maxage,
+        },
     })
 }
 

@@ -48,6 +48,10 @@ pub struct User {
     pub groups: Vec<String>,
 }
 
+/// The peer address of a request's connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
 /// The caller of a request: `None` when anonymous.
 #[derive(Clone, Debug)]
 pub struct Caller(pub Option<User>);
@@ -110,8 +114,13 @@ fn is_public(path: &str) -> bool {
         })
 }
 
-/// Knows the caller by certificate or bearer token, refuses unknown callers outside the public
-/// paths with 401 (a token that does not verify is a 401 everywhere), then authorizes.
+/// The user who made a request that acts as another (impersonation), for the audit log.
+#[derive(Clone, Debug)]
+pub struct Impersonator(pub User);
+
+/// Knows the caller by certificate or bearer token and refuses unknown callers outside the
+/// public paths with 401 (a token that does not verify is a 401 everywhere); applies
+/// impersonation.
 async fn authenticate(
     axum::extract::State(auth): axum::extract::State<crate::apiserver::auth::Authenticator>,
     mut req: Request,
@@ -135,33 +144,47 @@ async fn authenticate(
             }
         }
     }
-    let path = req.uri().path().to_string();
     let Some(user) = user else {
-        if is_public(&path) {
+        if is_public(req.uri().path()) {
             return next.run(req).await;
         }
         crate::metrics::registry().inc(&AUTHN_FAILURES, &["anonymous"], 1.0);
         return status::unauthorized();
     };
-    let user = match crate::apiserver::auth::impersonate::impersonated(&auth, &user, req.headers())
-        .await
-    {
-        Ok(Some(acting_as)) => acting_as,
-        Ok(None) => user,
-        Err(r) => return r,
-    };
-    if !is_public(&path) {
-        let attrs = crate::apiserver::auth::request_attributes(
-            req.method(),
-            &path,
-            req.uri().query(),
-            long_running(&req),
-        );
-        if let Err(r) = crate::apiserver::auth::authorize(&auth, &user, &attrs).await {
-            return r;
+    match crate::apiserver::auth::impersonate::impersonated(&auth, &user, req.headers()).await {
+        Ok(Some(acting_as)) => {
+            req.extensions_mut().insert(Impersonator(user));
+            req.extensions_mut().insert(Caller(Some(acting_as)));
         }
+        Ok(None) => {
+            req.extensions_mut().insert(Caller(Some(user)));
+        }
+        Err(r) => return r,
     }
-    req.extensions_mut().insert(Caller(Some(user)));
+    next.run(req).await
+}
+
+/// Refuses what the caller may not do (Node, then RBAC) with upstream's 403.
+async fn authorize(
+    axum::extract::State(auth): axum::extract::State<crate::apiserver::auth::Authenticator>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if is_public(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let Some(user) = req.extensions().get::<Caller>().and_then(|c| c.0.clone()) else {
+        return status::unauthorized();
+    };
+    let attrs = crate::apiserver::auth::request_attributes(
+        req.method(),
+        req.uri().path(),
+        req.uri().query(),
+        long_running(&req),
+    );
+    if let Err(r) = crate::apiserver::auth::authorize(&auth, &user, &attrs).await {
+        return r;
+    }
     next.run(req).await
 }
 
@@ -194,7 +217,7 @@ impl Default for InFlight {
     }
 }
 
-fn long_running(req: &Request) -> bool {
+pub(crate) fn long_running(req: &Request) -> bool {
     let q = req.uri().query().unwrap_or_default();
     q.split('&').any(|p| p == "watch=true" || p == "watch=1")
         || req.uri().path().contains("/watch/")
@@ -321,6 +344,7 @@ pub fn router(
     registry: Registry,
     disc: Discovery,
     auth: crate::apiserver::auth::Authenticator,
+    auditor: Option<Arc<crate::apiserver::audit::Auditor>>,
 ) -> Router {
     use crate::apiserver::auth::{access, reviews};
     let reviews = Router::new()
@@ -390,6 +414,14 @@ pub fn router(
             limit_in_flight,
         ))
         .layer(axum::middleware::from_fn(measure))
+        .layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            auditor,
+            crate::apiserver::audit::layer::audit,
+        ))
         .layer(axum::middleware::from_fn_with_state(auth, authenticate))
 }
 
@@ -432,6 +464,7 @@ pub async fn serve(
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(caller.clone());
+                    req.extensions_mut().insert(Peer(peer));
                     app.clone().oneshot(req)
                 },
             );
