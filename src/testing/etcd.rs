@@ -51,7 +51,23 @@ impl EtcdServer {
         Self::start_with(Some(tls))
     }
 
+    /// Starts etcd, picking new ports when another process took the chosen ones first (free
+    /// ports are found by binding and releasing them, so a concurrent test can race for one).
     fn start_with(tls: Option<ServerTls>) -> Result<Self, EtcdServerError> {
+        let mut attempt = 0;
+        loop {
+            match Self::start_once(tls.clone()) {
+                Err(EtcdServerError::NotReady { log, .. })
+                    if attempt < 3 && log.contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(tls: Option<ServerTls>) -> Result<Self, EtcdServerError> {
         let dir = tempfile::Builder::new().prefix("k1s-etcd-").tempdir()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let client_url = format!("{scheme}://127.0.0.1:{}", free_port()?);
@@ -107,7 +123,7 @@ impl EtcdServer {
         self.wait_ready(Duration::from_secs(20))
     }
 
-    fn wait_ready(&self, limit: Duration) -> Result<(), EtcdServerError> {
+    fn wait_ready(&mut self, limit: Duration) -> Result<(), EtcdServerError> {
         let start = Instant::now();
         let tls = self.tls.is_some();
         let addr = self
@@ -124,6 +140,10 @@ impl EtcdServer {
             };
             if ready {
                 return Ok(());
+            }
+            // An etcd that exited (a port taken, say) will not become ready.
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
