@@ -230,3 +230,133 @@ fn metrics_count_requests_store_operations_and_watchers() {
     );
     assert!(m.contains("apiserver_registered_watchers "), "{m}");
 }
+
+/// Makes a key and a certificate for `subject` with openssl, signed by `ca` (cert, key) or
+/// self-signed as a CA when `ca` is `None`; returns (cert, key) paths.
+fn openssl_cert(
+    dir: &std::path::Path,
+    name: &str,
+    subject: &str,
+    ca: Option<(&std::path::Path, &std::path::Path)>,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::process::Command;
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.crt"));
+    let ok = |c: &mut Command| {
+        let o = c.output().expect("openssl");
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    ok(Command::new("openssl")
+        .args([
+            "ecparam",
+            "-genkey",
+            "-name",
+            "prime256v1",
+            "-noout",
+            "-out",
+        ])
+        .arg(&key));
+    match ca {
+        None => ok(Command::new("openssl")
+            .args([
+                "req", "-x509", "-new", "-days", "2", "-subj", subject, "-key",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)),
+        Some((ca_cert, ca_key)) => {
+            let csr = dir.join(format!("{name}.csr"));
+            ok(Command::new("openssl")
+                .args(["req", "-new", "-subj", subject, "-key"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&csr));
+            let ext = dir.join(format!("{name}.ext"));
+            std::fs::write(
+                &ext,
+                "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n",
+            )
+            .expect("ext");
+            ok(Command::new("openssl")
+                .args(["x509", "-req", "-days", "2", "-in"])
+                .arg(&csr)
+                .arg("-CA")
+                .arg(ca_cert)
+                .arg("-CAkey")
+                .arg(ca_key)
+                .arg("-CAcreateserial")
+                .arg("-extfile")
+                .arg(&ext)
+                .arg("-out")
+                .arg(&cert));
+        }
+    }
+    (cert, key)
+}
+
+#[test]
+fn client_certificates_name_users_and_foreign_ones_get_401() {
+    let s = Server::start();
+    let tls = s._dir.path().join("server/tls");
+    let (ca_cert, ca_key) = (tls.join("server-ca.crt"), tls.join("server-ca.key"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let as_cert = |cert: &std::path::Path, key: &std::path::Path, args: &[&str]| {
+        std::process::Command::new(common::server::kubectl())
+            .env("KUBECONFIG", "")
+            .arg(format!("--server=https://127.0.0.1:{}", s.port))
+            .arg(format!("--certificate-authority={}", ca_cert.display()))
+            .arg(format!("--client-certificate={}", cert.display()))
+            .arg(format!("--client-key={}", key.display()))
+            .args(args)
+            .output()
+            .expect("kubectl")
+    };
+    let (cert, key) = openssl_cert(
+        dir.path(),
+        "carol",
+        "/O=devs/O=ops/CN=carol",
+        Some((&ca_cert, &ca_key)),
+    );
+    let o = as_cert(
+        &cert,
+        &key,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        r#"carol ["devs","ops","system:authenticated"]"#
+    );
+    let o = as_cert(&cert, &key, &["get", "pods"]);
+    assert!(
+        text(&o).contains(r#"User "carol" cannot list resource "pods""#),
+        "{}",
+        text(&o)
+    );
+
+    let (other_ca, other_ca_key) = openssl_cert(dir.path(), "other-ca", "/CN=someone else", None);
+    let (cert, key) = openssl_cert(
+        dir.path(),
+        "mallory",
+        "/O=system:masters/CN=mallory",
+        Some((&other_ca, &other_ca_key)),
+    );
+    let o = as_cert(&cert, &key, &["get", "pods"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("error: You must be logged in to the server (Unauthorized)"),
+        "{}",
+        text(&o)
+    );
+    let o = s.kubectl(&["get", "--raw", "/metrics"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains(r#"apiserver_authentication_failures_total{credential="certificate"} 1"#),
+        "the refusal is counted"
+    );
+}

@@ -24,6 +24,8 @@ use super::pki::Pki;
 use super::registry::{self, Registry};
 use super::status;
 
+pub mod tls;
+
 /// Why serving could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -73,9 +75,16 @@ pub fn user_from_cert(der: &[u8]) -> Option<User> {
     Some(User { name, groups })
 }
 
-/// The rustls configuration: our serving certificate; client certificates optional, verified
-/// against the cluster CA when given.
-pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, HttpError> {
+/// The TLS set-up: rustls with our serving certificate, and the cluster CA's verifier for the
+/// client certificates the handshake lets through ([`tls`]).
+pub struct Tls {
+    pub config: rustls::ServerConfig,
+    pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+/// The rustls configuration: our serving certificate; client certificates optional, checked
+/// against the cluster CA after the handshake.
+pub fn tls_config(pki: &Pki) -> Result<Tls, HttpError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pki.ca_cert.as_bytes()) {
@@ -94,13 +103,24 @@ pub fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, HttpError> {
             .map_err(|e| HttpError::Pem(e.to_string()))?;
     let key = PrivateKeyDer::from_pem_slice(pki.serving_key.as_bytes())
         .map_err(|e| HttpError::Pem(e.to_string()))?;
+    let lenient = Arc::new(tls::Lenient {
+        strict: verifier.clone(),
+    });
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(lenient)
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(cfg)
+    Ok(Tls {
+        config: cfg,
+        verifier,
+    })
 }
+
+/// Marks a request whose connection presented a client certificate the cluster CA did not sign
+/// (or one expired): it is refused with 401 unless a bearer token authenticates it.
+#[derive(Clone, Copy, Debug)]
+pub struct BadCertificate;
 
 /// Paths anyone may read, as upstream's `system:public-info-viewer` allows.
 fn is_public(path: &str) -> bool {
@@ -145,6 +165,10 @@ async fn authenticate(
         }
     }
     let Some(user) = user else {
+        if req.extensions().get::<BadCertificate>().is_some() {
+            crate::metrics::registry().inc(&AUTHN_FAILURES, &["certificate"], 1.0);
+            return status::unauthorized();
+        }
         if is_public(req.uri().path()) {
             return next.run(req).await;
         }
@@ -426,13 +450,9 @@ pub fn router(
 }
 
 /// Accepts TLS connections on `listener` and serves `app` until `stop` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    tls: rustls::ServerConfig,
-    app: Router,
-    mut stop: watch::Receiver<bool>,
-) {
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
+pub async fn serve(listener: TcpListener, tls: Tls, app: Router, mut stop: watch::Receiver<bool>) {
+    let acceptor = TlsAcceptor::from(Arc::new(tls.config));
+    let verifier = tls.verifier;
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -446,6 +466,7 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let verifier = verifier.clone();
         tokio::spawn(async move {
             let stream = match acceptor.accept(tcp).await {
                 Ok(s) => s,
@@ -454,17 +475,24 @@ pub async fn serve(
                     return;
                 }
             };
-            let user = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|c| user_from_cert(c));
+            let (user, bad) = match stream.get_ref().1.peer_certificates() {
+                Some(chain) if !chain.is_empty() => {
+                    if tls::verify(verifier.as_ref(), chain) {
+                        (chain.first().and_then(|c| user_from_cert(c)), false)
+                    } else {
+                        (None, true)
+                    }
+                }
+                _ => (None, false),
+            };
             let caller = Caller(user);
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(caller.clone());
                     req.extensions_mut().insert(Peer(peer));
+                    if bad {
+                        req.extensions_mut().insert(BadCertificate);
+                    }
                     app.clone().oneshot(req)
                 },
             );
