@@ -324,8 +324,17 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
                 local_client::client(app.clone(), local_client::controller_user(name))
             }),
         };
+        let sign_legacy = api.tokens.clone().map(|signer| {
+            let sign: crate::controllers::tokens::SignLegacy =
+                Arc::new(move |ns: &str, sa: &str, uid: &str, secret: &str| {
+                    let claims = crate::apiserver::token::legacy_claims(ns, sa, uid, secret);
+                    signer.sign(&claims).ok()
+                });
+            sign
+        });
         let ctx = crate::controllers::Context {
             root_ca: api.ca_cert.clone(),
+            sign_legacy,
         };
         tokio::spawn(crate::controllers::run(clients, ctx, stop_rx.clone()))
     });

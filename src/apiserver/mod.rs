@@ -98,6 +98,8 @@ pub struct ApiServer {
     pub app: axum::Router,
     /// The cluster CA certificate (PEM).
     pub ca_cert: String,
+    /// The service-account token signer.
+    pub tokens: Option<Arc<token::TokenSigner>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -130,6 +132,7 @@ pub async fn start(
     let tokens = Some(Arc::new(token::TokenSigner::from_pem(
         &pki.service_account_key,
     )?));
+    let signer = tokens.clone();
     let addr = SocketAddr::new(cfg.bind_address, cfg.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -206,6 +209,7 @@ pub async fn start(
         addr,
         app,
         ca_cert: pki.ca_cert.clone(),
+        tokens: signer,
         task,
     })
 }

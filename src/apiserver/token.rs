@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 
 /// The issuer k1s names in its tokens, as k3s and kubeadm clusters do by default.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// The issuer of legacy (Secret-kept) service-account tokens.
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -79,6 +81,26 @@ impl TokenSigner {
     /// returns its claims. Whether its service account and bound object still exist is the
     /// caller's to check.
     pub fn verify(&self, token: &str, audiences: &[&str], now: i64) -> Result<Value, TokenError> {
+        let claims = self.signed_claims(token)?;
+        if claims["iss"] != ISSUER {
+            return Err(TokenError::Audience);
+        }
+        self.check_window_and_audience(claims, audiences, now)
+    }
+
+    /// A legacy service-account token's claims (the kind kept in
+    /// `kubernetes.io/service-account-token` Secrets: issuer `kubernetes/serviceaccount`, no
+    /// expiry, no audience), if we signed it.
+    pub fn verify_legacy(&self, token: &str) -> Result<Value, TokenError> {
+        let claims = self.signed_claims(token)?;
+        if claims["iss"] != LEGACY_ISSUER {
+            return Err(TokenError::Audience);
+        }
+        Ok(claims)
+    }
+
+    /// The claims of a token whose ES256 signature is ours.
+    fn signed_claims(&self, token: &str) -> Result<Value, TokenError> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -101,10 +123,15 @@ impl TokenSigner {
         public
             .verify(format!("{h}.{p}").as_bytes(), &dec(sig)?)
             .map_err(|_| TokenError::Signature)?;
-        let claims: Value = serde_json::from_slice(&dec(p)?).map_err(|_| TokenError::Malformed)?;
-        if claims["iss"] != ISSUER {
-            return Err(TokenError::Audience);
-        }
+        serde_json::from_slice(&dec(p)?).map_err(|_| TokenError::Malformed)
+    }
+
+    fn check_window_and_audience(
+        &self,
+        claims: Value,
+        audiences: &[&str],
+        now: i64,
+    ) -> Result<Value, TokenError> {
         // A minute of leeway for clocks, as upstream allows.
         let exp = claims["exp"].as_i64().ok_or(TokenError::Malformed)?;
         let nbf = claims["nbf"].as_i64().unwrap_or(0);
@@ -138,6 +165,18 @@ impl TokenSigner {
 }
 
 /// What a token is issued for.
+/// The claims of a legacy token for a `kubernetes.io/service-account-token` Secret.
+pub fn legacy_claims(namespace: &str, account: &str, account_uid: &str, secret: &str) -> Value {
+    json!({
+        "iss": LEGACY_ISSUER,
+        "kubernetes.io/serviceaccount/namespace": namespace,
+        "kubernetes.io/serviceaccount/secret.name": secret,
+        "kubernetes.io/serviceaccount/service-account.name": account,
+        "kubernetes.io/serviceaccount/service-account.uid": account_uid,
+        "sub": format!("system:serviceaccount:{namespace}:{account}"),
+    })
+}
+
 pub struct Claims<'a> {
     pub namespace: &'a str,
     pub account: &'a str,

@@ -6,13 +6,14 @@
 //!
 //! So far: ClusterRole aggregation ([`clusterrole_aggregation`]), the `default` ServiceAccount
 //! ([`serviceaccounts`]) and the root CA ConfigMap ([`root_ca`]) of every namespace, and
-//! ResourceQuota usage ([`resourcequota`]).
+//! ResourceQuota usage ([`resourcequota`]), legacy service-account token Secrets ([`tokens`]).
 
 pub mod clusterrole_aggregation;
 pub mod per_namespace;
 pub mod resourcequota;
 pub mod root_ca;
 pub mod serviceaccounts;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -28,16 +29,18 @@ pub struct Clients {
 }
 
 /// What the controllers need to know about the cluster.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Context {
     /// The cluster CA certificate (PEM), published as `kube-root-ca.crt`.
     pub root_ca: String,
+    /// Signs legacy service-account tokens, when this process holds the signing key.
+    pub sign_legacy: Option<tokens::SignLegacy>,
 }
 
 /// Runs every controller until `stop` turns true.
 pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
     let account = |name: &str| (clients.for_account)(name);
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(clusterrole_aggregation::run(
             account("clusterrole-aggregation-controller"),
             stop.clone(),
@@ -55,10 +58,18 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         tokio::spawn(root_ca::run(
             clients.shared.clone(),
             account("root-ca-cert-publisher"),
-            ctx.root_ca,
+            ctx.root_ca.clone(),
             stop.clone(),
         )),
     ];
+    if let Some(sign) = ctx.sign_legacy {
+        tasks.push(tokens::spawn(
+            clients.shared.clone(),
+            ctx.root_ca,
+            sign,
+            stop.clone(),
+        ));
+    }
     for t in tasks {
         let _ = t.await;
     }

@@ -93,7 +93,11 @@ pub async fn authenticate_token_for(
     audiences: &[&str],
 ) -> Option<User> {
     let signer = auth.tokens.as_deref()?;
-    let claims = signer.verify(token, audiences, object::epoch_now()).ok()?;
+    let claims = match signer.verify(token, audiences, object::epoch_now()) {
+        Ok(c) => c,
+        Err(_) if audiences.contains(&ISSUER) => return authenticate_legacy(auth, token).await,
+        Err(_) => return None,
+    };
     let k8s = &claims["kubernetes.io"];
     let ns = k8s["namespace"].as_str()?;
     let sa = &k8s["serviceaccount"];
@@ -119,6 +123,43 @@ pub async fn authenticate_token_for(
     }
     Some(User {
         name: format!("system:serviceaccount:{ns}:{name}"),
+        groups: service_account_groups(ns),
+    })
+}
+
+/// The user a legacy service-account token stands for: signed by us, and still the token of
+/// its Secret, whose service account exists with the uid the token names.
+async fn authenticate_legacy(auth: &Authenticator, token: &str) -> Option<User> {
+    use base64::Engine;
+    let claims = auth.tokens.as_deref()?.verify_legacy(token).ok()?;
+    let c = |k: &str| claims[format!("kubernetes.io/serviceaccount/{k}")].as_str();
+    let (ns, secret_name, sa, sa_uid) = (
+        c("namespace")?,
+        c("secret.name")?,
+        c("service-account.name")?,
+        c("service-account.uid")?,
+    );
+    let def = catalog::find("", "v1", "secrets")?;
+    let kv = auth
+        .store
+        .get(&object::key(def, Some(ns), secret_name), 0)
+        .await
+        .ok()??;
+    let secret: Value = serde_json::from_slice(&kv.value).ok()?;
+    let stored = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["token"].as_str()?)
+        .ok()?;
+    if secret["type"] != "kubernetes.io/service-account-token"
+        || stored != token.as_bytes()
+        || secret["metadata"]["deletionTimestamp"].is_string()
+    {
+        return None;
+    }
+    if object_uid(auth.store.as_ref(), "serviceaccounts", Some(ns), sa).await? != sa_uid {
+        return None;
+    }
+    Some(User {
+        name: format!("system:serviceaccount:{ns}:{sa}"),
         groups: service_account_groups(ns),
     })
 }
