@@ -6,13 +6,15 @@
 //!
 //! So far: ClusterRole aggregation ([`clusterrole_aggregation`]), the `default` ServiceAccount
 //! ([`serviceaccounts`]) and the root CA ConfigMap ([`root_ca`]) of every namespace, and
-//! ResourceQuota usage ([`resourcequota`]), legacy service-account token Secrets ([`tokens`]).
+//! ResourceQuota usage ([`resourcequota`]), legacy service-account token Secrets ([`tokens`]), and
+//! the PVC and PV protection finalizers ([`storage_protection`]).
 
 pub mod clusterrole_aggregation;
 pub mod per_namespace;
 pub mod resourcequota;
 pub mod root_ca;
 pub mod serviceaccounts;
+pub mod storage_protection;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -53,6 +55,12 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         tokio::spawn(resourcequota::run(
             clients.shared.clone(),
             account("resourcequota-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(storage_protection::run(
+            clients.shared.clone(),
+            account("pvc-protection-controller"),
+            account("pv-protection-controller"),
             stop.clone(),
         )),
         tokio::spawn(root_ca::run(

@@ -1,0 +1,126 @@
+//! The PVC and PV protection controllers: a claim being deleted keeps its
+//! `kubernetes.io/pvc-protection` finalizer while a pod that has not finished uses it, and a
+//! volume being deleted keeps `kubernetes.io/pv-protection` while it is bound; then the
+//! finalizer goes and the deletion completes.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, PostParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::watch;
+
+const PVC: &str = "kubernetes.io/pvc-protection";
+const PV: &str = "kubernetes.io/pv-protection";
+
+/// Whether a pod that has not finished uses the claim `name` in `ns`.
+fn claim_in_use(pods: &[std::sync::Arc<Pod>], ns: &str, name: &str) -> bool {
+    pods.iter().any(|p| {
+        p.namespace().as_deref() == Some(ns)
+            && !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+            && p.spec.as_ref().is_some_and(|s| {
+                s.volumes.iter().flatten().any(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|c| c.claim_name == name)
+                        || (v.ephemeral.is_some() && format!("{}-{}", p.name_any(), v.name) == name)
+                })
+            })
+    })
+}
+
+/// The object without `finalizer`, if it has it (written back with update, which the
+/// controllers' roles allow, guarded by the resourceVersion it carries).
+fn without<K: Resource + Clone>(obj: &K, finalizer: &str) -> Option<K> {
+    let list = obj.meta().finalizers.clone().unwrap_or_default();
+    if !list.iter().any(|f| f == finalizer) {
+        return None;
+    }
+    let mut out = obj.clone();
+    out.meta_mut().finalizers = Some(list.into_iter().filter(|f| f != finalizer).collect());
+    Some(out)
+}
+
+/// Runs both until `stop` turns true. `shared` reads; `pvc_writer` and `pv_writer` write as the
+/// two controllers' accounts.
+pub async fn run(
+    shared: Client,
+    pvc_writer: Client,
+    pv_writer: Client,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (pods, pod_w) = reflector::store::<Pod>();
+    let (claims, claim_w) = reflector::store::<PersistentVolumeClaim>();
+    let (volumes, volume_w) = reflector::store::<PersistentVolume>();
+    let cfg = watcher::Config::default;
+    let streams = vec![
+        reflector(pod_w, watcher(Api::<Pod>::all(shared.clone()), cfg()).default_backoff())
+            .map(|e| e.is_ok())
+            .boxed(),
+        reflector(
+            claim_w,
+            watcher(Api::<PersistentVolumeClaim>::all(shared.clone()), cfg()).default_backoff(),
+        )
+        .map(|e| e.is_ok())
+        .boxed(),
+        reflector(
+            volume_w,
+            watcher(Api::<PersistentVolume>::all(shared.clone()), cfg()).default_backoff(),
+        )
+        .map(|e| e.is_ok())
+        .boxed(),
+    ];
+    let mut events = futures::stream::select_all(streams);
+    loop {
+        tokio::select! {
+            ev = events.next() => if ev.is_none() { return },
+            _ = stop.changed() => return,
+        }
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), events.next()).await {}
+        if pods.wait_until_ready().await.is_err()
+            || claims.wait_until_ready().await.is_err()
+            || volumes.wait_until_ready().await.is_err()
+        {
+            return;
+        }
+        let all_pods = pods.state();
+        for c in claims.state() {
+            if c.metadata.deletion_timestamp.is_none() {
+                continue;
+            }
+            let ns = c.namespace().unwrap_or_default();
+            if claim_in_use(&all_pods, &ns, &c.name_any()) {
+                continue;
+            }
+            if let Some(released) = without(c.as_ref(), PVC) {
+                let api: Api<PersistentVolumeClaim> = Api::namespaced(pvc_writer.clone(), &ns);
+                if let Err(e) = api
+                    .replace(&c.name_any(), &PostParams::default(), &released)
+                    .await
+                {
+                    tracing::debug!(claim = %c.name_any(), error = %e, "releasing a claim");
+                }
+            }
+        }
+        for v in volumes.state() {
+            let bound = v.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+            if v.metadata.deletion_timestamp.is_none() || bound {
+                continue;
+            }
+            if let Some(released) = without(v.as_ref(), PV) {
+                let api: Api<PersistentVolume> = Api::all(pv_writer.clone());
+                if let Err(e) = api
+                    .replace(&v.name_any(), &PostParams::default(), &released)
+                    .await
+                {
+                    tracing::debug!(volume = %v.name_any(), error = %e, "releasing a volume");
+                }
+            }
+        }
+    }
+}
