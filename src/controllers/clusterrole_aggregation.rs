@@ -98,8 +98,8 @@ pub async fn run(client: kube::Client, mut stop: watch::Receiver<bool>) {
         while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), events.next()).await
         {
         }
-        if reader.wait_until_ready().await.is_err() {
-            return;
+        if !super::ready(&reader) {
+            continue;
         }
         let all: Vec<ClusterRole> = reader.state().iter().map(|r| (**r).clone()).collect();
         let n = sync_all(&api, &all).await;

@@ -7,7 +7,8 @@
 //! So far: ClusterRole aggregation ([`clusterrole_aggregation`]), the `default` ServiceAccount
 //! ([`serviceaccounts`]) and the root CA ConfigMap ([`root_ca`]) of every namespace, and
 //! ResourceQuota usage ([`resourcequota`]), legacy service-account token Secrets ([`tokens`]), and
-//! the PVC and PV protection finalizers ([`storage_protection`]).
+//! the PVC and PV protection finalizers ([`storage_protection`]), expired bootstrap tokens
+//! ([`token_cleaner`]).
 
 pub mod clusterrole_aggregation;
 pub mod per_namespace;
@@ -15,11 +16,23 @@ pub mod resourcequota;
 pub mod root_ca;
 pub mod serviceaccounts;
 pub mod storage_protection;
+pub mod token_cleaner;
 pub mod tokens;
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
+
+/// Whether a reflector's store has its initial list. Never waits: a store becomes ready only
+/// while its event stream is polled, so a controller checks this and keeps polling otherwise.
+pub fn ready<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
+}
 
 /// The API clients controllers use.
 #[derive(Clone)]
@@ -61,6 +74,11 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
             clients.shared.clone(),
             account("pvc-protection-controller"),
             account("pv-protection-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(token_cleaner::run(
+            clients.shared.clone(),
+            account("token-cleaner"),
             stop.clone(),
         )),
         tokio::spawn(root_ca::run(

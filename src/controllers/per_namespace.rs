@@ -76,10 +76,8 @@ pub async fn run<K>(
         while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), events.next()).await
         {
         }
-        if ns_reader.wait_until_ready().await.is_err()
-            || obj_reader.wait_until_ready().await.is_err()
-        {
-            return;
+        if !super::ready(&ns_reader) || !super::ready(&obj_reader) {
+            continue;
         }
         for ns in ns_reader.state().iter().filter(|n| active(n)) {
             let ns_name = ns.name_any();

@@ -127,8 +127,8 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
         {
             dirty.extend(ns);
         }
-        if quotas.wait_until_ready().await.is_err() {
-            return;
+        if !super::ready(&quotas) {
+            continue;
         }
         for rq in quotas.state() {
             if !dirty.contains(&rq.namespace().unwrap_or_default()) {

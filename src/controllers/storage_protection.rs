@@ -59,9 +59,12 @@ pub async fn run(
     let (volumes, volume_w) = reflector::store::<PersistentVolume>();
     let cfg = watcher::Config::default;
     let streams = vec![
-        reflector(pod_w, watcher(Api::<Pod>::all(shared.clone()), cfg()).default_backoff())
-            .map(|e| e.is_ok())
-            .boxed(),
+        reflector(
+            pod_w,
+            watcher(Api::<Pod>::all(shared.clone()), cfg()).default_backoff(),
+        )
+        .map(|e| e.is_ok())
+        .boxed(),
         reflector(
             claim_w,
             watcher(Api::<PersistentVolumeClaim>::all(shared.clone()), cfg()).default_backoff(),
@@ -81,12 +84,11 @@ pub async fn run(
             ev = events.next() => if ev.is_none() { return },
             _ = stop.changed() => return,
         }
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), events.next()).await {}
-        if pods.wait_until_ready().await.is_err()
-            || claims.wait_until_ready().await.is_err()
-            || volumes.wait_until_ready().await.is_err()
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), events.next()).await
         {
-            return;
+        }
+        if !super::ready(&pods) || !super::ready(&claims) || !super::ready(&volumes) {
+            continue;
         }
         let all_pods = pods.state();
         for c in claims.state() {

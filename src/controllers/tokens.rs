@@ -109,8 +109,8 @@ pub async fn run(client: Client, ca: String, sign: SignLegacy, mut stop: watch::
         while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), events.next()).await
         {
         }
-        if accounts.wait_until_ready().await.is_err() || secrets.wait_until_ready().await.is_err() {
-            return;
+        if !super::ready(&accounts) || !super::ready(&secrets) {
+            continue;
         }
         for secret in secrets.state() {
             let ns = secret.namespace().unwrap_or_default();
