@@ -3,7 +3,6 @@
 //! each rule once), written by server-side apply as `clusterrole-aggregation-controller`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
@@ -77,26 +76,19 @@ async fn sync_all(api: &Api<ClusterRole>, all: &[ClusterRole]) -> usize {
 pub async fn run(client: kube::Client, mut stop: watch::Receiver<bool>) {
     let api: Api<ClusterRole> = Api::all(client);
     let (reader, writer) = reflector::store();
-    let events = reflector(
+    let mut events = reflector(
         writer,
         watcher(api.clone(), watcher::Config::default()).default_backoff(),
-    );
-    let mut events = std::pin::pin!(events);
-    loop {
-        tokio::select! {
-            ev = events.next() => match ev {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "watching cluster roles");
-                    continue;
-                }
-                None => return,
-            },
-            _ = stop.changed() => return,
+    )
+    .inspect(|e| {
+        if let Err(e) = e {
+            tracing::debug!(error = %e, "watching cluster roles");
         }
-        // Let a burst of changes settle into one pass.
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), events.next()).await
-        {
+    })
+    .boxed();
+    loop {
+        if !super::next_burst(&mut events, &mut stop).await {
+            return;
         }
         if !super::ready(&reader) {
             continue;

@@ -34,6 +34,23 @@ where
     matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
 }
 
+/// Waits for the next change, then lets the burst it starts settle (20 ms of quiet), so one
+/// pass handles many changes. False once the stream ends or `stop` turns true.
+pub async fn next_burst<S>(events: &mut S, stop: &mut watch::Receiver<bool>) -> bool
+where
+    S: futures::Stream + Unpin,
+{
+    use futures::StreamExt;
+    tokio::select! {
+        ev = events.next() => if ev.is_none() { return false },
+        _ = stop.changed() => return false,
+    }
+    while let Ok(Some(_)) =
+        tokio::time::timeout(std::time::Duration::from_millis(20), events.next()).await
+    {}
+    true
+}
+
 /// The API clients controllers use.
 #[derive(Clone)]
 pub struct Clients {

@@ -3,7 +3,6 @@
 //! create (or bring up to date) what is missing.
 
 use std::fmt::Debug;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -69,12 +68,8 @@ pub async fn run<K>(
     .boxed();
     let mut events = futures::stream::select(ns_events, obj_events);
     loop {
-        tokio::select! {
-            ev = events.next() => if ev.is_none() { return },
-            _ = stop.changed() => return,
-        }
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), events.next()).await
-        {
+        if !super::next_burst(&mut events, &mut stop).await {
+            return;
         }
         if !super::ready(&ns_reader) || !super::ready(&obj_reader) {
             continue;

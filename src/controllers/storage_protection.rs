@@ -3,8 +3,6 @@
 //! volume being deleted keeps `kubernetes.io/pv-protection` while it is bound; then the
 //! finalizer goes and the deletion completes.
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, PostParams};
@@ -80,12 +78,8 @@ pub async fn run(
     ];
     let mut events = futures::stream::select_all(streams);
     loop {
-        tokio::select! {
-            ev = events.next() => if ev.is_none() { return },
-            _ = stop.changed() => return,
-        }
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), events.next()).await
-        {
+        if !super::next_burst(&mut events, &mut stop).await {
+            return;
         }
         if !super::ready(&pods) || !super::ready(&claims) || !super::ready(&volumes) {
             continue;

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -102,12 +101,8 @@ pub async fn run(client: Client, ca: String, sign: SignLegacy, mut stop: watch::
     .boxed();
     let mut events = futures::stream::select(sa_events, secret_events);
     loop {
-        tokio::select! {
-            ev = events.next() => if ev.is_none() { return },
-            _ = stop.changed() => return,
-        }
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), events.next()).await
-        {
+        if !super::next_burst(&mut events, &mut stop).await {
+            return;
         }
         if !super::ready(&accounts) || !super::ready(&secrets) {
             continue;

@@ -67,6 +67,13 @@ pub async fn validate(
     let Some(def) = catalog::find("", "v1", "resourcequotas") else {
         return Ok(());
     };
+    // Most namespaces have no quota: the watch cache says so without a store read.
+    if super::list(a.reg, "", "resourcequotas", Some(ns))
+        .await
+        .is_empty()
+    {
+        return Ok(());
+    }
     let (group, plural) = (a.def.group, a.def.plural);
     let mut delta: Usage = quota::usage(group, plural, obj);
     if let Some(old) = old {

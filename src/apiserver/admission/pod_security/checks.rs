@@ -98,12 +98,14 @@ fn added(c: &Value) -> Vec<String> {
         .collect()
 }
 
-fn capabilities_baseline(spec: &Value) -> Option<Failure> {
+/// `container "c" must not include "X" in securityContext.capabilities.add`, for every
+/// container adding capabilities that `allowed` refuses.
+fn forbidden_adds(spec: &Value, allowed: impl Fn(&str) -> bool) -> Vec<String> {
     let mut details = Vec::new();
     for c in containers(spec) {
         let bad: Vec<String> = added(c)
             .into_iter()
-            .filter(|cap| !DEFAULT_CAPABILITIES.contains(&cap.as_str()))
+            .filter(|cap| !allowed(cap))
             .map(|cap| format!("{cap:?}"))
             .collect();
         if !bad.is_empty() {
@@ -114,6 +116,11 @@ fn capabilities_baseline(spec: &Value) -> Option<Failure> {
             ));
         }
     }
+    details
+}
+
+fn capabilities_baseline(spec: &Value) -> Option<Failure> {
+    let details = forbidden_adds(spec, |cap| DEFAULT_CAPABILITIES.contains(&cap));
     if details.is_empty() {
         return None;
     }
@@ -141,20 +148,7 @@ fn capabilities_restricted(spec: &Value) -> Option<Failure> {
             which(&no_drop)
         ));
     }
-    for c in containers(spec) {
-        let bad: Vec<String> = added(c)
-            .into_iter()
-            .filter(|cap| cap != "NET_BIND_SERVICE")
-            .map(|cap| format!("{cap:?}"))
-            .collect();
-        if !bad.is_empty() {
-            details.push(format!(
-                "container {:?} must not include {} in securityContext.capabilities.add",
-                name(c),
-                bad.join(", ")
-            ));
-        }
-    }
+    details.extend(forbidden_adds(spec, |cap| cap == "NET_BIND_SERVICE"));
     if details.is_empty() {
         return None;
     }
