@@ -71,6 +71,8 @@ pub struct ServerConfig {
     pub token_auth_file: Option<PathBuf>,
     /// Encryption at rest (`--encryption-provider-config`).
     pub encryption_provider_config: Option<PathBuf>,
+    /// The admission plugins' configuration (`--admission-control-config-file`).
+    pub admission_control_config_file: Option<PathBuf>,
     /// The audit log.
     pub audit: AuditOptions,
 }
@@ -296,6 +298,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             service_cidr: cfg.service_cidr.clone(),
             token_auth_file: cfg.token_auth_file.clone(),
             encryption_provider_config: cfg.encryption_provider_config.clone(),
+            admission_control_config_file: cfg.admission_control_config_file.clone(),
             audit: cfg.audit.clone(),
         };
         match crate::apiserver::start(api_cfg, store.clone(), stop_rx.clone()).await {

@@ -58,6 +58,8 @@ pub enum ApiError {
     Encryption(#[from] encryption::EncryptionError),
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    #[error(transparent)]
+    Admission(#[from] admission::config::AdmissionConfigError),
     #[error("RBAC: {0}")]
     Rbac(#[from] auth::rbac::bootstrap::BootstrapError),
     #[error("service IPs: {0}")]
@@ -87,6 +89,8 @@ pub struct ApiConfig {
     pub token_auth_file: Option<PathBuf>,
     /// The EncryptionConfiguration (`--encryption-provider-config`), if any.
     pub encryption_provider_config: Option<PathBuf>,
+    /// The admission plugins' AdmissionConfiguration (`--admission-control-config-file`), if any.
+    pub admission_control_config_file: Option<PathBuf>,
     /// The audit log.
     pub audit: crate::supervisor::AuditOptions,
 }
@@ -129,6 +133,10 @@ pub async fn start(
         Some(path) => auth::tokens::load_token_file(path)?,
         None => Default::default(),
     };
+    let admission = Arc::new(match &cfg.admission_control_config_file {
+        Some(path) => admission::AdmissionConfig::load(path)?,
+        None => Default::default(),
+    });
     let tokens = Some(Arc::new(token::TokenSigner::from_pem(
         &pki.service_account_key,
     )?));
@@ -190,6 +198,7 @@ pub async fn start(
             service_range: Some(range),
             tokens: tokens.clone(),
             rbac: rbac.clone(),
+            admission,
         },
         discovery::Discovery {
             server_address: format!("{host}:{}", addr.port()),

@@ -237,6 +237,7 @@ async fn bench_backend(
             service_cidr: "10.43.0.0/16".into(),
             token_auth_file: None,
             encryption_provider_config: None,
+            admission_control_config_file: None,
             audit: Default::default(),
         },
         store,

@@ -143,6 +143,14 @@ pub struct ServerArgs {
     /// Encrypt resources at rest as this EncryptionConfiguration file says (upstream's format).
     #[arg(long, value_name = "FILE")]
     pub encryption_provider_config: Option<PathBuf>,
+    /// Admission plugins' configuration (upstream's AdmissionConfiguration; PodSecurity's
+    /// defaults and exemptions).
+    #[arg(
+        long,
+        value_name = "FILE",
+        alias = "pod-security-admission-config-file"
+    )]
+    pub admission_control_config_file: Option<PathBuf>,
     /// Audit policy (upstream's audit.k8s.io/v1 Policy).
     #[arg(long, value_name = "FILE")]
     pub audit_policy_file: Option<PathBuf>,
@@ -319,6 +327,7 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
         service_cidr: args.service_cidr,
         token_auth_file: args.token_auth_file,
         encryption_provider_config: args.encryption_provider_config,
+        admission_control_config_file: args.admission_control_config_file,
         audit: supervisor::AuditOptions {
             policy_file: args.audit_policy_file,
             log_path: args.audit_log_path,

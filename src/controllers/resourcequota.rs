@@ -92,7 +92,9 @@ impl Kinds {
             .iter()
             .flat_map(|rq| rq.spec.iter().flat_map(|s| s.hard.iter().flatten()))
             .filter_map(|(k, _)| counted(k))
-            .filter(|(g, p)| self.find(g, p).is_none() && !self.missing.contains(&(g.clone(), p.clone())))
+            .filter(|(g, p)| {
+                self.find(g, p).is_none() && !self.missing.contains(&(g.clone(), p.clone()))
+            })
             .collect();
         let mut added = Vec::new();
         let mut groups: HashMap<String, Vec<(ApiResource, kube::discovery::ApiCapabilities)>> =
@@ -140,7 +142,11 @@ async fn recount(
     for (i, r) in kinds.known.iter().enumerate() {
         // Discovered kinds are listed only for the quotas that count them.
         let extra = i >= quota::TRACKED.len();
-        if extra && !hard.iter().any(|k| counted(k) == Some((r.group.clone(), r.plural.clone()))) {
+        if extra
+            && !hard
+                .iter()
+                .any(|k| counted(k) == Some((r.group.clone(), r.plural.clone())))
+        {
             continue;
         }
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, r);

@@ -12,6 +12,7 @@
 
 #![allow(clippy::result_large_err)]
 
+pub mod config;
 pub mod defaults;
 pub mod lifecycle;
 pub mod limit_ranger;
@@ -24,6 +25,8 @@ pub mod service_account;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
+
+pub use config::AdmissionConfig;
 
 use super::catalog::{self, ResourceDef};
 use super::http::User;

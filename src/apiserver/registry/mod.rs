@@ -52,6 +52,8 @@ pub struct Registry {
     pub tokens: Option<Arc<crate::apiserver::token::TokenSigner>>,
     /// The authorizer, for escalation checks on RBAC writes.
     pub rbac: crate::apiserver::auth::rbac::Rbac,
+    /// The admission plugins' configuration (`--admission-control-config-file`).
+    pub admission: Arc<crate::apiserver::admission::AdmissionConfig>,
 }
 
 /// One request, resolved against the catalog.

@@ -1,56 +1,32 @@
 //! PodSecurity: the Pod Security Standards a namespace asks for in its
-//! `pod-security.kubernetes.io/{enforce,warn,audit}` labels. Pods that violate the `enforce`
-//! level are refused (403, upstream's message); violations of the `warn` level, and of any level
-//! by a workload's pod template, come back as warnings; `audit` violations are logged.
+//! `pod-security.kubernetes.io/{enforce,warn,audit}[-version]` labels, with the defaults and
+//! exemptions of the plugin's configuration file ([`policy::Config`]). Pods that violate the
+//! `enforce` level are refused (403, upstream's message); violations of the `warn` level, and of
+//! any level by a workload's pod template, come back as warnings; `audit` violations are logged.
+//! Namespace writes are checked too ([`namespace`]): malformed labels are refused, and tightening
+//! `enforce` warns about the existing pods that would not be admitted again.
 
 mod checks;
+mod namespace;
+mod policy;
+
+pub use policy::{Config, Level, LevelVersion, Policy, Version};
 
 use axum::response::Response;
 use serde_json::Value;
 
 use super::{lookup, Attributes, Operation};
 
-const PREFIX: &str = "pod-security.kubernetes.io/";
-
-/// A Pod Security Standard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Level {
-    Privileged,
-    Baseline,
-    Restricted,
-}
-
-impl Level {
-    /// The level a label names; an unknown value is the strictest, as upstream.
-    fn parse(label: Option<&str>) -> Level {
-        match label {
-            None | Some("privileged") => Level::Privileged,
-            Some("baseline") => Level::Baseline,
-            _ => Level::Restricted,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Level::Privileged => "privileged",
-            Level::Baseline => "baseline",
-            Level::Restricted => "restricted",
-        }
-    }
-}
-
 /// The pod spec a write carries: a pod's, or a workload's template.
 fn pod_spec<'a>(a: &Attributes<'_>, obj: &'a Value) -> Option<(&'a Value, bool)> {
-    if a.subresource.is_some() {
-        return None;
-    }
-    match (a.def.group, a.def.plural) {
-        ("", "pods") => Some((&obj["spec"], true)),
-        ("", "podtemplates") => Some((&obj["template"]["spec"], false)),
-        ("", "replicationcontrollers")
-        | ("apps", "deployments" | "replicasets" | "statefulsets" | "daemonsets")
-        | ("batch", "jobs") => Some((&obj["spec"]["template"]["spec"], false)),
-        ("batch", "cronjobs") => Some((
+    match (a.def.group, a.def.plural, a.subresource) {
+        ("", "pods", None | Some("ephemeralcontainers")) => Some((&obj["spec"], true)),
+        (_, _, Some(_)) => None,
+        ("", "podtemplates", _) => Some((&obj["template"]["spec"], false)),
+        ("", "replicationcontrollers", _)
+        | ("apps", "deployments" | "replicasets" | "statefulsets" | "daemonsets", _)
+        | ("batch", "jobs", _) => Some((&obj["spec"]["template"]["spec"], false)),
+        ("batch", "cronjobs", _) => Some((
             &obj["spec"]["jobTemplate"]["spec"]["template"]["spec"],
             false,
         )),
@@ -74,6 +50,21 @@ fn violations(spec: &Value, level: Level) -> Option<String> {
     Some(parts.join(", "))
 }
 
+/// Just the reasons (`host namespaces, privileged`), as the namespace warnings list them.
+fn reasons(spec: &Value, level: Level) -> Option<String> {
+    if level == Level::Privileged {
+        return None;
+    }
+    let failures = checks::check(spec, level == Level::Restricted);
+    (!failures.is_empty()).then(|| {
+        failures
+            .iter()
+            .map(|f| f.reason.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
 /// Enforces, warns and audits; returns the warnings for the response.
 pub async fn validate(
     a: &Attributes<'_>,
@@ -82,6 +73,10 @@ pub async fn validate(
 ) -> Result<Vec<String>, Response> {
     if a.op == Operation::Delete {
         return Ok(Vec::new());
+    }
+    let cfg = &a.reg.admission.pod_security;
+    if a.is("", "namespaces") {
+        return namespace::validate(a, cfg, obj, old).await;
     }
     let Some((spec, is_pod)) = pod_spec(a, obj) else {
         return Ok(Vec::new());
@@ -95,39 +90,46 @@ pub async fn validate(
     let Some(ns) = a.namespace else {
         return Ok(Vec::new());
     };
+    let runtime_class = spec["runtimeClassName"].as_str().unwrap_or_default();
+    if cfg.exempt_namespaces.iter().any(|n| n == ns)
+        || a.user
+            .is_some_and(|u| cfg.exempt_usernames.contains(&u.name))
+        || (!runtime_class.is_empty()
+            && cfg
+                .exempt_runtime_classes
+                .iter()
+                .any(|r| r == runtime_class))
+    {
+        return Ok(Vec::new());
+    }
     let Some(namespace) = lookup(a.reg, "", "namespaces", None, ns).await else {
         return Ok(Vec::new());
     };
-    let labels = &namespace["metadata"]["labels"];
-    let level = |mode: &str| Level::parse(labels[format!("{PREFIX}{mode}")].as_str());
-    let (enforce, warn, audit) = (level("enforce"), level("warn"), level("audit"));
+    let (policy, _) = Policy::from_labels(&namespace["metadata"]["labels"], &cfg.defaults);
     let mut warnings = Vec::new();
-    if let Some(v) = violations(spec, enforce) {
+    if let Some(v) = violations(spec, policy.enforce.level) {
         if is_pod {
-            return Err(a.forbidden(&format!(
-                "violates PodSecurity \"{}:latest\": {v}",
-                enforce.name()
-            )));
+            return Err(a.forbidden(&format!("violates PodSecurity \"{}\": {v}", policy.enforce)));
         }
         warnings.push(format!(
-            "would violate PodSecurity \"{}:latest\": {v}",
-            enforce.name()
+            "would violate PodSecurity \"{}\": {v}",
+            policy.enforce
         ));
     }
-    if warn != enforce || !is_pod {
-        if let Some(v) = violations(spec, warn) {
-            let w = format!("would violate PodSecurity \"{}:latest\": {v}", warn.name());
+    if policy.warn != policy.enforce || !is_pod {
+        if let Some(v) = violations(spec, policy.warn.level) {
+            let w = format!("would violate PodSecurity \"{}\": {v}", policy.warn);
             if !warnings.contains(&w) {
                 warnings.push(w);
             }
         }
     }
-    if let Some(v) = violations(spec, audit) {
+    if let Some(v) = violations(spec, policy.audit.level) {
         tracing::info!(
             target: "k1s::audit::pod_security",
             namespace = ns,
             name = a.name,
-            level = audit.name(),
+            level = %policy.audit,
             "would violate PodSecurity: {v}"
         );
     }
@@ -166,6 +168,6 @@ mod tests {
             violations(&spec, Level::Baseline).expect("violations"),
             "non-default capabilities (container \"a\" must not include \"NET_ADMIN\" in securityContext.capabilities.add), host namespaces (hostNetwork=true), hostPath volumes (volume \"root\"), hostPort (container \"a\" uses hostPort 8080), privileged (container \"a\" must not set securityContext.privileged=true)"
         );
-        assert_eq!(Level::parse(Some("bogus")), Level::Restricted);
+        assert_eq!(Level::parse("bogus"), Err(Level::Restricted));
     }
 }
