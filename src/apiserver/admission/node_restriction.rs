@@ -1,6 +1,7 @@
 //! NodeRestriction: what a kubelet (`system:node:NAME`) may write is limited to its own Node
 //! (without the labels reserved for administrators), its own Lease and CSINode, the status of
-//! pods bound to it, and mirror pods of its own; upstream's messages.
+//! pods bound to it, mirror pods of its own, and the resize fields of its claims' status
+//! (capacity, conditions, allocated resources); upstream's messages.
 
 use axum::response::Response;
 use serde_json::{Map, Value};
@@ -98,6 +99,22 @@ pub fn validate(a: &Attributes<'_>, obj: &Value, old: Option<&Value>) -> Result<
             }
             Ok(())
         }
+        ("", "persistentvolumeclaims", sub) => {
+            if sub != Some("status") {
+                return Err(a.forbidden("may only update PVC status"));
+            }
+            if a.op != Operation::Update {
+                return Err(a.forbidden(&format!("unexpected operation {:?}", op_name(a.op))));
+            }
+            let changed = claim_changes(old.unwrap_or(obj), obj);
+            if !changed.is_empty() {
+                return Err(a.forbidden(&format!(
+                    "node \"{node}\" is not allowed to update fields other than status.quantity and status.conditions: {}",
+                    changed.join(", ")
+                )));
+            }
+            Ok(())
+        }
         ("", "nodes", _) => {
             if a.name != node {
                 return Err(a.forbidden(&format!(
@@ -155,9 +172,70 @@ pub fn validate(a: &Attributes<'_>, obj: &Value, old: Option<&Value>) -> Result<
     }
 }
 
+fn op_name(op: Operation) -> &'static str {
+    match op {
+        Operation::Create => "CREATE",
+        Operation::Update => "UPDATE",
+        Operation::Delete => "DELETE",
+    }
+}
+
+/// The fields of a claim that changed beyond what a kubelet may write when it expands a
+/// volume: `metadata.labels`, `status.phase`...
+fn claim_changes(old: &Value, new: &Value) -> Vec<String> {
+    const FREE_STATUS: [&str; 4] = [
+        "capacity",
+        "conditions",
+        "allocatedResources",
+        "allocatedResourceStatuses",
+    ];
+    let mut out = Vec::new();
+    let empty = Map::new();
+    for top in ["metadata", "spec", "status"] {
+        let (a, b) = (
+            old[top].as_object().unwrap_or(&empty),
+            new[top].as_object().unwrap_or(&empty),
+        );
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            let free = match top {
+                "metadata" => matches!(k.as_str(), "resourceVersion" | "managedFields"),
+                "status" => FREE_STATUS.contains(&k.as_str()),
+                _ => false,
+            };
+            if !free && a.get(k) != b.get(k) {
+                out.push(format!("{top}.{k}"));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kubelets_may_change_only_a_claims_resize_status() {
+        let old = json!({"metadata": {"name": "d", "resourceVersion": "1"}, "spec": {"volumeName": "pv"},
+            "status": {"phase": "Bound", "capacity": {"storage": "1Gi"}}});
+        let mut grown = old.clone();
+        grown["metadata"]["resourceVersion"] = json!("2");
+        grown["status"]["capacity"] = json!({"storage": "2Gi"});
+        grown["status"]["conditions"] =
+            json!([{"type": "FileSystemResizePending", "status": "True"}]);
+        assert!(claim_changes(&old, &grown).is_empty());
+        let mut relabelled = grown.clone();
+        relabelled["metadata"]["labels"] = json!({"x": "y"});
+        relabelled["status"]["phase"] = json!("Lost");
+        assert_eq!(
+            claim_changes(&old, &relabelled),
+            ["metadata.labels", "status.phase"]
+        );
+    }
 
     #[test]
     fn reserved_labels_are_upstreams() {

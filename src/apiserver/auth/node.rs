@@ -199,7 +199,7 @@ pub async fn authorize(auth: &Authenticator, node: &str, a: &Attributes) -> Verd
         ("", "configmaps") => read_related(auth, node, Kind::ConfigMap, a, r).await,
         ("", "persistentvolumeclaims") if r.subresource == "status" => {
             if !matches!(a.verb.as_str(), "update" | "patch") {
-                return no("can only get or update persistentvolumeclaim status");
+                return no("can only get/update/patch this type");
             }
             if related(auth, node, Kind::Claim, &r.namespace, &r.name).await {
                 Verdict::Allow
