@@ -99,6 +99,23 @@ fn check_one_of(kind: &str, spec: &Value) -> Result<(), Response> {
     Ok(())
 }
 
+/// The user a (local) subject access review asks about; one of user or groups is required.
+fn spec_user(kind: &str, spec: &Value) -> Result<User, Response> {
+    let user = User {
+        name: spec["user"].as_str().unwrap_or_default().to_string(),
+        groups: strings(&spec["groups"]),
+    };
+    if user.name.is_empty() && user.groups.is_empty() {
+        return Err(invalid(
+            kind,
+            "spec.user",
+            &json!(""),
+            "at least one of user or group must be specified",
+        ));
+    }
+    Ok(user)
+}
+
 fn caller(req: &Request) -> Option<User> {
     req.extensions().get::<Caller>().and_then(|c| c.0.clone())
 }
@@ -113,18 +130,10 @@ pub async fn subject(State(auth): State<Authenticator>, req: Request) -> Respons
     if let Err(r) = check_one_of("SubjectAccessReview", spec) {
         return r;
     }
-    let user = User {
-        name: spec["user"].as_str().unwrap_or_default().to_string(),
-        groups: strings(&spec["groups"]),
+    let user = match spec_user("SubjectAccessReview", spec) {
+        Ok(u) => u,
+        Err(r) => return r,
     };
-    if user.name.is_empty() && user.groups.is_empty() {
-        return invalid(
-            "SubjectAccessReview",
-            "spec.user",
-            &json!(""),
-            "at least one of user or group must be specified",
-        );
-    }
     answer(&auth, review, "SubjectAccessReview", &user).await
 }
 
@@ -151,18 +160,10 @@ pub async fn local_subject(
     if let Err(r) = check_one_of(KIND, spec) {
         return r;
     }
-    let user = User {
-        name: spec["user"].as_str().unwrap_or_default().to_string(),
-        groups: strings(&spec["groups"]),
+    let user = match spec_user(KIND, spec) {
+        Ok(u) => u,
+        Err(r) => return r,
     };
-    if user.name.is_empty() && user.groups.is_empty() {
-        return invalid(
-            KIND,
-            "spec.user",
-            &json!(""),
-            "at least one of user or group must be specified",
-        );
-    }
     match spec["resourceAttributes"]["namespace"].as_str() {
         None | Some("") => review["spec"]["resourceAttributes"]["namespace"] = json!(namespace),
         Some(ns) if ns == namespace => {}

@@ -105,78 +105,53 @@ fn random(n: usize) -> Result<Vec<u8>, EncryptionError> {
     Ok(b)
 }
 
-type CbcEnc<C> = cbc::Encryptor<C>;
-type CbcDec<C> = cbc::Decryptor<C>;
+/// Evaluates `$body` with `$c` naming the AES cipher for a 16-, 24- or 32-byte key.
+macro_rules! with_aes {
+    ($len:expr, $c:ident => $body:expr) => {
+        match $len {
+            16 => {
+                type $c = aes::Aes128;
+                $body
+            }
+            24 => {
+                type $c = aes::Aes192;
+                $body
+            }
+            _ => {
+                type $c = aes::Aes256;
+                $body
+            }
+        }
+    };
+}
+
+type Gcm<C> = aes_gcm::AesGcm<C, aes_gcm::aead::consts::U12>;
 
 fn cbc_encrypt(key: &[u8], iv: &[u8], data: &[u8]) -> Vec<u8> {
     use cbc::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyIvInit};
-    match key.len() {
-        16 => CbcEnc::<aes::Aes128>::new_from_slices(key, iv)
-            .map(|c| c.encrypt_padded_vec_mut::<Pkcs7>(data))
-            .unwrap_or_default(),
-        24 => CbcEnc::<aes::Aes192>::new_from_slices(key, iv)
-            .map(|c| c.encrypt_padded_vec_mut::<Pkcs7>(data))
-            .unwrap_or_default(),
-        _ => CbcEnc::<aes::Aes256>::new_from_slices(key, iv)
-            .map(|c| c.encrypt_padded_vec_mut::<Pkcs7>(data))
-            .unwrap_or_default(),
-    }
+    with_aes!(key.len(), C => cbc::Encryptor::<C>::new_from_slices(key, iv)
+        .map(|c| c.encrypt_padded_vec_mut::<Pkcs7>(data))
+        .unwrap_or_default())
 }
 
 fn cbc_decrypt(key: &[u8], iv: &[u8], data: &[u8]) -> Option<Vec<u8>> {
     use cbc::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
-    match key.len() {
-        16 => CbcDec::<aes::Aes128>::new_from_slices(key, iv)
-            .ok()?
-            .decrypt_padded_vec_mut::<Pkcs7>(data)
-            .ok(),
-        24 => CbcDec::<aes::Aes192>::new_from_slices(key, iv)
-            .ok()?
-            .decrypt_padded_vec_mut::<Pkcs7>(data)
-            .ok(),
-        _ => CbcDec::<aes::Aes256>::new_from_slices(key, iv)
-            .ok()?
-            .decrypt_padded_vec_mut::<Pkcs7>(data)
-            .ok(),
-    }
+    with_aes!(key.len(), C => cbc::Decryptor::<C>::new_from_slices(key, iv)
+        .ok()?
+        .decrypt_padded_vec_mut::<Pkcs7>(data)
+        .ok())
 }
 
 fn gcm_seal(key: &[u8], nonce: &[u8], data: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
     let payload = Payload { msg: data, aad };
     let nonce = aes_gcm::Nonce::from_slice(nonce);
-    match key.len() {
-        16 => aes_gcm::Aes128Gcm::new_from_slice(key)
-            .ok()?
-            .encrypt(nonce, payload)
-            .ok(),
-        24 => aes_gcm::AesGcm::<aes::Aes192, aes_gcm::aead::consts::U12>::new_from_slice(key)
-            .ok()?
-            .encrypt(nonce, payload)
-            .ok(),
-        _ => aes_gcm::Aes256Gcm::new_from_slice(key)
-            .ok()?
-            .encrypt(nonce, payload)
-            .ok(),
-    }
+    with_aes!(key.len(), C => Gcm::<C>::new_from_slice(key).ok()?.encrypt(nonce, payload).ok())
 }
 
 fn gcm_open(key: &[u8], nonce: &[u8], data: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
     let payload = Payload { msg: data, aad };
     let nonce = aes_gcm::Nonce::from_slice(nonce);
-    match key.len() {
-        16 => aes_gcm::Aes128Gcm::new_from_slice(key)
-            .ok()?
-            .decrypt(nonce, payload)
-            .ok(),
-        24 => aes_gcm::AesGcm::<aes::Aes192, aes_gcm::aead::consts::U12>::new_from_slice(key)
-            .ok()?
-            .decrypt(nonce, payload)
-            .ok(),
-        _ => aes_gcm::Aes256Gcm::new_from_slice(key)
-            .ok()?
-            .decrypt(nonce, payload)
-            .ok(),
-    }
+    with_aes!(key.len(), C => Gcm::<C>::new_from_slice(key).ok()?.decrypt(nonce, payload).ok())
 }
 
 /// Builds a provider from a key's name and bytes.
