@@ -10,10 +10,16 @@ pub mod bench;
 pub mod cli;
 #[cfg(feature = "controllers")]
 pub mod controllers;
+#[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
+pub mod events;
+#[cfg(feature = "kubelet")]
+pub mod kubelet;
 pub mod metrics;
 pub mod parts;
 pub mod quantity;
 pub mod quota;
 pub mod store;
 pub mod supervisor;
+#[cfg(any(feature = "scheduler", feature = "controllers"))]
+pub mod taints;
 pub mod testing;

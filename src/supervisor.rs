@@ -61,6 +61,10 @@ pub struct ServerConfig {
     pub disable_scheduler: bool,
     pub disable_controllers: bool,
     pub disable_addons: Vec<String>,
+    /// How long a node may go without a heartbeat before it is Unknown.
+    pub node_monitor_grace_period: Duration,
+    /// Simulated nodes (`--simulated-nodes`).
+    pub simulated: SimulatedNodes,
     pub https_listen_port: u16,
     pub bind_address: IpAddr,
     pub compaction_interval: Duration,
@@ -75,6 +79,16 @@ pub struct ServerConfig {
     pub admission_control_config_file: Option<PathBuf>,
     /// The audit log.
     pub audit: AuditOptions,
+}
+
+/// The simulated nodes' flags (`--simulated-node*`).
+#[derive(Clone, Debug, Default)]
+pub struct SimulatedNodes {
+    pub count: usize,
+    /// Capacity overrides (NAME -> quantity), over the defaults.
+    pub capacity: std::collections::BTreeMap<String, String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub prefix: String,
 }
 
 /// The audit log's flags (`--audit-policy-file`, `--audit-log-*`).
@@ -113,6 +127,9 @@ impl ServerConfig {
 
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), SupervisorError> {
+        if self.simulated.count > 0 {
+            Part::Kubelet.require()?;
+        }
         self.first_service_ip().map(|_| ())
     }
 
@@ -338,8 +355,27 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
         let ctx = crate::controllers::Context {
             root_ca: api.ca_cert.clone(),
             sign_legacy,
+            node_monitor_grace: cfg.node_monitor_grace_period,
         };
         tokio::spawn(crate::controllers::run(clients, ctx, stop_rx.clone()))
+    });
+    #[cfg(all(feature = "apiserver", feature = "kubelet"))]
+    let simulated = (cfg.simulated.count > 0).then(|| {
+        use crate::apiserver::local_client;
+        use crate::kubelet::simulated;
+        let app = api.app.clone();
+        let mut sim = simulated::SimConfig::new(cfg.simulated.count);
+        sim.prefix = cfg.simulated.prefix.clone();
+        sim.capacity.extend(cfg.simulated.capacity.clone());
+        sim.labels = cfg.simulated.labels.clone();
+        let clients = simulated::Clients {
+            // Pods are watched once for every node, with the controller manager's read access.
+            reader: local_client::client(app.clone(), local_client::controller_manager_user()),
+            for_node: Arc::new(move |name: &str| {
+                local_client::client(app.clone(), local_client::node_user(name))
+            }),
+        };
+        tokio::spawn(simulated::run(sim, clients, stop_rx.clone()))
     });
     tracing::info!(parts = ?cfg.enabled_parts(), api_ready = api_ready.is_open(), "k1s server running");
 
@@ -349,6 +385,10 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
     #[cfg(all(feature = "apiserver", feature = "controllers"))]
     if let Some(c) = controllers {
         let _ = c.await;
+    }
+    #[cfg(all(feature = "apiserver", feature = "kubelet"))]
+    if let Some(s) = simulated {
+        let _ = s.await;
     }
     #[cfg(feature = "apiserver")]
     api.stopped().await;

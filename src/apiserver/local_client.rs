@@ -30,6 +30,14 @@ pub fn controller_user(name: &str) -> User {
     }
 }
 
+/// The kubelet of node `name` (`system:node:NAME` in `system:nodes`).
+pub fn node_user(name: &str) -> User {
+    User {
+        name: format!("system:node:{name}"),
+        groups: vec!["system:nodes".into(), "system:authenticated".into()],
+    }
+}
+
 /// The controller manager's own user, for the reads its controllers share.
 pub fn controller_manager_user() -> User {
     User {

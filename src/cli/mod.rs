@@ -122,6 +122,22 @@ pub struct ServerArgs {
     /// Add-ons to leave out (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub disable: Vec<String>,
+    /// How long a node may go without a heartbeat before the node controller marks it Unknown.
+    #[arg(long, default_value = "40s", value_parser = parse_duration, value_name = "DURATION")]
+    pub node_monitor_grace_period: Duration,
+    /// Register this many simulated nodes (no containers; pods bound to them run as KWOK's do).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub simulated_nodes: usize,
+    /// Capacity of each simulated node (comma-separated NAME=QUANTITY; default
+    /// cpu=32,memory=256Gi,pods=110,ephemeral-storage=1Ti).
+    #[arg(long, value_delimiter = ',', value_parser = parse_key_value, value_name = "NAME=QTY")]
+    pub simulated_node_capacity: Vec<(String, String)>,
+    /// Extra labels of each simulated node (comma-separated KEY=VALUE).
+    #[arg(long, value_delimiter = ',', value_parser = parse_key_value, value_name = "KEY=VALUE")]
+    pub simulated_node_labels: Vec<(String, String)>,
+    /// Simulated node names are this prefix and an index.
+    #[arg(long, default_value = "sim-", value_name = "PREFIX")]
+    pub simulated_node_prefix: String,
     /// HTTPS port of the API server.
     #[arg(long, default_value_t = 6443, value_name = "PORT")]
     pub https_listen_port: u16,
@@ -188,6 +204,14 @@ pub struct KubeconfigArgs {
     /// Where the server wrote the admin kubeconfig.
     #[arg(long, value_name = "FILE", default_value = "/etc/k1s/k1s.yaml")]
     pub write_kubeconfig: PathBuf,
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 /// Parses `30s`, `5m`, `2h`, `1h30m` or plain seconds.
@@ -319,6 +343,13 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
         disable_scheduler: args.disable_scheduler,
         disable_controllers: args.disable_controllers,
         disable_addons: args.disable,
+        node_monitor_grace_period: args.node_monitor_grace_period,
+        simulated: supervisor::SimulatedNodes {
+            count: args.simulated_nodes,
+            capacity: args.simulated_node_capacity.into_iter().collect(),
+            labels: args.simulated_node_labels.into_iter().collect(),
+            prefix: args.simulated_node_prefix,
+        },
         https_listen_port: args.https_listen_port,
         bind_address: args.bind_address,
         compaction_interval: args.compaction_interval,

@@ -8,9 +8,11 @@
 //! ([`serviceaccounts`]) and the root CA ConfigMap ([`root_ca`]) of every namespace, and
 //! ResourceQuota usage ([`resourcequota`]), legacy service-account token Secrets ([`tokens`]), and
 //! the PVC and PV protection finalizers ([`storage_protection`]), expired bootstrap tokens
-//! ([`token_cleaner`]).
+//! ([`token_cleaner`]), node health, condition taints and taint-based eviction
+//! ([`node_lifecycle`]).
 
 pub mod clusterrole_aggregation;
+pub mod node_lifecycle;
 pub mod per_namespace;
 pub mod resourcequota;
 pub mod root_ca;
@@ -67,6 +69,9 @@ pub struct Context {
     pub root_ca: String,
     /// Signs legacy service-account tokens, when this process holds the signing key.
     pub sign_legacy: Option<tokens::SignLegacy>,
+    /// How long a node may go without a heartbeat before it is Unknown
+    /// (`--node-monitor-grace-period`).
+    pub node_monitor_grace: std::time::Duration,
 }
 
 /// Runs every controller until `stop` turns true.
@@ -96,6 +101,12 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         tokio::spawn(token_cleaner::run(
             clients.shared.clone(),
             account("token-cleaner"),
+            stop.clone(),
+        )),
+        tokio::spawn(node_lifecycle::run(
+            clients.shared.clone(),
+            account("node-controller"),
+            ctx.node_monitor_grace,
             stop.clone(),
         )),
         tokio::spawn(root_ca::run(

@@ -566,9 +566,10 @@ async fn read_modify_write(
         }
         match store_update(call, &new, kv.mod_revision).await {
             Ok(obj) => return with_warnings(json(StatusCode::OK, &obj), &warnings),
-            Err(store::Error::Conflict { .. }) if wanted.as_deref().is_none_or(str::is_empty) => {
-                continue
-            }
+            // Lost a race: read again. A resourceVersion the client asked for (in a PUT body or
+            // a patch) no longer matches then and ends in 409; a patch that named none, or a PUT
+            // without one, is applied to the newer object, as upstream's GuaranteedUpdate does.
+            Err(store::Error::Conflict { .. }) => continue,
             Err(e) => return store_error(call.def, call.name(), e),
         }
     }

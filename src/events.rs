@@ -1,0 +1,181 @@
+//! Events, recorded as upstream's components record them (core/v1 Events, which
+//! `kubectl describe` and `kubectl get events` show): `source.component`, the object they
+//! concern, a reason and a message. Repeats of the same event (same object, type, reason and
+//! message) within the deduplication window are not new objects: the first one's `count` goes up
+//! and its `lastTimestamp` moves, as upstream's event correlator does, so a pod that fails to
+//! schedule a hundred times has one Event "x100 over 5m".
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+
+/// How long a recorded event keeps absorbing repeats (upstream's correlator: 10 minutes).
+const WINDOW: Duration = Duration::from_secs(600);
+/// How many distinct events are remembered for deduplication.
+const REMEMBERED: usize = 4096;
+
+/// `Normal` or `Warning`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Type {
+    Normal,
+    Warning,
+}
+
+impl Type {
+    fn as_str(self) -> &'static str {
+        match self {
+            Type::Normal => "Normal",
+            Type::Warning => "Warning",
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    namespace: String,
+    uid: String,
+    name: String,
+    kind: String,
+    ty: Type,
+    reason: String,
+    message: String,
+}
+
+struct Seen {
+    name: String,
+    count: i32,
+    at: Instant,
+}
+
+/// Records the events of one component.
+pub struct Recorder {
+    client: Client,
+    component: String,
+    host: Option<String>,
+    seen: Mutex<HashMap<Key, Seen>>,
+}
+
+impl Recorder {
+    /// A recorder for `component` (`default-scheduler`, `replicaset-controller`, `kubelet`),
+    /// on `host` for node-local components.
+    pub fn new(client: Client, component: &str, host: Option<&str>) -> Recorder {
+        Recorder {
+            client,
+            component: component.to_string(),
+            host: host.map(str::to_string),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records an event about `about`; failures are logged, never returned (events are
+    /// best-effort, as upstream's).
+    pub async fn record(&self, about: &ObjectReference, ty: Type, reason: &str, message: &str) {
+        let ns = about
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".to_string());
+        let key = Key {
+            namespace: ns.clone(),
+            uid: about.uid.clone().unwrap_or_default(),
+            name: about.name.clone().unwrap_or_default(),
+            kind: about.kind.clone().unwrap_or_default(),
+            ty,
+            reason: reason.to_string(),
+            message: message.to_string(),
+        };
+        let now = Timestamp::now();
+        let repeat = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.retain(|_, s| s.at.elapsed() < WINDOW);
+            match seen.get_mut(&key) {
+                Some(s) => {
+                    s.count += 1;
+                    s.at = Instant::now();
+                    Some((s.name.clone(), s.count))
+                }
+                None => None,
+            }
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        if let Some((name, count)) = repeat {
+            let patch = json!({"count": count, "lastTimestamp": Time(now)});
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(event = %name, error = %e, "updating a repeated event; recording it anew")
+                }
+            }
+        }
+        let name = format!(
+            "{}.{:x}",
+            key.name,
+            now.as_nanosecond() as u128 & 0xffff_ffff_ffff_ffff
+        );
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            involved_object: about.clone(),
+            reason: Some(reason.to_string()),
+            message: Some(message.to_string()),
+            type_: Some(ty.as_str().to_string()),
+            source: Some(EventSource {
+                component: Some(self.component.clone()),
+                host: self.host.clone(),
+            }),
+            reporting_component: Some(self.component.clone()),
+            reporting_instance: Some(self.host.clone().unwrap_or_else(|| self.component.clone())),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            count: Some(1),
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => {
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                if seen.len() >= REMEMBERED {
+                    seen.clear();
+                }
+                seen.insert(
+                    key,
+                    Seen {
+                        name,
+                        count: 1,
+                        at: Instant::now(),
+                    },
+                );
+            }
+            Err(e) => tracing::debug!(reason, error = %e, "recording an event"),
+        }
+    }
+}
+
+/// A reference to an object for an event's `involvedObject`.
+pub fn reference<K>(obj: &K) -> ObjectReference
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let meta = obj.meta();
+    ObjectReference {
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+        uid: meta.uid.clone(),
+        resource_version: meta.resource_version.clone(),
+        ..Default::default()
+    }
+}
