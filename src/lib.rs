@@ -18,6 +18,8 @@ pub mod metrics;
 pub mod parts;
 pub mod quantity;
 pub mod quota;
+#[cfg(feature = "scheduler")]
+pub mod scheduler;
 pub mod store;
 pub mod supervisor;
 #[cfg(any(feature = "scheduler", feature = "controllers"))]

@@ -359,6 +359,12 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
         };
         tokio::spawn(crate::controllers::run(clients, ctx, stop_rx.clone()))
     });
+    #[cfg(all(feature = "apiserver", feature = "scheduler"))]
+    let scheduler = (!cfg.disable_scheduler).then(|| {
+        use crate::apiserver::local_client;
+        let client = local_client::client(api.app.clone(), local_client::scheduler_user());
+        tokio::spawn(crate::scheduler::run(client, stop_rx.clone()))
+    });
     #[cfg(all(feature = "apiserver", feature = "kubelet"))]
     let simulated = (cfg.simulated.count > 0).then(|| {
         use crate::apiserver::local_client;
@@ -385,6 +391,10 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
     #[cfg(all(feature = "apiserver", feature = "controllers"))]
     if let Some(c) = controllers {
         let _ = c.await;
+    }
+    #[cfg(all(feature = "apiserver", feature = "scheduler"))]
+    if let Some(s) = scheduler {
+        let _ = s.await;
     }
     #[cfg(all(feature = "apiserver", feature = "kubelet"))]
     if let Some(s) = simulated {

@@ -38,6 +38,14 @@ pub fn node_user(name: &str) -> User {
     }
 }
 
+/// The scheduler's user.
+pub fn scheduler_user() -> User {
+    User {
+        name: "system:kube-scheduler".into(),
+        groups: vec!["system:authenticated".into()],
+    }
+}
+
 /// The controller manager's own user, for the reads its controllers share.
 pub fn controller_manager_user() -> User {
     User {

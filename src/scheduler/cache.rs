@@ -1,0 +1,305 @@
+//! What the scheduler knows of the cluster: each node with the pods on it and what they request
+//! (including pods it has assumed onto a node while their binding is on its way), and what each
+//! pending pod asks for, computed once per pod.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+
+use crate::quantity::milli;
+
+/// Quantities by resource name, in thousandths (cpu in millicores, memory in milli-bytes).
+pub type Resources = BTreeMap<String, i128>;
+
+/// Requests a pod without any is counted with when spreading load (upstream's non-zero
+/// defaults): 100m CPU and 200 MiB.
+pub const DEFAULT_CPU: i128 = 100;
+pub const DEFAULT_MEMORY: i128 = 200 * 1024 * 1024 * 1000;
+
+/// A host port a pod uses: (protocol, host IP, port).
+pub type HostPort = (String, String, i32);
+
+/// A pod, with what scheduling needs of it worked out.
+#[derive(Clone, Debug)]
+pub struct PodInfo {
+    pub pod: Arc<Pod>,
+    pub uid: String,
+    pub requests: Resources,
+    /// CPU and memory with the non-zero defaults, for scoring.
+    pub nonzero_cpu: i128,
+    pub nonzero_memory: i128,
+    pub ports: Vec<HostPort>,
+    pub priority: i32,
+}
+
+fn container_requests(c: &k8s_openapi::api::core::v1::Container) -> Resources {
+    c.resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, q)| milli(&q.0).map(|v| (k.clone(), v)))
+        .collect()
+}
+
+fn add(into: &mut Resources, r: &Resources) {
+    for (k, v) in r {
+        *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+fn max(into: &mut Resources, r: &Resources) {
+    for (k, v) in r {
+        let e = into.entry(k.clone()).or_default();
+        *e = (*e).max(*v);
+    }
+}
+
+/// A pod's effective requests, as upstream's `PodRequests`: its containers plus its sidecars,
+/// or the largest init container (with the sidecars started before it) when that is more, plus
+/// the pod overhead.
+pub fn pod_requests(pod: &Pod) -> Resources {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Resources::new();
+    };
+    let mut sum = Resources::new();
+    for c in &spec.containers {
+        add(&mut sum, &container_requests(c));
+    }
+    let mut sidecars = Resources::new();
+    let mut init_peak = Resources::new();
+    for c in spec.init_containers.iter().flatten() {
+        let r = container_requests(c);
+        if c.restart_policy.as_deref() == Some("Always") {
+            add(&mut sidecars, &r);
+            max(&mut init_peak, &sidecars);
+        } else {
+            let mut during = r;
+            add(&mut during, &sidecars);
+            max(&mut init_peak, &during);
+        }
+    }
+    add(&mut sum, &sidecars);
+    max(&mut sum, &init_peak);
+    for (k, q) in spec.overhead.iter().flatten() {
+        if let Some(v) = milli(&q.0) {
+            *sum.entry(k.clone()).or_default() += v;
+        }
+    }
+    sum.retain(|_, v| *v > 0);
+    sum
+}
+
+impl PodInfo {
+    pub fn new(pod: Arc<Pod>) -> PodInfo {
+        let requests = pod_requests(&pod);
+        let spec = pod.spec.as_ref();
+        let ports = spec
+            .into_iter()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                let port = p.host_port.filter(|p| *p > 0)?;
+                Some((
+                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
+                    port,
+                ))
+            })
+            .collect();
+        PodInfo {
+            uid: pod.uid().unwrap_or_default(),
+            nonzero_cpu: requests.get("cpu").copied().unwrap_or(DEFAULT_CPU),
+            nonzero_memory: requests.get("memory").copied().unwrap_or(DEFAULT_MEMORY),
+            requests,
+            ports,
+            priority: spec.and_then(|s| s.priority).unwrap_or(0),
+            pod,
+        }
+    }
+}
+
+/// One node and what is placed on it.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub node: Arc<Node>,
+    pub name: String,
+    pub allocatable: Resources,
+    pub requested: Resources,
+    pub nonzero_cpu: i128,
+    pub nonzero_memory: i128,
+    pub pods: HashMap<String, Arc<PodInfo>>,
+    pub ports: HashSet<HostPort>,
+}
+
+impl NodeInfo {
+    fn new(node: Arc<Node>) -> NodeInfo {
+        let mut info = NodeInfo {
+            name: node.name_any(),
+            allocatable: Resources::new(),
+            node,
+            requested: Resources::new(),
+            nonzero_cpu: 0,
+            nonzero_memory: 0,
+            pods: HashMap::new(),
+            ports: HashSet::new(),
+        };
+        info.set_node(info.node.clone());
+        info
+    }
+
+    fn set_node(&mut self, node: Arc<Node>) {
+        self.allocatable = node
+            .status
+            .as_ref()
+            .and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref()))
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, q)| milli(&q.0).map(|v| (k.clone(), v)))
+            .collect();
+        self.node = node;
+    }
+
+    fn add(&mut self, p: Arc<PodInfo>) {
+        add(&mut self.requested, &p.requests);
+        self.nonzero_cpu += p.nonzero_cpu;
+        self.nonzero_memory += p.nonzero_memory;
+        self.ports.extend(p.ports.iter().cloned());
+        self.pods.insert(p.uid.clone(), p);
+    }
+
+    fn remove(&mut self, uid: &str) {
+        let Some(p) = self.pods.remove(uid) else {
+            return;
+        };
+        for (k, v) in &p.requests {
+            if let Some(e) = self.requested.get_mut(k) {
+                *e -= v;
+            }
+        }
+        self.nonzero_cpu -= p.nonzero_cpu;
+        self.nonzero_memory -= p.nonzero_memory;
+        self.ports = self
+            .pods
+            .values()
+            .flat_map(|p| p.ports.iter().cloned())
+            .collect();
+    }
+
+    /// The node's labels.
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        self.node.labels()
+    }
+}
+
+/// Nodes and the pods placed on them.
+#[derive(Default)]
+pub struct Cache {
+    pub nodes: HashMap<String, NodeInfo>,
+    /// Node names in a stable order, for round-robin search.
+    pub order: Vec<String>,
+    /// Where each placed pod is, and whether it is only assumed so far.
+    placed: HashMap<String, (String, bool)>,
+    /// Placed pods whose node is not known (yet).
+    orphans: HashMap<String, Arc<PodInfo>>,
+}
+
+impl Cache {
+    pub fn set_node(&mut self, node: Arc<Node>) {
+        let name = node.name_any();
+        match self.nodes.get_mut(&name) {
+            Some(info) => info.set_node(node),
+            None => {
+                let mut info = NodeInfo::new(node);
+                let waiting: Vec<String> = self
+                    .orphans
+                    .iter()
+                    .filter(|(_, p)| {
+                        p.pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                            == Some(name.as_str())
+                    })
+                    .map(|(uid, _)| uid.clone())
+                    .collect();
+                for uid in waiting {
+                    if let Some(p) = self.orphans.remove(&uid) {
+                        info.add(p);
+                    }
+                }
+                self.nodes.insert(name.clone(), info);
+                self.order.push(name);
+            }
+        }
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        if let Some(info) = self.nodes.remove(name) {
+            for (uid, p) in info.pods {
+                self.orphans.insert(uid, p);
+            }
+        }
+        self.order.retain(|n| n != name);
+    }
+
+    /// Places (or moves) a pod the API says is bound to `node`.
+    pub fn confirm(&mut self, p: Arc<PodInfo>, node: &str) {
+        self.remove_pod(&p.uid);
+        self.placed.insert(p.uid.clone(), (node.to_string(), false));
+        match self.nodes.get_mut(node) {
+            Some(info) => info.add(p),
+            None => {
+                self.orphans.insert(p.uid.clone(), p);
+            }
+        }
+    }
+
+    /// Places a pod the scheduler chose a node for, before its binding is stored.
+    pub fn assume(&mut self, p: Arc<PodInfo>, node: &str) {
+        self.confirm(p.clone(), node);
+        self.placed.insert(p.uid.clone(), (node.to_string(), true));
+    }
+
+    /// Whether a pod is placed (assumed or confirmed).
+    pub fn is_placed(&self, uid: &str) -> bool {
+        self.placed.contains_key(uid)
+    }
+
+    pub fn remove_pod(&mut self, uid: &str) {
+        if let Some((node, _)) = self.placed.remove(uid) {
+            if let Some(info) = self.nodes.get_mut(&node) {
+                info.remove(uid);
+            }
+        }
+        self.orphans.remove(uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_count_sidecars_and_the_largest_init_container() {
+        let pod: Pod = serde_json::from_value(json!({"spec": {
+            "containers": [{"name": "a", "resources": {"requests": {"cpu": "200m", "memory": "64Mi"}}}],
+            "initContainers": [
+                {"name": "side", "restartPolicy": "Always", "resources": {"requests": {"cpu": "100m"}}},
+                {"name": "setup", "resources": {"requests": {"cpu": "1"}}},
+            ],
+            "overhead": {"cpu": "10m"},
+        }}))
+        .expect("pod");
+        let r = pod_requests(&pod);
+        // max(200m + 100m sidecar, 1 + 100m while the sidecar runs) + 10m overhead.
+        assert_eq!(r["cpu"], 1110);
+        assert_eq!(r["memory"], 64 * 1024 * 1024 * 1000);
+        let info = PodInfo::new(Arc::new(pod));
+        assert_eq!(info.nonzero_cpu, 1110);
+    }
+}

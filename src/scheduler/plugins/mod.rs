@@ -1,0 +1,23 @@
+//! The default plugins, one file each, in upstream's filter order.
+
+pub mod node_affinity;
+pub mod node_name;
+pub mod node_ports;
+pub mod node_resources_fit;
+pub mod node_unschedulable;
+pub mod taint_toleration;
+
+use super::framework::Plugin;
+
+/// Upstream's default profile (the plugins implemented so far), in filter order.
+pub fn default_plugins() -> Vec<Box<dyn Plugin>> {
+    vec![
+        Box::new(node_unschedulable::NodeUnschedulable),
+        Box::new(node_name::NodeName),
+        Box::new(taint_toleration::TaintToleration),
+        Box::new(node_affinity::NodeAffinity),
+        Box::new(node_ports::NodePorts),
+        Box::new(node_resources_fit::NodeResourcesFit),
+        Box::new(node_resources_fit::BalancedAllocation),
+    ]
+}
