@@ -1,0 +1,326 @@
+//! The scheduler, the node lifecycle controller and the simulated nodes, with a real server and
+//! stock kubectl: pods are placed and run, refusals carry upstream's FailedScheduling message,
+//! taints and selectors are honoured, and a node that stops sending heartbeats is tainted and
+//! its pods evicted after their tolerationSeconds.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::server::{text, Server};
+
+fn ok(s: &Server, args: &[&str]) -> String {
+    let o = s.kubectl(args);
+    assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Polls `kubectl args` until its output satisfies `done` (or fails after 30 s).
+fn eventually(s: &Server, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let out = text(&s.kubectl(args));
+        if done(&out) {
+            return out;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "kubectl {args:?} never got there; last output:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn write(dir: &std::path::Path, name: &str, yaml: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, yaml).expect("write manifest");
+    p.to_str().expect("utf8").to_string()
+}
+
+#[test]
+fn pods_are_spread_placed_and_run_on_simulated_nodes() {
+    let s = Server::start_with(&[
+        "--simulated-nodes",
+        "3",
+        "--simulated-node-capacity",
+        "cpu=1,memory=2Gi",
+        "--simulated-node-labels",
+        "topology.kubernetes.io/zone=lab",
+        "--disable-kubelet",
+    ]);
+    eventually(&s, &["get", "nodes", "--no-headers"], |o| {
+        o.lines().filter(|l| l.contains(" Ready ")).count() == 3
+    });
+    for i in 0..6 {
+        ok(&s, &["run", &format!("p{i}"), "--image=nginx:1.27"]);
+    }
+    let out = eventually(
+        &s,
+        &[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.status.phase} {.spec.nodeName}{\"\\n\"}{end}",
+        ],
+        |o| o.lines().filter(|l| l.starts_with("Running ")).count() == 6,
+    );
+    // LeastAllocated spreads equal pods evenly on these small nodes: two per node.
+    for n in ["sim-0000", "sim-0001", "sim-0002"] {
+        assert_eq!(out.lines().filter(|l| l.ends_with(n)).count(), 2, "{out}");
+    }
+    let events = ok(
+        &s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=p0,reason=Scheduled",
+            "-o",
+            "jsonpath={.items[0].message}",
+        ],
+    );
+    assert!(
+        events.starts_with("Successfully assigned default/p0 to sim-000"),
+        "{events}"
+    );
+    let node = ok(&s, &["get", "node", "sim-0001", "-o", "jsonpath={.status.allocatable.cpu} {.status.allocatable.pods} {.metadata.labels.topology\\.kubernetes\\.io/zone}"]);
+    assert_eq!(node, "1 110 lab");
+    let ip = ok(
+        &s,
+        &[
+            "get",
+            "pod",
+            "p0",
+            "-o",
+            "jsonpath={.status.podIP} {.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+    );
+    assert!(ip.starts_with("100.64.") && ip.ends_with(" True"), "{ip}");
+
+    // A pod that asks to finish does; one for another scheduler is left alone.
+    ok(
+        &s,
+        &[
+            "run",
+            "job-like",
+            "--image=busybox:1.36",
+            "--restart=Never",
+            "--annotations=simulated.k1s.io/run-for=1s",
+        ],
+    );
+    eventually(
+        &s,
+        &["get", "pod", "job-like", "-o", "jsonpath={.status.phase}"],
+        |o| o == "Succeeded",
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let other = write(dir.path(), "other.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: elsewhere}\nspec:\n  schedulerName: my-scheduler\n  containers: [{name: c, image: nginx:1.27}]\n");
+    ok(&s, &["create", "-f", &other]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        ok(
+            &s,
+            &["get", "pod", "elsewhere", "-o", "jsonpath={.spec.nodeName}"]
+        ),
+        ""
+    );
+
+    // Deleting a pod on a simulated node removes it at once.
+    ok(&s, &["delete", "pod", "p0", "--timeout=20s"]);
+}
+
+#[test]
+fn refusals_say_why_and_pods_wait_for_a_node_that_fits() {
+    let s = Server::start_with(&["--simulated-nodes", "3", "--disable-kubelet"]);
+    eventually(&s, &["get", "nodes", "--no-headers"], |o| {
+        o.lines().filter(|l| l.contains(" Ready ")).count() == 3
+    });
+    ok(
+        &s,
+        &["taint", "node", "sim-0000", "dedicated=db:NoSchedule"],
+    );
+    ok(&s, &["run", "big", "--image=nginx:1.27", "--overrides={\"spec\":{\"containers\":[{\"name\":\"big\",\"image\":\"nginx:1.27\",\"resources\":{\"requests\":{\"cpu\":\"40\"}}}]}}"]);
+    let msg = eventually(
+        &s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=big,reason=FailedScheduling",
+            "-o",
+            "jsonpath={.items[0].message}",
+        ],
+        |o| !o.is_empty(),
+    );
+    assert_eq!(
+        msg,
+        "0/3 nodes are available: 1 node(s) had untolerated taint(s), 2 Insufficient cpu. no new claims to deallocate, preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod."
+    );
+    let cond = ok(
+        &s,
+        &[
+            "get",
+            "pod",
+            "big",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].reason}",
+        ],
+    );
+    assert_eq!(cond, "Unschedulable");
+
+    // A selector no node matches, until a node is labelled.
+    ok(
+        &s,
+        &[
+            "run",
+            "ssd",
+            "--image=nginx:1.27",
+            "--overrides={\"spec\":{\"nodeSelector\":{\"disk\":\"ssd\"}}}",
+        ],
+    );
+    eventually(
+        &s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=ssd,reason=FailedScheduling",
+            "-o",
+            "jsonpath={.items[0].message}",
+        ],
+        |o| {
+            o.starts_with("0/3 nodes are available: 1 node(s) had untolerated taint(s), 2 node(s) didn't match Pod's node affinity/selector.")
+        },
+    );
+    ok(&s, &["label", "node", "sim-0002", "disk=ssd"]);
+    eventually(
+        &s,
+        &["get", "pod", "ssd", "-o", "jsonpath={.spec.nodeName}"],
+        |o| o == "sim-0002",
+    );
+
+    // Tolerating the taint opens the tainted node; a cordoned node takes nothing new.
+    ok(&s, &["cordon", "sim-0001"]);
+    ok(&s, &["cordon", "sim-0002"]);
+    ok(&s, &["run", "tolerant", "--image=nginx:1.27", "--overrides={\"spec\":{\"tolerations\":[{\"key\":\"dedicated\",\"operator\":\"Equal\",\"value\":\"db\",\"effect\":\"NoSchedule\"}]}}"]);
+    eventually(
+        &s,
+        &["get", "pod", "tolerant", "-o", "jsonpath={.spec.nodeName}"],
+        |o| o == "sim-0000",
+    );
+    let taints = ok(
+        &s,
+        &[
+            "get",
+            "node",
+            "sim-0001",
+            "-o",
+            "jsonpath={.spec.taints[*].key}",
+        ],
+    );
+    assert_eq!(taints, "node.kubernetes.io/unschedulable");
+}
+
+#[test]
+fn a_silent_node_is_marked_unknown_tainted_and_emptied() {
+    let s = Server::start_with(&["--node-monitor-grace-period", "3s", "--disable-kubelet"]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = write(
+        dir.path(),
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: silent}\n",
+    );
+    ok(&s, &["create", "-f", &node]);
+    let pods = write(
+        dir.path(),
+        "pods.yaml",
+        "apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: brief}
+  spec:
+    nodeName: silent
+    containers: [{name: c, image: nginx:1.27}]
+    tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}]
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: forever}
+  spec:
+    nodeName: silent
+    containers: [{name: c, image: nginx:1.27}]
+    tolerations: [{operator: Exists}]
+",
+    );
+    ok(&s, &["create", "-f", &pods]);
+    let ready = eventually(
+        &s,
+        &[
+            "get",
+            "node",
+            "silent",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        |o| o == "Unknown",
+    );
+    assert_eq!(ready, "Unknown");
+    let taints = eventually(
+        &s,
+        &[
+            "get",
+            "node",
+            "silent",
+            "-o",
+            "jsonpath={range .spec.taints[*]}{.key}:{.effect} {end}",
+        ],
+        |o| o.contains("NoExecute"),
+    );
+    assert!(
+        taints.contains("node.kubernetes.io/unreachable:NoExecute"),
+        "{taints}"
+    );
+    assert!(
+        taints.contains("node.kubernetes.io/unreachable:NoSchedule"),
+        "{taints}"
+    );
+    assert!(!taints.contains("not-ready"), "{taints}");
+    // `brief` tolerates the taint for 2 s, `forever` always: only `brief` is evicted.
+    eventually(
+        &s,
+        &[
+            "get",
+            "pod",
+            "brief",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ],
+        |o| !o.is_empty(),
+    );
+    let reason = ok(
+        &s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=brief",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+    );
+    assert!(reason.contains("TaintManagerEviction"), "{reason}");
+    assert_eq!(
+        ok(
+            &s,
+            &[
+                "get",
+                "pod",
+                "forever",
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}"
+            ]
+        ),
+        ""
+    );
+}
