@@ -63,6 +63,8 @@ pub struct ServerConfig {
     pub disable_addons: Vec<String>,
     /// How long a node may go without a heartbeat before it is Unknown.
     pub node_monitor_grace_period: Duration,
+    /// The same for a node that never sent a heartbeat.
+    pub node_startup_grace_period: Duration,
     /// Simulated nodes (`--simulated-nodes`).
     pub simulated: SimulatedNodes,
     pub https_listen_port: u16,
@@ -356,6 +358,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             root_ca: api.ca_cert.clone(),
             sign_legacy,
             node_monitor_grace: cfg.node_monitor_grace_period,
+            node_startup_grace: cfg.node_startup_grace_period,
         };
         tokio::spawn(crate::controllers::run(clients, ctx, stop_rx.clone()))
     });

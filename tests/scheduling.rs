@@ -223,7 +223,13 @@ fn refusals_say_why_and_pods_wait_for_a_node_that_fits() {
 
 #[test]
 fn a_silent_node_is_marked_unknown_tainted_and_emptied() {
-    let s = Server::start_with(&["--node-monitor-grace-period", "3s", "--disable-kubelet"]);
+    let s = Server::start_with(&[
+        "--node-monitor-grace-period",
+        "3s",
+        "--node-startup-grace-period",
+        "3s",
+        "--disable-kubelet",
+    ]);
     let dir = tempfile::tempdir().expect("tmp");
     let node = write(
         dir.path(),

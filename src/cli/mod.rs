@@ -125,6 +125,9 @@ pub struct ServerArgs {
     /// How long a node may go without a heartbeat before the node controller marks it Unknown.
     #[arg(long, default_value = "40s", value_parser = parse_duration, value_name = "DURATION")]
     pub node_monitor_grace_period: Duration,
+    /// How long a new node may go without its first heartbeat before it is marked Unknown.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub node_startup_grace_period: Duration,
     /// Register this many simulated nodes (no containers; pods bound to them run as KWOK's do).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub simulated_nodes: usize,
@@ -344,6 +347,7 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
         disable_controllers: args.disable_controllers,
         disable_addons: args.disable,
         node_monitor_grace_period: args.node_monitor_grace_period,
+        node_startup_grace_period: args.node_startup_grace_period,
         simulated: supervisor::SimulatedNodes {
             count: args.simulated_nodes,
             capacity: args.simulated_node_capacity.into_iter().collect(),

@@ -72,6 +72,8 @@ pub struct Context {
     /// How long a node may go without a heartbeat before it is Unknown
     /// (`--node-monitor-grace-period`).
     pub node_monitor_grace: std::time::Duration,
+    /// The same for a node that never sent one (`--node-startup-grace-period`).
+    pub node_startup_grace: std::time::Duration,
 }
 
 /// Runs every controller until `stop` turns true.
@@ -106,7 +108,7 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         tokio::spawn(node_lifecycle::run(
             clients.shared.clone(),
             account("node-controller"),
-            ctx.node_monitor_grace,
+            (ctx.node_monitor_grace, ctx.node_startup_grace),
             stop.clone(),
         )),
         tokio::spawn(root_ca::run(

@@ -1,6 +1,7 @@
 //! The node lifecycle controller, as upstream's: it watches each node's heartbeat (its Lease in
 //! `kube-node-lease`, or its Ready condition) and, after the grace period
-//! (`--node-monitor-grace-period`, 40 s) without one, sets the node's conditions to Unknown
+//! (`--node-monitor-grace-period`, 40 s; `--node-startup-grace-period`, 60 s, for a node that
+//! never sent one) without one, sets the node's conditions to Unknown
 //! ("Kubelet stopped posting node status.") and its pods' Ready to False. It keeps the
 //! condition taints in step with the conditions (`not-ready`, `unreachable`, the pressure taints
 //! and `unschedulable` as NoSchedule; `not-ready`/`unreachable` also as NoExecute), and evicts
@@ -135,11 +136,17 @@ fn last_heartbeat(node: &Node, lease: Option<&Lease>) -> Option<Timestamp> {
 struct Ctl {
     writer: Client,
     grace: Duration,
+    startup_grace: Duration,
     recorder: Recorder,
 }
 
 /// Runs until `stop` turns true.
-pub async fn run(shared: Client, writer: Client, grace: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    shared: Client,
+    writer: Client,
+    (grace, startup_grace): (Duration, Duration),
+    mut stop: watch::Receiver<bool>,
+) {
     let (nodes, w) = reflector::store::<Node>();
     let node_events = reflector(
         w,
@@ -175,6 +182,7 @@ pub async fn run(shared: Client, writer: Client, grace: Duration, mut stop: watc
         recorder: Recorder::new(writer.clone(), "node-controller", None),
         writer,
         grace,
+        startup_grace,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let started = Timestamp::now();
@@ -220,9 +228,18 @@ impl Ctl {
         let name = node.name_any();
         let api: Api<Node> = Api::all(self.writer.clone());
         let now = Timestamp::now();
-        // A node seen only since this controller started gets a full grace period.
-        let seen = last_heartbeat(node, lease).map_or(started, |t| t.max(started));
-        let stale = now.duration_since(seen).unsigned_abs() > self.grace;
+        // A node seen only since this controller started gets a full grace period; one that
+        // never sent a heartbeat gets the startup grace period from its creation.
+        let created = node
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(started, |t| t.0.max(started));
+        let (seen, grace) = match last_heartbeat(node, lease) {
+            Some(t) => (t.max(started), self.grace),
+            None => (created, self.startup_grace),
+        };
+        let stale = now.duration_since(seen).unsigned_abs() > grace;
         if stale && condition_status(node, "Ready") != Some("Unknown") {
             self.mark_unknown(&api, node).await?;
             self.mark_pods_not_ready(pods).await;
