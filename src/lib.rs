@@ -14,6 +14,8 @@ pub mod controllers;
 pub mod events;
 #[cfg(feature = "kubelet")]
 pub mod kubelet;
+#[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
+pub mod labels;
 pub mod metrics;
 pub mod parts;
 pub mod quantity;
