@@ -179,3 +179,18 @@ where
         ..Default::default()
     }
 }
+
+/// A reference to an object known only as JSON of the kind `r`.
+pub fn reference_dynamic(obj: &serde_json::Value, r: &kube::api::ApiResource) -> ObjectReference {
+    let meta = &obj["metadata"];
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    ObjectReference {
+        api_version: Some(r.api_version.clone()),
+        kind: Some(r.kind.clone()),
+        namespace: s(&meta["namespace"]),
+        name: s(&meta["name"]),
+        uid: s(&meta["uid"]),
+        resource_version: s(&meta["resourceVersion"]),
+        ..Default::default()
+    }
+}

@@ -50,14 +50,29 @@ mod tests {
         }))
         .expect("selector");
         let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
-        assert!(matches(Some(&sel), &labels(&[("app", "web"), ("tier", "edge")])));
-        assert!(!matches(Some(&sel), &labels(&[("app", "web"), ("tier", "back")])));
-        assert!(!matches(Some(&sel), &labels(&[("app", "web"), ("tier", "edge"), ("legacy", "")])));
+        assert!(matches(
+            Some(&sel),
+            &labels(&[("app", "web"), ("tier", "edge")])
+        ));
+        assert!(!matches(
+            Some(&sel),
+            &labels(&[("app", "web"), ("tier", "back")])
+        ));
+        assert!(!matches(
+            Some(&sel),
+            &labels(&[("app", "web"), ("tier", "edge"), ("legacy", "")])
+        ));
         assert!(matches(Some(&LabelSelector::default()), &labels(&[])));
         assert!(!matches(None, &labels(&[("app", "web")])));
-        assert!(map_matches(&labels(&[("app", "web")]), &labels(&[("app", "web"), ("x", "y")])));
+        assert!(map_matches(
+            &labels(&[("app", "web")]),
+            &labels(&[("app", "web"), ("x", "y")])
+        ));
         assert!(!map_matches(&labels(&[]), &labels(&[("app", "web")])));
     }
 }

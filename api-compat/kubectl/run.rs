@@ -224,12 +224,30 @@ fn kubectl_scenarios() {
     let tokens = tempfile::tempdir().expect("tmp");
     let token_file = tokens.path().join("tokens.csv");
     std::fs::write(&token_file, STATIC_TOKENS).expect("write token file");
-    let server = Server::start_with(&["--token-auth-file", token_file.to_str().expect("utf8")]);
+    let common = ["--token-auth-file", token_file.to_str().expect("utf8")];
+    let mut shared: Option<Server> = None;
     let mut failures = Vec::new();
     let files = scenarios();
     assert!(!files.is_empty(), "no scenarios found");
     for f in &files {
-        failures.extend(run(&server, f));
+        // `#! server FLAGS` on the first line: the scenario gets a server of its own.
+        let text = std::fs::read_to_string(f).expect("read scenario");
+        match text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("#! server"))
+        {
+            Some(flags) => {
+                let mut args: Vec<&str> = common.to_vec();
+                args.extend(flags.split_whitespace());
+                let own = Server::start_with(&args);
+                failures.extend(run(&own, f));
+            }
+            None => {
+                let server = shared.get_or_insert_with(|| Server::start_with(&common));
+                failures.extend(run(server, f));
+            }
+        }
     }
     assert!(
         failures.is_empty(),

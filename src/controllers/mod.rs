@@ -9,11 +9,14 @@
 //! ResourceQuota usage ([`resourcequota`]), legacy service-account token Secrets ([`tokens`]), and
 //! the PVC and PV protection finalizers ([`storage_protection`]), expired bootstrap tokens
 //! ([`token_cleaner`]), node health, condition taints and taint-based eviction
-//! ([`node_lifecycle`]).
+//! ([`node_lifecycle`]), ReplicaSets and ReplicationControllers ([`replicaset`]), Deployments
+//! ([`deployment`]).
 
 pub mod clusterrole_aggregation;
+pub mod deployment;
 pub mod node_lifecycle;
 pub mod per_namespace;
+pub mod replicaset;
 pub mod resourcequota;
 pub mod root_ca;
 pub mod serviceaccounts;
@@ -109,6 +112,23 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
             clients.shared.clone(),
             account("node-controller"),
             (ctx.node_monitor_grace, ctx.node_startup_grace),
+            stop.clone(),
+        )),
+        tokio::spawn(replicaset::run(
+            replicaset::Workload::replica_sets(),
+            clients.shared.clone(),
+            account("replicaset-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(replicaset::run(
+            replicaset::Workload::replication_controllers(),
+            clients.shared.clone(),
+            account("replication-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(deployment::run(
+            clients.shared.clone(),
+            account("deployment-controller"),
             stop.clone(),
         )),
         tokio::spawn(root_ca::run(
