@@ -10,10 +10,12 @@
 //! the PVC and PV protection finalizers ([`storage_protection`]), expired bootstrap tokens
 //! ([`token_cleaner`]), node health, condition taints and taint-based eviction
 //! ([`node_lifecycle`]), ReplicaSets and ReplicationControllers ([`replicaset`]), Deployments
-//! ([`deployment`]).
+//! ([`deployment`]), ownerReferences ([`garbage_collector`]), namespace deletion ([`namespace`]).
 
 pub mod clusterrole_aggregation;
 pub mod deployment;
+pub mod garbage_collector;
+pub mod namespace;
 pub mod node_lifecycle;
 pub mod per_namespace;
 pub mod replicaset;
@@ -124,6 +126,16 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
             replicaset::Workload::replication_controllers(),
             clients.shared.clone(),
             account("replication-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(garbage_collector::run(
+            clients.shared.clone(),
+            account("generic-garbage-collector"),
+            stop.clone(),
+        )),
+        tokio::spawn(namespace::run(
+            clients.shared.clone(),
+            account("namespace-controller"),
             stop.clone(),
         )),
         tokio::spawn(deployment::run(

@@ -178,6 +178,10 @@ mod tests {
         assert_eq!(feasible_wanted(50), 50);
         assert_eq!(feasible_wanted(1000), 420);
         assert_eq!(feasible_wanted(5000), 500);
-        assert_eq!(feasible_wanted(200), 100, "49% is 98, raised to the 100-node minimum");
+        assert_eq!(
+            feasible_wanted(200),
+            100,
+            "49% is 98, raised to the 100-node minimum"
+        );
     }
 }

@@ -285,6 +285,9 @@ struct Render {
 impl Render {
     fn line(&self, def: &ResourceDef, kind: &str, obj: &Value) -> Bytes {
         match self.table {
+            Some(crate::apiserver::table::METADATA) => {
+                event_line(kind, &crate::apiserver::table::partial(obj))
+            }
             Some(v) => {
                 let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
                 let t = crate::apiserver::table::table(

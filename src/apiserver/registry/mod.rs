@@ -163,7 +163,7 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
     if let Some(sub) = &info.subresource {
         if !matches!(
             sub.as_str(),
-            "status" | "scale" | "binding" | "eviction" | "token"
+            "status" | "scale" | "binding" | "eviction" | "token" | "finalize"
         ) {
             return status::failure(
                 StatusCode::NOT_IMPLEMENTED,

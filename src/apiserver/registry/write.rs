@@ -48,6 +48,9 @@ pub(crate) async fn current(call: &Call<'_>) -> Result<KeyValue, Response> {
 pub async fn get(call: &Call<'_>) -> Response {
     match current(call).await.and_then(|kv| to_wire(call.def, &kv)) {
         Ok(obj) => match call.table {
+            Some(crate::apiserver::table::METADATA) => {
+                json(StatusCode::OK, &crate::apiserver::table::partial(&obj))
+            }
             Some(v) => {
                 let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
                 json(
@@ -359,6 +362,12 @@ fn prepare_update(call: &Call<'_>, old: &Value, mut new: Value) -> Value {
             }
         }
     }
+    if call.info.subresource.as_deref() == Some("finalize") {
+        // Only a namespace's spec.finalizers change through /finalize.
+        let mut merged = old.clone();
+        merged["spec"]["finalizers"] = new["spec"]["finalizers"].clone();
+        return merged;
+    }
     let status_call = call.info.subresource.as_deref() == Some("status");
     if status_call {
         // Only the status changes through /status.
@@ -394,9 +403,14 @@ fn prepare_update(call: &Call<'_>, old: &Value, mut new: Value) -> Value {
 /// deleted and its last finalizer is gone.
 async fn store_update(call: &Call<'_>, obj: &Value, expected: i64) -> Result<Value, store::Error> {
     let key = key(call);
+    // A namespace also waits for its spec.finalizers (the namespace controller's `kubernetes`).
     let finalizers_done = obj["metadata"]["finalizers"]
         .as_array()
-        .is_none_or(|f| f.is_empty());
+        .is_none_or(|f| f.is_empty())
+        && (call.def.plural != "namespaces"
+            || obj["spec"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty()));
     if obj["metadata"]["deletionTimestamp"].is_string() && finalizers_done {
         let deleted = call.reg.store.delete(&key, Some(expected)).await?;
         let mut out = obj.clone();

@@ -34,11 +34,23 @@ const fn col(
     }
 }
 
-/// Whether the client asked for a Table (v1 or v1beta1).
+/// The representation meaning "metadata only" (`as=PartialObjectMetadata[List]`), carried where
+/// a Table version would be.
+pub const METADATA: &str = "PartialObjectMetadata";
+
+/// Whether the client asked for a Table (v1 or v1beta1), or for metadata only ([`METADATA`]).
 pub fn wants_table(accept: Option<&str>) -> Option<&'static str> {
     let accept = accept?;
     for part in accept.split(',') {
         let params: Vec<&str> = part.split(';').map(str::trim).collect();
+        let meta_group = params.contains(&"g=meta.k8s.io")
+            && (params.contains(&"v=v1") || params.contains(&"v=v1beta1"));
+        if meta_group
+            && (params.contains(&"as=PartialObjectMetadata")
+                || params.contains(&"as=PartialObjectMetadataList"))
+        {
+            return Some(METADATA);
+        }
         if params.contains(&"as=Table") && params.contains(&"g=meta.k8s.io") {
             if params.contains(&"v=v1") {
                 return Some("v1");
@@ -414,7 +426,17 @@ fn row_object(obj: &Value, include: &str) -> Value {
     }
 }
 
-/// A Table of `objects` (each with apiVersion and kind set).
+/// An object's metadata alone, as `PartialObjectMetadata`.
+pub fn partial(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj["metadata"].clone(),
+    })
+}
+
+/// A Table of `objects` (each with apiVersion and kind set), or their metadata as a
+/// `PartialObjectMetadataList` when `version` is [`METADATA`].
 pub fn table(
     def: &ResourceDef,
     version: &str,
@@ -422,6 +444,14 @@ pub fn table(
     list_meta: Value,
     include: &str,
 ) -> Value {
+    if version == METADATA {
+        return json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": list_meta,
+            "items": objects.iter().map(partial).collect::<Vec<_>>(),
+        });
+    }
     let cols = columns(def);
     let now = crate::apiserver::registry::object::epoch_now();
     let defs: Vec<Value> = cols
