@@ -6,12 +6,37 @@ use axum::Router;
 
 use super::http::{Caller, User};
 
+/// The User-Agent upstream's component of that identity sends (its field manager name).
+fn agent(user: &User) -> axum::http::HeaderValue {
+    let component = if user.name.starts_with("system:node:") {
+        "kubelet"
+    } else if user.name == "system:kube-scheduler" {
+        "kube-scheduler"
+    } else {
+        "kube-controller-manager"
+    };
+    let v = format!(
+        "{component}/v1.37.0 ({}/{}) k1s/{}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+            .replace("x86_64", "amd64")
+            .replace("aarch64", "arm64"),
+        env!("CARGO_PKG_VERSION")
+    );
+    axum::http::HeaderValue::from_str(&v)
+        .unwrap_or_else(|_| axum::http::HeaderValue::from_static("k1s"))
+}
+
 /// A client acting as `user`.
 pub fn client(app: Router, user: User) -> kube::Client {
+    let ua = agent(&user);
     let svc = tower::ServiceBuilder::new()
         .map_request(move |req: axum::http::Request<kube::client::Body>| {
             let mut req = req.map(axum::body::Body::new);
             req.extensions_mut().insert(Caller(Some(user.clone())));
+            req.headers_mut()
+                .entry(axum::http::header::USER_AGENT)
+                .or_insert_with(|| ua.clone());
             req
         })
         .service(app);

@@ -114,6 +114,7 @@ impl Ctl {
         let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
         let mut finalizers: BTreeMap<String, usize> = BTreeMap::new();
         let mut seen = HashSet::new();
+        let mut unknown = false;
         for r in &self.resources {
             // One version of each kind is enough.
             if !seen.insert((r.ar.group.clone(), r.ar.plural.clone())) {
@@ -123,7 +124,17 @@ impl Ctl {
                 Api::namespaced_with(self.writer.clone(), &name, &r.ar);
             let items = match api.list(&ListParams::default()).await {
                 Ok(l) => l.items,
-                Err(_) => continue,
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 405 => continue,
+                Err(e) => {
+                    // Unknown content: the namespace is not finalized on a guess.
+                    tracing::debug!(resource = %r.ar.plural, error = %e, "listing a namespace's content");
+                    deletion_failed = Some(e.to_string());
+                    *remaining
+                        .entry(format!("{}.{}", r.ar.plural, r.ar.group))
+                        .or_default() += 0;
+                    unknown = true;
+                    continue;
+                }
             };
             if items.is_empty() {
                 continue;
@@ -178,7 +189,7 @@ impl Ctl {
             &finalizers,
         )
         .await?;
-        if remaining.is_empty() && self.discovered.is_some() {
+        if remaining.is_empty() && !unknown && self.discovered.is_some() {
             let api: Api<Namespace> = Api::all(self.writer.clone());
             // The status write above moved the resourceVersion: finalize the latest.
             let Some(mut done) = api.get_opt(&name).await? else {

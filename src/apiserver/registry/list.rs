@@ -471,8 +471,9 @@ fn stream_response(body: Body) -> Response {
         })
 }
 
-/// `DELETE` a collection: every object matching the selectors.
-pub async fn delete_collection(call: &Call<'_>) -> Response {
+/// `DELETE` a collection: every object matching the selectors, each deleted as a `DELETE` of it
+/// with the same options would (grace periods, finalizers, propagation, admission).
+pub async fn delete_collection(call: &Call<'_>, body: &Bytes) -> Response {
     let filters = match Filters::parse(call) {
         Ok(f) => f,
         Err(r) => return r,
@@ -498,13 +499,34 @@ pub async fn delete_collection(call: &Call<'_>) -> Response {
         if !filters.matches(&obj) {
             continue;
         }
-        if !call.query.dry_run {
-            match call.reg.store.delete(&kv.key, Some(kv.mod_revision)).await {
-                Ok(_) | Err(store::Error::NotFound { .. }) => {}
-                Err(e) => return store_error(call.def, "", e),
-            }
+        let mut info = call.info.clone();
+        info.verb = "delete";
+        info.name = obj["metadata"]["name"].as_str().map(str::to_string);
+        let one = Call {
+            reg: call.reg,
+            def: call.def,
+            info,
+            query: call.query.clone(),
+            table: None,
+            manager: call.manager.clone(),
+            user: call.user.clone(),
+        };
+        let resp = super::delete::delete(&one, body).await;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            continue;
         }
-        deleted.push(item(obj));
+        if !status.is_success() {
+            return resp;
+        }
+        let bytes = match axum::body::to_bytes(resp.into_body(), usize::MAX).await {
+            Ok(b) => b,
+            Err(_) => continue,
+        };
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) if v["kind"] != "Status" => deleted.push(item(v)),
+            _ => deleted.push(item(obj)),
+        }
     }
     json(
         StatusCode::OK,

@@ -288,7 +288,7 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
         "update" => write::update(&call, &body, &content_type).await,
         "patch" => write::patch(&call, &body, &content_type).await,
         "delete" => delete::delete(&call, &body).await,
-        "deletecollection" => list::delete_collection(&call).await,
+        "deletecollection" => list::delete_collection(&call, &body).await,
         _ => method_not_allowed(&call.info),
     }
 }
