@@ -268,7 +268,8 @@ fn kubectl_apply_patch_and_set_image_merge_lists_by_key() {
     ]);
     let got: serde_json::Value =
         serde_json::from_str(&ok(&["get", "deploy", "web", "-o", "json"])).expect("json");
-    assert!(got["status"]["replicas"].is_null(), "{}", got["status"]);
+    // (The deployment controller writes the real count.)
+    assert_ne!(got["status"]["replicas"], 7, "{}", got["status"]);
 }
 
 #[test]

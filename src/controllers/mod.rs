@@ -10,11 +10,12 @@
 //! the PVC and PV protection finalizers ([`storage_protection`]), expired bootstrap tokens
 //! ([`token_cleaner`]), node health, condition taints and taint-based eviction
 //! ([`node_lifecycle`]), ReplicaSets and ReplicationControllers ([`replicaset`]), Deployments
-//! ([`deployment`]), ownerReferences ([`garbage_collector`]), namespace deletion ([`namespace`]).
+//! ([`deployment`]), ownerReferences ([`garbage_collector`]), namespace deletion ([`namespace`]), Jobs ([`job`]).
 
 pub mod clusterrole_aggregation;
 pub mod deployment;
 pub mod garbage_collector;
+pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod per_namespace;
@@ -136,6 +137,12 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         tokio::spawn(namespace::run(
             clients.shared.clone(),
             account("namespace-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(job::run(
+            clients.shared.clone(),
+            account("job-controller"),
+            account("ttl-after-finished-controller"),
             stop.clone(),
         )),
         tokio::spawn(deployment::run(
