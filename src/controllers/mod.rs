@@ -10,10 +10,12 @@
 //! the PVC and PV protection finalizers ([`storage_protection`]), expired bootstrap tokens
 //! ([`token_cleaner`]), node health, condition taints and taint-based eviction
 //! ([`node_lifecycle`]), ReplicaSets and ReplicationControllers ([`replicaset`]), Deployments
-//! ([`deployment`]), ownerReferences ([`garbage_collector`]), namespace deletion ([`namespace`]), Jobs ([`job`]).
+//! ([`deployment`]), ownerReferences ([`garbage_collector`]), namespace deletion ([`namespace`]), Jobs ([`job`]), Endpoints and EndpointSlices
+//! ([`endpoints`]).
 
 pub mod clusterrole_aggregation;
 pub mod deployment;
+pub mod endpoints;
 pub mod garbage_collector;
 pub mod job;
 pub mod namespace;
@@ -143,6 +145,12 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
             clients.shared.clone(),
             account("job-controller"),
             account("ttl-after-finished-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(endpoints::run(
+            clients.shared.clone(),
+            account("endpoint-controller"),
+            account("endpointslice-controller"),
             stop.clone(),
         )),
         tokio::spawn(deployment::run(

@@ -259,6 +259,27 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
         manager,
         user,
     };
+    let mut resp = dispatch(call, body, content_type).await;
+    if let Some(w) = deprecation(def) {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("299 - \"{w}\"")) {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+    resp
+}
+
+/// Upstream's deprecation warning for an API that is still served.
+fn deprecation(def: &ResourceDef) -> Option<&'static str> {
+    match (def.group, def.version, def.plural) {
+        ("", "v1", "endpoints") => {
+            Some("v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice")
+        }
+        ("", "v1", "componentstatuses") => Some("v1 ComponentStatus is deprecated in v1.19+"),
+        _ => None,
+    }
+}
+
+async fn dispatch(call: Call<'_>, body: Bytes, content_type: String) -> Response {
     match (call.info.subresource.as_deref(), call.info.verb) {
         (Some("scale"), "get") => return subresource::get_scale(&call).await,
         (Some("scale"), "update") => {
