@@ -146,6 +146,9 @@ fn selects(svc: &Service, pod: &Pod) -> bool {
     labels::map_matches(&sel, pod.labels())
 }
 
+/// One Endpoints subset being built: its ports, ready and not-ready addresses.
+type Subset = (Vec<CorePort>, Vec<EndpointAddress>, Vec<EndpointAddress>);
+
 struct Ctl {
     endpoints: Client,
     slices: Client,
@@ -293,16 +296,12 @@ impl Ctl {
             .and_then(|s| s.publish_not_ready_addresses)
             .unwrap_or(false);
         // Subsets by port set, ready addresses apart from the others; terminating pods left out.
-        let mut groups: BTreeMap<
-            String,
-            (Vec<CorePort>, Vec<EndpointAddress>, Vec<EndpointAddress>),
-        > = BTreeMap::new();
-        let mut total = 0;
-        for e in eps.iter().filter(|e| !e.terminating || publish) {
-            if total >= MAX_ENDPOINTS {
-                break;
-            }
-            total += 1;
+        let mut groups: BTreeMap<String, Subset> = BTreeMap::new();
+        for e in eps
+            .iter()
+            .filter(|e| !e.terminating || publish)
+            .take(MAX_ENDPOINTS)
+        {
             let key = serde_json::to_string(&e.ports).unwrap_or_default();
             let entry = groups.entry(key).or_insert_with(|| {
                 let ports = e
@@ -442,7 +441,7 @@ impl Ctl {
         let lp = ListParams::default()
             .labels(&format!("{SERVICE_NAME}={name},{MANAGED_BY}={CONTROLLER}"));
         let mut existing = api.list(&lp).await?.items;
-        existing.sort_by(|a, b| a.name_any().cmp(&b.name_any()));
+        existing.sort_by_key(|s| s.name_any());
         let mut labels = svc.labels().clone();
         labels.insert(SERVICE_NAME.into(), name.clone());
         labels.insert(MANAGED_BY.into(), CONTROLLER.into());
