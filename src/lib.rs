@@ -16,6 +16,8 @@ pub mod events;
 pub mod kubelet;
 #[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
 pub mod labels;
+#[cfg(any(feature = "scheduler", feature = "controllers"))]
+pub mod leader;
 pub mod metrics;
 pub mod parts;
 pub mod quantity;

@@ -360,13 +360,30 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             node_monitor_grace: cfg.node_monitor_grace_period,
             node_startup_grace: cfg.node_startup_grace_period,
         };
-        tokio::spawn(crate::controllers::run(clients, ctx, stop_rx.clone()))
+        // Leader-elected, so several servers on one etcd run one set of controllers.
+        let elector = crate::leader::Elector::new(
+            clients.shared.clone(),
+            "kube-system",
+            "kube-controller-manager",
+            &crate::leader::identity(&cfg.data_dir),
+        );
+        tokio::spawn(elector.run(stop_rx.clone(), move |stop| {
+            crate::controllers::run(clients.clone(), ctx.clone(), stop)
+        }))
     });
     #[cfg(all(feature = "apiserver", feature = "scheduler"))]
     let scheduler = (!cfg.disable_scheduler).then(|| {
         use crate::apiserver::local_client;
         let client = local_client::client(api.app.clone(), local_client::scheduler_user());
-        tokio::spawn(crate::scheduler::run(client, stop_rx.clone()))
+        let elector = crate::leader::Elector::new(
+            client.clone(),
+            "kube-system",
+            "kube-scheduler",
+            &crate::leader::identity(&cfg.data_dir),
+        );
+        tokio::spawn(elector.run(stop_rx.clone(), move |stop| {
+            crate::scheduler::run(client.clone(), stop)
+        }))
     });
     #[cfg(all(feature = "apiserver", feature = "kubelet"))]
     let simulated = (cfg.simulated.count > 0).then(|| {

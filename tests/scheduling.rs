@@ -127,6 +127,29 @@ fn pods_are_spread_placed_and_run_on_simulated_nodes() {
 
     // Deleting a pod on a simulated node removes it at once.
     ok(&s, &["delete", "pod", "p0", "--timeout=20s"]);
+
+    // The scheduler and the controllers hold their leases, as upstream's components do.
+    let holders = ok(
+        &s,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "kube-scheduler",
+            "kube-controller-manager",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.spec.holderIdentity}{\"\\n\"}{end}",
+        ],
+    );
+    let lines: Vec<&str> = holders.lines().collect();
+    assert_eq!(lines.len(), 2, "{holders}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.split_once('=').is_some_and(|(_, h)| h.contains('_'))),
+        "{holders}"
+    );
 }
 
 #[test]
