@@ -20,6 +20,7 @@ pub mod garbage_collector;
 pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
+pub mod pacer;
 pub mod per_namespace;
 pub mod replicaset;
 pub mod resourcequota;

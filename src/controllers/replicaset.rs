@@ -10,7 +10,7 @@
 //! in its watch before counting again, so a slow watch never makes it create twice.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::pacer::Pacer;
 use crate::events::{Recorder, Type};
 use crate::labels;
 
@@ -260,16 +261,11 @@ pub async fn run(kind: Workload, shared: Client, writer: Client, mut stop: watch
     let mut expect: HashMap<String, Expectation> = HashMap::new();
     let mut dirty: HashSet<String> = HashSet::new(); // owner uids
     let mut dirty_ns: HashSet<String> = HashSet::new(); // namespaces with orphan changes
-    let mut later: BinaryHeap<Reverse<(Instant, String)>> = BinaryHeap::new();
+    let mut pacer: Pacer<String> = Pacer::default();
     let (mut owners_synced, mut pods_synced) = (false, false);
     let (mut owner_init, mut pod_init) = (HashMap::new(), HashMap::new());
-    // Syncs wait a moment after the first change, so a burst of events is handled at once.
-    let mut sync_at: Option<Instant> = None;
     loop {
-        let wake = later.peek().map(|Reverse((t, _))| *t);
-        if sync_at.is_none() && (!dirty.is_empty() || !dirty_ns.is_empty()) {
-            sync_at = Some(Instant::now() + Duration::from_millis(10));
-        }
+        pacer.arm(!dirty.is_empty() || !dirty_ns.is_empty());
         tokio::select! {
             ev = owner_events.next() => match ev {
                 Some(Ok(ev)) => match ev {
@@ -337,19 +333,10 @@ pub async fn run(kind: Workload, shared: Client, writer: Client, mut stop: watch
                 Some(Err(_)) => continue,
                 None => return,
             },
-            _ = async { match wake { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {
-                while let Some(Reverse((t, uid))) = later.peek().cloned() {
-                    if t > Instant::now() { break; }
-                    later.pop();
-                    dirty.insert(uid);
-                }
-            }
-            _ = async { match sync_at { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {
-                sync_at = None;
-            }
+            due = pacer.next() => dirty.extend(due),
             _ = stop.changed() => return,
         }
-        if !(owners_synced && pods_synced) || sync_at.is_some() {
+        if !(owners_synced && pods_synced && pacer.settled()) {
             continue;
         }
         if !dirty_ns.is_empty() {
@@ -369,11 +356,11 @@ pub async fn run(kind: Workload, shared: Client, writer: Client, mut stop: watch
             };
             let e = expect.entry(uid.clone()).or_default();
             match ctl.sync(owner, &pods, e).await {
-                Ok(Some(after)) => later.push(Reverse((Instant::now() + after, uid))),
+                Ok(Some(after)) => pacer.after(uid, after),
                 Ok(None) => {}
                 Err(err) => {
                     tracing::debug!(owner = %owner["metadata"]["name"], error = %err, "syncing replicas");
-                    later.push(Reverse((Instant::now() + Duration::from_secs(1), uid)));
+                    pacer.after(uid, Duration::from_secs(1));
                 }
             }
         }

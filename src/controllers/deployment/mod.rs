@@ -7,10 +7,9 @@
 //! `revisionHistoryLimit` old ReplicaSets, and reports the counts and the Available and
 //! Progressing conditions (`progressDeadlineSeconds`) that `kubectl rollout status` follows.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -23,6 +22,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::pacer::Pacer;
 use crate::events::{self, Recorder, Type};
 use crate::labels;
 
@@ -175,13 +175,9 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
     let (mut d_init, mut rs_init) = (HashMap::new(), HashMap::new());
     let (mut d_synced, mut rs_synced) = (false, false);
     let mut dirty: HashSet<String> = HashSet::new();
-    let mut later: BinaryHeap<Reverse<(Instant, String)>> = BinaryHeap::new();
-    let mut sync_at: Option<Instant> = None;
+    let mut pacer: Pacer<String> = Pacer::default();
     loop {
-        if sync_at.is_none() && !dirty.is_empty() {
-            sync_at = Some(Instant::now() + Duration::from_millis(10));
-        }
-        let wake = later.peek().map(|Reverse((t, _))| *t);
+        pacer.arm(!dirty.is_empty());
         tokio::select! {
             ev = d_events.next() => match ev {
                 Some(Ok(watcher::Event::Init)) => d_init.clear(),
@@ -220,19 +216,10 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
                 Some(Err(_)) => continue,
                 None => return,
             },
-            _ = async { match wake { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {
-                while let Some(Reverse((t, uid))) = later.peek().cloned() {
-                    if t > Instant::now() { break; }
-                    later.pop();
-                    dirty.insert(uid);
-                }
-            }
-            _ = async { match sync_at { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {
-                sync_at = None;
-            }
+            due = pacer.next() => dirty.extend(due),
             _ = stop.changed() => return,
         }
-        if !(d_synced && rs_synced) || sync_at.is_some() {
+        if !(d_synced && rs_synced && pacer.settled()) {
             continue;
         }
         for uid in std::mem::take(&mut dirty) {
@@ -255,7 +242,7 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
                     .collect()
             };
             match ctl.sync(&d, &in_ns).await {
-                Ok(Some(after)) => later.push(Reverse((Instant::now() + after, uid))),
+                Ok(Some(after)) => pacer.after(uid, after),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(deployment = %d.name_any(), error = %e, "syncing a deployment");
@@ -265,7 +252,7 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
                     } else {
                         Duration::from_secs(1)
                     };
-                    later.push(Reverse((Instant::now() + after, uid)));
+                    pacer.after(uid, after);
                 }
             }
         }

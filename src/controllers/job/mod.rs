@@ -10,7 +10,7 @@
 //! `ttlSecondsAfterFinished` are deleted when it runs out (the TTL-after-finished controller).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::pacer::Pacer;
 use crate::events::{self, Recorder, Type};
 
 mod pods;
@@ -172,8 +173,7 @@ pub async fn run(shared: Client, writer: Client, ttl: Client, mut stop: watch::R
     let (mut job_init, mut pod_init) = (HashMap::new(), Vec::new());
     let (mut jobs_synced, mut pods_synced) = (false, false);
     let mut dirty: HashSet<String> = HashSet::new();
-    let mut later: BinaryHeap<Reverse<(Instant, String)>> = BinaryHeap::new();
-    let mut sync_at: Option<Instant> = None;
+    let mut pacer: Pacer<String> = Pacer::default();
     // Pods created and not yet seen, per Job: no more are made until they show up.
     let mut expect: HashMap<String, Expect> = HashMap::new();
     let owner = |p: &Pod| -> Option<String> {
@@ -183,10 +183,7 @@ pub async fn run(shared: Client, writer: Client, ttl: Client, mut stop: watch::R
             .map(|r| r.uid.clone())
     };
     loop {
-        if sync_at.is_none() && !dirty.is_empty() {
-            sync_at = Some(Instant::now() + Duration::from_millis(10));
-        }
-        let wake = later.peek().map(|Reverse((t, _))| *t);
+        pacer.arm(!dirty.is_empty());
         tokio::select! {
             ev = job_events.next() => match ev {
                 Some(Ok(watcher::Event::Init)) => job_init.clear(),
@@ -244,19 +241,10 @@ pub async fn run(shared: Client, writer: Client, ttl: Client, mut stop: watch::R
                 Some(Err(_)) => continue,
                 None => return,
             },
-            _ = async { match wake { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {
-                while let Some(Reverse((t, uid))) = later.peek().cloned() {
-                    if t > Instant::now() { break; }
-                    later.pop();
-                    dirty.insert(uid);
-                }
-            }
-            _ = async { match sync_at { Some(t) => tokio::time::sleep_until(t.into()).await, None => std::future::pending().await } } => {
-                sync_at = None;
-            }
+            due = pacer.next() => dirty.extend(due),
             _ = stop.changed() => return,
         }
-        if !(jobs_synced && pods_synced) || sync_at.is_some() {
+        if !(jobs_synced && pods_synced && pacer.settled()) {
             continue;
         }
         for uid in std::mem::take(&mut dirty) {
@@ -270,7 +258,7 @@ pub async fn run(shared: Client, writer: Client, ttl: Client, mut stop: watch::R
                 .unwrap_or_default();
             let e = expect.entry(uid.clone()).or_default();
             match ctl.sync(&job, &mine, e).await {
-                Ok(Some(after)) => later.push(Reverse((Instant::now() + after, uid))),
+                Ok(Some(after)) => pacer.after(uid, after),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(job = %job.name_any(), error = %e, "syncing a job");
@@ -279,7 +267,7 @@ pub async fn run(shared: Client, writer: Client, ttl: Client, mut stop: watch::R
                     } else {
                         Duration::from_secs(1)
                     };
-                    later.push(Reverse((Instant::now() + after, uid)));
+                    pacer.after(uid, after);
                 }
             }
         }
