@@ -103,7 +103,9 @@ pub async fn update_scale(
                 obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
                 return json(StatusCode::OK, &scale_of(&obj));
             }
-            Err(store::Error::Conflict { .. }) if rv.is_empty() => continue,
+            // Lost a race: read again. A resourceVersion the client gave then no longer matches
+            // (409); a patch that gave none applies to the newer object, as upstream retries.
+            Err(store::Error::Conflict { .. }) => continue,
             Err(e) => return store_error(call.def, call.name(), e),
         }
     }
