@@ -20,6 +20,8 @@ pub mod labels;
 pub mod leader;
 pub mod metrics;
 pub mod parts;
+#[cfg(any(feature = "scheduler", feature = "controllers"))]
+pub mod placement;
 pub mod quantity;
 pub mod quota;
 #[cfg(feature = "scheduler")]

@@ -5,37 +5,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::server::{text, Server};
-
-fn ok(s: &Server, args: &[&str]) -> String {
-    let o = s.kubectl(args);
-    assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Polls `kubectl args` until its output satisfies `done` (or fails after 30 s).
-fn eventually(s: &Server, args: &[&str], done: impl Fn(&str) -> bool) -> String {
-    let start = Instant::now();
-    loop {
-        let out = text(&s.kubectl(args));
-        if done(&out) {
-            return out;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "kubectl {args:?} never got there; last output:\n{out}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn write(dir: &std::path::Path, name: &str, yaml: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, yaml).expect("write manifest");
-    p.to_str().expect("utf8").to_string()
-}
+use common::server::{eventually, ok, write, Server};
 
 #[test]
 fn pods_are_spread_placed_and_run_on_simulated_nodes() {

@@ -299,7 +299,17 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
         ("apps", "statefulsets") => {
             default(spec, "replicas", json!(1));
             default(spec, "podManagementPolicy", json!("OrderedReady"));
-            rolling_update(spec, "updateStrategy", &[("partition", json!(0))]);
+            // Unlike the other kinds, `rollingUpdate` is defaulted only when given.
+            default(spec, "updateStrategy", json!({}));
+            if let Some(strategy) = object_mut(spec, "updateStrategy") {
+                default(strategy, "type", json!("RollingUpdate"));
+                if strategy["type"] == "RollingUpdate" {
+                    if let Some(ru) = object_mut(strategy, "rollingUpdate") {
+                        default(ru, "partition", json!(0));
+                        default(ru, "maxUnavailable", json!(1));
+                    }
+                }
+            }
             default(spec, "revisionHistoryLimit", json!(10));
             default(
                 spec,

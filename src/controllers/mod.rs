@@ -11,21 +11,27 @@
 //! ([`token_cleaner`]), node health, condition taints and taint-based eviction
 //! ([`node_lifecycle`]), ReplicaSets and ReplicationControllers ([`replicaset`]), Deployments
 //! ([`deployment`]), ownerReferences ([`garbage_collector`]), namespace deletion ([`namespace`]), Jobs ([`job`]), Endpoints and EndpointSlices
-//! ([`endpoints`]).
+//! ([`endpoints`]), StatefulSets ([`statefulset`]) and DaemonSets ([`daemonset`]) with their
+//! ControllerRevisions ([`history`]).
 
+pub mod cache;
 pub mod clusterrole_aggregation;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
+pub mod history;
 pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod pacer;
 pub mod per_namespace;
+pub mod pod_state;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod root_ca;
 pub mod serviceaccounts;
+pub mod statefulset;
 pub mod storage_protection;
 pub mod token_cleaner;
 pub mod tokens;
@@ -60,6 +66,24 @@ where
         tokio::time::timeout(std::time::Duration::from_millis(20), events.next()).await
     {}
     true
+}
+
+/// An absolute or percent value (`maxSurge`, `maxUnavailable`) resolved against `total`,
+/// percentages rounded up or down; None when it does not parse.
+pub fn int_or_percent(
+    v: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+    total: i32,
+    round_up: bool,
+) -> Option<i32> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match v {
+        IntOrString::Int(n) => Some(*n),
+        IntOrString::String(s) => {
+            let pct: i64 = s.strip_suffix('%')?.parse().ok()?;
+            let x = i64::from(total) * pct;
+            Some((if round_up { (x + 99) / 100 } else { x / 100 }) as i32)
+        }
+    }
 }
 
 /// The API clients controllers use.
@@ -157,6 +181,16 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         tokio::spawn(deployment::run(
             clients.shared.clone(),
             account("deployment-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(statefulset::run(
+            clients.shared.clone(),
+            account("statefulset-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(daemonset::run(
+            clients.shared.clone(),
+            account("daemon-set-controller"),
             stop.clone(),
         )),
         tokio::spawn(root_ca::run(

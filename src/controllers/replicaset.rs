@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::pacer::Pacer;
+use super::pod_state::{active, ready_since};
 use crate::events::{Recorder, Type};
 use crate::labels;
 
@@ -178,30 +179,6 @@ impl Expectation {
                 .since
                 .is_some_and(|t| t.elapsed() > EXPECTATIONS_TIMEOUT)
     }
-}
-
-fn active(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && !matches!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        )
-}
-
-/// When the pod became Ready, if it is.
-fn ready_since(pod: &Pod) -> Option<Timestamp> {
-    let c = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")?;
-    Some(
-        c.last_transition_time
-            .as_ref()
-            .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
-    )
 }
 
 /// Upstream's deletion order key: smaller goes first.

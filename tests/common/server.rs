@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The stock kubectl that `make deps` unpacks into `.cache/`.
 pub fn kubectl() -> PathBuf {
@@ -123,4 +123,34 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// Runs kubectl, which must succeed, and returns its stdout.
+pub fn ok(s: &Server, args: &[&str]) -> String {
+    let o = s.kubectl(args);
+    assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Polls `kubectl args` until its output satisfies `done` (or fails after 30 s).
+pub fn eventually(s: &Server, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let out = text(&s.kubectl(args));
+        if done(&out) {
+            return out;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "kubectl {args:?} never got there; last output:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Writes a manifest into `dir`, returning its path.
+pub fn write(dir: &std::path::Path, name: &str, yaml: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, yaml).expect("write manifest");
+    p.to_str().expect("utf8").to_string()
 }

@@ -68,19 +68,10 @@ pub fn template_hash(template: &Value, collisions: i32) -> String {
 
 /// Resolves an absolute or percent value against `total` (rounding up or down).
 fn resolve(v: Option<&IntOrString>, total: i32, default_pct: i32, round_up: bool) -> i32 {
-    match v {
-        Some(IntOrString::Int(n)) => *n,
-        Some(IntOrString::String(s)) => {
-            let pct: i32 = s.trim_end_matches('%').parse().unwrap_or(default_pct);
-            percent(total, pct, round_up)
-        }
-        None => percent(total, default_pct, round_up),
-    }
-}
-
-fn percent(total: i32, pct: i32, round_up: bool) -> i32 {
-    let x = i64::from(total) * i64::from(pct);
-    (if round_up { (x + 99) / 100 } else { x / 100 }) as i32
+    let pct = IntOrString::String(format!("{default_pct}%"));
+    super::int_or_percent(v.unwrap_or(&pct), total, round_up)
+        .or_else(|| super::int_or_percent(&pct, total, round_up))
+        .unwrap_or(0)
 }
 
 /// `(maxSurge, maxUnavailable)` of a RollingUpdate deployment, as upstream resolves them.

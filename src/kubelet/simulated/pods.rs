@@ -3,7 +3,8 @@
 //! removed at once, as a kubelet does once its containers have stopped. A pod may ask to finish:
 //! after `simulated.k1s.io/run-for` (a duration: `30s`, `2m`) its containers exit with
 //! `simulated.k1s.io/exit-code` (default 0), and its `restartPolicy` decides what follows, as the
-//! kubelet's does: Succeeded or Failed, or the containers restart (restartCount goes up).
+//! kubelet's does: Succeeded or Failed, or the containers restart (restartCount goes up). As the
+//! kubelet does, a pod with `readinessGates` is Ready only while every gate's condition is True.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -136,6 +137,46 @@ fn container_status(pod: &Pod, c: &Value, restarts: i64, exit: Option<i64>, last
     })
 }
 
+/// The condition types of the pod's readiness gates.
+fn gates(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|g| g.condition_type.clone())
+        .collect()
+}
+
+/// Whether the condition `ty` in the pod's status is True.
+fn condition_true(pod: &Pod, ty: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == ty && c.status == "True"))
+}
+
+/// Whether every readiness gate holds, as the kubelet requires for Ready.
+fn gates_hold(pod: &Pod) -> bool {
+    gates(pod).iter().all(|g| condition_true(pod, g))
+}
+
+/// The pod's conditions with Ready set to `ready` (kept as they are otherwise).
+fn with_ready(pod: &Pod, ready: bool) -> Vec<Value> {
+    let mut out: Vec<Value> = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.type_ != "Ready")
+        .map(|c| serde_json::to_value(c).unwrap_or_default())
+        .collect();
+    let reason = (!ready).then_some("ReadinessGatesNotReady");
+    out.push(condition("Ready", ready, reason));
+    out
+}
+
 impl Sim {
     fn node_of(&self, pod: &Pod) -> Option<&SimNode> {
         let name = pod.spec.as_ref()?.node_name.as_deref()?;
@@ -178,7 +219,20 @@ impl Sim {
                 }
                 self.schedule_exit(node, &pod);
             }
-            Some("Running") => self.schedule_exit(node, &pod),
+            Some("Running") => {
+                // A readiness gate's condition changed: Ready follows it.
+                if !gates(&pod).is_empty() && gates_hold(&pod) != condition_true(&pod, "Ready") {
+                    let status =
+                        json!({"status": {"conditions": with_ready(&pod, gates_hold(&pod))}});
+                    if let Err(e) = api
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await
+                    {
+                        tracing::debug!(pod = %name, error = %e, "updating a simulated pod's readiness");
+                    }
+                }
+                self.schedule_exit(node, &pod);
+            }
             _ => {}
         }
     }
@@ -214,15 +268,27 @@ impl Sim {
                 s
             })
             .collect();
+        let ready = gates_hold(pod);
+        let mut conditions = vec![
+            condition("PodReadyToStartContainers", true, None),
+            condition("Initialized", true, None),
+            condition("Ready", ready, (!ready).then_some("ReadinessGatesNotReady")),
+            condition("ContainersReady", true, None),
+            condition("PodScheduled", true, None),
+        ];
+        for g in gates(pod) {
+            if let Some(c) = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == g))
+            {
+                conditions.push(serde_json::to_value(c).unwrap_or_default());
+            }
+        }
         json!({"status": {
             "phase": "Running",
-            "conditions": [
-                condition("PodReadyToStartContainers", true, None),
-                condition("Initialized", true, None),
-                condition("Ready", true, None),
-                condition("ContainersReady", true, None),
-                condition("PodScheduled", true, None),
-            ],
+            "conditions": conditions,
             "hostIP": host, "hostIPs": [{"ip": host}],
             "podIP": ip, "podIPs": [{"ip": ip}],
             "startTime": started,

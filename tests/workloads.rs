@@ -1,0 +1,220 @@
+//! StatefulSets and DaemonSets on simulated nodes, driven with stock kubectl: an ordered set
+//! starts pod N+1 only once pod N is Ready and scales down from the top, its claims follow the
+//! retention policy; a DaemonSet follows the nodes its selector picks and rolls out a new
+//! template everywhere.
+
+mod common;
+
+use std::time::Duration;
+
+use common::server::{eventually, ok, write, Server};
+
+/// Sets the readiness gate condition of pod `name` to True.
+fn open_gate(s: &Server, name: &str) {
+    ok(
+        s,
+        &[
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/status/conditions/-","value":{"type":"k1s.io/gate","status":"True"}}]"#,
+        ],
+    );
+}
+
+fn names(s: &Server, what: &[&str]) -> String {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    args.extend_from_slice(&["-o", "jsonpath={range .items[*]}{.metadata.name} {end}"]);
+    ok(s, &args).trim().to_string()
+}
+
+#[test]
+fn ordered_statefulset_waits_for_each_pod_and_scales_down_from_the_top() {
+    let s = Server::start_with(&["--simulated-nodes", "2", "--disable-kubelet"]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let sts = write(
+        dir.path(),
+        "sts.yaml",
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 3
+  selector: {matchLabels: {app: db}}
+  persistentVolumeClaimRetentionPolicy: {whenScaled: Delete, whenDeleted: Retain}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      readinessGates: [{conditionType: k1s.io/gate}]
+      containers: [{name: db, image: postgres:17}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+"#,
+    );
+    ok(&s, &["create", "-f", &sts]);
+    for (i, pod) in ["db-0", "db-1", "db-2"].iter().enumerate() {
+        eventually(
+            &s,
+            &["get", "pod", pod, "-o", "jsonpath={.status.phase}"],
+            |o| o == "Running",
+        );
+        // The next pod waits while this one is not Ready.
+        std::thread::sleep(Duration::from_millis(1500));
+        let want: Vec<String> = (0..=i).map(|k| format!("db-{k}")).collect();
+        assert_eq!(names(&s, &["pods", "-l", "app=db"]), want.join(" "));
+        open_gate(&s, pod);
+    }
+    let pod = ok(
+        &s,
+        &["get", "pod", "db-1", "-o", "jsonpath={.spec.hostname}.{.spec.subdomain} {.metadata.labels.apps\\.kubernetes\\.io/pod-index} {.spec.volumes[?(@.name==\"data\")].persistentVolumeClaim.claimName}"],
+    );
+    assert_eq!(pod, "db-1.db 1 data-db-1");
+    eventually(
+        &s,
+        &[
+            "get",
+            "sts",
+            "db",
+            "-o",
+            "jsonpath={.status.readyReplicas}/{.status.replicas}",
+        ],
+        |o| o == "3/3",
+    );
+    assert_eq!(names(&s, &["pvc"]), "data-db-0 data-db-1 data-db-2");
+
+    // Scaling down removes db-2 first; whenScaled: Delete takes its claim along.
+    ok(&s, &["scale", "sts", "db", "--replicas=1"]);
+    eventually(&s, &["get", "pods", "-l", "app=db", "-o", "name"], |o| {
+        o.trim() == "pod/db-0"
+    });
+    eventually(&s, &["get", "pvc", "-o", "name"], |o| {
+        o.trim() == "persistentvolumeclaim/data-db-0"
+    });
+    let events = ok(
+        &s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=db,reason=SuccessfulDelete",
+            "-o",
+            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+        ],
+    );
+    let order: Vec<&str> = events.lines().collect();
+    assert_eq!(
+        order,
+        [
+            "delete Pod db-2 in StatefulSet db successful",
+            "delete Pod db-1 in StatefulSet db successful"
+        ],
+        "{events}"
+    );
+
+    // A Parallel set starts every pod at once, Ready or not.
+    let par = std::fs::read_to_string(&sts)
+        .expect("read")
+        .replace("name: db}", "name: par}")
+        .replace("app: db", "app: par")
+        .replace(
+            "serviceName: db",
+            "serviceName: par\n  podManagementPolicy: Parallel",
+        );
+    let par = write(dir.path(), "par.yaml", &par);
+    ok(&s, &["create", "-f", &par]);
+    eventually(&s, &["get", "pods", "-l", "app=par", "-o", "name"], |o| {
+        o.lines().count() == 3
+    });
+}
+
+#[test]
+fn daemonset_follows_its_nodes_and_rolls_out() {
+    let s = Server::start_with(&["--simulated-nodes", "3", "--disable-kubelet"]);
+    eventually(&s, &["get", "nodes", "--no-headers"], |o| {
+        o.lines().filter(|l| l.contains(" Ready ")).count() == 3
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let ds = write(
+        dir.path(),
+        "ds.yaml",
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      nodeSelector: {role: edge}
+      containers: [{name: agent, image: busybox:1.36}]
+"#,
+    );
+    ok(&s, &["create", "-f", &ds]);
+    let on_nodes = |s: &Server, want: &str| {
+        eventually(
+            s,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=agent",
+                "--field-selector",
+                "status.phase=Running",
+                "-o",
+                "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}",
+            ],
+            |o| {
+                let mut v: Vec<&str> = o.lines().collect();
+                v.sort();
+                v.join(" ") == want
+            },
+        )
+    };
+    ok(&s, &["label", "node", "sim-0000", "sim-0002", "role=edge"]);
+    on_nodes(&s, "sim-0000 sim-0002");
+    ok(&s, &["label", "node", "sim-0000", "role-"]);
+    on_nodes(&s, "sim-0002");
+    ok(&s, &["label", "node", "--all", "role=edge", "--overwrite"]);
+    on_nodes(&s, "sim-0000 sim-0001 sim-0002");
+    // A cordoned node keeps its daemon: daemon pods tolerate unschedulable nodes.
+    ok(&s, &["cordon", "sim-0001"]);
+    ok(&s, &["set", "image", "ds/agent", "agent=busybox:1.37"]);
+    let st = eventually(
+        &s,
+        &["get", "ds", "agent", "-o", "jsonpath={.status.desiredNumberScheduled} {.status.updatedNumberScheduled} {.status.numberAvailable}"],
+        |o| o == "3 3 3",
+    );
+    assert_eq!(st, "3 3 3");
+    eventually(
+        &s,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=agent",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.containers[0].image} {end}",
+        ],
+        |o| o.trim() == "busybox:1.37 busybox:1.37 busybox:1.37",
+    );
+    let revs = ok(
+        &s,
+        &[
+            "get",
+            "controllerrevisions",
+            "-l",
+            "app=agent",
+            "-o",
+            "jsonpath={range .items[*]}{.revision} {end}",
+        ],
+    );
+    let mut revs: Vec<&str> = revs.split_whitespace().collect();
+    revs.sort();
+    assert_eq!(revs, ["1", "2"]);
+}
