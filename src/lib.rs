@@ -10,6 +10,8 @@ pub mod bench;
 pub mod cli;
 #[cfg(feature = "controllers")]
 pub mod controllers;
+#[cfg(any(feature = "apiserver", feature = "controllers"))]
+pub mod cron;
 #[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
 pub mod events;
 #[cfg(feature = "kubelet")]

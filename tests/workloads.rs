@@ -218,3 +218,122 @@ spec:
     revs.sort();
     assert_eq!(revs, ["1", "2"]);
 }
+
+#[test]
+fn cronjob_runs_its_schedule_and_keeps_its_history() {
+    let s = Server::start_with(&["--simulated-nodes", "1", "--disable-kubelet"]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let cj = write(
+        dir.path(),
+        "cj.yaml",
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "* * * * *"
+  timeZone: Asia/Tokyo
+  concurrencyPolicy: Forbid
+  successfulJobsHistoryLimit: 1
+  jobTemplate:
+    spec:
+      template:
+        metadata: {annotations: {simulated.k1s.io/run-for: 1s}}
+        spec:
+          restartPolicy: Never
+          containers: [{name: c, image: busybox:1.36}]
+"#,
+    );
+    ok(&s, &["create", "-f", &cj]);
+    // Pretend the last run was three minutes ago: the most recent missed time runs at once.
+    let past = (k8s_openapi::jiff::Timestamp::now()
+        - k8s_openapi::jiff::SignedDuration::from_secs(180))
+    .strftime("%Y-%m-%dT%H:%M:00Z")
+    .to_string();
+    ok(
+        &s,
+        &[
+            "patch",
+            "cronjob",
+            "tick",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"status":{{"lastScheduleTime":"{past}"}}}}"#),
+        ],
+    );
+    eventually(&s, &["get", "jobs", "-o", "name"], |o| {
+        o.lines().count() >= 1
+    });
+    // No more runs on the minute from here on (one more may have started already).
+    ok(
+        &s,
+        &[
+            "patch",
+            "cronjob",
+            "tick",
+            "-p",
+            r#"{"spec":{"suspend":true}}"#,
+        ],
+    );
+    let job = ok(
+        &s,
+        &["get", "jobs", "-o", "jsonpath={.items[0].metadata.name} {.items[0].metadata.annotations.batch\\.kubernetes\\.io/cronjob-scheduled-timestamp}"],
+    );
+    let (name, stamp) = job.split_once(' ').expect("name and stamp");
+    let minutes: i64 = name
+        .strip_prefix("tick-")
+        .expect("prefix")
+        .parse()
+        .expect("minutes");
+    let at = k8s_openapi::jiff::Timestamp::from_second(minutes * 60).expect("time");
+    let tokyo = at
+        .to_zoned(k8s_openapi::jiff::tz::TimeZone::get("Asia/Tokyo").expect("tz"))
+        .strftime("%Y-%m-%dT%H:%M:%S+09:00")
+        .to_string();
+    assert_eq!(stamp, tokyo);
+    eventually(
+        &s,
+        &[
+            "get",
+            "cronjob",
+            "tick",
+            "-o",
+            "jsonpath={.status.lastSuccessfulTime}/{.status.active}",
+        ],
+        |o| o.ends_with("Z/"),
+    );
+
+    // A manual run from the template; the history limit keeps one finished Job.
+    let out = ok(&s, &["create", "job", "by-hand", "--from=cronjob/tick"]);
+    assert_eq!(out, "job.batch/by-hand created\n");
+    eventually(
+        &s,
+        &[
+            "get",
+            "job",
+            "by-hand",
+            "-o",
+            "jsonpath={.status.succeeded}",
+        ],
+        |o| o == "1",
+    );
+    eventually(&s, &["get", "jobs", "-o", "name"], |o| {
+        o.trim() == "job.batch/by-hand"
+    });
+    // An unknown time zone is refused with upstream's message.
+    let o = s.kubectl(&[
+        "patch",
+        "cronjob",
+        "tick",
+        "-p",
+        r#"{"spec":{"timeZone":"Mars/Olympus"}}"#,
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        common::server::text(&o).contains(
+            r#"spec.timeZone: Invalid value: "Mars/Olympus": unknown time zone Mars/Olympus"#
+        ),
+        "{}",
+        common::server::text(&o)
+    );
+}

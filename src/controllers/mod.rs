@@ -12,10 +12,11 @@
 //! ([`node_lifecycle`]), ReplicaSets and ReplicationControllers ([`replicaset`]), Deployments
 //! ([`deployment`]), ownerReferences ([`garbage_collector`]), namespace deletion ([`namespace`]), Jobs ([`job`]), Endpoints and EndpointSlices
 //! ([`endpoints`]), StatefulSets ([`statefulset`]) and DaemonSets ([`daemonset`]) with their
-//! ControllerRevisions ([`history`]).
+//! ControllerRevisions ([`history`]), CronJobs ([`cronjob`]).
 
 pub mod cache;
 pub mod clusterrole_aggregation;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -191,6 +192,11 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         tokio::spawn(daemonset::run(
             clients.shared.clone(),
             account("daemon-set-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(cronjob::run(
+            clients.shared.clone(),
+            account("cronjob-controller"),
             stop.clone(),
         )),
         tokio::spawn(root_ca::run(

@@ -49,9 +49,14 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>, errs: &mut 
             match spec["schedule"].as_str() {
                 None | Some("") => errs.required("spec.schedule", ""),
                 Some(s) => {
-                    if let Some(problem) = cron_problem(s) {
+                    if let Some(problem) = cron_problem(s, spec["timeZone"].is_string()) {
                         errs.invalid("spec.schedule", &spec["schedule"], &problem);
                     }
+                }
+            }
+            if let Some(tz) = spec["timeZone"].as_str() {
+                if let Some(problem) = time_zone_problem(tz) {
+                    errs.invalid("spec.timeZone", &spec["timeZone"], &problem);
                 }
             }
             errs.one_of(
@@ -322,38 +327,44 @@ fn job(spec: &Value, path: &str, old: Option<&Value>, errs: &mut Errors) {
     }
 }
 
-/// A five-field cron schedule or a predefined one (`@hourly`, `@every 5m`).
-fn cron_problem(s: &str) -> Option<String> {
-    let s = s.trim();
-    let s = s
-        .strip_prefix("TZ=")
-        .or_else(|| s.strip_prefix("CRON_TZ="))
-        .map_or(s, |rest| rest.split_once(' ').map_or("", |(_, r)| r));
-    if let Some(d) = s.strip_prefix('@') {
-        return match d.split_once(' ') {
-            Some(("every", _)) => None,
-            None if [
-                "yearly", "annually", "monthly", "weekly", "daily", "midnight", "hourly",
-            ]
-            .contains(&d) =>
-            {
-                None
-            }
-            _ => Some(format!("unrecognized descriptor: @{d}")),
-        };
+/// A five-field cron schedule or a descriptor (`@hourly`, `@every 5m`), without `TZ=`.
+fn cron_problem(s: &str, has_time_zone: bool) -> Option<String> {
+    if s.contains("TZ") {
+        return Some(if has_time_zone {
+            "cannot use both timeZone field and TZ or CRON_TZ in schedule".into()
+        } else {
+            "cannot use TZ or CRON_TZ in schedule, use timeZone field instead".into()
+        });
     }
-    let fields: Vec<&str> = s.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Some(format!(
-            "expected exactly 5 fields, found {}: {s}",
-            fields.len()
-        ));
+    crate::cron::Schedule::parse(s).err()
+}
+
+/// An IANA time zone name this machine knows (upstream's `validateTimeZone`).
+fn time_zone_problem(tz: &str) -> Option<String> {
+    if tz.is_empty() {
+        return Some("timeZone must be nil or non-empty string".into());
     }
-    let ok = fields.iter().all(|f| {
-        f.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "*/,-?".contains(c))
+    let bad_part = tz.split('/').any(|p| {
+        p.is_empty()
+            || p == "."
+            || p == ".."
+            || p.starts_with('-')
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_+".contains(c))
     });
-    (!ok).then(|| format!("failed to parse schedule: {s}"))
+    if bad_part {
+        return Some(format!("unknown time zone {tz}"));
+    }
+    if tz.eq_ignore_ascii_case("Local") {
+        return Some(
+            "timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones"
+                .into(),
+        );
+    }
+    jiff::tz::TimeZone::get(tz)
+        .is_err()
+        .then(|| format!("unknown time zone {tz}"))
 }
 
 fn service(spec: &Value, errs: &mut Errors) {
