@@ -12,13 +12,15 @@
 //! ([`node_lifecycle`]), ReplicaSets and ReplicationControllers ([`replicaset`]), Deployments
 //! ([`deployment`]), ownerReferences ([`garbage_collector`]), namespace deletion ([`namespace`]), Jobs ([`job`]), Endpoints and EndpointSlices
 //! ([`endpoints`]), StatefulSets ([`statefulset`]) and DaemonSets ([`daemonset`]) with their
-//! ControllerRevisions ([`history`]), CronJobs ([`cronjob`]).
+//! ControllerRevisions ([`history`]), CronJobs ([`cronjob`]), PodDisruptionBudget status
+//! ([`disruption`]).
 
 pub mod cache;
 pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod garbage_collector;
 pub mod history;
@@ -197,6 +199,11 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         tokio::spawn(cronjob::run(
             clients.shared.clone(),
             account("cronjob-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(disruption::run(
+            clients.shared.clone(),
+            account("disruption-controller"),
             stop.clone(),
         )),
         tokio::spawn(root_ca::run(
