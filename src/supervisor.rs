@@ -162,6 +162,16 @@ impl ServerConfig {
         }
     }
 
+    /// Whether the built-in local-path storage runs (not `--disable=local-storage`, as k3s).
+    pub fn local_storage(&self) -> bool {
+        !self.disable_addons.iter().any(|a| a == "local-storage")
+    }
+
+    /// Where local-path volumes live on each node (`DATA_DIR/storage`).
+    pub fn local_storage_dir(&self) -> PathBuf {
+        self.data_dir.join("storage")
+    }
+
     /// Names and addresses the API server's certificate covers.
     pub fn api_sans(&self) -> Vec<String> {
         let mut sans = vec![
@@ -319,6 +329,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             encryption_provider_config: cfg.encryption_provider_config.clone(),
             admission_control_config_file: cfg.admission_control_config_file.clone(),
             audit: cfg.audit.clone(),
+            local_storage: cfg.local_storage(),
         };
         match crate::apiserver::start(api_cfg, store.clone(), stop_rx.clone()).await {
             Ok(api) => {
@@ -359,6 +370,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             sign_legacy,
             node_monitor_grace: cfg.node_monitor_grace_period,
             node_startup_grace: cfg.node_startup_grace_period,
+            local_path: cfg.local_storage().then(|| cfg.local_storage_dir()),
         };
         // Leader-elected, so several servers on one etcd run one set of controllers.
         let elector = crate::leader::Elector::new(

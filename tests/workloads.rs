@@ -337,3 +337,144 @@ spec:
         common::server::text(&o)
     );
 }
+
+#[test]
+fn local_path_claims_are_provisioned_on_the_pods_node_and_released() {
+    let s = Server::start_with(&["--simulated-nodes", "2", "--disable-kubelet"]);
+    let sc = ok(&s, &["get", "storageclass"]);
+    assert!(
+        sc.contains(
+            "local-path (default)   rancher.io/local-path   Delete          WaitForFirstConsumer"
+        ),
+        "{sc}"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifest = write(
+        dir.path(),
+        "claim.yaml",
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 2Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: user}
+spec:
+  containers: [{name: c, image: busybox:1.36, volumeMounts: [{name: d, mountPath: /data}]}]
+  volumes: [{name: d, persistentVolumeClaim: {claimName: data}}]
+"#,
+    );
+    ok(&s, &["create", "-f", &manifest]);
+    let pod = eventually(
+        &s,
+        &[
+            "get",
+            "pod",
+            "user",
+            "-o",
+            "jsonpath={.status.phase} {.spec.nodeName}",
+        ],
+        |o| o.starts_with("Running "),
+    );
+    let node = pod
+        .split_once(' ')
+        .map(|x| x.1)
+        .unwrap_or_default()
+        .to_string();
+    let claim = ok(
+        &s,
+        &["get", "pvc", "data", "-o", "jsonpath={.status.phase} {.spec.storageClassName} {.status.capacity.storage} {.metadata.annotations.volume\\.kubernetes\\.io/selected-node}"],
+    );
+    assert_eq!(claim, format!("Bound local-path 2Gi {node}"));
+    let pv = ok(
+        &s,
+        &["get", "pv", "-o", "jsonpath={.items[0].spec.hostPath.path} {.items[0].spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]} {.items[0].spec.claimRef.name} {.items[0].status.phase}"],
+    );
+    let uid = ok(
+        &s,
+        &["get", "pvc", "data", "-o", "jsonpath={.metadata.uid}"],
+    );
+    assert!(
+        pv.contains(&format!(
+            "/storage/pvc-{uid}_default_data {node} data Bound"
+        )),
+        "{pv}"
+    );
+    // The claim goes; its volume (reclaim policy Delete) goes too.
+    ok(&s, &["delete", "pod", "user", "--wait=false"]);
+    ok(&s, &["delete", "pvc", "data", "--wait=false"]);
+    eventually(&s, &["get", "pv", "-o", "name"], |o| o.trim().is_empty());
+    // A claim whose class binds at once and that nothing can serve keeps its pod pending.
+    let immediate = write(
+        dir.path(),
+        "immediate.yaml",
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: manual}
+spec:
+  storageClassName: ""
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stuck}
+spec:
+  containers: [{name: c, image: busybox:1.36}]
+  volumes: [{name: d, persistentVolumeClaim: {claimName: manual}}]
+"#,
+    );
+    ok(&s, &["create", "-f", &immediate]);
+    eventually(
+        &s,
+        &[
+            "get",
+            "pod",
+            "stuck",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}",
+        ],
+        |o| o.contains("pod has unbound immediate PersistentVolumeClaims"),
+    );
+    // A matching volume made by hand binds it, and the pod runs.
+    let pv = write(
+        dir.path(),
+        "pv.yaml",
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata: {name: handmade}
+spec:
+  capacity: {storage: 5Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: /tmp/handmade}
+"#,
+    );
+    ok(&s, &["create", "-f", &pv]);
+    eventually(
+        &s,
+        &[
+            "get",
+            "pvc",
+            "manual",
+            "-o",
+            "jsonpath={.status.phase} {.spec.volumeName}",
+        ],
+        |o| o == "Bound handmade",
+    );
+    eventually(
+        &s,
+        &["get", "pod", "stuck", "-o", "jsonpath={.status.phase}"],
+        |o| o == "Running",
+    );
+    ok(&s, &["delete", "pod", "stuck"]);
+    ok(&s, &["delete", "pvc", "manual"]);
+    eventually(
+        &s,
+        &["get", "pv", "handmade", "-o", "jsonpath={.status.phase}"],
+        |o| o == "Released",
+    );
+}

@@ -73,7 +73,11 @@ pub enum ApiError {
 }
 
 /// How the API server is set up.
+/// The provisioner of the default `local-path` StorageClass (k3s's name for it).
+pub const LOCAL_PATH_PROVISIONER: &str = "rancher.io/local-path";
+
 #[derive(Clone, Debug)]
+
 pub struct ApiConfig {
     pub bind_address: IpAddr,
     pub port: u16,
@@ -93,6 +97,8 @@ pub struct ApiConfig {
     pub admission_control_config_file: Option<PathBuf>,
     /// The audit log.
     pub audit: crate::supervisor::AuditOptions,
+    /// Whether the default `local-path` StorageClass is created (not `--disable=local-storage`).
+    pub local_storage: bool,
 }
 
 /// A running API server.
@@ -170,7 +176,7 @@ pub async fn start(
     };
     let store: Arc<dyn Store> = Arc::new(crate::store::metered::MeteredStore::new(store));
     let range = ipalloc::ServiceRange::parse(&cfg.service_cidr)?;
-    registry::bootstrap(store.as_ref(), &range, addr.port()).await?;
+    registry::bootstrap(store.as_ref(), &range, addr.port(), cfg.local_storage).await?;
     let (created, removed) = ipalloc::repair(store.as_ref()).await?;
     if created + removed > 0 {
         tracing::info!(created, removed, "repaired service IP allocations");

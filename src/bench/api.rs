@@ -239,6 +239,7 @@ async fn bench_backend(
             encryption_provider_config: None,
             admission_control_config_file: None,
             audit: Default::default(),
+            local_storage: false,
         },
         store,
         stop,

@@ -13,7 +13,8 @@
 //! ([`deployment`]), ownerReferences ([`garbage_collector`]), namespace deletion ([`namespace`]), Jobs ([`job`]), Endpoints and EndpointSlices
 //! ([`endpoints`]), StatefulSets ([`statefulset`]) and DaemonSets ([`daemonset`]) with their
 //! ControllerRevisions ([`history`]), CronJobs ([`cronjob`]), PodDisruptionBudget status
-//! ([`disruption`]).
+//! ([`disruption`]), volume binding ([`volume_binding`]) and the built-in local-path provisioner
+//! ([`local_path`]).
 
 pub mod cache;
 pub mod clusterrole_aggregation;
@@ -25,6 +26,7 @@ pub mod endpoints;
 pub mod garbage_collector;
 pub mod history;
 pub mod job;
+pub mod local_path;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod pacer;
@@ -38,6 +40,7 @@ pub mod statefulset;
 pub mod storage_protection;
 pub mod token_cleaner;
 pub mod tokens;
+pub mod volume_binding;
 
 use std::sync::Arc;
 
@@ -110,6 +113,8 @@ pub struct Context {
     pub node_monitor_grace: std::time::Duration,
     /// The same for a node that never sent one (`--node-startup-grace-period`).
     pub node_startup_grace: std::time::Duration,
+    /// Where the local-path provisioner puts volumes on the nodes, unless disabled.
+    pub local_path: Option<std::path::PathBuf>,
 }
 
 /// Runs every controller until `stop` turns true.
@@ -206,6 +211,11 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
             account("disruption-controller"),
             stop.clone(),
         )),
+        tokio::spawn(volume_binding::run(
+            clients.shared.clone(),
+            account("persistent-volume-binder"),
+            stop.clone(),
+        )),
         tokio::spawn(root_ca::run(
             clients.shared.clone(),
             account("root-ca-cert-publisher"),
@@ -213,6 +223,14 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
             stop.clone(),
         )),
     ];
+    if let Some(dir) = ctx.local_path.clone() {
+        tasks.push(tokio::spawn(local_path::run(
+            clients.shared.clone(),
+            account("persistent-volume-binder"),
+            dir,
+            stop.clone(),
+        )));
+    }
     if let Some(sign) = ctx.sign_legacy {
         tasks.push(tokens::spawn(
             clients.shared.clone(),

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -49,6 +50,7 @@ struct Scheduler {
     rng: u64,
     recorder: Arc<Recorder>,
     bound: mpsc::UnboundedSender<Bound>,
+    volumes: plugins::volume_binding::Shared,
 }
 
 fn responsible(pod: &Pod) -> bool {
@@ -80,13 +82,30 @@ pub async fn run(client: Client, mut stop: watch::Receiver<bool>) {
     let mut nodes = watcher(Api::<Node>::all(client.clone()), Default::default())
         .default_backoff()
         .boxed();
+    let mut claims = watcher(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        Default::default(),
+    )
+    .default_backoff()
+    .boxed();
+    let mut pvs = watcher(
+        Api::<PersistentVolume>::all(client.clone()),
+        Default::default(),
+    )
+    .default_backoff()
+    .boxed();
+    let mut classes = watcher(Api::<StorageClass>::all(client.clone()), Default::default())
+        .default_backoff()
+        .boxed();
+    let volumes = plugins::volume_binding::Shared::default();
     let (tx, mut bound) = mpsc::unbounded_channel();
     let mut s = Scheduler {
         recorder: Arc::new(Recorder::new(client.clone(), DEFAULT_SCHEDULER, None)),
         client,
         cache: Cache::default(),
         queue: queue::Queue::default(),
-        plugins: plugins::default_plugins(),
+        plugins: plugins::default_plugins(volumes.clone()),
+        volumes,
         next_start: 0,
         rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
         bound: tx,
@@ -115,6 +134,17 @@ pub async fn run(client: Client, mut stop: watch::Receiver<bool>) {
                 Some(Err(e)) => tracing::debug!(error = %e, "watching nodes"),
                 None => return,
             },
+            Some(Ok(ev)) = claims.next() => {
+                s.volumes.write().unwrap_or_else(|p| p.into_inner()).claim_event(ev);
+                s.queue.move_all();
+            }
+            Some(Ok(ev)) = pvs.next() => {
+                s.volumes.write().unwrap_or_else(|p| p.into_inner()).volume_event(ev);
+                s.queue.move_all();
+            }
+            Some(Ok(ev)) = classes.next() => {
+                s.volumes.write().unwrap_or_else(|p| p.into_inner()).class_event(ev);
+            }
             Some(b) = bound.recv() => s.binding_done(b),
             _ = tick.tick() => s.queue.tick(),
             _ = std::future::ready(()), if can_schedule => s.schedule_one(),
@@ -299,6 +329,7 @@ impl Scheduler {
                 self.queue.done(&info.uid);
                 tokio::spawn(bind(
                     self.client.clone(),
+                    self.volumes.clone(),
                     self.recorder.clone(),
                     info,
                     node,
@@ -332,12 +363,17 @@ impl Scheduler {
 
 async fn bind(
     client: Client,
+    volumes: plugins::volume_binding::Shared,
     recorder: Arc<Recorder>,
     info: Arc<PodInfo>,
     node: String,
     done: mpsc::UnboundedSender<Bound>,
 ) {
     let pod = &info.pod;
+    if !plugins::volume_binding::prebind(&client, &volumes, pod, &node).await {
+        let _ = done.send(Bound { info, ok: false });
+        return;
+    }
     let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
     let api: Api<Pod> = Api::namespaced(client, &ns);
     let binding = json!({

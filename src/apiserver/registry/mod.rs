@@ -314,11 +314,13 @@ async fn dispatch(call: Call<'_>, body: Bytes, content_type: String) -> Response
     }
 }
 
-/// Creates the system namespaces and the `kubernetes` Service that do not exist yet.
+/// Creates the system namespaces, the `kubernetes` Service, the system priority classes and
+/// (with `local_storage`) the default `local-path` StorageClass that do not exist yet.
 pub async fn bootstrap(
     store: &dyn Store,
     range: &crate::apiserver::ipalloc::ServiceRange,
     api_port: u16,
+    local_storage: bool,
 ) -> Result<(), crate::apiserver::ApiError> {
     let ignore_exists = |r: Result<crate::store::KeyValue, crate::store::Error>| match r {
         Ok(_) | Err(crate::store::Error::AlreadyExists { .. }) => Ok(()),
@@ -356,6 +358,30 @@ pub async fn bootstrap(
             });
             ignore_exists(store.create(&key, object::to_stored(def, &svc)).await)?;
         }
+    }
+    if let Some(def) =
+        catalog::find("storage.k8s.io", "v1", "storageclasses").filter(|_| local_storage)
+    {
+        // As k3s ships it: the default class, served by the built-in local-path provisioner.
+        let sc = serde_json::json!({
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": "local-path", "uid": object::new_uid(), "creationTimestamp": object::now_rfc3339(),
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+            },
+            "provisioner": crate::apiserver::LOCAL_PATH_PROVISIONER,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        });
+        ignore_exists(
+            store
+                .create(
+                    &object::key(def, None, "local-path"),
+                    object::to_stored(def, &sc),
+                )
+                .await,
+        )?;
     }
     if let Some(def) = catalog::find("scheduling.k8s.io", "v1", "priorityclasses") {
         for (name, value, description) in SYSTEM_PRIORITY_CLASSES {

@@ -6,11 +6,12 @@ pub mod node_ports;
 pub mod node_resources_fit;
 pub mod node_unschedulable;
 pub mod taint_toleration;
+pub mod volume_binding;
 
 use super::framework::Plugin;
 
 /// Upstream's default profile (the plugins implemented so far), in filter order.
-pub fn default_plugins() -> Vec<Box<dyn Plugin>> {
+pub fn default_plugins(volumes: volume_binding::Shared) -> Vec<Box<dyn Plugin>> {
     vec![
         Box::new(node_unschedulable::NodeUnschedulable),
         Box::new(node_name::NodeName),
@@ -19,5 +20,6 @@ pub fn default_plugins() -> Vec<Box<dyn Plugin>> {
         Box::new(node_ports::NodePorts),
         Box::new(node_resources_fit::NodeResourcesFit),
         Box::new(node_resources_fit::BalancedAllocation),
+        Box::new(volume_binding::VolumeBinding(volumes)),
     ]
 }
