@@ -325,3 +325,93 @@ items:
         ""
     );
 }
+
+#[test]
+fn a_higher_priority_pod_preempts_the_least_important_victim() {
+    let s = Server::start_with(&[
+        "--simulated-nodes",
+        "1",
+        "--simulated-node-capacity",
+        "cpu=1,memory=4Gi",
+        "--disable-kubelet",
+    ]);
+    eventually(&s, &["get", "nodes", "--no-headers"], |o| {
+        o.contains(" Ready ")
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let pod = |name: &str, class: &str, cpu: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  priorityClassName: {class}\n  containers: [{{name: c, image: busybox:1.36, resources: {{requests: {{cpu: {cpu}}}}}}}]\n---\n")
+    };
+    let classes = "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: low}\nvalue: 100\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: lowest}\nvalue: 10\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\n";
+    let m = write(dir.path(), "classes.yaml", classes);
+    ok(&s, &["create", "-f", &m]);
+    let m = write(
+        dir.path(),
+        "low.yaml",
+        &(pod("keep", "low", "400m") + &pod("victim", "lowest", "400m")),
+    );
+    ok(&s, &["create", "-f", &m]);
+    eventually(
+        &s,
+        &[
+            "get",
+            "pods",
+            "--field-selector",
+            "status.phase=Running",
+            "-o",
+            "name",
+        ],
+        |o| o.lines().count() == 2,
+    );
+    // 600m fits only without one of them: the lower-priority one goes.
+    let m = write(dir.path(), "high.yaml", &pod("urgent", "high", "600m"));
+    ok(&s, &["create", "-f", &m]);
+    eventually(
+        &s,
+        &[
+            "get",
+            "pod",
+            "urgent",
+            "-o",
+            "jsonpath={.status.phase} {.spec.nodeName}",
+        ],
+        |o| o == "Running sim-0000",
+    );
+    let left = ok(
+        &s,
+        &[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {end}",
+        ],
+    );
+    assert_eq!(left.trim(), "keep urgent");
+    let events = ok(
+        &s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=Preempted",
+            "-o",
+            "jsonpath={.items[0].involvedObject.name}: {.items[0].message}",
+        ],
+    );
+    assert!(
+        events.starts_with("victim: Preempted by pod ") && events.ends_with(" on node sim-0000"),
+        "{events}"
+    );
+    let failed = ok(
+        &s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=urgent,reason=FailedScheduling",
+            "-o",
+            "jsonpath={.items[0].message}",
+        ],
+    );
+    assert_eq!(failed, "0/1 nodes are available: 1 Insufficient cpu.");
+}

@@ -166,7 +166,8 @@ impl NodeInfo {
         self.node = node;
     }
 
-    fn add(&mut self, p: Arc<PodInfo>) {
+    /// Counts a pod on this node.
+    pub fn add(&mut self, p: Arc<PodInfo>) {
         add(&mut self.requested, &p.requests);
         self.nonzero_cpu += p.nonzero_cpu;
         self.nonzero_memory += p.nonzero_memory;
@@ -174,7 +175,8 @@ impl NodeInfo {
         self.pods.insert(p.uid.clone(), p);
     }
 
-    fn remove(&mut self, uid: &str) {
+    /// Stops counting a pod on this node.
+    pub fn remove(&mut self, uid: &str) {
         let Some(p) = self.pods.remove(uid) else {
             return;
         };

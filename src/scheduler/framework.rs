@@ -85,6 +85,8 @@ pub struct FitError {
     pub rejections: BTreeMap<String, Rejection>,
     /// Whether the pod may preempt others (`preemptionPolicy` is not Never).
     pub may_preempt: bool,
+    /// Whether preemption found a node (then the message says nothing about preemption).
+    pub nominated: bool,
 }
 
 impl FitError {
@@ -104,6 +106,13 @@ impl FitError {
             .map(|(reason, n)| format!("{n} {reason}"))
             .collect();
         parts.sort();
+        if self.nominated {
+            return format!(
+                "0/{} nodes are available: {}.",
+                self.nodes,
+                parts.join(", ")
+            );
+        }
         let preemption = if self.may_preempt {
             let helpless = self.rejections.values().filter(|r| !r.resolvable).count();
             let victimless = self.rejections.len() - helpless;

@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod framework;
 pub mod plugins;
+pub mod preemption;
 pub mod queue;
 
 use std::collections::{BTreeMap, HashSet};
@@ -268,6 +269,7 @@ impl Scheduler {
             nodes: all,
             rejections: BTreeMap::new(),
             may_preempt,
+            nominated: false,
         };
         if all == 0 {
             return Err(fit);
@@ -336,8 +338,17 @@ impl Scheduler {
                     self.bound.clone(),
                 ));
             }
-            Err(fit) => {
+            Err(mut fit) => {
                 self.queue.failed(&info.uid, true);
+                if let Some(c) = preemption::find(&self.cache, &self.plugins, &info, &fit) {
+                    fit.nominated = true;
+                    tokio::spawn(preemption::carry_out(
+                        self.client.clone(),
+                        self.recorder.clone(),
+                        info.clone(),
+                        c,
+                    ));
+                }
                 tokio::spawn(report_unschedulable(
                     self.client.clone(),
                     self.recorder.clone(),
