@@ -14,7 +14,7 @@
 //! ([`endpoints`]), StatefulSets ([`statefulset`]) and DaemonSets ([`daemonset`]) with their
 //! ControllerRevisions ([`history`]), CronJobs ([`cronjob`]), PodDisruptionBudget status
 //! ([`disruption`]), volume binding ([`volume_binding`]) and the built-in local-path provisioner
-//! ([`local_path`]).
+//! ([`local_path`]), and the pod garbage collector ([`pod_gc`]).
 
 pub mod cache;
 pub mod clusterrole_aggregation;
@@ -31,6 +31,7 @@ pub mod namespace;
 pub mod node_lifecycle;
 pub mod pacer;
 pub mod per_namespace;
+pub mod pod_gc;
 pub mod pod_state;
 pub mod replicaset;
 pub mod resourcequota;
@@ -214,6 +215,12 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         tokio::spawn(volume_binding::run(
             clients.shared.clone(),
             account("persistent-volume-binder"),
+            stop.clone(),
+        )),
+        tokio::spawn(pod_gc::run(
+            clients.shared.clone(),
+            account("pod-garbage-collector"),
+            pod_gc::TERMINATED_THRESHOLD,
             stop.clone(),
         )),
         tokio::spawn(root_ca::run(
