@@ -1,5 +1,6 @@
 //! `k1s bench store` and `k1s bench api`: the store backends and the API server, each
-//! against raw etcd puts measured in the same run ([`api`] describes the API figures).
+//! against raw etcd puts measured in the same run ([`api`] describes the API figures);
+//! `k1s bench scale`: the whole control plane on simulated nodes (see `scale.rs`).
 //!
 //! `k1s bench store`: write throughput and latency of each store backend against raw etcd.
 //! In one run, for each number of concurrent writers, it measures raw etcd-client puts (the
@@ -16,6 +17,13 @@ use crate::parts::{Part, PartError};
 
 #[cfg(all(feature = "apiserver", feature = "etcd"))]
 mod api;
+#[cfg(all(
+    feature = "apiserver",
+    feature = "scheduler",
+    feature = "controllers",
+    feature = "kubelet"
+))]
+mod scale;
 #[cfg(feature = "etcd")]
 mod store;
 
@@ -46,6 +54,52 @@ pub async fn run_api(args: ApiBenchArgs) -> Result<(), BenchError> {
     #[cfg(all(feature = "apiserver", feature = "etcd"))]
     return api::run(args).await;
     #[cfg(not(all(feature = "apiserver", feature = "etcd")))]
+    {
+        let _ = args;
+        Err(PartError::NotBuilt(Part::ApiServer).into())
+    }
+}
+
+/// Flags of `k1s bench scale`.
+#[derive(Debug, Args)]
+pub struct ScaleBenchArgs {
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 1000)]
+    pub nodes: usize,
+    /// Pods in all, spread over the Deployments.
+    #[arg(long, default_value_t = 30_000)]
+    pub pods: usize,
+    /// Deployments holding the pods.
+    #[arg(long, default_value_t = 30)]
+    pub deployments: usize,
+    /// Seconds to wait for the nodes, and again for the pods.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+/// Runs the scale benchmark (every part is needed) and prints its table.
+pub async fn run_scale(args: ScaleBenchArgs) -> Result<(), BenchError> {
+    for p in [
+        Part::ApiServer,
+        Part::Scheduler,
+        Part::Controllers,
+        Part::Kubelet,
+    ] {
+        p.require()?;
+    }
+    #[cfg(all(
+        feature = "apiserver",
+        feature = "scheduler",
+        feature = "controllers",
+        feature = "kubelet"
+    ))]
+    return scale::run(args).await;
+    #[cfg(not(all(
+        feature = "apiserver",
+        feature = "scheduler",
+        feature = "controllers",
+        feature = "kubelet"
+    )))]
     {
         let _ = args;
         Err(PartError::NotBuilt(Part::ApiServer).into())

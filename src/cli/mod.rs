@@ -78,6 +78,8 @@ pub enum BenchCommand {
     Store(BenchArgs),
     /// Creates, LISTs and watch delivery of the API server on each backend.
     Api(crate::bench::ApiBenchArgs),
+    /// The control plane on simulated nodes: scheduling rate, pod start latency, memory.
+    Scale(crate::bench::ScaleBenchArgs),
 }
 
 /// Flags every long-running command has.
@@ -311,6 +313,14 @@ pub fn main() -> i32 {
                 log_format: LogFormat::Text,
             };
             run_async(&common, crate::bench::run_api(args))
+        }
+        Command::Bench(BenchCommand::Scale(args)) => {
+            let common = CommonArgs {
+                config: None,
+                data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+                log_format: LogFormat::Text,
+            };
+            run_async(&common, crate::bench::run_scale(args))
         }
     }
 }
