@@ -41,13 +41,24 @@ pub enum Change<K> {
 impl<K: Resource> Cache<K> {
     /// Applies one watcher event.
     pub fn apply(&mut self, ev: watcher::Event<K>) -> Change<K> {
+        self.apply_shared(match ev {
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitApply(o) => watcher::Event::InitApply(Arc::new(o)),
+            watcher::Event::InitDone => watcher::Event::InitDone,
+            watcher::Event::Apply(o) => watcher::Event::Apply(Arc::new(o)),
+            watcher::Event::Delete(o) => watcher::Event::Delete(Arc::new(o)),
+        })
+    }
+
+    /// Applies one event of a shared informer ([`super::informer`]).
+    pub fn apply_shared(&mut self, ev: watcher::Event<Arc<K>>) -> Change<K> {
         match ev {
             watcher::Event::Init => {
                 self.init.clear();
                 Change::None
             }
             watcher::Event::InitApply(o) => {
-                self.init.insert(o.uid().unwrap_or_default(), Arc::new(o));
+                self.init.insert(o.uid().unwrap_or_default(), o);
                 Change::None
             }
             watcher::Event::InitDone => {
@@ -55,8 +66,7 @@ impl<K: Resource> Cache<K> {
                 self.synced = true;
                 Change::Resynced
             }
-            watcher::Event::Apply(o) => {
-                let new = Arc::new(o);
+            watcher::Event::Apply(new) => {
                 let old = self
                     .items
                     .insert(new.uid().unwrap_or_default(), new.clone());
@@ -64,7 +74,7 @@ impl<K: Resource> Cache<K> {
             }
             watcher::Event::Delete(o) => {
                 let uid = o.uid().unwrap_or_default();
-                Change::Deleted(self.items.remove(&uid).unwrap_or_else(|| Arc::new(o)))
+                Change::Deleted(self.items.remove(&uid).unwrap_or(o))
             }
         }
     }

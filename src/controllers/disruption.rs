@@ -23,6 +23,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use super::cache::{Cache, Change};
+use super::informer::Informer;
 use super::pacer::Pacer;
 use super::pod_state::{ready_since, terminating};
 use crate::labels;
@@ -37,16 +38,19 @@ fn selects(pdb: &PodDisruptionBudget, pod: &Pod) -> bool {
 }
 
 /// Runs until `stop` turns true.
-pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    shared: Client,
+    pod_informer: Informer<Pod>,
+    writer: Client,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut pdb_events = watcher(
         Api::<PodDisruptionBudget>::all(shared.clone()),
         Default::default(),
     )
     .default_backoff()
     .boxed();
-    let mut pod_events = watcher(Api::<Pod>::all(shared), Default::default())
-        .default_backoff()
-        .boxed();
+    let mut pod_events = pod_informer.subscribe();
     let mut pdbs: Cache<PodDisruptionBudget> = Cache::default();
     let mut pods: Cache<Pod> = Cache::default();
     let mut dirty: HashSet<String> = HashSet::new();
@@ -64,8 +68,8 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
                 None => return,
             },
             ev = pod_events.next() => match ev {
-                Some(Ok(ev)) => {
-                    let touched: Vec<Arc<Pod>> = match pods.apply(ev) {
+                Some(ev) => {
+                    let touched: Vec<Arc<Pod>> = match pods.apply_shared(ev) {
                         Change::Resynced => { dirty.extend(pdbs.items.keys().cloned()); Vec::new() }
                         Change::Applied { new, old } => std::iter::once(new).chain(old).collect(),
                         Change::Deleted(p) => vec![p],
@@ -80,7 +84,6 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
                         );
                     }
                 }
-                Some(Err(_)) => continue,
                 None => return,
             },
             due = pacer.next() => dirty.extend(due),

@@ -27,6 +27,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
+use super::informer::Informer;
 use crate::labels;
 
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -157,6 +158,7 @@ struct Ctl {
 /// Runs until `stop` turns true.
 pub async fn run(
     shared: Client,
+    pod_informer: Informer<Pod>,
     endpoints: Client,
     slices: Client,
     mut stop: watch::Receiver<bool>,
@@ -164,9 +166,7 @@ pub async fn run(
     let mut svc_events = watcher(Api::<Service>::all(shared.clone()), Default::default())
         .default_backoff()
         .boxed();
-    let mut pod_events = watcher(Api::<Pod>::all(shared), Default::default())
-        .default_backoff()
-        .boxed();
+    let mut pod_events = pod_informer.subscribe();
     let ctl = Ctl { endpoints, slices };
     let mut services: HashMap<(String, String), Arc<Service>> = HashMap::new();
     let mut pods: HashMap<String, HashMap<String, Arc<Pod>>> = HashMap::new(); // ns -> uid -> pod
@@ -207,31 +207,30 @@ pub async fn run(
                 None => return,
             },
             ev = pod_events.next() => match ev {
-                Some(Ok(watcher::Event::Init)) => pod_init.clear(),
-                Some(Ok(watcher::Event::InitApply(p))) => pod_init.push(p),
-                Some(Ok(watcher::Event::InitDone)) => {
+                Some(watcher::Event::Init) => pod_init.clear(),
+                Some(watcher::Event::InitApply(p)) => pod_init.push(p),
+                Some(watcher::Event::InitDone) => {
                     pods.clear();
                     for p in std::mem::take(&mut pod_init) {
-                        pods.entry(p.namespace().unwrap_or_default()).or_default().insert(p.uid().unwrap_or_default(), Arc::new(p));
+                        pods.entry(p.namespace().unwrap_or_default()).or_default().insert(p.uid().unwrap_or_default(), p);
                     }
                     dirty.extend(services.keys().cloned());
                     pods_synced = true;
                 }
-                Some(Ok(watcher::Event::Apply(p))) => {
+                Some(watcher::Event::Apply(p)) => {
                     let ns = p.namespace().unwrap_or_default();
-                    let old = pods.entry(ns).or_default().insert(p.uid().unwrap_or_default(), Arc::new(p.clone()));
+                    let old = pods.entry(ns).or_default().insert(p.uid().unwrap_or_default(), p.clone());
                     touched_pod(&p, &mut dirty, &services);
                     if let Some(old) = old {
                         touched_pod(&old, &mut dirty, &services);
                     }
                 }
-                Some(Ok(watcher::Event::Delete(p))) => {
+                Some(watcher::Event::Delete(p)) => {
                     if let Some(m) = pods.get_mut(&p.namespace().unwrap_or_default()) {
                         m.remove(&p.uid().unwrap_or_default());
                     }
                     touched_pod(&p, &mut dirty, &services);
                 }
-                Some(Err(_)) => continue,
                 None => return,
             },
             _ = tick.tick() => {

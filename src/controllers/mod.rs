@@ -25,6 +25,7 @@ pub mod disruption;
 pub mod endpoints;
 pub mod garbage_collector;
 pub mod history;
+pub mod informer;
 pub mod job;
 pub mod local_path;
 pub mod namespace;
@@ -121,6 +122,7 @@ pub struct Context {
 /// Runs every controller until `stop` turns true.
 pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
     let account = |name: &str| (clients.for_account)(name);
+    let informers = informer::Informers::start(clients.shared.clone(), stop.clone());
     let mut tasks = vec![
         tokio::spawn(clusterrole_aggregation::run(
             account("clusterrole-aggregation-controller"),
@@ -138,6 +140,7 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         )),
         tokio::spawn(storage_protection::run(
             clients.shared.clone(),
+            informers.pods.clone(),
             account("pvc-protection-controller"),
             account("pv-protection-controller"),
             stop.clone(),
@@ -149,6 +152,7 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         )),
         tokio::spawn(node_lifecycle::run(
             clients.shared.clone(),
+            informers.pods.clone(),
             account("node-controller"),
             (ctx.node_monitor_grace, ctx.node_startup_grace),
             stop.clone(),
@@ -156,12 +160,14 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         tokio::spawn(replicaset::run(
             replicaset::Workload::replica_sets(),
             clients.shared.clone(),
+            informers.pods.clone(),
             account("replicaset-controller"),
             stop.clone(),
         )),
         tokio::spawn(replicaset::run(
             replicaset::Workload::replication_controllers(),
             clients.shared.clone(),
+            informers.pods.clone(),
             account("replication-controller"),
             stop.clone(),
         )),
@@ -177,12 +183,14 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         )),
         tokio::spawn(job::run(
             clients.shared.clone(),
+            informers.pods.clone(),
             account("job-controller"),
             account("ttl-after-finished-controller"),
             stop.clone(),
         )),
         tokio::spawn(endpoints::run(
             clients.shared.clone(),
+            informers.pods.clone(),
             account("endpoint-controller"),
             account("endpointslice-controller"),
             stop.clone(),
@@ -194,11 +202,13 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         )),
         tokio::spawn(statefulset::run(
             clients.shared.clone(),
+            informers.pods.clone(),
             account("statefulset-controller"),
             stop.clone(),
         )),
         tokio::spawn(daemonset::run(
             clients.shared.clone(),
+            informers.pods.clone(),
             account("daemon-set-controller"),
             stop.clone(),
         )),
@@ -209,6 +219,7 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         )),
         tokio::spawn(disruption::run(
             clients.shared.clone(),
+            informers.pods.clone(),
             account("disruption-controller"),
             stop.clone(),
         )),
@@ -219,6 +230,7 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
         )),
         tokio::spawn(pod_gc::run(
             clients.shared.clone(),
+            informers.pods.clone(),
             account("pod-garbage-collector"),
             pod_gc::TERMINATED_THRESHOLD,
             stop.clone(),

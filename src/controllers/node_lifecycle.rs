@@ -22,6 +22,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::cache::Cache;
+use super::informer::Informer;
 use crate::events::{self, Recorder, Type};
 use crate::taints;
 
@@ -143,6 +145,7 @@ struct Ctl {
 /// Runs until `stop` turns true.
 pub async fn run(
     shared: Client,
+    pod_informer: Informer<Pod>,
     writer: Client,
     (grace, startup_grace): (Duration, Duration),
     mut stop: watch::Receiver<bool>,
@@ -165,18 +168,10 @@ pub async fn run(
         .default_backoff(),
     )
     .map(|_| ());
-    let (pods, w) = reflector::store::<Pod>();
-    let pod_events = reflector(
-        w,
-        watcher(
-            Api::<Pod>::all(shared.clone()),
-            watcher::Config::default().fields("spec.nodeName!="),
-        )
-        .default_backoff(),
-    )
-    .map(|_| ());
+    let mut pod_events = pod_informer.subscribe();
+    let mut pods: Cache<Pod> = Cache::default();
     // Leases and pods only feed their stores; nodes and the clock drive the passes.
-    let mut background = futures::stream::select(lease_events, pod_events).boxed();
+    let mut background = lease_events.boxed();
     let mut node_events = node_events;
     let ctl = Ctl {
         recorder: Recorder::new(writer.clone(), "node-controller", None),
@@ -190,26 +185,29 @@ pub async fn run(
         tokio::select! {
             ev = node_events.next() => if ev.is_none() { return },
             _ = background.next() => continue,
+            ev = pod_events.next() => match ev {
+                Some(ev) => { pods.apply_shared(ev); continue; }
+                None => return,
+            },
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        if !(super::ready(&nodes) && super::ready(&leases) && super::ready(&pods)) {
+        if !(super::ready(&nodes) && super::ready(&leases) && pods.synced) {
             continue;
         }
-        let by_node: HashMap<String, Vec<std::sync::Arc<Pod>>> =
-            pods.state().into_iter().fold(HashMap::new(), |mut m, p| {
-                let n = p
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default();
-                m.entry(n).or_default().push(p);
-                m
-            });
+        let mut by_node: HashMap<&str, Vec<std::sync::Arc<Pod>>> = HashMap::new();
+        for p in pods.items.values() {
+            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+                by_node.entry(n).or_default().push(p.clone());
+            }
+        }
         for node in nodes.state() {
             let name = node.name_any();
             let lease = leases.get(&reflector::ObjectRef::new(&name).within("kube-node-lease"));
-            let on_node = by_node.get(&name).map(Vec::as_slice).unwrap_or_default();
+            let on_node = by_node
+                .get(name.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             if let Err(e) = ctl.sync(&node, lease.as_deref(), on_node, started).await {
                 tracing::debug!(node = %name, error = %e, "node lifecycle");
             }

@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::cache::Cache;
+use super::informer::Informer;
 use super::pod_state::{phase, terminating};
 
 /// How often the collector looks.
@@ -38,13 +39,12 @@ fn node_of(p: &Pod) -> Option<&str> {
 /// Runs until `stop` turns true.
 pub async fn run(
     shared: Client,
+    pod_informer: Informer<Pod>,
     writer: Client,
     threshold: usize,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut pod_events = watcher(Api::<Pod>::all(shared.clone()), Default::default())
-        .default_backoff()
-        .boxed();
+    let mut pod_events = pod_informer.subscribe();
     let mut node_events = watcher(Api::<Node>::all(shared), Default::default())
         .default_backoff()
         .boxed();
@@ -56,8 +56,7 @@ pub async fn run(
     loop {
         tokio::select! {
             ev = pod_events.next() => match ev {
-                Some(Ok(ev)) => { pods.apply(ev); }
-                Some(Err(_)) => {}
+                Some(ev) => { pods.apply_shared(ev); }
                 None => return,
             },
             ev = node_events.next() => match ev {

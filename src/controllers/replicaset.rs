@@ -27,6 +27,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::informer::Informer;
 use super::pacer::Pacer;
 use super::pod_state::{active, ready_since};
 use crate::events::{Recorder, Type};
@@ -219,14 +220,18 @@ struct Ctl {
 }
 
 /// Runs until `stop` turns true.
-pub async fn run(kind: Workload, shared: Client, writer: Client, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    kind: Workload,
+    shared: Client,
+    pod_informer: Informer<Pod>,
+    writer: Client,
+    mut stop: watch::Receiver<bool>,
+) {
     let owners_api: Api<DynamicObject> = Api::all_with(shared.clone(), &kind.resource);
     let mut owner_events = watcher(owners_api, Default::default())
         .default_backoff()
         .boxed();
-    let mut pod_events = watcher(Api::<Pod>::all(shared), Default::default())
-        .default_backoff()
-        .boxed();
+    let mut pod_events = pod_informer.subscribe();
     let ctl = Ctl {
         recorder: Recorder::new(writer.clone(), kind.component, None),
         kind,
@@ -268,9 +273,9 @@ pub async fn run(kind: Workload, shared: Client, writer: Client, mut stop: watch
                 None => return,
             },
             ev = pod_events.next() => match ev {
-                Some(Ok(ev)) => match ev {
+                Some(ev) => match ev {
                     watcher::Event::Init => pod_init.clear(),
-                    watcher::Event::InitApply(p) => { pod_init.insert(p.uid().unwrap_or_default(), Arc::new(p)); }
+                    watcher::Event::InitApply(p) => { pod_init.insert(p.uid().unwrap_or_default(), p); }
                     watcher::Event::InitDone => {
                         pods = Pods::default();
                         for (_, p) in std::mem::take(&mut pod_init) {
@@ -282,7 +287,6 @@ pub async fn run(kind: Workload, shared: Client, writer: Client, mut stop: watch
                     watcher::Event::Apply(p) => {
                         let uid = p.uid().unwrap_or_default();
                         let fresh = !pods.by_uid.contains_key(&uid);
-                        let p = Arc::new(p);
                         note_pod(&p, &kind_name, &mut dirty, &mut dirty_ns);
                         if let Some(old) = pods.by_uid.get(&uid).cloned() {
                             note_pod(&old, &kind_name, &mut dirty, &mut dirty_ns);
@@ -307,7 +311,6 @@ pub async fn run(kind: Workload, shared: Client, writer: Client, mut stop: watch
                         }
                     }
                 },
-                Some(Err(_)) => continue,
                 None => return,
             },
             due = pacer.next() => dirty.extend(due),

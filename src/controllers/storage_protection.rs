@@ -10,6 +10,9 @@ use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
+use super::cache::Cache;
+use super::informer::Informer;
+
 const PVC: &str = "kubernetes.io/pvc-protection";
 const PV: &str = "kubernetes.io/pv-protection";
 
@@ -48,21 +51,17 @@ fn without<K: Resource + Clone>(obj: &K, finalizer: &str) -> Option<K> {
 /// two controllers' accounts.
 pub async fn run(
     shared: Client,
+    pod_informer: Informer<Pod>,
     pvc_writer: Client,
     pv_writer: Client,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (pods, pod_w) = reflector::store::<Pod>();
+    let mut pod_events = pod_informer.subscribe();
+    let mut pods: Cache<Pod> = Cache::default();
     let (claims, claim_w) = reflector::store::<PersistentVolumeClaim>();
     let (volumes, volume_w) = reflector::store::<PersistentVolume>();
     let cfg = watcher::Config::default;
     let streams = vec![
-        reflector(
-            pod_w,
-            watcher(Api::<Pod>::all(shared.clone()), cfg()).default_backoff(),
-        )
-        .map(|e| e.is_ok())
-        .boxed(),
         reflector(
             claim_w,
             watcher(Api::<PersistentVolumeClaim>::all(shared.clone()), cfg()).default_backoff(),
@@ -78,19 +77,24 @@ pub async fn run(
     ];
     let mut events = futures::stream::select_all(streams);
     loop {
-        if !super::next_burst(&mut events, &mut stop).await {
-            return;
+        tokio::select! {
+            ev = pod_events.next() => match ev {
+                Some(ev) => { pods.apply_shared(ev); }
+                None => return,
+            },
+            more = events.next() => if more.is_none() { return },
+            _ = stop.changed() => return,
         }
-        if !super::ready(&pods) || !super::ready(&claims) || !super::ready(&volumes) {
+        if !pods.synced || !super::ready(&claims) || !super::ready(&volumes) {
             continue;
         }
-        let all_pods = pods.state();
         for c in claims.state() {
             if c.metadata.deletion_timestamp.is_none() {
                 continue;
             }
             let ns = c.namespace().unwrap_or_default();
-            if claim_in_use(&all_pods, &ns, &c.name_any()) {
+            let in_ns: Vec<std::sync::Arc<Pod>> = pods.in_namespace(&ns).cloned().collect();
+            if claim_in_use(&in_ns, &ns, &c.name_any()) {
                 continue;
             }
             if let Some(released) = without(c.as_ref(), PVC) {

@@ -22,6 +22,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use super::cache::{controller_of, Cache, Change};
+use super::informer::Informer;
 use super::pacer::Pacer;
 use crate::events::Recorder;
 use crate::placement;
@@ -164,13 +165,16 @@ fn placement_of(n: &Node) -> impl PartialEq {
 }
 
 /// Runs until `stop` turns true.
-pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    shared: Client,
+    pod_informer: Informer<Pod>,
+    writer: Client,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ds_events = watcher(Api::<DaemonSet>::all(shared.clone()), Default::default())
         .default_backoff()
         .boxed();
-    let mut pod_events = watcher(Api::<Pod>::all(shared.clone()), Default::default())
-        .default_backoff()
-        .boxed();
+    let mut pod_events = pod_informer.subscribe();
     let mut node_events = watcher(Api::<Node>::all(shared.clone()), Default::default())
         .default_backoff()
         .boxed();
@@ -202,7 +206,7 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
                 None => return,
             },
             ev = pod_events.next() => match ev {
-                Some(Ok(ev)) => match pods.apply(ev) {
+                Some(ev) => match pods.apply_shared(ev) {
                     Change::Resynced => dirty.extend(sets.items.keys().cloned()),
                     Change::Applied { new, old } => {
                         if let Some(owner) = controller_of(new.as_ref(), KIND) {
@@ -227,7 +231,6 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
                     }
                     Change::None => {}
                 },
-                Some(Err(_)) => continue,
                 None => return,
             },
             ev = node_events.next() => match ev {

@@ -28,6 +28,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::informer::Informer;
 use super::pacer::Pacer;
 use crate::events::{self, Recorder, Type};
 
@@ -156,13 +157,17 @@ struct Ctl {
 }
 
 /// Runs until `stop` turns true.
-pub async fn run(shared: Client, writer: Client, ttl: Client, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    shared: Client,
+    pod_informer: Informer<Pod>,
+    writer: Client,
+    ttl: Client,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut job_events = watcher(Api::<Job>::all(shared.clone()), Default::default())
         .default_backoff()
         .boxed();
-    let mut pod_events = watcher(Api::<Pod>::all(shared), Default::default())
-        .default_backoff()
-        .boxed();
+    let mut pod_events = pod_informer.subscribe();
     let ctl = Ctl {
         recorder: Recorder::new(writer.clone(), "job-controller", None),
         writer,
@@ -207,21 +212,21 @@ pub async fn run(shared: Client, writer: Client, ttl: Client, mut stop: watch::R
                 None => return,
             },
             ev = pod_events.next() => match ev {
-                Some(Ok(watcher::Event::Init)) => pod_init.clear(),
-                Some(Ok(watcher::Event::InitApply(p))) => pod_init.push(p),
-                Some(Ok(watcher::Event::InitDone)) => {
+                Some(watcher::Event::Init) => pod_init.clear(),
+                Some(watcher::Event::InitApply(p)) => pod_init.push(p),
+                Some(watcher::Event::InitDone) => {
                     pods.clear();
                     for p in std::mem::take(&mut pod_init) {
                         if let Some(o) = owner(&p) {
-                            pods.entry(o).or_default().insert(p.uid().unwrap_or_default(), Arc::new(p));
+                            pods.entry(o).or_default().insert(p.uid().unwrap_or_default(), p);
                         }
                     }
                     pods_synced = true;
                     dirty.extend(jobs.keys().cloned());
                 }
-                Some(Ok(watcher::Event::Apply(p))) => {
+                Some(watcher::Event::Apply(p)) => {
                     if let Some(o) = owner(&p) {
-                        let seen = pods.entry(o.clone()).or_default().insert(p.uid().unwrap_or_default(), Arc::new(p));
+                        let seen = pods.entry(o.clone()).or_default().insert(p.uid().unwrap_or_default(), p);
                         if seen.is_none() {
                             if let Some(e) = expect.get_mut(&o) {
                                 e.creations -= 1;
@@ -230,7 +235,7 @@ pub async fn run(shared: Client, writer: Client, ttl: Client, mut stop: watch::R
                         dirty.insert(o);
                     }
                 }
-                Some(Ok(watcher::Event::Delete(p))) => {
+                Some(watcher::Event::Delete(p)) => {
                     if let Some(o) = owner(&p) {
                         if let Some(m) = pods.get_mut(&o) {
                             m.remove(&p.uid().unwrap_or_default());
@@ -238,7 +243,6 @@ pub async fn run(shared: Client, writer: Client, ttl: Client, mut stop: watch::R
                         dirty.insert(o);
                     }
                 }
-                Some(Err(_)) => continue,
                 None => return,
             },
             due = pacer.next() => dirty.extend(due),

@@ -25,6 +25,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use super::cache::{controller_of, orphan, Cache, Change};
+use super::informer::Informer;
 use super::pacer::Pacer;
 use crate::events::Recorder;
 use crate::labels;
@@ -85,13 +86,16 @@ fn adopters<K: kube::Resource>(
 }
 
 /// Runs until `stop` turns true.
-pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    shared: Client,
+    pod_informer: Informer<Pod>,
+    writer: Client,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut set_events = watcher(Api::<StatefulSet>::all(shared.clone()), Default::default())
         .default_backoff()
         .boxed();
-    let mut pod_events = watcher(Api::<Pod>::all(shared.clone()), Default::default())
-        .default_backoff()
-        .boxed();
+    let mut pod_events = pod_informer.subscribe();
     let mut rev_events = watcher(Api::<ControllerRevision>::all(shared), Default::default())
         .default_backoff()
         .boxed();
@@ -117,7 +121,7 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
                 None => return,
             },
             ev = pod_events.next() => match ev {
-                Some(Ok(ev)) => match pods.apply(ev) {
+                Some(ev) => match pods.apply_shared(ev) {
                     Change::Resynced => dirty.extend(sets.items.keys().cloned()),
                     Change::Applied { new, old } => {
                         for p in std::iter::once(&new).chain(old.as_ref()) {
@@ -128,7 +132,6 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
                     Change::Deleted(p) => dirty.extend(controller_of(p.as_ref(), KIND)),
                     Change::None => {}
                 },
-                Some(Err(_)) => continue,
                 None => return,
             },
             ev = rev_events.next() => match ev {
