@@ -415,3 +415,109 @@ fn a_higher_priority_pod_preempts_the_least_important_victim() {
     );
     assert_eq!(failed, "0/1 nodes are available: 1 Insufficient cpu.");
 }
+
+#[test]
+fn pod_anti_affinity_and_topology_spread_place_pods_apart() {
+    let s = Server::start_with(&["--simulated-nodes", "3", "--disable-kubelet"]);
+    eventually(&s, &["get", "nodes", "--no-headers"], |o| {
+        o.lines().filter(|l| l.contains(" Ready ")).count() == 3
+    });
+    ok(
+        &s,
+        &[
+            "label",
+            "node",
+            "sim-0000",
+            "sim-0001",
+            "topology.kubernetes.io/zone=a",
+            "--overwrite",
+        ],
+    );
+    ok(
+        &s,
+        &[
+            "label",
+            "node",
+            "sim-0002",
+            "topology.kubernetes.io/zone=b",
+            "--overwrite",
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let m = write(
+        dir.path(),
+        "apart.yaml",
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: apart}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: apart}}
+  template:
+    metadata: {labels: {app: apart}}
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: apart}}}
+      containers: [{name: c, image: busybox:1.36}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: spread}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: spread}}
+  template:
+    metadata: {labels: {app: spread}}
+    spec:
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: spread}}}
+      containers: [{name: c, image: busybox:1.36}]
+"#,
+    );
+    ok(&s, &["create", "-f", &m]);
+    // One per node; the fourth has nowhere to go.
+    let placed = eventually(
+        &s,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=apart",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}",
+        ],
+        |o| o.lines().filter(|l| !l.is_empty()).count() == 3,
+    );
+    let mut nodes: Vec<&str> = placed.lines().filter(|l| !l.is_empty()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["sim-0000", "sim-0001", "sim-0002"]);
+    eventually(
+        &s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=FailedScheduling",
+            "-o",
+            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+        ],
+        |o| o.contains("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."),
+    );
+    // Two in each zone: zone a has two nodes, zone b one.
+    let zones = eventually(
+        &s,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=spread",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}",
+        ],
+        |o| o.lines().filter(|l| !l.is_empty()).count() == 4,
+    );
+    let in_b = zones.lines().filter(|l| *l == "sim-0002").count();
+    assert_eq!(in_b, 2, "{zones}");
+}

@@ -32,6 +32,19 @@ pub struct PodInfo {
     pub nonzero_memory: i128,
     pub ports: Vec<HostPort>,
     pub priority: i32,
+    /// A hash of the namespace and the labels: pods of one template share it.
+    pub group: u64,
+    /// Whether the pod has required pod anti-affinity terms.
+    pub anti_affinity: bool,
+}
+
+/// The hash pods with the same namespace and labels share.
+pub fn group_of(ns: &str, labels: &BTreeMap<String, String>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ns.hash(&mut h);
+    labels.hash(&mut h);
+    h.finish()
 }
 
 fn container_requests(c: &k8s_openapi::api::core::v1::Container) -> Resources {
@@ -120,6 +133,15 @@ impl PodInfo {
             requests,
             ports,
             priority: spec.and_then(|s| s.priority).unwrap_or(0),
+            group: group_of(&pod.namespace().unwrap_or_default(), pod.labels()),
+            anti_affinity: spec
+                .and_then(|s| s.affinity.as_ref())
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .and_then(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .as_ref()
+                })
+                .is_some_and(|t| !t.is_empty()),
             pod,
         }
     }
@@ -136,6 +158,10 @@ pub struct NodeInfo {
     pub nonzero_memory: i128,
     pub pods: HashMap<String, Arc<PodInfo>>,
     pub ports: HashSet<HostPort>,
+    /// Pods per [`PodInfo::group`].
+    pub groups: HashMap<u64, i64>,
+    /// Pods with required anti-affinity.
+    pub anti_affinity: usize,
 }
 
 impl NodeInfo {
@@ -149,6 +175,8 @@ impl NodeInfo {
             nonzero_memory: 0,
             pods: HashMap::new(),
             ports: HashSet::new(),
+            groups: HashMap::new(),
+            anti_affinity: 0,
         };
         info.set_node(info.node.clone());
         info
@@ -172,7 +200,19 @@ impl NodeInfo {
         self.nonzero_cpu += p.nonzero_cpu;
         self.nonzero_memory += p.nonzero_memory;
         self.ports.extend(p.ports.iter().cloned());
-        self.pods.insert(p.uid.clone(), p);
+        *self.groups.entry(p.group).or_insert(0) += 1;
+        self.anti_affinity += usize::from(p.anti_affinity);
+        if let Some(old) = self.pods.insert(p.uid.clone(), p) {
+            // Replaced without a remove: undo the old one's share.
+            for (k, v) in &old.requests {
+                if let Some(e) = self.requested.get_mut(k) {
+                    *e -= v;
+                }
+            }
+            self.nonzero_cpu -= old.nonzero_cpu;
+            self.nonzero_memory -= old.nonzero_memory;
+            self.forget_group(&old);
+        }
     }
 
     /// Stops counting a pod on this node.
@@ -187,11 +227,22 @@ impl NodeInfo {
         }
         self.nonzero_cpu -= p.nonzero_cpu;
         self.nonzero_memory -= p.nonzero_memory;
+        self.forget_group(&p);
         self.ports = self
             .pods
             .values()
             .flat_map(|p| p.ports.iter().cloned())
             .collect();
+    }
+
+    fn forget_group(&mut self, p: &PodInfo) {
+        if let Some(n) = self.groups.get_mut(&p.group) {
+            *n -= 1;
+            if *n <= 0 {
+                self.groups.remove(&p.group);
+            }
+        }
+        self.anti_affinity -= usize::from(p.anti_affinity);
     }
 
     /// The node's labels.

@@ -37,6 +37,10 @@ impl Rejection {
 pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
 
+    /// Works out, once per scheduling attempt, what `filter` and `score` need about the whole
+    /// cluster (upstream's PreFilter and PreScore).
+    fn prefilter(&self, _pod: &PodInfo, _cache: &super::cache::Cache) {}
+
     /// `Some` when the pod does not fit the node.
     fn filter(&self, _pod: &PodInfo, _node: &NodeInfo) -> Option<Rejection> {
         None

@@ -274,6 +274,9 @@ impl Scheduler {
         if all == 0 {
             return Err(fit);
         }
+        for p in &self.plugins {
+            p.prefilter(pod, &self.cache);
+        }
         let wanted = framework::feasible_wanted(all);
         let mut feasible = Vec::new();
         let mut processed = 0;

@@ -166,7 +166,10 @@ fn map_err(e: etcd_client::Error) -> Error {
             } else if matches!(
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ) {
+            ) || (status.code() == tonic::Code::Unknown
+                // A connection that broke mid-request (the transport error is the source).
+                && std::error::Error::source(status).is_some())
+            {
                 Error::Unavailable {
                     reason: format!("etcd: {msg}"),
                 }
