@@ -92,6 +92,12 @@ impl Server {
         }
     }
 
+    /// Kills the server with SIGKILL, as a power cut would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Output {
         Command::new(kubectl())
             .arg("--kubeconfig")
