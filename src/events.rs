@@ -59,7 +59,8 @@ pub struct Recorder {
     client: Client,
     component: String,
     host: Option<String>,
-    seen: Mutex<HashMap<Key, Seen>>,
+    /// Events recorded within the window, and when the map was last pruned.
+    seen: Mutex<(HashMap<Key, Seen>, Instant)>,
 }
 
 impl Recorder {
@@ -70,7 +71,7 @@ impl Recorder {
             client,
             component: component.to_string(),
             host: host.map(str::to_string),
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new((HashMap::new(), Instant::now())),
         }
     }
 
@@ -93,9 +94,14 @@ impl Recorder {
         };
         let now = Timestamp::now();
         let repeat = {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.retain(|_, s| s.at.elapsed() < WINDOW);
-            match seen.get_mut(&key) {
+            let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let (seen, pruned) = &mut *guard;
+            // Pruning walks every entry: once a second at most, not per event.
+            if pruned.elapsed() >= Duration::from_secs(1) {
+                seen.retain(|_, s| s.at.elapsed() < WINDOW);
+                *pruned = Instant::now();
+            }
+            match seen.get_mut(&key).filter(|s| s.at.elapsed() < WINDOW) {
                 Some(s) => {
                     s.count += 1;
                     s.at = Instant::now();
@@ -145,7 +151,8 @@ impl Recorder {
         };
         match api.create(&PostParams::default(), &event).await {
             Ok(_) => {
-                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                let seen = &mut guard.0;
                 if seen.len() >= REMEMBERED {
                     seen.clear();
                 }

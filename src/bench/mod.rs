@@ -138,6 +138,8 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
     #[error("raw etcd put failed: {0}")]
     Raw(String),
+    #[error("scale benchmark: {0}")]
+    Scale(String),
 }
 
 /// One measurement.

@@ -31,7 +31,7 @@ const SLO_P99: Duration = Duration::from_secs(5);
 const K0S_RSS_BYTES: f64 = 3.3e9;
 
 fn err(context: &str, e: impl std::fmt::Display) -> BenchError {
-    BenchError::Raw(format!("{context}: {e}"))
+    BenchError::Scale(format!("{context}: {e}"))
 }
 
 /// When each pod was first seen, bound, Running.

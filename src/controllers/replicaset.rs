@@ -73,18 +73,30 @@ impl Workload {
         }
     }
 
-    /// Whether the owner selects pods with `labels`.
-    fn selects(&self, owner: &Value, labels: &BTreeMap<String, String>) -> bool {
+    /// The owner's selector, read once per sync: whether it selects pods with given labels.
+    fn selector(&self, owner: &Value) -> impl Fn(&BTreeMap<String, String>) -> bool {
         let sel = &owner["spec"]["selector"];
-        if self.resource.kind == "ReplicationController" {
-            let map: BTreeMap<String, String> =
-                serde_json::from_value(sel.clone()).unwrap_or_default();
-            labels::map_matches(&map, labels)
+        let rc = self.resource.kind == "ReplicationController";
+        let map: BTreeMap<String, String> = if rc {
+            serde_json::from_value(sel.clone()).unwrap_or_default()
         } else {
-            let sel: Option<LabelSelector> = serde_json::from_value(sel.clone()).ok();
-            // An empty ReplicaSet selector selects nothing (validation forbids it anyway).
-            sel.as_ref().is_some_and(|s| s != &LabelSelector::default())
-                && labels::matches(sel.as_ref(), labels)
+            BTreeMap::new()
+        };
+        let parsed: Option<LabelSelector> = if rc {
+            None
+        } else {
+            serde_json::from_value(sel.clone()).ok()
+        };
+        move |labels: &BTreeMap<String, String>| {
+            if rc {
+                labels::map_matches(&map, labels)
+            } else {
+                // An empty ReplicaSet selector selects nothing (validation forbids it anyway).
+                parsed
+                    .as_ref()
+                    .is_some_and(|s| s != &LabelSelector::default())
+                    && labels::matches(parsed.as_ref(), labels)
+            }
         }
     }
 }
@@ -400,9 +412,10 @@ impl Ctl {
         }
         let api: Api<Pod> = Api::namespaced(self.writer.clone(), ns);
         let mut mine: Vec<Arc<Pod>> = Vec::new();
+        let selects = self.kind.selector(owner);
         // Release what no longer matches; adopt matching orphans.
         for pod in pods.owned(uid) {
-            if self.kind.selects(owner, pod.labels()) {
+            if selects(pod.labels()) {
                 mine.push(pod);
             } else if active(&pod) {
                 let patch = json!({"metadata": {"uid": pod.uid(),
@@ -420,7 +433,7 @@ impl Ctl {
             }
         }
         for pod in pods.orphans_in(ns) {
-            if !active(&pod) || !self.kind.selects(owner, pod.labels()) {
+            if !active(&pod) || !selects(pod.labels()) {
                 continue;
             }
             let patch = json!({"metadata": {"uid": pod.uid(),
