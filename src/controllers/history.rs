@@ -54,16 +54,33 @@ pub struct Owner<'a> {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl<'a> Owner<'a> {
+    /// The owner of a workload object with a pod template (StatefulSet, DaemonSet).
+    pub fn of(
+        reference: OwnerReference,
+        namespace: &'a str,
+        template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+        annotations: &BTreeMap<String, String>,
+    ) -> Owner<'a> {
+        Owner {
+            reference,
+            namespace,
+            labels: template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default(),
+            annotations: annotations.clone(),
+        }
+    }
+}
+
 /// The revision of `template` after [`ensure`]: it, every revision the owner has, and the
 /// collision count to report.
 pub struct Found {
     pub update: Arc<ControllerRevision>,
     pub all: Vec<Arc<ControllerRevision>>,
     pub collisions: i32,
-}
-
-fn data_of(rev: &ControllerRevision) -> Option<&Value> {
-    Some(&rev.data.0)
 }
 
 /// A revision's number (0 when unset).
@@ -82,12 +99,7 @@ pub async fn ensure(
     owned.sort_by_key(|r| (number(r), r.creation_timestamp().map(|t| t.0)));
     let data = patch_data(template);
     let latest = owned.last().map_or(0, |r| number(r));
-    if let Some(same) = owned
-        .iter()
-        .rev()
-        .find(|r| data_of(r) == Some(&data))
-        .cloned()
-    {
+    if let Some(same) = owned.iter().rev().find(|r| r.data.0 == data).cloned() {
         if number(&same) == latest {
             return Ok(Found {
                 update: same,
@@ -145,7 +157,7 @@ pub async fn ensure(
                     .owner_references()
                     .iter()
                     .any(|r| r.uid == owner.reference.uid && r.controller == Some(true));
-                if ours && data_of(&existing) == Some(&data) {
+                if ours && existing.data.0 == data {
                     let existing = Arc::new(existing);
                     if !owned.iter().any(|r| r.uid() == existing.uid()) {
                         owned.push(existing.clone());

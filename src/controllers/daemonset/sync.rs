@@ -42,18 +42,7 @@ impl Ctl {
         let pod_api: Api<Pod> = Api::namespaced(self.writer.clone(), &ns);
         let status = ds.status.clone().unwrap_or_default();
         let template = serde_json::to_value(&ds.spec.template).map_err(kube::Error::SerdeError)?;
-        let owner = Owner {
-            reference: controller_ref(ds),
-            namespace: &ns,
-            labels: ds
-                .spec
-                .template
-                .metadata
-                .as_ref()
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default(),
-            annotations: ds.annotations().clone(),
-        };
+        let owner = Owner::of(controller_ref(ds), &ns, &ds.spec.template, ds.annotations());
         let found = history::ensure(
             &rev_api,
             &owner,

@@ -19,12 +19,11 @@ fn policy(set: &StatefulSet) -> (bool, bool) {
 }
 
 impl Ctl {
-    /// Creates the claims pod `pod` (ordinal `i`) needs that do not exist yet.
+    /// Creates the claims pod `pod` needs that do not exist yet.
     pub(super) async fn create_claims(
         &self,
         set: &StatefulSet,
         pod: &str,
-        _i: i32,
     ) -> Result<(), kube::Error> {
         let ns = set.namespace().unwrap_or_default();
         let api: Api<PersistentVolumeClaim> = Api::namespaced(self.writer.clone(), &ns);

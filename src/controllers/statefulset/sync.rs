@@ -74,18 +74,12 @@ impl Ctl {
         }
         let status = set.status.clone().unwrap_or_default();
         let template = serde_json::to_value(&set.spec.template).map_err(kube::Error::SerdeError)?;
-        let owner = Owner {
-            reference: reference.clone(),
-            namespace: &ns,
-            labels: set
-                .spec
-                .template
-                .metadata
-                .as_ref()
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default(),
-            annotations: set.annotations().clone(),
-        };
+        let owner = Owner::of(
+            reference.clone(),
+            &ns,
+            &set.spec.template,
+            set.annotations(),
+        );
         let found = history::ensure(
             &rev_api,
             &owner,
@@ -340,7 +334,7 @@ impl Ctl {
             "spec": spec,
         });
         let pod: Pod = serde_json::from_value(pod).map_err(kube::Error::SerdeError)?;
-        self.create_claims(set, &name, i).await?;
+        self.create_claims(set, &name).await?;
         let about = events::reference(set);
         match api.create(&PostParams::default(), &pod).await {
             Ok(_) => {
