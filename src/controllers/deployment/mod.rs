@@ -27,6 +27,7 @@ use crate::events::{self, Recorder, Type};
 use crate::labels;
 
 mod rollout;
+mod scaling;
 mod status;
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -354,7 +355,12 @@ impl Ctl {
             created: false,
             written: Vec::new(),
         };
-        if !paused {
+        if paused || scaling::is_scaling_event(d, &rollout) {
+            self.sync_scale(d, &rs_api, &mut rollout).await?;
+            if paused {
+                self.cleanup(d, &rs_api, &rollout).await;
+            }
+        } else {
             let recreate =
                 d.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
             if recreate {
@@ -381,18 +387,6 @@ impl Ctl {
                         return Ok(None);
                     }
                 }
-            }
-        } else if let Some(new) = rollout.new_rs.clone() {
-            // A paused deployment still follows `replicas` when nothing else runs.
-            let want = d.spec.replicas.unwrap_or(1);
-            let others: i32 = rollout
-                .all
-                .iter()
-                .filter(|r| r.uid() != new.uid())
-                .map(|r| replicas(r))
-                .sum();
-            if others == 0 && replicas(&new) != want {
-                self.scale(d, &rs_api, &new, want, &mut rollout).await?;
             }
         }
         self.remember(&mut rollout);

@@ -149,11 +149,12 @@ impl Ctl {
         r: &mut Rollout,
     ) -> Result<(), kube::Error> {
         let from = replicas(rs);
-        if from == to {
-            return Ok(());
-        }
         let want = d.spec.replicas.unwrap_or(1);
         let (surge, _) = surge_and_unavailable(d);
+        let noted = |key: &str, n: i32| rs.annotations().get(key) == Some(&n.to_string());
+        if from == to && noted(DESIRED, want) && noted(MAX_REPLICAS, want + surge) {
+            return Ok(());
+        }
         // Guarded by the resourceVersion read: a decision made on a stale view fails and is
         // made again, rather than undoing a newer one.
         let patch = json!({
@@ -170,6 +171,10 @@ impl Ctl {
                 &Patch::Merge(&patch),
             )
             .await?;
+        replace(r, Arc::new(updated));
+        if from == to {
+            return Ok(());
+        }
         let verb = if to > from { "up" } else { "down" };
         self.recorder
             .record(
@@ -182,7 +187,6 @@ impl Ctl {
                 ),
             )
             .await;
-        replace(r, Arc::new(updated));
         Ok(())
     }
 
