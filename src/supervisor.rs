@@ -69,6 +69,8 @@ pub struct ServerConfig {
     pub simulated: SimulatedNodes,
     pub https_listen_port: u16,
     pub bind_address: IpAddr,
+    /// `--advertise-address`, if given.
+    pub advertise_address: Option<IpAddr>,
     pub compaction_interval: Duration,
     pub tls_sans: Vec<String>,
     pub kubeconfig: PathBuf,
@@ -172,6 +174,12 @@ impl ServerConfig {
         self.data_dir.join("storage")
     }
 
+    /// The address in the `kubernetes` Service's endpoints.
+    pub fn advertise_address(&self) -> IpAddr {
+        self.advertise_address
+            .unwrap_or_else(|| default_advertise_address(self.bind_address))
+    }
+
     /// Names and addresses the API server's certificate covers.
     pub fn api_sans(&self) -> Vec<String> {
         let mut sans = vec![
@@ -192,6 +200,7 @@ impl ServerConfig {
         if !self.bind_address.is_unspecified() {
             sans.push(self.bind_address.to_string());
         }
+        sans.push(self.advertise_address().to_string());
         sans.extend(self.tls_sans.iter().cloned());
         sans
     }
@@ -320,6 +329,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
     let api = {
         let api_cfg = crate::apiserver::ApiConfig {
             bind_address: cfg.bind_address,
+            advertise_address: cfg.advertise_address(),
             port: cfg.https_listen_port,
             tls_dir: cfg.data_dir.join("server").join("tls"),
             sans: cfg.api_sans(),
@@ -445,6 +455,25 @@ pub async fn run_agent(args: AgentArgs) -> Result<(), SupervisorError> {
     Part::Kubelet.require()?;
     tracing::info!(server = %args.server, "agent asked to join");
     Err(SupervisorError::AgentNeedsApi)
+}
+
+/// The address other servers and pods reach this one at, when `--advertise-address` is not
+/// given: the bind address if it is one, else the source address of the default route (a route
+/// lookup only; no packet is sent), else loopback.
+pub fn default_advertise_address(bind: IpAddr) -> IpAddr {
+    if !bind.is_unspecified() {
+        return bind;
+    }
+    let probe = || -> std::io::Result<IpAddr> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        // TEST-NET-1: never routed anywhere; connect() on UDP only picks the source address.
+        socket.connect("192.0.2.1:9")?;
+        Ok(socket.local_addr()?.ip())
+    };
+    match probe() {
+        Ok(ip) if !ip.is_unspecified() => ip,
+        _ => IpAddr::from([127, 0, 0, 1]),
+    }
 }
 
 /// SIGTERM and SIGINT, installed before start-up so an early signal is not lost.

@@ -1,7 +1,7 @@
 //! Two servers on one etcd run one set of controllers and one scheduler: the first to start
 //! holds the `kube-controller-manager` and `kube-scheduler` Leases, and when it dies (SIGKILL,
 //! so nothing is released) the other takes both over once the Leases expire and goes on
-//! reconciling.
+//! reconciling. The `kubernetes` Service's endpoints list both servers, then the survivor.
 
 mod common;
 
@@ -22,6 +22,20 @@ fn holder(s: &Server, lease: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The addresses in the `kubernetes` EndpointSlice, as `IP IP`.
+fn api_servers(s: &Server) -> String {
+    let o = s.kubectl(&[
+        "get",
+        "endpointslice",
+        "-n",
+        "default",
+        "kubernetes",
+        "-o",
+        "jsonpath={.endpoints[*].addresses[0]}",
+    ]);
+    text(&o).trim().to_string()
+}
+
 /// Polls until `done` holds (or fails after `secs`).
 fn within(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -37,7 +51,13 @@ fn within(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn the_standby_server_takes_over_when_the_leader_dies() {
     let etcd = k1s::testing::etcd::EtcdServer::start().expect("start etcd");
-    let a = Server::start_with(&["--datastore-endpoint", etcd.url(), "--disable-kubelet"]);
+    let a = Server::start_with(&[
+        "--datastore-endpoint",
+        etcd.url(),
+        "--disable-kubelet",
+        "--advertise-address",
+        "127.0.0.1",
+    ]);
     within(30, "a leader", || {
         !holder(&a, "kube-controller-manager").is_empty()
     });
@@ -51,7 +71,12 @@ fn the_standby_server_takes_over_when_the_leader_dies() {
         "--disable-kubelet",
         "--simulated-nodes",
         "1",
+        "--advertise-address",
+        "127.0.0.2",
     ]);
+    within(30, "both servers in the kubernetes endpoints", || {
+        api_servers(&b) == "127.0.0.1 127.0.0.2"
+    });
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         (
@@ -67,6 +92,11 @@ fn the_standby_server_takes_over_when_the_leader_dies() {
         let now = holder(&b, "kube-controller-manager");
         !now.is_empty() && now != first.0 && holder(&b, "kube-scheduler") != first.1
     });
+    within(
+        45,
+        "the dead server leaving the kubernetes endpoints",
+        || api_servers(&b) == "127.0.0.2",
+    );
     // The new leader's controllers and scheduler do the work.
     ok(
         &b,

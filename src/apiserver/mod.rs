@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod convert;
 pub mod discovery;
 pub mod encryption;
+pub mod endpoint_reconciler;
 pub mod health;
 pub mod http;
 pub mod ipalloc;
@@ -80,6 +81,8 @@ pub const LOCAL_PATH_PROVISIONER: &str = "rancher.io/local-path";
 
 pub struct ApiConfig {
     pub bind_address: IpAddr,
+    /// The address in the `kubernetes` Service's endpoints.
+    pub advertise_address: IpAddr,
     pub port: u16,
     /// Where the PKI lives (`DATA_DIR/server/tls`).
     pub tls_dir: PathBuf,
@@ -194,6 +197,7 @@ pub async fn start(
     )
     .await?;
     let rbac = auth::rbac::Rbac::start(store.clone(), &cache)?;
+    let store_for_endpoints = store.clone();
     let app = http::router(
         health::Health {
             store: store.clone(),
@@ -218,6 +222,12 @@ pub async fn start(
         },
         auditor,
     );
+    tokio::spawn(endpoint_reconciler::run(
+        store_for_endpoints,
+        cfg.advertise_address,
+        addr.port(),
+        stop.clone(),
+    ));
     let task = tokio::spawn(http::serve(listener, tls, app.clone(), stop));
     tracing::info!(%addr, kubeconfig = %cfg.kubeconfig.display(), "API server listening");
     Ok(ApiServer {

@@ -230,6 +230,7 @@ async fn bench_backend(
     let server = apiserver::start(
         ApiConfig {
             bind_address: [127, 0, 0, 1].into(),
+            advertise_address: [127, 0, 0, 1].into(),
             port: 0,
             tls_dir: dir.path().join("tls"),
             sans: vec!["127.0.0.1".into(), "localhost".into()],

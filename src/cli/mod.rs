@@ -149,6 +149,10 @@ pub struct ServerArgs {
     /// Address the API server listens on.
     #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
     pub bind_address: IpAddr,
+    /// Address the API server advertises in the `kubernetes` Service's endpoints (default: the
+    /// bind address, or this machine's primary address).
+    #[arg(long, value_name = "IP")]
+    pub advertise_address: Option<IpAddr>,
     /// Extra names or IPs for the API server's certificate (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub tls_san: Vec<String>,
@@ -366,6 +370,7 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
         },
         https_listen_port: args.https_listen_port,
         bind_address: args.bind_address,
+        advertise_address: args.advertise_address,
         compaction_interval: args.compaction_interval,
         tls_sans: args.tls_san,
         kubeconfig,
