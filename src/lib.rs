@@ -26,6 +26,7 @@ pub mod parts;
 pub mod placement;
 pub mod quantity;
 pub mod quota;
+pub mod resource_metrics;
 #[cfg(feature = "scheduler")]
 pub mod scheduler;
 pub mod store;

@@ -65,6 +65,10 @@ pub struct ServerConfig {
     pub node_monitor_grace_period: Duration,
     /// The same for a node that never sent a heartbeat.
     pub node_startup_grace_period: Duration,
+    /// `--horizontal-pod-autoscaler-sync-period`.
+    pub hpa_sync_period: Duration,
+    /// `--horizontal-pod-autoscaler-downscale-stabilization`.
+    pub hpa_downscale_stabilization: Duration,
     /// Simulated nodes (`--simulated-nodes`).
     pub simulated: SimulatedNodes,
     pub https_listen_port: u16,
@@ -93,6 +97,8 @@ pub struct SimulatedNodes {
     pub capacity: std::collections::BTreeMap<String, String>,
     pub labels: std::collections::BTreeMap<String, String>,
     pub prefix: String,
+    /// Each container's default usage (`cpu`, `memory`).
+    pub usage: std::collections::BTreeMap<String, String>,
 }
 
 /// The audit log's flags (`--audit-policy-file`, `--audit-log-*`).
@@ -325,11 +331,15 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
     ));
 
     let api_ready = Gate::new("api");
+    // Usage reports of this process's kubelets, which the API server serves on metrics.k8s.io.
+    #[cfg(feature = "apiserver")]
+    let metrics = crate::resource_metrics::Sources::default();
     #[cfg(feature = "apiserver")]
     let api = {
         let api_cfg = crate::apiserver::ApiConfig {
             bind_address: cfg.bind_address,
             advertise_address: cfg.advertise_address(),
+            metrics: metrics.clone(),
             port: cfg.https_listen_port,
             tls_dir: cfg.data_dir.join("server").join("tls"),
             sans: cfg.api_sans(),
@@ -380,6 +390,10 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             sign_legacy,
             node_monitor_grace: cfg.node_monitor_grace_period,
             node_startup_grace: cfg.node_startup_grace_period,
+            hpa: crate::controllers::hpa::Options {
+                sync_period: cfg.hpa_sync_period,
+                downscale_stabilization: cfg.hpa_downscale_stabilization,
+            },
             local_path: cfg.local_storage().then(|| cfg.local_storage_dir()),
         };
         // Leader-elected, so several servers on one etcd run one set of controllers.
@@ -416,6 +430,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
         sim.prefix = cfg.simulated.prefix.clone();
         sim.capacity.extend(cfg.simulated.capacity.clone());
         sim.labels = cfg.simulated.labels.clone();
+        sim.usage = cfg.simulated.usage.clone();
         let clients = simulated::Clients {
             // Pods are watched once for every node, with the controller manager's read access.
             reader: local_client::client(app.clone(), local_client::controller_manager_user()),
@@ -423,7 +438,12 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
                 local_client::client(app.clone(), local_client::node_user(name))
             }),
         };
-        tokio::spawn(simulated::run(sim, clients, stop_rx.clone()))
+        tokio::spawn(simulated::run(
+            sim,
+            clients,
+            metrics.clone(),
+            stop_rx.clone(),
+        ))
     });
     tracing::info!(parts = ?cfg.enabled_parts(), api_ready = api_ready.is_open(), "k1s server running");
 

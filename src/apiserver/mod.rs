@@ -102,6 +102,8 @@ pub struct ApiConfig {
     pub audit: crate::supervisor::AuditOptions,
     /// Whether the default `local-path` StorageClass is created (not `--disable=local-storage`).
     pub local_storage: bool,
+    /// The kubelets' usage reports `metrics.k8s.io` serves.
+    pub metrics: crate::resource_metrics::Sources,
 }
 
 /// A running API server.
@@ -209,6 +211,7 @@ pub async fn start(
             tokens: tokens.clone(),
             rbac: rbac.clone(),
             admission,
+            metrics: cfg.metrics.clone(),
         },
         discovery::Discovery {
             server_address: format!("{host}:{}", addr.port()),

@@ -341,6 +341,24 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
                 spec["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu",
                     "target": {"type": "Utilization", "averageUtilization": 80}}}]);
             }
+            // A given behavior gets upstream's rules for what it leaves out (the scale-down
+            // window stays unset: the controller's --horizontal-pod-autoscaler-downscale-stabilization).
+            if let Some(b) = spec.get_mut("behavior").filter(|b| b.is_object()) {
+                let up = json!([{"type": "Pods", "value": 4, "periodSeconds": 15},
+                                {"type": "Percent", "value": 100, "periodSeconds": 15}]);
+                let down = json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]);
+                for (key, policies, window) in [("scaleUp", up, Some(0)), ("scaleDown", down, None)]
+                {
+                    if !b[key].is_object() {
+                        b[key] = json!({});
+                    }
+                    default(&mut b[key], "selectPolicy", json!("Max"));
+                    default(&mut b[key], "policies", policies);
+                    if let Some(w) = window {
+                        default(&mut b[key], "stabilizationWindowSeconds", json!(w));
+                    }
+                }
+            }
         }
         ("batch", "cronjobs") => {
             default(spec, "concurrencyPolicy", json!("Allow"));

@@ -231,6 +231,7 @@ async fn bench_backend(
         ApiConfig {
             bind_address: [127, 0, 0, 1].into(),
             advertise_address: [127, 0, 0, 1].into(),
+            metrics: Default::default(),
             port: 0,
             tls_dir: dir.path().join("tls"),
             sans: vec!["127.0.0.1".into(), "localhost".into()],

@@ -130,6 +130,12 @@ pub struct ServerArgs {
     /// How long a new node may go without its first heartbeat before it is marked Unknown.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub node_startup_grace_period: Duration,
+    /// How often the HorizontalPodAutoscalers are evaluated.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    pub horizontal_pod_autoscaler_sync_period: Duration,
+    /// How long an autoscaler without `behavior` waits before scaling down.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub horizontal_pod_autoscaler_downscale_stabilization: Duration,
     /// Register this many simulated nodes (no containers; pods bound to them run as KWOK's do).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub simulated_nodes: usize,
@@ -140,6 +146,10 @@ pub struct ServerArgs {
     /// Extra labels of each simulated node (comma-separated KEY=VALUE).
     #[arg(long, value_delimiter = ',', value_parser = parse_key_value, value_name = "KEY=VALUE")]
     pub simulated_node_labels: Vec<(String, String)>,
+    /// What each container of a simulated pod uses, unless its pod's `simulated.k1s.io/cpu-usage`
+    /// or `simulated.k1s.io/memory-usage` annotation says otherwise (default cpu=1m,memory=1Mi).
+    #[arg(long, value_delimiter = ',', value_parser = parse_key_value, value_name = "NAME=QTY")]
+    pub simulated_pod_usage: Vec<(String, String)>,
     /// Simulated node names are this prefix and an index.
     #[arg(long, default_value = "sim-", value_name = "PREFIX")]
     pub simulated_node_prefix: String,
@@ -362,11 +372,14 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
         disable_addons: args.disable,
         node_monitor_grace_period: args.node_monitor_grace_period,
         node_startup_grace_period: args.node_startup_grace_period,
+        hpa_sync_period: args.horizontal_pod_autoscaler_sync_period,
+        hpa_downscale_stabilization: args.horizontal_pod_autoscaler_downscale_stabilization,
         simulated: supervisor::SimulatedNodes {
             count: args.simulated_nodes,
             capacity: args.simulated_node_capacity.into_iter().collect(),
             labels: args.simulated_node_labels.into_iter().collect(),
             prefix: args.simulated_node_prefix,
+            usage: args.simulated_pod_usage.into_iter().collect(),
         },
         https_listen_port: args.https_listen_port,
         bind_address: args.bind_address,

@@ -25,6 +25,7 @@ pub mod disruption;
 pub mod endpoints;
 pub mod garbage_collector;
 pub mod history;
+pub mod hpa;
 pub mod informer;
 pub mod job;
 pub mod local_path;
@@ -115,6 +116,8 @@ pub struct Context {
     pub node_monitor_grace: std::time::Duration,
     /// The same for a node that never sent one (`--node-startup-grace-period`).
     pub node_startup_grace: std::time::Duration,
+    /// How the HorizontalPodAutoscalers are run.
+    pub hpa: hpa::Options,
     /// Where the local-path provisioner puts volumes on the nodes, unless disabled.
     pub local_path: Option<std::path::PathBuf>,
 }
@@ -210,6 +213,12 @@ pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
             clients.shared.clone(),
             informers.pods.clone(),
             account("daemon-set-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(hpa::run(
+            clients.shared.clone(),
+            account("horizontal-pod-autoscaler"),
+            ctx.hpa,
             stop.clone(),
         )),
         tokio::spawn(cronjob::run(

@@ -11,6 +11,7 @@
 
 mod delete;
 mod list;
+mod metrics;
 pub(crate) mod object;
 mod rawjson;
 pub(crate) mod request;
@@ -54,6 +55,8 @@ pub struct Registry {
     pub rbac: crate::apiserver::auth::rbac::Rbac,
     /// The admission plugins' configuration (`--admission-control-config-file`).
     pub admission: Arc<crate::apiserver::admission::AdmissionConfig>,
+    /// The usage `metrics.k8s.io` serves.
+    pub metrics: crate::resource_metrics::Sources,
 }
 
 /// One request, resolved against the catalog.
@@ -280,6 +283,9 @@ fn deprecation(def: &ResourceDef) -> Option<&'static str> {
 }
 
 async fn dispatch(call: Call<'_>, body: Bytes, content_type: String) -> Response {
+    if call.def.group == "metrics.k8s.io" {
+        return metrics::serve(&call).await;
+    }
     match (call.info.subresource.as_deref(), call.info.verb) {
         (Some("scale"), "get") => return subresource::get_scale(&call).await,
         (Some("scale"), "update") => {

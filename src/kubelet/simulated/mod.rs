@@ -9,6 +9,7 @@
 
 mod node;
 pub mod pods;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct SimConfig {
     pub capacity: BTreeMap<String, String>,
     /// Extra labels on each node.
     pub labels: BTreeMap<String, String>,
+    /// Each container's default usage (`cpu`, `memory` quantities) for `metrics.k8s.io`.
+    pub usage: BTreeMap<String, String>,
 }
 
 impl SimConfig {
@@ -53,6 +56,7 @@ impl SimConfig {
             prefix: "sim-".into(),
             capacity,
             labels: BTreeMap::new(),
+            usage: BTreeMap::new(),
         }
     }
 
@@ -74,9 +78,20 @@ pub struct Clients {
     pub for_node: Arc<dyn Fn(&str) -> Client + Send + Sync>,
 }
 
-/// Registers the nodes, then keeps their Leases fresh and their pods moving until `stop`.
-pub async fn run(cfg: SimConfig, clients: Clients, stop: watch::Receiver<bool>) {
+/// Registers the nodes, then keeps their Leases fresh and their pods moving until `stop`; their
+/// usage goes to `metrics`.
+pub async fn run(
+    cfg: SimConfig,
+    clients: Clients,
+    metrics: crate::resource_metrics::Sources,
+    stop: watch::Receiver<bool>,
+) {
     let names = cfg.names();
+    let usage = Arc::new(usage::Usage::new(
+        names.clone(),
+        usage::defaults(&cfg.usage),
+    ));
+    metrics.register(usage.clone());
     let nodes: Vec<node::SimNode> = names
         .iter()
         .enumerate()
@@ -105,7 +120,7 @@ pub async fn run(cfg: SimConfig, clients: Clients, stop: watch::Receiver<bool>) 
         .await;
     tracing::info!(nodes = nodes.len(), "simulated nodes registered");
     let leases = tokio::spawn(renew_leases(nodes.clone(), stop.clone()));
-    pods::run(nodes, clients.reader, stop).await;
+    pods::run(nodes, usage, clients.reader, stop).await;
     let _ = leases.await;
 }
 

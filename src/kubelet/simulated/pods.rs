@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::node::SimNode;
+use super::usage::Usage;
 
 /// How long a simulated pod runs before its containers exit.
 pub const RUN_FOR: &str = "simulated.k1s.io/run-for";
@@ -32,13 +33,20 @@ const CONCURRENCY: usize = 64;
 
 struct Sim {
     nodes: Arc<Vec<SimNode>>,
+    /// What the running pods use, for `metrics.k8s.io`.
+    usage: Arc<Usage>,
     by_name: HashMap<String, usize>,
     /// Pods (by uid) whose containers have an exit scheduled.
     timers: Mutex<HashSet<String>>,
 }
 
 /// Runs until `stop` turns true.
-pub async fn run(nodes: Arc<Vec<SimNode>>, reader: Client, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    nodes: Arc<Vec<SimNode>>,
+    usage: Arc<Usage>,
+    reader: Client,
+    mut stop: watch::Receiver<bool>,
+) {
     let by_name = nodes
         .iter()
         .enumerate()
@@ -46,19 +54,31 @@ pub async fn run(nodes: Arc<Vec<SimNode>>, reader: Client, mut stop: watch::Rece
         .collect();
     let sim = Arc::new(Sim {
         nodes,
+        usage,
         by_name,
         timers: Mutex::new(HashSet::new()),
     });
     let cfg = watcher::Config::default().fields("spec.nodeName!=");
     let mut events = watcher(Api::<Pod>::all(reader), cfg)
         .default_backoff()
-        .applied_objects()
         .boxed();
+    // Applied pods are handled; deleted ones only leave the usage report.
+    let take = |sim: &Sim, batch: &mut HashMap<String, Pod>, ev: watcher::Event<Pod>| match ev {
+        watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+            batch.insert(p.uid().unwrap_or_default(), p);
+        }
+        watcher::Event::Delete(p) => {
+            let uid = p.uid().unwrap_or_default();
+            batch.remove(&uid);
+            sim.usage.forget(&uid);
+        }
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    };
     loop {
         let mut batch: HashMap<String, Pod> = HashMap::new();
         tokio::select! {
             ev = events.next() => match ev {
-                Some(Ok(p)) => { batch.insert(p.uid().unwrap_or_default(), p); }
+                Some(Ok(ev)) => take(&sim, &mut batch, ev),
                 Some(Err(_)) => continue,
                 None => return,
             },
@@ -66,9 +86,7 @@ pub async fn run(nodes: Arc<Vec<SimNode>>, reader: Client, mut stop: watch::Rece
         }
         while batch.len() < 4096 {
             match tokio::time::timeout(Duration::from_millis(10), events.next()).await {
-                Ok(Some(Ok(p))) => {
-                    batch.insert(p.uid().unwrap_or_default(), p);
-                }
+                Ok(Some(Ok(ev))) => take(&sim, &mut batch, ev),
                 Ok(Some(Err(_))) => {}
                 Ok(None) | Err(_) => break,
             }
@@ -187,6 +205,7 @@ impl Sim {
         let Some(node) = self.node_of(&pod) else {
             return;
         };
+        self.usage.observe(&pod);
         let api: Api<Pod> =
             Api::namespaced(node.client.clone(), &pod.namespace().unwrap_or_default());
         let name = pod.name_any();

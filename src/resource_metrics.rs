@@ -1,0 +1,111 @@
+//! Resource usage as kubelets report it on `/metrics/resource` and metrics-server serves it on
+//! `metrics.k8s.io`: CPU in nanocores and memory working set in bytes, per node and per
+//! container, with the time and window of the sample.
+//!
+//! k1s serves `metrics.k8s.io` itself. Kubelets in this process (the simulated nodes now, the
+//! real kubelet of `k1s server` later) register a [`Source`] with the process's [`Sources`],
+//! which the API server reads at request time, as metrics-server reads its last scrape.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+/// One container's usage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerUsage {
+    pub name: String,
+    pub cpu_nanocores: u64,
+    pub memory_bytes: u64,
+}
+
+/// One pod's usage, by container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodUsage {
+    pub namespace: String,
+    pub name: String,
+    pub containers: Vec<ContainerUsage>,
+}
+
+/// One node's usage and that of its pods, as one sample.
+#[derive(Clone, Debug)]
+pub struct NodeUsage {
+    pub node: String,
+    pub timestamp: SystemTime,
+    /// The interval the CPU rate was measured over.
+    pub window: Duration,
+    pub cpu_nanocores: u64,
+    pub memory_bytes: u64,
+    pub pods: Vec<PodUsage>,
+}
+
+/// A kubelet that reports its node's usage.
+pub trait Source: Send + Sync {
+    /// The latest sample of every node this source runs.
+    fn samples(&self) -> Vec<NodeUsage>;
+}
+
+/// The usage sources of this process.
+#[derive(Clone, Default)]
+pub struct Sources(Arc<RwLock<Vec<Arc<dyn Source>>>>);
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.read().map(|s| s.len()).unwrap_or(0);
+        write!(f, "Sources({n})")
+    }
+}
+
+impl Sources {
+    /// Adds a source; it reports until the process ends.
+    pub fn register(&self, source: Arc<dyn Source>) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(source);
+    }
+
+    /// Every node's latest sample.
+    pub fn samples(&self) -> Vec<NodeUsage> {
+        let sources = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        sources.iter().flat_map(|s| s.samples()).collect()
+    }
+}
+
+/// CPU as metrics-server prints it (`12345n`).
+pub fn format_cpu(nanocores: u64) -> String {
+    format!("{nanocores}n")
+}
+
+/// Memory as metrics-server prints it (`2048Ki`, rounded down to KiB).
+pub fn format_memory(bytes: u64) -> String {
+    format!("{}Ki", bytes / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed;
+    impl Source for Fixed {
+        fn samples(&self) -> Vec<NodeUsage> {
+            vec![NodeUsage {
+                node: "n".into(),
+                timestamp: SystemTime::UNIX_EPOCH,
+                window: Duration::from_secs(10),
+                cpu_nanocores: 5,
+                memory_bytes: 4096,
+                pods: vec![],
+            }]
+        }
+    }
+
+    #[test]
+    fn sources_report_every_registered_node() {
+        let s = Sources::default();
+        assert!(s.samples().is_empty());
+        s.register(Arc::new(Fixed));
+        s.register(Arc::new(Fixed));
+        assert_eq!(s.samples().len(), 2);
+        assert_eq!(format_cpu(250_000_000), "250000000n");
+        assert_eq!(format_memory(1_048_576 + 100), "1024Ki");
+    }
+}
