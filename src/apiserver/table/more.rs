@@ -27,6 +27,21 @@ fn join(v: &Value, f: impl Fn(&Value) -> Option<String>) -> String {
         .join(",")
 }
 
+/// A NodeMetrics' usage, or a PodMetrics' summed over its containers (values in `unit`).
+fn usage(o: &Value, resource: &str, unit: &str) -> Value {
+    let value = |v: &Value| {
+        v.as_str()
+            .and_then(|q| q.strip_suffix(unit))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let total: u64 = match o["containers"].as_array() {
+        Some(cs) => cs.iter().map(|c| value(&c["usage"][resource])).sum(),
+        None => value(&o["usage"][resource]),
+    };
+    json!(format!("{total}{unit}"))
+}
+
 fn int(v: &Value) -> Value {
     json!(v.as_i64().unwrap_or(0))
 }
@@ -276,6 +291,12 @@ pub(super) fn columns(def: &ResourceDef) -> Option<Vec<Column>> {
     let age_col = || col("Age", "string", 0, age);
     let mut cols = vec![name_col()];
     match (def.group, def.plural) {
+        // As metrics-server prints them: the usage (a pod's summed over its containers).
+        ("metrics.k8s.io", _) => {
+            cols.push(col("cpu", "string", 0, |o, _| usage(o, "cpu", "n")));
+            cols.push(col("memory", "string", 0, |o, _| usage(o, "memory", "Ki")));
+            cols.push(col("Window", "string", 0, |o, _| str_or(&o["window"], "")));
+        }
         ("", "nodes") => {
             cols.push(col("Status", "string", 0, node_status));
             cols.push(col("Roles", "string", 0, node_roles));
