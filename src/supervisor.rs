@@ -29,8 +29,15 @@ pub enum SupervisorError {
     Store(#[from] store::Error),
     #[error("waiting for signals: {0}")]
     Signals(#[source] std::io::Error),
-    #[error("`k1s agent` joins a server's API, which this version of k1s does not serve yet")]
-    AgentNeedsApi,
+    #[error("`k1s agent` without --simulate runs a kubelet on containerd, which this version of k1s does not have yet")]
+    AgentNeedsKubelet,
+    #[cfg(feature = "kubelet")]
+    #[error("joining {server}: {source}")]
+    Join {
+        server: String,
+        #[source]
+        source: crate::kubelet::join::JoinError,
+    },
     #[error("--service-cidr {0:?}: expected an IPv4 or IPv6 CIDR such as 10.43.0.0/16")]
     BadServiceCidr(String),
     #[cfg(feature = "apiserver")]
@@ -426,14 +433,13 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
         use crate::apiserver::local_client;
         use crate::kubelet::simulated;
         let app = api.app.clone();
-        let mut sim = simulated::SimConfig::new(cfg.simulated.count);
-        sim.prefix = cfg.simulated.prefix.clone();
-        sim.capacity.extend(cfg.simulated.capacity.clone());
-        sim.labels = cfg.simulated.labels.clone();
-        sim.usage = cfg.simulated.usage.clone();
+        let sim = simulated::SimConfig::from_flags(&cfg.simulated);
         let clients = simulated::Clients {
             // Pods are watched once for every node, with the controller manager's read access.
-            reader: local_client::client(app.clone(), local_client::controller_manager_user()),
+            reader: Some(local_client::client(
+                app.clone(),
+                local_client::controller_manager_user(),
+            )),
             for_node: Arc::new(move |name: &str| {
                 local_client::client(app.clone(), local_client::node_user(name))
             }),
@@ -473,8 +479,76 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
 /// Runs `k1s agent`.
 pub async fn run_agent(args: AgentArgs) -> Result<(), SupervisorError> {
     Part::Kubelet.require()?;
-    tracing::info!(server = %args.server, "agent asked to join");
-    Err(SupervisorError::AgentNeedsApi)
+    #[cfg(feature = "kubelet")]
+    {
+        use crate::kubelet::{join, simulated};
+        if args.simulate == 0 {
+            return Err(SupervisorError::AgentNeedsKubelet);
+        }
+        let signals = Signals::install()?;
+        let sim = simulated::SimConfig::from_flags(&args.simulated.to_config(args.simulate));
+        let names = sim.names();
+        let dir = args.common.data_dir.join("agent");
+        tracing::info!(server = %args.server, nodes = names.len(), "joining");
+        // A server that is not up yet is waited for; a wrong token or CA ends the agent.
+        let clients = loop {
+            match join::join(&args.server, &args.token, &names, &dir).await {
+                Ok(c) => break c,
+                Err(join::JoinError::Api(kube::Error::Api(s))) if s.code >= 500 => {
+                    tracing::warn!(error = %s.message, "the server is not ready; retrying");
+                }
+                Err(join::JoinError::Api(
+                    e @ (kube::Error::HyperError(_) | kube::Error::Service(_)),
+                )) => {
+                    tracing::warn!(error = %e, "the server is not reachable; retrying");
+                }
+                Err(source) => {
+                    return Err(SupervisorError::Join {
+                        server: args.server.clone(),
+                        source,
+                    })
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        tracing::info!(
+            nodes = clients.len(),
+            "joined; node certificates under {}",
+            dir.display()
+        );
+        let clients = Arc::new(clients);
+        let Some(fallback) = names.first().and_then(|n| clients.get(n)).cloned() else {
+            return Ok(());
+        };
+        let sim_clients = simulated::Clients {
+            reader: None,
+            for_node: Arc::new(move |name: &str| {
+                clients
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| fallback.clone())
+            }),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Usage stays in this process: metrics.k8s.io on the server does not see agents' nodes yet.
+        let task = tokio::spawn(simulated::run(
+            sim,
+            sim_clients,
+            crate::resource_metrics::Sources::default(),
+            stop_rx,
+        ));
+        let signal = signals.wait().await;
+        tracing::info!(signal, "shutting down");
+        stop_tx.send_replace(true);
+        let _ = task.await;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    }
+    #[cfg(not(feature = "kubelet"))]
+    {
+        let _ = args;
+        Ok(())
+    }
 }
 
 /// The address other servers and pods reach this one at, when `--advertise-address` is not

@@ -17,6 +17,7 @@ pub mod endpoint_reconciler;
 pub mod health;
 pub mod http;
 pub mod ipalloc;
+pub mod join;
 pub mod kubeconfig;
 #[cfg(feature = "controllers")]
 pub mod local_client;
@@ -224,6 +225,9 @@ pub async fn start(
             static_tokens: Arc::new(static_tokens),
         },
         auditor,
+        join::Join {
+            pki: Arc::new(pki.clone()),
+        },
     );
     tokio::spawn(endpoint_reconciler::run(
         store_for_endpoints,

@@ -31,6 +31,8 @@ pub enum PkiError {
 #[derive(Clone)]
 pub struct Pki {
     pub ca_cert: String,
+    /// The CA's key (PEM), which signs node client certificates for joining agents.
+    pub ca_key: String,
     pub serving_cert: String,
     pub serving_key: String,
     pub admin_cert: String,
@@ -176,6 +178,7 @@ pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
         key
     };
     Ok(Pki {
+        ca_key: ca_key.serialize_pem(),
         ca_cert,
         serving_cert: serving_cert.pem(),
         serving_key: serving_key.serialize_pem(),
@@ -183,6 +186,26 @@ pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
         admin_key,
         service_account_key,
     })
+}
+
+/// A kubelet client certificate for `node` (CN=system:node:NODE, O=system:nodes) and its key,
+/// signed by the cluster CA, as a joining agent gets it.
+pub fn node_client_cert(pki: &Pki, node: &str) -> Result<(String, String), PkiError> {
+    let ca_key = KeyPair::from_pem(&pki.ca_key)?;
+    let issuer = Issuer::from_ca_cert_pem(&pki.ca_cert, &ca_key)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::OrganizationName, "system:nodes");
+    p.distinguished_name
+        .push(DnType::CommonName, format!("system:node:{node}"));
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    validity(&mut p, LEAF_DAYS);
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 #[cfg(test)]

@@ -139,20 +139,8 @@ pub struct ServerArgs {
     /// Register this many simulated nodes (no containers; pods bound to them run as KWOK's do).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub simulated_nodes: usize,
-    /// Capacity of each simulated node (comma-separated NAME=QUANTITY; default
-    /// cpu=32,memory=256Gi,pods=110,ephemeral-storage=1Ti).
-    #[arg(long, value_delimiter = ',', value_parser = parse_key_value, value_name = "NAME=QTY")]
-    pub simulated_node_capacity: Vec<(String, String)>,
-    /// Extra labels of each simulated node (comma-separated KEY=VALUE).
-    #[arg(long, value_delimiter = ',', value_parser = parse_key_value, value_name = "KEY=VALUE")]
-    pub simulated_node_labels: Vec<(String, String)>,
-    /// What each container of a simulated pod uses, unless its pod's `simulated.k1s.io/cpu-usage`
-    /// or `simulated.k1s.io/memory-usage` annotation says otherwise (default cpu=1m,memory=1Mi).
-    #[arg(long, value_delimiter = ',', value_parser = parse_key_value, value_name = "NAME=QTY")]
-    pub simulated_pod_usage: Vec<(String, String)>,
-    /// Simulated node names are this prefix and an index.
-    #[arg(long, default_value = "sim-", value_name = "PREFIX")]
-    pub simulated_node_prefix: String,
+    #[command(flatten)]
+    pub simulated: SimulatedArgs,
     /// HTTPS port of the API server.
     #[arg(long, default_value_t = 6443, value_name = "PORT")]
     pub https_listen_port: u16,
@@ -206,10 +194,47 @@ pub struct ServerArgs {
     pub compaction_interval: Duration,
 }
 
+/// How simulated nodes look, for `server --simulated-nodes` and `agent --simulate`.
+#[derive(Debug, Args, Clone)]
+pub struct SimulatedArgs {
+    /// Capacity of each simulated node (comma-separated NAME=QUANTITY; default
+    /// cpu=32,memory=256Gi,pods=110,ephemeral-storage=1Ti).
+    #[arg(long, value_delimiter = ',', value_parser = parse_key_value, value_name = "NAME=QTY")]
+    pub simulated_node_capacity: Vec<(String, String)>,
+    /// Extra labels of each simulated node (comma-separated KEY=VALUE).
+    #[arg(long, value_delimiter = ',', value_parser = parse_key_value, value_name = "KEY=VALUE")]
+    pub simulated_node_labels: Vec<(String, String)>,
+    /// What each container of a simulated pod uses, unless its pod's `simulated.k1s.io/cpu-usage`
+    /// or `simulated.k1s.io/memory-usage` annotation says otherwise (default cpu=1m,memory=1Mi).
+    #[arg(long, value_delimiter = ',', value_parser = parse_key_value, value_name = "NAME=QTY")]
+    pub simulated_pod_usage: Vec<(String, String)>,
+    /// Simulated node names are this prefix and an index.
+    #[arg(long, default_value = "sim-", value_name = "PREFIX")]
+    pub simulated_node_prefix: String,
+}
+
+impl SimulatedArgs {
+    /// The supervisor's view, for `count` nodes.
+    pub fn to_config(&self, count: usize) -> supervisor::SimulatedNodes {
+        supervisor::SimulatedNodes {
+            count,
+            capacity: self.simulated_node_capacity.iter().cloned().collect(),
+            labels: self.simulated_node_labels.iter().cloned().collect(),
+            prefix: self.simulated_node_prefix.clone(),
+            usage: self.simulated_pod_usage.iter().cloned().collect(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Run this many simulated nodes (KWOK-style, no containers) instead of a kubelet.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub simulate: usize,
+    #[command(flatten)]
+    pub simulated: SimulatedArgs,
     /// The server to join (https://HOST:6443).
     #[arg(long, value_name = "URL")]
     pub server: String,
@@ -374,13 +399,7 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
         node_startup_grace_period: args.node_startup_grace_period,
         hpa_sync_period: args.horizontal_pod_autoscaler_sync_period,
         hpa_downscale_stabilization: args.horizontal_pod_autoscaler_downscale_stabilization,
-        simulated: supervisor::SimulatedNodes {
-            count: args.simulated_nodes,
-            capacity: args.simulated_node_capacity.into_iter().collect(),
-            labels: args.simulated_node_labels.into_iter().collect(),
-            prefix: args.simulated_node_prefix,
-            usage: args.simulated_pod_usage.into_iter().collect(),
-        },
+        simulated: args.simulated.to_config(args.simulated_nodes),
         https_listen_port: args.https_listen_port,
         bind_address: args.bind_address,
         advertise_address: args.advertise_address,

@@ -44,6 +44,10 @@ pub struct CreateArgs {
     /// Usages (authentication, signing).
     #[arg(long, value_delimiter = ',', default_values_t = ["signing".to_string(), "authentication".to_string()])]
     pub usages: Vec<String>,
+    /// Print the token as agents take it: `K10<sha256 of the cluster CA>::ID.SECRET`, which
+    /// pins the CA (the CA is the kubeconfig's).
+    #[arg(long)]
+    pub join: bool,
     /// Extra groups (each under system:bootstrappers:).
     #[arg(long, value_delimiter = ',', default_values_t = [NODE_TOKEN_GROUP.to_string()])]
     pub groups: Vec<String>,
@@ -73,6 +77,8 @@ pub enum TokenError {
     Usage(String),
     #[error("reading random bytes: {0}")]
     Random(#[from] std::io::Error),
+    #[error("--join needs the kubeconfig's certificate-authority-data and the kubelet part: {0}")]
+    Join(String),
 }
 
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -126,6 +132,32 @@ fn rfc3339(epoch: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The agent form of `token`, pinning the kubeconfig's CA.
+fn join_token(args: &ClientArgs, token: &str) -> Result<String, TokenError> {
+    #[cfg(feature = "kubelet")]
+    {
+        use base64::Engine;
+        let kc = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+            .map_err(|e| TokenError::Join(e.to_string()))?;
+        let data = kc
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.as_ref())
+            .and_then(|c| c.certificate_authority_data.clone())
+            .ok_or_else(|| TokenError::Join("no certificate-authority-data".into()))?;
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| TokenError::Join(e.to_string()))?;
+        let pem = String::from_utf8(pem).map_err(|e| TokenError::Join(e.to_string()))?;
+        Ok(crate::kubelet::join::join_token(&pem, token))
+    }
+    #[cfg(not(feature = "kubelet"))]
+    {
+        let _ = (args, token);
+        Err(TokenError::Join("this binary has no kubelet part".into()))
+    }
+}
+
 /// `k1s token create`.
 pub async fn create(args: CreateArgs) -> Result<(), TokenError> {
     let (id, secret) = match &args.token {
@@ -173,10 +205,15 @@ pub async fn create(args: CreateArgs) -> Result<(), TokenError> {
         string_data: Some(data),
         ..Default::default()
     };
+    let printed = if args.join {
+        join_token(&args.client, &format!("{id}.{secret}"))?
+    } else {
+        format!("{id}.{secret}")
+    };
     secrets(client(&args.client).await?)
         .create(&Default::default(), &obj)
         .await?;
-    println!("{id}.{secret}");
+    println!("{printed}");
     Ok(())
 }
 

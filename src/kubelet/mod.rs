@@ -3,4 +3,5 @@
 //! lifecycle, as KWOK does, so the control plane can be tested at scale. The kubelet on real
 //! containerd comes with its own issue.
 
+pub mod join;
 pub mod simulated;

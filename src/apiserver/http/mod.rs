@@ -123,8 +123,11 @@ pub fn tls_config(pki: &Pki) -> Result<Tls, HttpError> {
 pub struct BadCertificate;
 
 /// Paths anyone may read, as upstream's `system:public-info-viewer` allows.
+/// Where joining agents get their node certificates (authorized by the handler: bootstrap tokens).
+pub const JOIN_PATH: &str = "/v1-k1s/node-certificates";
+
 fn is_public(path: &str) -> bool {
-    ["/healthz", "/livez", "/readyz", "/version"]
+    ["/healthz", "/livez", "/readyz", "/version", "/cacerts"]
         .iter()
         .any(|p| {
             path == *p
@@ -194,7 +197,7 @@ async fn authorize(
     req: Request,
     next: Next,
 ) -> Response {
-    if is_public(req.uri().path()) {
+    if is_public(req.uri().path()) || req.uri().path() == JOIN_PATH {
         return next.run(req).await;
     }
     let Some(user) = req.extensions().get::<Caller>().and_then(|c| c.0.clone()) else {
@@ -369,6 +372,7 @@ pub fn router(
     disc: Discovery,
     auth: crate::apiserver::auth::Authenticator,
     auditor: Option<Arc<crate::apiserver::audit::Auditor>>,
+    join: crate::apiserver::join::Join,
 ) -> Router {
     use crate::apiserver::auth::{access, reviews};
     let reviews = Router::new()
@@ -409,6 +413,13 @@ pub fn router(
         .route("/apis/{group}", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::group_version))
         .with_state(disc);
+    let joining = Router::new()
+        .route("/cacerts", get(crate::apiserver::join::cacerts))
+        .route(
+            JOIN_PATH,
+            axum::routing::post(crate::apiserver::join::node_certificates),
+        )
+        .with_state(join);
     let resources = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/{*rest}", axum::routing::any(registry::handle))
@@ -431,6 +442,7 @@ pub fn router(
         .with_state(health)
         .merge(discovery)
         .merge(reviews)
+        .merge(joining)
         .merge(resources)
         .fallback(|| async { status::not_found() })
         .layer(axum::middleware::from_fn_with_state(

@@ -60,6 +60,16 @@ impl SimConfig {
         }
     }
 
+    /// The nodes the `--simulated-node*` flags describe.
+    pub fn from_flags(f: &crate::supervisor::SimulatedNodes) -> SimConfig {
+        let mut sim = SimConfig::new(f.count);
+        sim.prefix = f.prefix.clone();
+        sim.capacity.extend(f.capacity.clone());
+        sim.labels = f.labels.clone();
+        sim.usage = f.usage.clone();
+        sim
+    }
+
     /// The node names, in index order.
     pub fn names(&self) -> Vec<String> {
         let width = self.count.saturating_sub(1).to_string().len().max(4);
@@ -72,8 +82,8 @@ impl SimConfig {
 /// The API clients of the simulation.
 #[derive(Clone)]
 pub struct Clients {
-    /// Watches the pods bound to any simulated node.
-    pub reader: Client,
+    /// Watches the pods bound to any simulated node (None: each node watches its own).
+    pub reader: Option<Client>,
     /// A client acting as the kubelet of node NAME.
     pub for_node: Arc<dyn Fn(&str) -> Client + Send + Sync>,
 }
@@ -120,7 +130,7 @@ pub async fn run(
         .await;
     tracing::info!(nodes = nodes.len(), "simulated nodes registered");
     let leases = tokio::spawn(renew_leases(nodes.clone(), stop.clone()));
-    pods::run(nodes, usage, clients.reader, stop).await;
+    pods::run(nodes, usage, clients, stop).await;
     let _ = leases.await;
 }
 

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -44,7 +44,7 @@ struct Sim {
 pub async fn run(
     nodes: Arc<Vec<SimNode>>,
     usage: Arc<Usage>,
-    reader: Client,
+    clients: super::Clients,
     mut stop: watch::Receiver<bool>,
 ) {
     let by_name = nodes
@@ -58,10 +58,25 @@ pub async fn run(
         by_name,
         timers: Mutex::new(HashSet::new()),
     });
-    let cfg = watcher::Config::default().fields("spec.nodeName!=");
-    let mut events = watcher(Api::<Pod>::all(reader), cfg)
-        .default_backoff()
-        .boxed();
+    // One watch for every node when a reader may see all pods; else each node watches its own,
+    // as kubelets do (the Node authorizer lets a node list only the pods bound to it).
+    let mut events = match clients.reader {
+        Some(reader) => {
+            let cfg = watcher::Config::default().fields("spec.nodeName!=");
+            watcher(Api::<Pod>::all(reader), cfg)
+                .default_backoff()
+                .boxed()
+        }
+        None => {
+            let per_node = sim.nodes.iter().map(|n| {
+                let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", n.name));
+                watcher(Api::<Pod>::all((clients.for_node)(&n.name)), cfg)
+                    .default_backoff()
+                    .boxed()
+            });
+            futures::stream::select_all(per_node).boxed()
+        }
+    };
     // Applied pods are handled; deleted ones only leave the usage report.
     let take = |sim: &Sim, batch: &mut HashMap<String, Pod>, ev: watcher::Event<Pod>| match ev {
         watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
