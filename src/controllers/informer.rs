@@ -14,9 +14,18 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
+/// Events handed to subscribers that they have not taken yet (a lagging controller's backlog).
+static QUEUED: crate::metrics::Desc = crate::metrics::Desc {
+    name: "k1s_informer_queued_events",
+    help: "Events of a shared informer waiting for a subscriber, by kind and subscriber.",
+    labels: &["kind", "subscriber"],
+    buckets: &[],
+};
+
 /// The events a subscriber receives.
 pub type Event<K> = watcher::Event<Arc<K>>;
-type Sink<K> = mpsc::UnboundedSender<Event<K>>;
+/// A subscriber's queue and its name (the file that subscribed), for the backlog gauge.
+type Sink<K> = (mpsc::UnboundedSender<Event<K>>, &'static str);
 
 /// A handle to one shared watch.
 pub struct Informer<K> {
@@ -44,10 +53,15 @@ where
     }
 
     /// A stream of this kind's events, starting with the current list.
+    #[track_caller]
     pub fn subscribe(&self) -> impl Stream<Item = Event<K>> + Send + Unpin + 'static {
+        let who = subscriber(std::panic::Location::caller().file());
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = self.join.send(tx);
-        tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+        let _ = self.join.send((tx, who));
+        let kind = K::kind(&Default::default()).into_owned();
+        tokio_stream::wrappers::UnboundedReceiverStream::new(rx).inspect(move |_| {
+            crate::metrics::registry().add_gauge(&QUEUED, &[&kind, who], -1.0);
+        })
     }
 }
 
@@ -59,6 +73,7 @@ async fn fan_out<K>(
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default,
 {
+    let kind = K::kind(&Default::default()).into_owned();
     let mut events = watcher(api, Default::default()).default_backoff().boxed();
     let mut store: HashMap<String, Arc<K>> = HashMap::new();
     // While a (re)list is in progress: what it brought so far.
@@ -68,9 +83,11 @@ async fn fan_out<K>(
     loop {
         tokio::select! {
             sink = joins.recv() => {
-                let Some(sink) = sink else { return };
+                let Some((sink, who)) = sink else { return };
                 // Catch the newcomer up: the current list, then a list in progress.
+                let mut sent = 0usize;
                 if synced {
+                    sent += store.len() + 2;
                     let _ = sink.send(watcher::Event::Init);
                     for o in store.values() {
                         let _ = sink.send(watcher::Event::InitApply(o.clone()));
@@ -78,12 +95,14 @@ async fn fan_out<K>(
                     let _ = sink.send(watcher::Event::InitDone);
                 }
                 if let Some(partial) = &listing {
+                    sent += partial.len() + 1;
                     let _ = sink.send(watcher::Event::Init);
                     for o in partial.values() {
                         let _ = sink.send(watcher::Event::InitApply(o.clone()));
                     }
                 }
-                sinks.push(sink);
+                crate::metrics::registry().add_gauge(&QUEUED, &[&kind, who], sent as f64);
+                sinks.push((sink, who));
             }
             ev = events.next() => {
                 let ev = match ev {
@@ -93,6 +112,14 @@ async fn fan_out<K>(
                         continue;
                     }
                     None => return,
+                };
+                // Controllers never read managedFields, often the larger part of an object;
+                // as upstream's informers (TransformStripManagedFields), they are dropped.
+                let ev = match ev {
+                    watcher::Event::InitApply(o) => watcher::Event::InitApply(trim(o)),
+                    watcher::Event::Apply(o) => watcher::Event::Apply(trim(o)),
+                    watcher::Event::Delete(o) => watcher::Event::Delete(trim(o)),
+                    other => other,
                 };
                 let out: Event<K> = match ev {
                     watcher::Event::Init => {
@@ -122,11 +149,32 @@ async fn fan_out<K>(
                         watcher::Event::Delete(o)
                     }
                 };
-                sinks.retain(|s| s.send(clone_event(&out)).is_ok());
+                sinks.retain(|(s, who)| {
+                    let sent = s.send(clone_event(&out)).is_ok();
+                    if sent {
+                        crate::metrics::registry().add_gauge(&QUEUED, &[&kind, who], 1.0);
+                    }
+                    sent
+                });
             }
             _ = stop.changed() => return,
         }
     }
+}
+
+/// `src/controllers/replicaset.rs` -> `replicaset`.
+fn subscriber(file: &'static str) -> &'static str {
+    let base = file.rsplit('/').next().unwrap_or(file);
+    match base.strip_suffix(".rs") {
+        Some("mod") | Some("sync") => file.rsplit('/').nth(1).unwrap_or(base),
+        Some(name) => name,
+        None => base,
+    }
+}
+
+fn trim<K: Resource>(mut o: K) -> K {
+    o.meta_mut().managed_fields = None;
+    o
 }
 
 fn clone_event<K>(ev: &Event<K>) -> Event<K> {
