@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::server::{ok, text, Server};
+use common::server::{ok, text, within, Server};
 
 fn holder(s: &Server, lease: &str) -> String {
     let o = s.kubectl(&[
@@ -34,18 +34,6 @@ fn api_servers(s: &Server) -> String {
         "jsonpath={.endpoints[*].addresses[0]}",
     ]);
     text(&o).trim().to_string()
-}
-
-/// Polls until `done` holds (or fails after `secs`).
-fn within(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "{what} did not happen in {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 #[test]

@@ -6,20 +6,8 @@
 mod common;
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
 
-use common::server::{eventually, ok, text, write, Server};
-
-fn within(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "{what} did not happen in {secs} s"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+use common::server::{eventually, ok, text, within, write, Server};
 
 #[test]
 fn a_namespace_with_two_thousand_objects_is_deleted_completely() {

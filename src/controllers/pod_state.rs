@@ -15,20 +15,27 @@ pub fn active(pod: &Pod) -> bool {
         )
 }
 
-/// When the pod became Ready, if it is.
-pub fn ready_since(pod: &Pod) -> Option<Timestamp> {
+/// The pod's Ready condition: whether it is True, and when it last changed.
+pub fn ready_condition(pod: &Pod) -> Option<(bool, Option<Timestamp>)> {
     let c = pod
         .status
         .as_ref()?
         .conditions
         .as_ref()?
         .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")?;
-    Some(
-        c.last_transition_time
-            .as_ref()
-            .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
-    )
+        .find(|c| c.type_ == "Ready")?;
+    Some((
+        c.status == "True",
+        c.last_transition_time.as_ref().map(|t| t.0),
+    ))
+}
+
+/// When the pod became Ready, if it is.
+pub fn ready_since(pod: &Pod) -> Option<Timestamp> {
+    match ready_condition(pod)? {
+        (true, since) => Some(since.unwrap_or(Timestamp::UNIX_EPOCH)),
+        (false, _) => None,
+    }
 }
 
 /// Whether the pod is Running (phase) and Ready.

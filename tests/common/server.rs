@@ -138,6 +138,18 @@ pub fn ok(s: &Server, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Polls `done` every 250 ms until it holds (or fails after `secs`, naming `what`).
+pub fn within(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what} did not happen in {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Polls `kubectl args` until its output satisfies `done` (or fails after 30 s).
 pub fn eventually(s: &Server, args: &[&str], done: impl Fn(&str) -> bool) -> String {
     let start = Instant::now();

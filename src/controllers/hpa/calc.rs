@@ -34,20 +34,6 @@ struct Groups {
     ignored: HashSet<String>,
 }
 
-fn ready_condition(pod: &Pod) -> Option<(bool, Option<Timestamp>)> {
-    let c = pod
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
-    Some((
-        c.status == "True",
-        c.last_transition_time.as_ref().map(|t| t.0),
-    ))
-}
-
 fn group(pods: &[&Pod], samples: &HashMap<String, Sample>, cpu: bool, now: Timestamp) -> Groups {
     let mut g = Groups::default();
     for pod in pods {
@@ -73,7 +59,7 @@ fn group(pods: &[&Pod], samples: &HashMap<String, Sample>, cpu: bool, now: Times
                 .as_ref()
                 .and_then(|s| s.start_time.as_ref())
                 .map(|t| t.0);
-            let unready = match (ready_condition(pod), start) {
+            let unready = match (crate::controllers::pod_state::ready_condition(pod), start) {
                 (Some((ready, changed)), Some(start)) => {
                     let changed = changed.unwrap_or(start);
                     if start + CPU_INITIALIZATION > now {
