@@ -130,6 +130,12 @@ fn refusals_say_why_and_pods_wait_for_a_node_that_fits() {
     eventually(&s, &["get", "nodes", "--no-headers"], |o| {
         o.lines().filter(|l| l.contains(" Ready ")).count() == 3
     });
+    // The node controller lifts the not-ready taints once it sees the nodes Ready.
+    eventually(
+        &s,
+        &["get", "nodes", "-o", "jsonpath={.items[*].spec.taints}"],
+        |o| o.trim().is_empty(),
+    );
     ok(
         &s,
         &["taint", "node", "sim-0000", "dedicated=db:NoSchedule"],

@@ -181,7 +181,6 @@ pub async fn run(
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let started = Timestamp::now();
-    let mut last_pass = std::time::Instant::now();
     loop {
         tokio::select! {
             ev = node_events.next() => if ev.is_none() { return },
@@ -193,19 +192,14 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        // A pass reads every pod: take what is queued first, and pass at most every 250 ms
-        // (node events in a burst wait for the next one, at most a second), so pods never
-        // pile up behind passes.
+        // A pass reads every pod: take what is queued first, so pods never pile up behind
+        // passes.
         while let Some(Some(ev)) = pod_events.next().now_or_never() {
             pods.apply_shared(ev);
-        }
-        if last_pass.elapsed() < Duration::from_millis(250) {
-            continue;
         }
         if !(super::ready(&nodes) && super::ready(&leases) && pods.synced) {
             continue;
         }
-        last_pass = std::time::Instant::now();
         let mut by_node: HashMap<&str, Vec<std::sync::Arc<Pod>>> = HashMap::new();
         for p in pods.items.values() {
             if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
