@@ -6,7 +6,6 @@
 //! schedule a hundred times has one Event "x100 over 5m".
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
@@ -15,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
+use tokio::sync::mpsc;
 
 /// How long a recorded event keeps absorbing repeats (upstream's correlator: 10 minutes).
 const WINDOW: Duration = Duration::from_secs(600);
@@ -54,30 +54,81 @@ struct Seen {
     at: Instant,
 }
 
-/// Records the events of one component.
+/// How many events may wait for the writer before new ones are dropped (upstream's
+/// broadcaster queues 1,000 and drops when full, so a burst never stalls a controller).
+const QUEUED: usize = 1000;
+
+/// One event waiting to be written.
+struct Pending {
+    about: ObjectReference,
+    ty: Type,
+    reason: String,
+    message: String,
+    at: Timestamp,
+}
+
+/// Records the events of one component. Recording never waits for the API: events go to a
+/// queue that one background task writes, deduplicating repeats, as upstream's event
+/// broadcaster and correlator do.
 pub struct Recorder {
+    queue: mpsc::Sender<Pending>,
+}
+
+/// The background writer's state.
+struct Writer {
     client: Client,
     component: String,
     host: Option<String>,
     /// Events recorded within the window, and when the map was last pruned.
-    seen: Mutex<(HashMap<Key, Seen>, Instant)>,
+    seen: HashMap<Key, Seen>,
+    pruned: Instant,
 }
 
 impl Recorder {
     /// A recorder for `component` (`default-scheduler`, `replicaset-controller`, `kubelet`),
-    /// on `host` for node-local components.
+    /// on `host` for node-local components. Must be called inside the tokio runtime; the
+    /// writer stops once the recorder is dropped and its queue is written.
     pub fn new(client: Client, component: &str, host: Option<&str>) -> Recorder {
-        Recorder {
+        let (queue, mut rx) = mpsc::channel::<Pending>(QUEUED);
+        let mut writer = Writer {
             client,
             component: component.to_string(),
             host: host.map(str::to_string),
-            seen: Mutex::new((HashMap::new(), Instant::now())),
-        }
+            seen: HashMap::new(),
+            pruned: Instant::now(),
+        };
+        tokio::spawn(async move {
+            while let Some(p) = rx.recv().await {
+                writer.write(p).await;
+            }
+        });
+        Recorder { queue }
     }
 
-    /// Records an event about `about`; failures are logged, never returned (events are
-    /// best-effort, as upstream's).
+    /// Queues an event about `about`; dropped (and logged) if the queue is full.
     pub async fn record(&self, about: &ObjectReference, ty: Type, reason: &str, message: &str) {
+        let pending = Pending {
+            about: about.clone(),
+            ty,
+            reason: reason.to_string(),
+            message: message.to_string(),
+            at: Timestamp::now(),
+        };
+        if let Err(e) = self.queue.try_send(pending) {
+            tracing::debug!(reason, error = %e, "event queue full; dropping an event");
+        }
+    }
+}
+
+impl Writer {
+    async fn write(&mut self, p: Pending) {
+        let Pending {
+            about,
+            ty,
+            reason,
+            message,
+            at: now,
+        } = p;
         let ns = about
             .namespace
             .clone()
@@ -89,26 +140,21 @@ impl Recorder {
             name: about.name.clone().unwrap_or_default(),
             kind: about.kind.clone().unwrap_or_default(),
             ty,
-            reason: reason.to_string(),
-            message: message.to_string(),
+            reason: reason.clone(),
+            message: message.clone(),
         };
-        let now = Timestamp::now();
-        let repeat = {
-            let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            let (seen, pruned) = &mut *guard;
-            // Pruning walks every entry: once a second at most, not per event.
-            if pruned.elapsed() >= Duration::from_secs(1) {
-                seen.retain(|_, s| s.at.elapsed() < WINDOW);
-                *pruned = Instant::now();
+        // Pruning walks every entry: once a second at most, not per event.
+        if self.pruned.elapsed() >= Duration::from_secs(1) {
+            self.seen.retain(|_, s| s.at.elapsed() < WINDOW);
+            self.pruned = Instant::now();
+        }
+        let repeat = match self.seen.get_mut(&key).filter(|s| s.at.elapsed() < WINDOW) {
+            Some(s) => {
+                s.count += 1;
+                s.at = Instant::now();
+                Some((s.name.clone(), s.count))
             }
-            match seen.get_mut(&key).filter(|s| s.at.elapsed() < WINDOW) {
-                Some(s) => {
-                    s.count += 1;
-                    s.at = Instant::now();
-                    Some((s.name.clone(), s.count))
-                }
-                None => None,
-            }
+            None => None,
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         if let Some((name, count)) = repeat {
@@ -134,9 +180,9 @@ impl Recorder {
                 namespace: Some(ns.clone()),
                 ..Default::default()
             },
-            involved_object: about.clone(),
-            reason: Some(reason.to_string()),
-            message: Some(message.to_string()),
+            involved_object: about,
+            reason: Some(reason.clone()),
+            message: Some(message),
             type_: Some(ty.as_str().to_string()),
             source: Some(EventSource {
                 component: Some(self.component.clone()),
@@ -151,12 +197,10 @@ impl Recorder {
         };
         match api.create(&PostParams::default(), &event).await {
             Ok(_) => {
-                let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-                let seen = &mut guard.0;
-                if seen.len() >= REMEMBERED {
-                    seen.clear();
+                if self.seen.len() >= REMEMBERED {
+                    self.seen.clear();
                 }
-                seen.insert(
+                self.seen.insert(
                     key,
                     Seen {
                         name,
@@ -165,7 +209,7 @@ impl Recorder {
                     },
                 );
             }
-            Err(e) => tracing::debug!(reason, error = %e, "recording an event"),
+            Err(e) => tracing::debug!(reason = %reason, error = %e, "recording an event"),
         }
     }
 }

@@ -124,7 +124,7 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
             due = pacer.next() => dirty.extend(due),
             _ = stop.changed() => return,
         }
-        if !(cron_jobs.synced && jobs.synced && pacer.settled()) {
+        if !(cron_jobs.synced && jobs.synced && pacer.ready(!dirty.is_empty())) {
             continue;
         }
         for uid in std::mem::take(&mut dirty) {

@@ -89,7 +89,7 @@ pub async fn run(
             due = pacer.next() => dirty.extend(due),
             _ = stop.changed() => return,
         }
-        if !(pdbs.synced && pods.synced && pacer.settled()) {
+        if !(pdbs.synced && pods.synced && pacer.ready(!dirty.is_empty())) {
             continue;
         }
         for uid in std::mem::take(&mut dirty) {

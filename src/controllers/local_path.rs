@@ -104,7 +104,7 @@ pub async fn run(shared: Client, writer: Client, dir: PathBuf, mut stop: watch::
             due = pacer.next() => dirty.extend(due),
             _ = stop.changed() => return,
         }
-        if !(claims.synced && classes.synced && pacer.settled()) {
+        if !(claims.synced && classes.synced && pacer.ready(!dirty.is_empty())) {
             continue;
         }
         for uid in std::mem::take(&mut dirty) {

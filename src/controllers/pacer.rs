@@ -20,6 +20,8 @@ async fn sleep_until(t: Option<Instant>) {
 pub struct Pacer<K> {
     later: BinaryHeap<Reverse<(Instant, K)>>,
     pass_at: Option<Instant>,
+    /// The burst deadline passed: the next pass may run.
+    due: bool,
 }
 
 impl<K: Ord + Clone> Default for Pacer<K> {
@@ -27,21 +29,29 @@ impl<K: Ord + Clone> Default for Pacer<K> {
         Pacer {
             later: BinaryHeap::new(),
             pass_at: None,
+            due: false,
         }
     }
 }
 
 impl<K: Ord + Clone> Pacer<K> {
-    /// Starts the burst deadline when there is work and none is running.
+    /// Starts the burst deadline when there is work and no deadline is running or passed.
     pub fn arm(&mut self, work: bool) {
-        if work && self.pass_at.is_none() {
+        if work && self.pass_at.is_none() && !self.due {
             self.pass_at = Some(Instant::now() + BURST);
         }
     }
 
-    /// Whether the burst has settled, so a pass may run.
-    pub fn settled(&self) -> bool {
-        self.pass_at.is_none()
+    /// Whether a pass may run now (its burst deadline passed; the pass is then taken). Called
+    /// after each event with whether there is work: new work starts a deadline instead, so a
+    /// stream of events is handled in passes over bursts, never one pass per event.
+    pub fn ready(&mut self, work: bool) -> bool {
+        if self.due {
+            self.due = false;
+            return true;
+        }
+        self.arm(work);
+        false
     }
 
     /// Looks at `key` again after `delay`.
@@ -67,6 +77,7 @@ impl<K: Ord + Clone> Pacer<K> {
             }
             _ = sleep_until(self.pass_at) => {
                 self.pass_at = None;
+                self.due = true;
                 Vec::new()
             }
         }
@@ -80,11 +91,12 @@ mod tests {
     #[tokio::test]
     async fn bursts_settle_and_rechecks_fall_due() {
         let mut p: Pacer<&str> = Pacer::default();
-        p.arm(true);
-        assert!(!p.settled());
+        assert!(!p.ready(true), "new work waits for its burst");
+        assert!(!p.ready(true), "more work joins the burst");
         p.after("a", Duration::from_millis(50));
         assert!(p.next().await.is_empty(), "the burst deadline comes first");
-        assert!(p.settled());
+        assert!(p.ready(true));
+        assert!(!p.ready(false), "a pass is taken once");
         assert_eq!(p.next().await, ["a"]);
     }
 }

@@ -328,7 +328,8 @@ pub async fn run(
             due = pacer.next() => dirty.extend(due),
             _ = stop.changed() => return,
         }
-        if !(owners_synced && pods_synced && pacer.settled()) {
+        if !(owners_synced && pods_synced && pacer.ready(!dirty.is_empty() || !dirty_ns.is_empty()))
+        {
             continue;
         }
         if !dirty_ns.is_empty() {

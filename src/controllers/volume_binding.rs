@@ -181,7 +181,7 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
             due = pacer.next() => dirty.extend(due),
             _ = stop.changed() => return,
         }
-        if !(claims.synced && volumes.synced && classes.synced && pacer.settled()) {
+        if !(claims.synced && volumes.synced && classes.synced && pacer.ready(!dirty.is_empty())) {
             continue;
         }
         let mut taken: HashSet<String> = HashSet::new();

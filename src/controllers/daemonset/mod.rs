@@ -260,7 +260,12 @@ pub async fn run(
             due = pacer.next() => dirty.extend(due),
             _ = stop.changed() => return,
         }
-        if !(sets.synced && pods.synced && nodes.synced && revisions.synced && pacer.settled()) {
+        if !(sets.synced
+            && pods.synced
+            && nodes.synced
+            && revisions.synced
+            && pacer.ready(!dirty.is_empty()))
+        {
             continue;
         }
         let all_nodes: Vec<Arc<Node>> = nodes.items.values().cloned().collect();

@@ -211,7 +211,7 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
             due = pacer.next() => dirty.extend(due),
             _ = stop.changed() => return,
         }
-        if !(d_synced && rs_synced && pacer.settled()) {
+        if !(d_synced && rs_synced && pacer.ready(!dirty.is_empty())) {
             continue;
         }
         for uid in std::mem::take(&mut dirty) {

@@ -248,7 +248,7 @@ pub async fn run(
             due = pacer.next() => dirty.extend(due),
             _ = stop.changed() => return,
         }
-        if !(jobs_synced && pods_synced && pacer.settled()) {
+        if !(jobs_synced && pods_synced && pacer.ready(!dirty.is_empty())) {
             continue;
         }
         for uid in std::mem::take(&mut dirty) {

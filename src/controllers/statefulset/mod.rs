@@ -148,7 +148,7 @@ pub async fn run(
             due = pacer.next() => dirty.extend(due),
             _ = stop.changed() => return,
         }
-        if !(sets.synced && pods.synced && revisions.synced && pacer.settled()) {
+        if !(sets.synced && pods.synced && revisions.synced && pacer.ready(!dirty.is_empty())) {
             continue;
         }
         for uid in std::mem::take(&mut dirty) {

@@ -2,7 +2,11 @@
 //! kind for the whole controller manager, each object decoded once and held once (`Arc`), and
 //! its events fanned out to every controller that subscribed. A controller that subscribes late
 //! first receives the current list (`Init`, `InitApply`..., `InitDone`), as a fresh watch would
-//! give it; a relist of the shared watch reaches every subscriber the same way.
+//! give it; a relist of the shared watch reaches every subscriber the same way. Each
+//! subscriber's queue keeps one pending update per object (`queue`), so a controller that lags
+//! during a burst holds the newest version of each object, not every version in between.
+
+mod queue;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,8 +28,8 @@ static QUEUED: crate::metrics::Desc = crate::metrics::Desc {
 
 /// The events a subscriber receives.
 pub type Event<K> = watcher::Event<Arc<K>>;
-/// A subscriber's queue and its name (the file that subscribed), for the backlog gauge.
-type Sink<K> = (mpsc::UnboundedSender<Event<K>>, &'static str);
+/// A subscriber's queue.
+type Sink<K> = Arc<queue::Queue<K>>;
 
 /// A handle to one shared watch.
 pub struct Informer<K> {
@@ -56,12 +60,12 @@ where
     #[track_caller]
     pub fn subscribe(&self) -> impl Stream<Item = Event<K>> + Send + Unpin + 'static {
         let who = subscriber(std::panic::Location::caller().file());
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = self.join.send((tx, who));
-        let kind = K::kind(&Default::default()).into_owned();
-        tokio_stream::wrappers::UnboundedReceiverStream::new(rx).inspect(move |_| {
-            crate::metrics::registry().add_gauge(&QUEUED, &[&kind, who], -1.0);
-        })
+        let sink = queue::Queue::new(K::kind(&Default::default()).into_owned(), who);
+        if self.join.send(sink.clone()).is_err() {
+            // The informer already stopped: the stream ends at once.
+            sink.end();
+        }
+        queue::stream(sink).boxed()
     }
 }
 
@@ -73,36 +77,31 @@ async fn fan_out<K>(
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default,
 {
-    let kind = K::kind(&Default::default()).into_owned();
     let mut events = watcher(api, Default::default()).default_backoff().boxed();
     let mut store: HashMap<String, Arc<K>> = HashMap::new();
     // While a (re)list is in progress: what it brought so far.
     let mut listing: Option<HashMap<String, Arc<K>>> = None;
     let mut synced = false;
-    let mut sinks: Vec<Sink<K>> = Vec::new();
+    let mut sinks = Sinks(Vec::new());
     loop {
         tokio::select! {
             sink = joins.recv() => {
-                let Some((sink, who)) = sink else { return };
+                let Some(sink) = sink else { return };
                 // Catch the newcomer up: the current list, then a list in progress.
-                let mut sent = 0usize;
                 if synced {
-                    sent += store.len() + 2;
-                    let _ = sink.send(watcher::Event::Init);
+                    sink.push(watcher::Event::Init);
                     for o in store.values() {
-                        let _ = sink.send(watcher::Event::InitApply(o.clone()));
+                        sink.push(watcher::Event::InitApply(o.clone()));
                     }
-                    let _ = sink.send(watcher::Event::InitDone);
+                    sink.push(watcher::Event::InitDone);
                 }
                 if let Some(partial) = &listing {
-                    sent += partial.len() + 1;
-                    let _ = sink.send(watcher::Event::Init);
+                    sink.push(watcher::Event::Init);
                     for o in partial.values() {
-                        let _ = sink.send(watcher::Event::InitApply(o.clone()));
+                        sink.push(watcher::Event::InitApply(o.clone()));
                     }
                 }
-                crate::metrics::registry().add_gauge(&QUEUED, &[&kind, who], sent as f64);
-                sinks.push((sink, who));
+                sinks.0.push(sink);
             }
             ev = events.next() => {
                 let ev = match ev {
@@ -149,15 +148,20 @@ async fn fan_out<K>(
                         watcher::Event::Delete(o)
                     }
                 };
-                sinks.retain(|(s, who)| {
-                    let sent = s.send(clone_event(&out)).is_ok();
-                    if sent {
-                        crate::metrics::registry().add_gauge(&QUEUED, &[&kind, who], 1.0);
-                    }
-                    sent
-                });
+                sinks.0.retain(|s| s.push(clone_event(&out)));
             }
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The informer's subscribers; their streams end when the informer stops.
+struct Sinks<K: Resource>(Vec<Sink<K>>);
+
+impl<K: Resource> Drop for Sinks<K> {
+    fn drop(&mut self) {
+        for s in &self.0 {
+            s.end();
         }
     }
 }
