@@ -75,28 +75,39 @@ fn node_name(pod: &Pod) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
+/// The scheduler never reads managedFields, often the larger part of an object; as upstream's
+/// informers do, they are not kept.
+fn drop_managed_fields<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
 /// Runs until `stop` turns true.
 pub async fn run(client: Client, mut stop: watch::Receiver<bool>) {
     let mut pods = watcher(Api::<Pod>::all(client.clone()), Default::default())
         .default_backoff()
+        .modify(drop_managed_fields)
         .boxed();
     let mut nodes = watcher(Api::<Node>::all(client.clone()), Default::default())
         .default_backoff()
+        .modify(drop_managed_fields)
         .boxed();
     let mut claims = watcher(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         Default::default(),
     )
     .default_backoff()
+    .modify(drop_managed_fields)
     .boxed();
     let mut pvs = watcher(
         Api::<PersistentVolume>::all(client.clone()),
         Default::default(),
     )
     .default_backoff()
+    .modify(drop_managed_fields)
     .boxed();
     let mut classes = watcher(Api::<StorageClass>::all(client.clone()), Default::default())
         .default_backoff()
+        .modify(drop_managed_fields)
         .boxed();
     let volumes = plugins::volume_binding::Shared::default();
     let (tx, mut bound) = mpsc::unbounded_channel();
