@@ -14,6 +14,8 @@ pub mod controllers;
 pub mod cron;
 #[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
 pub mod events;
+#[cfg(any(feature = "scheduler", feature = "controllers"))]
+pub mod informer;
 #[cfg(feature = "kubelet")]
 pub mod kubelet;
 #[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]

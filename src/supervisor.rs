@@ -374,6 +374,19 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             }
         }
     };
+    // One pod watch for the controllers and the scheduler of this process, as upstream's shared
+    // informers give every controller of a manager one cache: each pod decoded and held once.
+    #[cfg(all(
+        feature = "apiserver",
+        any(feature = "controllers", feature = "scheduler")
+    ))]
+    let informers = crate::informer::Informers::start(
+        crate::apiserver::local_client::client(
+            api.app.clone(),
+            crate::apiserver::local_client::controller_manager_user(),
+        ),
+        stop_rx.clone(),
+    );
     #[cfg(all(feature = "apiserver", feature = "controllers"))]
     let controllers = (!cfg.disable_controllers).then(|| {
         use crate::apiserver::local_client;
@@ -410,8 +423,9 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             "kube-controller-manager",
             &crate::leader::identity(&cfg.data_dir),
         );
+        let informers = informers.clone();
         tokio::spawn(elector.run(stop_rx.clone(), move |stop| {
-            crate::controllers::run(clients.clone(), ctx.clone(), stop)
+            crate::controllers::run(clients.clone(), ctx.clone(), informers.clone(), stop)
         }))
     });
     #[cfg(all(feature = "apiserver", feature = "scheduler"))]
@@ -424,8 +438,9 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             "kube-scheduler",
             &crate::leader::identity(&cfg.data_dir),
         );
+        let pods = informers.pods.clone();
         tokio::spawn(elector.run(stop_rx.clone(), move |stop| {
-            crate::scheduler::run(client.clone(), stop)
+            crate::scheduler::run(client.clone(), pods.clone(), stop)
         }))
     });
     #[cfg(all(feature = "apiserver", feature = "kubelet"))]

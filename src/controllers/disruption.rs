@@ -23,9 +23,9 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use super::cache::{Cache, Change};
-use super::informer::Informer;
 use super::pacer::Pacer;
 use super::pod_state::{ready_since, terminating};
+use crate::informer::Informer;
 use crate::labels;
 
 /// How long an evicted pod counts as disrupted while it is not yet terminating.

@@ -27,7 +27,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
-use super::informer::Informer;
+use crate::informer::Informer;
 use crate::labels;
 
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";

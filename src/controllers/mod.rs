@@ -26,7 +26,6 @@ pub mod endpoints;
 pub mod garbage_collector;
 pub mod history;
 pub mod hpa;
-pub mod informer;
 pub mod job;
 pub mod local_path;
 pub mod namespace;
@@ -122,10 +121,15 @@ pub struct Context {
     pub local_path: Option<std::path::PathBuf>,
 }
 
-/// Runs every controller until `stop` turns true.
-pub async fn run(clients: Clients, ctx: Context, stop: watch::Receiver<bool>) {
+/// Runs every controller until `stop` turns true, reading pods through the process's shared
+/// `informers`.
+pub async fn run(
+    clients: Clients,
+    ctx: Context,
+    informers: crate::informer::Informers,
+    stop: watch::Receiver<bool>,
+) {
     let account = |name: &str| (clients.for_account)(name);
-    let informers = informer::Informers::start(clients.shared.clone(), stop.clone());
     let mut tasks = vec![
         tokio::spawn(clusterrole_aggregation::run(
             account("clusterrole-aggregation-controller"),

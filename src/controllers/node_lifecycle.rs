@@ -23,8 +23,8 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::cache::Cache;
-use super::informer::Informer;
 use crate::events::{self, Recorder, Type};
+use crate::informer::Informer;
 use crate::taints;
 
 const NOT_READY: &str = "node.kubernetes.io/not-ready";

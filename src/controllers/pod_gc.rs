@@ -19,8 +19,8 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::cache::Cache;
-use super::informer::Informer;
 use super::pod_state::{phase, terminating};
+use crate::informer::Informer;
 
 /// How often the collector looks.
 const PERIOD: Duration = Duration::from_secs(20);

@@ -27,10 +27,10 @@ use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::informer::Informer;
 use super::pacer::Pacer;
 use super::pod_state::{active, ready_since};
 use crate::events::{Recorder, Type};
+use crate::informer::Informer;
 use crate::labels;
 
 /// The most pods created or deleted in one sync (upstream's burstReplicas).

@@ -11,7 +11,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
 use super::cache::Cache;
-use super::informer::Informer;
+use crate::informer::Informer;
 
 const PVC: &str = "kubernetes.io/pvc-protection";
 const PV: &str = "kubernetes.io/pv-protection";

@@ -82,11 +82,12 @@ fn drop_managed_fields<K: kube::Resource>(o: &mut K) {
 }
 
 /// Runs until `stop` turns true.
-pub async fn run(client: Client, mut stop: watch::Receiver<bool>) {
-    let mut pods = watcher(Api::<Pod>::all(client.clone()), Default::default())
-        .default_backoff()
-        .modify(drop_managed_fields)
-        .boxed();
+pub async fn run(
+    client: Client,
+    pod_informer: crate::informer::Informer<Pod>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut pods = pod_informer.subscribe();
     let mut nodes = watcher(Api::<Node>::all(client.clone()), Default::default())
         .default_backoff()
         .modify(drop_managed_fields)
@@ -129,12 +130,11 @@ pub async fn run(client: Client, mut stop: watch::Receiver<bool>) {
         let can_schedule = pods_synced && nodes_synced && s.queue.has_active();
         tokio::select! {
             ev = pods.next() => match ev {
-                Some(Ok(ev)) => {
+                Some(ev) => {
                     if s.pod_event(ev, &mut pod_init) {
                         pods_synced = true;
                     }
                 }
-                Some(Err(e)) => tracing::debug!(error = %e, "watching pods"),
                 None => return,
             },
             ev = nodes.next() => match ev {
@@ -167,7 +167,7 @@ pub async fn run(client: Client, mut stop: watch::Receiver<bool>) {
 
 impl Scheduler {
     /// Handles a pod watch event; true once the initial list is in.
-    fn pod_event(&mut self, ev: watcher::Event<Pod>, init: &mut HashSet<String>) -> bool {
+    fn pod_event(&mut self, ev: crate::informer::Event<Pod>, init: &mut HashSet<String>) -> bool {
         match ev {
             watcher::Event::Init => init.clear(),
             watcher::Event::InitApply(p) => {
@@ -208,7 +208,7 @@ impl Scheduler {
         }
     }
 
-    fn pod_changed(&mut self, pod: Pod) {
+    fn pod_changed(&mut self, pod: Arc<Pod>) {
         let uid = pod.uid().unwrap_or_default();
         if terminal(&pod) {
             self.forget_pod(&uid);
@@ -216,8 +216,7 @@ impl Scheduler {
         }
         if let Some(node) = node_name(&pod).map(str::to_string) {
             self.queue.remove(&uid);
-            self.cache
-                .confirm(Arc::new(PodInfo::new(Arc::new(pod))), &node);
+            self.cache.confirm(Arc::new(PodInfo::new(pod)), &node);
             return;
         }
         if !responsible(&pod) || self.cache.is_placed(&uid) {
@@ -227,7 +226,7 @@ impl Scheduler {
             self.queue.remove(&uid);
             return;
         }
-        self.queue.add(Arc::new(PodInfo::new(Arc::new(pod))));
+        self.queue.add(Arc::new(PodInfo::new(pod)));
     }
 
     fn node_event(&mut self, ev: watcher::Event<Node>, init: &mut HashSet<String>) -> bool {

@@ -28,9 +28,9 @@ use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::informer::Informer;
 use super::pacer::Pacer;
 use crate::events::{self, Recorder, Type};
+use crate::informer::Informer;
 
 mod pods;
 

@@ -25,9 +25,9 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use super::cache::{controller_of, orphan, Cache, Change};
-use super::informer::Informer;
 use super::pacer::Pacer;
 use crate::events::Recorder;
+use crate::informer::Informer;
 use crate::labels;
 
 mod claims;
