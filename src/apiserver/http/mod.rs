@@ -250,13 +250,23 @@ pub(crate) fn long_running(req: &Request) -> bool {
         || req.uri().path().contains("/watch/")
 }
 
+/// Whether a request is a Lease read or write: node heartbeats and leader election, which
+/// upstream's priority and fairness serves at its own levels (`node-high`, `leader-election`)
+/// so a burst of other work never starves them. Here they are not counted against the limits:
+/// there is one Lease per node and per elected component, each a small object.
+fn heartbeat(req: &Request) -> bool {
+    req.uri()
+        .path()
+        .starts_with("/apis/coordination.k8s.io/")
+}
+
 /// Answers 429 with Retry-After when too many requests are being served.
 async fn limit_in_flight(
     axum::extract::State(limits): axum::extract::State<InFlight>,
     req: Request,
     next: Next,
 ) -> Response {
-    if long_running(&req) {
+    if long_running(&req) || heartbeat(&req) {
         return next.run(req).await;
     }
     let mutating = !matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS");
@@ -529,9 +539,13 @@ mod tests {
             reads: Arc::new(tokio::sync::Semaphore::new(0)),
             writes: Arc::new(tokio::sync::Semaphore::new(1)),
         };
-        let app = Router::new().route("/x", get(|| async { "ok" })).layer(
-            axum::middleware::from_fn_with_state(limits, limit_in_flight),
-        );
+        let app = Router::new()
+            .route("/x", get(|| async { "ok" }))
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n",
+                get(|| async { "ok" }),
+            )
+            .layer(axum::middleware::from_fn_with_state(limits, limit_in_flight));
         let resp = app
             .clone()
             .oneshot(
@@ -544,6 +558,7 @@ mod tests {
         assert_eq!(resp.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()["retry-after"], "1");
         let watch = app
+            .clone()
             .oneshot(
                 axum::http::Request::get("/x?watch=true")
                     .body(axum::body::Body::empty())
@@ -555,6 +570,22 @@ mod tests {
             watch.status(),
             axum::http::StatusCode::OK,
             "watches are not counted"
+        );
+        let lease = app
+            .clone()
+            .oneshot(
+                axum::http::Request::get(
+                    "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n",
+                )
+                .body(axum::body::Body::empty())
+                .expect("req"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(
+            lease.status(),
+            axum::http::StatusCode::OK,
+            "heartbeats are not counted"
         );
     }
 
