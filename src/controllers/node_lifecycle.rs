@@ -192,8 +192,11 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        // A pass reads every pod: take what is queued first, so pods never pile up behind
-        // passes.
+        // A pass reads every node, lease and pod: take what is queued first, so the pass
+        // never works from stale objects (with 1,000 nodes, passes over a stale node store
+        // had every taint and status write conflict) and nothing piles up behind passes.
+        while let Some(Some(_)) = node_events.next().now_or_never() {}
+        while let Some(Some(_)) = background.next().now_or_never() {}
         while let Some(Some(ev)) = pod_events.next().now_or_never() {
             pods.apply_shared(ev);
         }

@@ -255,9 +255,7 @@ pub(crate) fn long_running(req: &Request) -> bool {
 /// so a burst of other work never starves them. Here they are not counted against the limits:
 /// there is one Lease per node and per elected component, each a small object.
 fn heartbeat(req: &Request) -> bool {
-    req.uri()
-        .path()
-        .starts_with("/apis/coordination.k8s.io/")
+    req.uri().path().starts_with("/apis/coordination.k8s.io/")
 }
 
 /// Answers 429 with Retry-After when too many requests are being served.
@@ -545,7 +543,10 @@ mod tests {
                 "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n",
                 get(|| async { "ok" }),
             )
-            .layer(axum::middleware::from_fn_with_state(limits, limit_in_flight));
+            .layer(axum::middleware::from_fn_with_state(
+                limits,
+                limit_in_flight,
+            ));
         let resp = app
             .clone()
             .oneshot(

@@ -129,22 +129,31 @@ pub async fn run(
         })
         .await;
     tracing::info!(nodes = nodes.len(), "simulated nodes registered");
-    let leases = tokio::spawn(renew_leases(nodes.clone(), stop.clone()));
+    let leases = tokio::spawn(heartbeats(nodes.clone(), cfg.clone(), stop.clone()));
     pods::run(nodes, usage, clients, stop).await;
     let _ = leases.await;
 }
 
-async fn renew_leases(nodes: Arc<Vec<node::SimNode>>, mut stop: watch::Receiver<bool>) {
+/// Every 10 s, each node renews its Lease and checks its Node is still Ready.
+async fn heartbeats(
+    nodes: Arc<Vec<node::SimNode>>,
+    cfg: SimConfig,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(LEASE_RENEW);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        let cfg = &cfg;
         futures::stream::iter(nodes.iter())
             .for_each_concurrent(CONCURRENCY, |n| async move {
                 if let Err(e) = n.renew_lease().await {
                     tracing::debug!(node = %n.name, error = %e, "renewing a simulated node's lease");
+                }
+                if let Err(e) = n.check_status(cfg).await {
+                    tracing::debug!(node = %n.name, error = %e, "checking a simulated node's status");
                 }
             })
             .await;

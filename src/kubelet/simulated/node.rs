@@ -171,6 +171,25 @@ impl SimNode {
         self.renew_lease().await
     }
 
+    /// The kubelet's status loop: reads the Node and posts the status again when its Ready
+    /// condition is not True (the node lifecycle controller marked it Unknown while heartbeats
+    /// were late), as the kubelet does on its next status update.
+    pub async fn check_status(&self, cfg: &SimConfig) -> Result<(), kube::Error> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let node = api.get(&self.name).await?;
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if !ready {
+            let status = json!({"status": self.status(cfg)});
+            api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&status))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Moves the Lease's renewTime to now, creating the Lease if it is missing.
     pub async fn renew_lease(&self) -> Result<(), kube::Error> {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NS);
