@@ -547,44 +547,27 @@ mod tests {
                 limits,
                 limit_in_flight,
             ));
-        let resp = app
-            .clone()
-            .oneshot(
-                axum::http::Request::get("/x")
+        let status = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                let req = axum::http::Request::get(path)
                     .body(axum::body::Body::empty())
-                    .expect("req"),
-            )
-            .await
-            .expect("response");
+                    .expect("req");
+                app.oneshot(req).await.expect("response")
+            }
+        };
+        let resp = status("/x").await;
         assert_eq!(resp.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()["retry-after"], "1");
-        let watch = app
-            .clone()
-            .oneshot(
-                axum::http::Request::get("/x?watch=true")
-                    .body(axum::body::Body::empty())
-                    .expect("req"),
-            )
-            .await
-            .expect("response");
         assert_eq!(
-            watch.status(),
+            status("/x?watch=true").await.status(),
             axum::http::StatusCode::OK,
             "watches are not counted"
         );
-        let lease = app
-            .clone()
-            .oneshot(
-                axum::http::Request::get(
-                    "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n",
-                )
-                .body(axum::body::Body::empty())
-                .expect("req"),
-            )
-            .await
-            .expect("response");
         assert_eq!(
-            lease.status(),
+            status("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n")
+                .await
+                .status(),
             axum::http::StatusCode::OK,
             "heartbeats are not counted"
         );
