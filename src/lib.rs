@@ -8,6 +8,8 @@
 pub mod apiserver;
 pub mod bench;
 pub mod cli;
+#[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
+pub mod conditions;
 #[cfg(feature = "controllers")]
 pub mod controllers;
 #[cfg(any(feature = "apiserver", feature = "controllers"))]
@@ -29,6 +31,8 @@ pub mod placement;
 pub mod quantity;
 pub mod quota;
 pub mod resource_metrics;
+#[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
+pub mod retry;
 #[cfg(feature = "scheduler")]
 pub mod scheduler;
 pub mod store;

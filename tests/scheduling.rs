@@ -220,6 +220,30 @@ fn refusals_say_why_and_pods_wait_for_a_node_that_fits() {
         ],
     );
     assert_eq!(taints, "node.kubernetes.io/unschedulable");
+
+    // A simulated node that finds itself not Ready posts its status again, as a kubelet does.
+    ok(
+        &s,
+        &[
+            "patch",
+            "node",
+            "sim-0002",
+            "--subresource=status",
+            "-p",
+            "{\"status\":{\"conditions\":[{\"type\":\"Ready\",\"status\":\"False\",\"reason\":\"Test\"}]}}",
+        ],
+    );
+    eventually(
+        &s,
+        &[
+            "get",
+            "node",
+            "sim-0002",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].reason}",
+        ],
+        |o| o == "KubeletReady",
+    );
 }
 
 #[test]

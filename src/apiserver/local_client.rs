@@ -1,14 +1,9 @@
 //! API clients inside the process: a `kube::Client` whose requests go straight to the router,
 //! with an identity attached as a client certificate would attach it, so in-process controllers
-//! are authenticated, authorized and admitted exactly as remote ones. Like client-go, the
-//! client retries a request the server refused with 429 after its Retry-After, up to ten times,
-//! so a burst that fills the in-flight limits slows the components down instead of losing
-//! their writes.
-
-use std::time::Duration;
+//! are authenticated, authorized and admitted exactly as remote ones. Like every client k1s
+//! builds, it retries a request refused with 429 ([`crate::retry`]).
 
 use axum::Router;
-use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 use super::http::{Caller, User};
@@ -34,20 +29,6 @@ fn agent(user: &User) -> axum::http::HeaderValue {
         .unwrap_or_else(|_| axum::http::HeaderValue::from_static("k1s"))
 }
 
-/// Retries of a request refused with 429 (client-go's maxRetries).
-const RETRIES_ON_429: u32 = 10;
-
-/// How long the server asks to wait, from Retry-After in seconds (1 s when absent, at most 10).
-fn retry_after(resp: &axum::response::Response) -> Duration {
-    let secs = resp
-        .headers()
-        .get(axum::http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(1);
-    Duration::from_secs(secs.clamp(1, 10))
-}
-
 /// A client acting as `user`.
 pub fn client(app: Router, user: User) -> kube::Client {
     let ua = agent(&user);
@@ -55,34 +36,18 @@ pub fn client(app: Router, user: User) -> kube::Client {
         let (app, user, ua) = (app.clone(), user.clone(), ua.clone());
         async move {
             let (parts, body) = req.into_parts();
-            // Request bodies are small JSON documents: kept whole, so a refused one can be
-            // sent again.
-            let body = body.collect().await?.to_bytes();
-            let mut attempt = 0;
-            loop {
-                let mut req = axum::http::Request::new(axum::body::Body::from(body.clone()));
-                *req.method_mut() = parts.method.clone();
-                *req.uri_mut() = parts.uri.clone();
-                *req.version_mut() = parts.version;
-                *req.headers_mut() = parts.headers.clone();
-                req.extensions_mut().insert(Caller(Some(user.clone())));
-                req.headers_mut()
-                    .entry(axum::http::header::USER_AGENT)
-                    .or_insert_with(|| ua.clone());
-                let resp = match app.clone().oneshot(req).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                };
-                if resp.status() != axum::http::StatusCode::TOO_MANY_REQUESTS
-                    || attempt >= RETRIES_ON_429
-                {
-                    return Ok::<_, kube::Error>(resp);
-                }
-                attempt += 1;
-                tokio::time::sleep(retry_after(&resp)).await;
+            let mut req = axum::http::Request::from_parts(parts, axum::body::Body::new(body));
+            req.extensions_mut().insert(Caller(Some(user)));
+            req.headers_mut()
+                .entry(axum::http::header::USER_AGENT)
+                .or_insert(ua);
+            match app.oneshot(req).await {
+                Ok(resp) => Ok::<_, kube::Error>(resp),
+                Err(never) => match never {},
             }
         }
     });
+    let svc = tower::Layer::layer(&crate::retry::RetryOn429, svc);
     kube::Client::new(svc, "default")
 }
 

@@ -89,7 +89,7 @@ async fn client(kubeconfig: &std::path::Path) -> Result<kube::Client, BenchError
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .map_err(|e| err("kubeconfig", e))?;
-    kube::Client::try_from(cfg).map_err(|e| err("client", e))
+    crate::retry::client(cfg).map_err(|e| err("client", e))
 }
 
 fn deployment(name: &str, replicas: usize) -> Result<Deployment, BenchError> {
@@ -161,12 +161,7 @@ pub async fn run(args: ScaleBenchArgs) -> Result<(), BenchError> {
         let ready = list
             .items
             .iter()
-            .filter(|n| {
-                n.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
+            .filter(|n| crate::conditions::node_ready(n))
             .count();
         if ready >= args.nodes {
             break;

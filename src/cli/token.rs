@@ -115,7 +115,7 @@ async fn client(args: &ClientArgs) -> Result<kube::Client, TokenError> {
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .map_err(|e| bad(e.to_string()))?;
-    Ok(kube::Client::try_from(cfg)?)
+    Ok(crate::retry::client(cfg)?)
 }
 
 fn secrets(c: kube::Client) -> kube::Api<k8s_openapi::api::core::v1::Secret> {

@@ -27,6 +27,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
+use crate::conditions::pod_ready;
 use crate::informer::Informer;
 use crate::labels;
 
@@ -47,13 +48,6 @@ struct PodEndpoint {
     hostname: Option<String>,
     target: ObjectReference,
     ports: Vec<EndpointPort>,
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The service's ports resolved against a pod, or `None` when a named port is missing.

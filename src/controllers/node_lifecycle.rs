@@ -23,6 +23,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::cache::Cache;
+use crate::conditions::{node_condition, pod_ready};
 use crate::events::{self, Recorder, Type};
 use crate::informer::Informer;
 use crate::taints;
@@ -49,25 +50,15 @@ const CONDITION_TAINTS: [(&str, &str, &str); 6] = [
 ];
 const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 
-fn condition_status<'a>(node: &'a Node, ty: &str) -> Option<&'a str> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == ty)
-        .map(|c| c.status.as_str())
-}
-
 /// The taints the controller manages that `node` should carry, as (key, effect).
 fn wanted_taints(node: &Node) -> BTreeSet<(&'static str, &'static str)> {
     let mut out = BTreeSet::new();
     for (ty, status, key) in CONDITION_TAINTS {
-        if condition_status(node, ty) == Some(status) {
+        if node_condition(node, ty) == Some(status) {
             out.insert((key, "NoSchedule"));
         }
     }
-    match condition_status(node, "Ready") {
+    match node_condition(node, "Ready") {
         Some("False") => {
             out.insert((NOT_READY, "NoExecute"));
         }
@@ -246,7 +237,7 @@ impl Ctl {
             None => (created, self.startup_grace),
         };
         let stale = now.duration_since(seen).unsigned_abs() > grace;
-        if stale && condition_status(node, "Ready") != Some("Unknown") {
+        if stale && node_condition(node, "Ready") != Some("Unknown") {
             self.mark_unknown(&api, node).await?;
             self.mark_pods_not_ready(pods).await;
             return Ok(()); // the node event that follows brings the taints
@@ -311,15 +302,12 @@ impl Ctl {
 
     async fn mark_pods_not_ready(&self, pods: &[std::sync::Arc<Pod>]) {
         for pod in pods {
+            if !pod_ready(pod) {
+                continue;
+            }
             let Some(conditions) = pod.status.as_ref().and_then(|s| s.conditions.clone()) else {
                 continue;
             };
-            if !conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-            {
-                continue;
-            }
             let conditions: Vec<serde_json::Value> = conditions
                 .iter()
                 .map(|c| {

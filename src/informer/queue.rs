@@ -75,9 +75,13 @@ impl<K: Resource> Queue<K> {
             watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
                 let uid = o.uid().unwrap_or_default();
                 match s.pending.get(&uid).copied() {
+                    // A pending entry points to a slot not yet taken (taking removes it);
+                    // should it not, the update is queued anew.
                     Some(at) => {
-                        let i = (at - s.taken) as usize;
-                        if let Some(slot) = s.slots.get_mut(i) {
+                        let slot = at
+                            .checked_sub(s.taken)
+                            .and_then(|i| usize::try_from(i).ok());
+                        if let Some(slot) = slot.and_then(|i| s.slots.get_mut(i)) {
                             *slot = ev;
                             return true;
                         }

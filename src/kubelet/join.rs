@@ -117,7 +117,7 @@ async fn client(
     )
     .await
     .map_err(|e| JoinError::Api(kube::Error::InferKubeconfig(e)))?;
-    Ok(Client::try_from(config)?)
+    Ok(crate::retry::client(config)?)
 }
 
 #[derive(Deserialize)]

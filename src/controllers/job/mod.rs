@@ -438,12 +438,7 @@ impl Ctl {
             .count();
         let ready = active
             .iter()
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
+            .filter(|p| crate::conditions::pod_ready(p))
             .count();
         let suspended = spec.suspend.unwrap_or(false);
         let mut recheck = None;

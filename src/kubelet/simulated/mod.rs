@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::Client;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
 use tokio::sync::watch;
 
 /// How often a node renews its Lease (upstream's kubelet: every 10 s for a 40 s lease).
@@ -129,34 +131,92 @@ pub async fn run(
         })
         .await;
     tracing::info!(nodes = nodes.len(), "simulated nodes registered");
-    let leases = tokio::spawn(heartbeats(nodes.clone(), cfg.clone(), stop.clone()));
+    let leases = tokio::spawn(heartbeats(nodes.clone(), stop.clone()));
+    let statuses = tokio::spawn(statuses(
+        nodes.clone(),
+        cfg.clone(),
+        clients.clone(),
+        stop.clone(),
+    ));
     pods::run(nodes, usage, clients, stop).await;
     let _ = leases.await;
+    let _ = statuses.await;
 }
 
-/// Every 10 s, each node renews its Lease and checks its Node is still Ready.
-async fn heartbeats(
-    nodes: Arc<Vec<node::SimNode>>,
-    cfg: SimConfig,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Every 10 s, each node renews its Lease.
+async fn heartbeats(nodes: Arc<Vec<node::SimNode>>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(LEASE_RENEW);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let cfg = &cfg;
         futures::stream::iter(nodes.iter())
             .for_each_concurrent(CONCURRENCY, |n| async move {
                 if let Err(e) = n.renew_lease().await {
                     tracing::debug!(node = %n.name, error = %e, "renewing a simulated node's lease");
                 }
-                if let Err(e) = n.check_status(cfg).await {
-                    tracing::debug!(node = %n.name, error = %e, "checking a simulated node's status");
-                }
             })
             .await;
+    }
+}
+
+/// The kubelet's status loop, driven by a watch on the nodes: a node whose Ready condition is
+/// not True (the node lifecycle controller marked it Unknown while its heartbeats were late)
+/// posts its status again, as the kubelet does on its next status update. One watch for every
+/// node when a reader may see them all; else each node watches its own Node.
+async fn statuses(
+    nodes: Arc<Vec<node::SimNode>>,
+    cfg: SimConfig,
+    clients: Clients,
+    stop: watch::Receiver<bool>,
+) {
+    let by_name: std::collections::HashMap<&str, &node::SimNode> =
+        nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let events = match clients.reader {
+        Some(reader) => {
+            let cfg = watcher::Config::default().labels(&format!("{}=true", node::SIMULATED_LABEL));
+            watcher(Api::<Node>::all(reader), cfg)
+                .default_backoff()
+                .boxed()
+        }
+        None => {
+            let per_node = nodes.iter().map(|n| {
+                let cfg = watcher::Config::default().fields(&format!("metadata.name={}", n.name));
+                watcher(Api::<Node>::all((clients.for_node)(&n.name)), cfg)
+                    .default_backoff()
+                    .boxed()
+            });
+            futures::stream::select_all(per_node).boxed()
+        }
+    };
+    let not_ready = events.filter_map(|ev| {
+        let node = match ev {
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => Some(n),
+            _ => None,
+        };
+        let sim = node
+            .filter(|n| !crate::conditions::node_ready(n))
+            .and_then(|n| by_name.get(n.metadata.name.as_deref()?).copied());
+        futures::future::ready(sim)
+    });
+    let cfg = &cfg;
+    let posts = not_ready.for_each_concurrent(CONCURRENCY, |n| async move {
+        // A lost post would leave the node not Ready until its next status change: retried.
+        for attempt in 0..5u32 {
+            match n.post_status(cfg).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(node = %n.name, attempt, error = %e, "posting a simulated node's status")
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let mut stop = stop;
+    tokio::select! {
+        _ = posts => {}
+        _ = stop.changed() => {}
     }
 }
 

@@ -165,28 +165,16 @@ impl SimNode {
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => return Err(e),
         }
-        let status = json!({"status": self.status(cfg)});
-        api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&status))
-            .await?;
+        self.post_status(cfg).await?;
         self.renew_lease().await
     }
 
-    /// The kubelet's status loop: reads the Node and posts the status again when its Ready
-    /// condition is not True (the node lifecycle controller marked it Unknown while heartbeats
-    /// were late), as the kubelet does on its next status update.
-    pub async fn check_status(&self, cfg: &SimConfig) -> Result<(), kube::Error> {
+    /// Posts the node's status: capacity, addresses, and conditions that are healthy as of now.
+    pub async fn post_status(&self, cfg: &SimConfig) -> Result<(), kube::Error> {
         let api: Api<Node> = Api::all(self.client.clone());
-        let node = api.get(&self.name).await?;
-        let ready = node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        if !ready {
-            let status = json!({"status": self.status(cfg)});
-            api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&status))
-                .await?;
-        }
+        let status = json!({"status": self.status(cfg)});
+        api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
         Ok(())
     }
 

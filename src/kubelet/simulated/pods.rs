@@ -181,17 +181,11 @@ fn gates(pod: &Pod) -> Vec<String> {
         .collect()
 }
 
-/// Whether the condition `ty` in the pod's status is True.
-fn condition_true(pod: &Pod, ty: &str) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == ty && c.status == "True"))
-}
-
 /// Whether every readiness gate holds, as the kubelet requires for Ready.
 fn gates_hold(pod: &Pod) -> bool {
-    gates(pod).iter().all(|g| condition_true(pod, g))
+    gates(pod)
+        .iter()
+        .all(|g| crate::conditions::pod_true(pod, g))
 }
 
 /// The pod's conditions with Ready set to `ready` (kept as they are otherwise).
@@ -255,7 +249,9 @@ impl Sim {
             }
             Some("Running") => {
                 // A readiness gate's condition changed: Ready follows it.
-                if !gates(&pod).is_empty() && gates_hold(&pod) != condition_true(&pod, "Ready") {
+                if !gates(&pod).is_empty()
+                    && gates_hold(&pod) != crate::conditions::pod_true(&pod, "Ready")
+                {
                     let status =
                         json!({"status": {"conditions": with_ready(&pod, gates_hold(&pod))}});
                     if let Err(e) = api
