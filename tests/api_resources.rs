@@ -135,7 +135,10 @@ fn paged_lists_and_watches() {
         let f = dir.path().join(format!("cm{i}.json"));
         std::fs::write(
             &f,
-            format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cm-{i}"}}}}"#),
+            format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cm-{i}","labels":{{"odd":"{}"}}}}}}"#,
+                i % 2 == 1
+            ),
         )
         .expect("write");
         let o = s.kubectl(&[
@@ -174,6 +177,31 @@ fn paged_lists_and_watches() {
     assert_eq!(page["items"].as_array().expect("items").len(), 3);
     assert_eq!(page["metadata"]["remainingItemCount"], 5);
     assert!(page["metadata"]["continue"].is_string());
+    // With a selector, each page holds `limit` matches; what is left is not counted (upstream).
+    let o = s.kubectl(&[
+        "get",
+        "cm",
+        "-l",
+        "odd=true",
+        "--chunk-size=1",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["configmap/cm-1", "configmap/cm-3", "configmap/cm-5"]
+    );
+    let o = s.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?limit=2&labelSelector=odd%3Dfalse",
+    ]);
+    let odd: serde_json::Value = serde_json::from_slice(&o.stdout).expect("list");
+    assert_eq!(odd["items"].as_array().expect("items").len(), 2);
+    assert!(odd["metadata"]["continue"].is_string());
+    assert!(odd["metadata"].get("remainingItemCount").is_none(), "{odd}");
 
     // A watch from the list's resourceVersion sees the next change.
     let rv = page["metadata"]["resourceVersion"]

@@ -145,6 +145,7 @@ mod cases {
             .range(RangeRequest {
                 prefix: "/t/items/".into(),
                 limit: 3,
+                count_all: true,
                 ..Default::default()
             })
             .await
@@ -152,6 +153,18 @@ mod cases {
         assert_eq!(first.kvs.len(), 3);
         assert!(first.more);
         assert_eq!(first.count, 10);
+        // Without count_all the page still says more keys follow.
+        let page = s
+            .range(RangeRequest {
+                prefix: "/t/items/".into(),
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .expect("range");
+        assert_eq!(page.kvs.len(), 3);
+        assert!(page.more);
+        assert!(page.count >= 4, "{}", page.count);
         let at = first.revision;
         // Change the world between pages; the pages must not see it.
         let k5 = s
@@ -174,6 +187,7 @@ mod cases {
                     start: Some(start.clone()),
                     revision: at,
                     limit: 3,
+                    ..Default::default()
                 })
                 .await
                 .expect("next page");

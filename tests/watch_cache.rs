@@ -52,7 +52,7 @@ mod cases {
         let page = c.list("/c/k", None, 2, ReadFrom::Any).await.expect("page");
         assert_eq!(page.kvs.len(), 2);
         assert!(page.more);
-        assert_eq!(page.remaining, 3);
+        assert_eq!(page.remaining, Some(3));
         let next = key_after(&page.kvs[1].key);
         let rest = c
             .list("/c/k", Some(&next), 0, ReadFrom::Any)

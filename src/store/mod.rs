@@ -161,6 +161,10 @@ pub struct RangeRequest {
     pub revision: Revision,
     /// At most this many keys; 0 means no limit.
     pub limit: usize,
+    /// Count the keys past `limit` too, as etcd's `count` does. Without it a backend may stop
+    /// reading at the first key past the limit (the embedded store then reads a page of a
+    /// large range, not all of it), and `count` covers only the keys it read.
+    pub count_all: bool,
 }
 
 /// The answer to a [`RangeRequest`].

@@ -65,8 +65,9 @@ pub struct CachedList {
     pub revision: Revision,
     /// More keys follow the last one returned.
     pub more: bool,
-    /// Keys not returned after this page.
-    pub remaining: i64,
+    /// Keys not returned after this page, when they were counted (a page read from the store
+    /// past its limit is not).
+    pub remaining: Option<i64>,
 }
 
 struct Watcher {
@@ -282,6 +283,7 @@ impl WatchCache {
         let end = prefix_end(prefix.as_bytes());
         let mut out = CachedList {
             revision: st.revision,
+            remaining: Some(0),
             ..Default::default()
         };
         for (key, kv) in st.objects.range(lo..) {
@@ -290,7 +292,7 @@ impl WatchCache {
             }
             if limit > 0 && out.kvs.len() >= limit {
                 out.more = true;
-                out.remaining += 1;
+                out.remaining = out.remaining.map(|r| r + 1);
                 continue;
             }
             out.kvs.push(kv.clone());
@@ -313,14 +315,15 @@ impl WatchCache {
                 start: start.map(str::to_string),
                 revision,
                 limit,
+                count_all: false,
             })
             .await?;
-        let remaining = resp.count - resp.kvs.len() as i64;
+        let remaining = (!resp.more).then_some(0);
         Ok(CachedList {
             kvs: resp.kvs,
             revision: resp.revision,
             more: resp.more,
-            remaining: remaining.max(0),
+            remaining,
         })
     }
 

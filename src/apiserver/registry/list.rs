@@ -22,6 +22,8 @@ use crate::store::{self, Event, EventKind, KeyValue};
 
 /// How often a watch that allows bookmarks gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+/// Keys read at a time for a paged list with selectors.
+const LIST_CHUNK: usize = 500;
 /// A watch without `timeoutSeconds` ends after this long, and the client re-watches.
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -149,8 +151,15 @@ pub async fn list(call: &Call<'_>) -> Response {
             Err(r) => return r,
         },
     };
-    // Filtering happens after reading, so read everything from the start key and page here.
-    let page = match call.reg.cache.list(&prefix, start.as_deref(), 0, from).await {
+    let filtered = !filters.is_empty();
+    // Unfiltered, a page is exactly `limit` keys. With selectors the keys are read in chunks
+    // until `limit` objects match and one more shows a next page exists.
+    let chunk = match (limit, filtered) {
+        (0, _) => 0,
+        (l, false) => l,
+        (l, true) => (l + 1).max(LIST_CHUNK),
+    };
+    let mut page = match call.reg.cache.list(&prefix, start.as_deref(), chunk, from).await {
         Ok(p) => p,
         Err(store::Error::Compacted { .. }) if call.query.continue_token.is_some() => {
             return status::failure(
@@ -161,36 +170,51 @@ pub async fn list(call: &Call<'_>) -> Response {
         }
         Err(e) => return store_error(call.def, "", e),
     };
-    if call.table.is_none() && filters.is_empty() && !crate::apiserver::convert::converts(call.def)
-    {
+    if call.table.is_none() && !filtered && !crate::apiserver::convert::converts(call.def) {
         return fast_list(call, &prefix, &page);
     }
     let mut items = Vec::new();
-    let mut remaining = 0i64;
-    let mut next = None;
-    for kv in &page.kvs {
-        let obj = match to_wire(call.def, kv) {
-            Ok(o) => o,
-            Err(r) => return r,
+    // The key of the last item returned, and whether more items may follow it.
+    let mut last = None;
+    let mut more = false;
+    'pages: loop {
+        for kv in &page.kvs {
+            let obj = match to_wire(call.def, kv) {
+                Ok(o) => o,
+                Err(r) => return r,
+            };
+            if !filters.matches(&obj) {
+                continue;
+            }
+            if limit > 0 && items.len() >= limit {
+                more = true;
+                break 'pages;
+            }
+            last = Some(kv.key.clone());
+            items.push(obj);
+        }
+        let Some(read) = page.kvs.last().filter(|_| page.more) else {
+            break;
         };
-        if !filters.matches(&obj) {
-            continue;
-        }
-        if limit > 0 && items.len() >= limit {
-            remaining += 1;
-            continue;
-        }
-        if limit > 0 && items.len() + 1 == limit {
-            next = Some(kv.key.clone());
-        }
-        items.push(obj);
+        // The next chunk, from the store at this page's revision.
+        let next = key_after(&read.key);
+        page = match call
+            .reg
+            .cache
+            .list(&prefix, Some(&next), chunk, ReadFrom::Exact(page.revision))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return store_error(call.def, "", e),
+        };
     }
     let mut meta = json!({"resourceVersion": page.revision.to_string()});
-    if remaining > 0 {
-        if let Some(last) = next {
-            let rel = key_after(&last)[prefix.len()..].to_string();
-            meta["continue"] = json!(continue_token(page.revision, &rel));
-            meta["remainingItemCount"] = json!(remaining);
+    if let Some(last) = last.filter(|_| more || (!filtered && page.more)) {
+        let rel = key_after(&last)[prefix.len()..].to_string();
+        meta["continue"] = json!(continue_token(page.revision, &rel));
+        // Upstream counts what is left only for lists without selectors.
+        if let Some(left) = page.remaining.filter(|_| !filtered) {
+            meta["remainingItemCount"] = json!(left);
         }
     }
     if let Some(v) = call.table {
@@ -214,17 +238,15 @@ fn fast_list(
     prefix: &str,
     page: &crate::store::watch_cache::CachedList,
 ) -> Response {
-    let limit = call.query.limit;
-    let take = if limit > 0 {
-        limit.min(page.kvs.len())
-    } else {
-        page.kvs.len()
-    };
+    // The page holds at most `limit` keys; `more` says others follow.
+    let take = page.kvs.len();
     let mut meta = json!({"resourceVersion": page.revision.to_string()});
-    if take < page.kvs.len() && take > 0 {
-        let rel = key_after(&page.kvs[take - 1].key)[prefix.len()..].to_string();
+    if let Some(last) = page.kvs.last().filter(|_| page.more) {
+        let rel = key_after(&last.key)[prefix.len()..].to_string();
         meta["continue"] = json!(continue_token(page.revision, &rel));
-        meta["remainingItemCount"] = json!(page.kvs.len() - take);
+        if let Some(left) = page.remaining {
+            meta["remainingItemCount"] = json!(left);
+        }
     }
     let size: usize = page.kvs[..take].iter().map(|kv| kv.value.len() + 32).sum();
     let mut out = Vec::with_capacity(size + 256);

@@ -175,6 +175,9 @@ pub fn range(db: &Database, shared: &Shared, req: &RangeRequest) -> Result<Range
         out.count += 1;
         if req.limit > 0 && out.kvs.len() >= req.limit {
             out.more = true;
+            if !req.count_all {
+                break;
+            }
             continue;
         }
         let rec = codec::decode(v.bytes()).ok_or(EmbeddedError::Corrupt {
