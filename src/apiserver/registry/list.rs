@@ -297,11 +297,27 @@ fn bookmark(def: &ResourceDef, rev: i64, initial_end: bool) -> Bytes {
     )
 }
 
+/// A watch event whose object is the stored `raw` at `rv`, copied without parsing it; `None`
+/// (the event is skipped, as a corrupt object is by the parsing path) when it is not an object.
+fn raw_line(def: &ResourceDef, kind: &str, raw: &[u8], rv: i64) -> Option<Bytes> {
+    let mut out = Vec::with_capacity(raw.len() + 96);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    if !super::rawjson::write_object(&mut out, raw, rv, &def.group_version(), def.kind) {
+        return None;
+    }
+    out.extend_from_slice(b"}\n");
+    Some(Bytes::from(out))
+}
+
 /// How a watcher wants objects: as they are, or as one-row Tables.
 #[derive(Clone)]
 struct Render {
     table: Option<&'static str>,
     include: String,
+    /// Nothing to filter, render or convert: events are copied as stored ([`raw_line`]).
+    raw: bool,
 }
 
 impl Render {
@@ -329,6 +345,13 @@ impl Render {
 /// The watch event a store event becomes for this watcher, if any: selector changes turn
 /// modifications into additions or deletions, as upstream does.
 fn translate(def: &ResourceDef, filters: &Filters, render: &Render, e: &Event) -> Option<Bytes> {
+    if render.raw {
+        return match e.kind {
+            EventKind::Put if e.prev.is_none() => raw_line(def, "ADDED", &e.kv.value, e.revision()),
+            EventKind::Put => raw_line(def, "MODIFIED", &e.kv.value, e.revision()),
+            EventKind::Delete => raw_line(def, "DELETED", &e.prev.as_ref()?.value, e.revision()),
+        };
+    }
     let event_line = |kind: &str, obj: &Value| render.line(def, kind, obj);
     let wire = |kv: &KeyValue| to_wire(def, kv).ok();
     match e.kind {
@@ -365,6 +388,9 @@ pub async fn watch(call: &Call<'_>) -> Response {
     let def = call.def;
     let render = Render {
         table: call.table,
+        raw: call.table.is_none()
+            && filters.is_empty()
+            && !crate::apiserver::convert::converts(def),
         include: call
             .query
             .include_object
@@ -382,7 +408,9 @@ pub async fn watch(call: &Call<'_>) -> Response {
         match call.reg.cache.snapshot_and_watch(&prefix) {
             Ok((kvs, rev, stream)) => {
                 for kv in &kvs {
-                    if let Ok(obj) = to_wire(def, kv) {
+                    if render.raw {
+                        initial.extend(raw_line(def, "ADDED", &kv.value, kv.mod_revision));
+                    } else if let Ok(obj) = to_wire(def, kv) {
                         if filters.matches(&obj) {
                             initial.push(render.line(def, "ADDED", &obj));
                         }

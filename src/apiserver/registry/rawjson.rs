@@ -1,9 +1,10 @@
 //! Writing stored objects into list responses without parsing them.
 //!
-//! A LIST of thousands of objects spends most of its time turning stored JSON into values and
-//! back. When nothing needs the parsed object (no selector, no Table), each item is copied as
-//! stored with a scan of its top level only: `apiVersion` and `kind` dropped (list items carry
-//! neither, as upstream's typed lists) and `metadata.resourceVersion` added.
+//! A LIST of thousands of objects, or a watch event sent to every watcher, spends most of its
+//! time turning stored JSON into values and back. When nothing needs the parsed object (no
+//! selector, no Table), each object is copied as stored with a scan of its top level only:
+//! `metadata.resourceVersion` added, and `apiVersion` and `kind` dropped from list items (they
+//! carry neither, as upstream's typed lists) or put first in a watch event's object.
 
 use std::ops::Range;
 
@@ -100,12 +101,33 @@ fn members(b: &[u8]) -> Option<Vec<(Range<usize>, Range<usize>)>> {
 /// Appends the stored object `raw` as a list item at `rv`; false (and nothing appended) if it
 /// is not a JSON object with an object `metadata`.
 pub fn write_item(out: &mut Vec<u8>, raw: &[u8], rv: i64) -> bool {
+    write(out, raw, rv, None)
+}
+
+/// Appends the stored object `raw` as a whole object at `rv` (a watch event's `object`): with
+/// `apiVersion` and `kind` first. False (and nothing appended) as [`write_item`].
+pub fn write_object(out: &mut Vec<u8>, raw: &[u8], rv: i64, api_version: &str, kind: &str) -> bool {
+    let head = format!(
+        "{}:{},{}:{}",
+        "\"apiVersion\"",
+        serde_json::Value::from(api_version),
+        "\"kind\"",
+        serde_json::Value::from(kind)
+    );
+    write(out, raw, rv, Some(head.as_bytes()))
+}
+
+fn write(out: &mut Vec<u8>, raw: &[u8], rv: i64, head: Option<&[u8]>) -> bool {
     let Some(members) = members(raw) else {
         return false;
     };
     let start = out.len();
     out.push(b'{');
     let mut first = true;
+    if let Some(head) = head {
+        out.extend_from_slice(head);
+        first = false;
+    }
     let mut had_meta = false;
     for (key, value) in members {
         let k = &raw[key.clone()];
@@ -238,6 +260,24 @@ mod tests {
             item(r#"{"spec":{}}"#, 1),
             json!({"spec": {}, "metadata": {"resourceVersion": "1"}})
         );
+    }
+
+    #[test]
+    fn whole_objects_carry_their_type_first() {
+        let mut out = Vec::new();
+        let raw = br#"{"kind":"Old","metadata":{"name":"x"},"spec":{}}"#;
+        assert!(write_object(&mut out, raw, 9, "apps/v1", "Deployment"));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"x","resourceVersion":"9"},"spec":{}}"#
+        );
+        let mut out = Vec::new();
+        assert!(write_object(&mut out, b"{}", 2, "v1", "Pod"));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#"{"apiVersion":"v1","kind":"Pod","metadata":{"resourceVersion":"2"}}"#
+        );
+        assert!(!write_object(&mut out, b"[]", 2, "v1", "Pod"));
     }
 
     #[test]
