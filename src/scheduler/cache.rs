@@ -18,6 +18,10 @@ pub type Resources = BTreeMap<String, i128>;
 pub const DEFAULT_CPU: i128 = 100;
 pub const DEFAULT_MEMORY: i128 = 200 * 1024 * 1024 * 1000;
 
+/// The topology keys of upstream's default spread constraints. The cache numbers their label
+/// values, so spreading counts pods per domain without comparing strings for every node.
+pub const TOPOLOGY_KEYS: [&str; 2] = ["kubernetes.io/hostname", "topology.kubernetes.io/zone"];
+
 /// A host port a pod uses: (protocol, host IP, port).
 pub type HostPort = (String, String, i32);
 
@@ -162,6 +166,12 @@ pub struct NodeInfo {
     pub groups: HashMap<u64, i64>,
     /// Pods with required anti-affinity.
     pub anti_affinity: usize,
+    /// The node's domain number for each of [`TOPOLOGY_KEYS`] (`None`: no such label).
+    pub domains: [Option<u32>; 2],
+    /// Allocatable cpu, memory and pods (in thousandths), read for every pod scheduled.
+    pub alloc_cpu: i128,
+    pub alloc_memory: i128,
+    pub alloc_pods: i128,
 }
 
 impl NodeInfo {
@@ -177,6 +187,10 @@ impl NodeInfo {
             ports: HashSet::new(),
             groups: HashMap::new(),
             anti_affinity: 0,
+            domains: [None; 2],
+            alloc_cpu: 0,
+            alloc_memory: 0,
+            alloc_pods: 0,
         };
         info.set_node(info.node.clone());
         info
@@ -191,6 +205,9 @@ impl NodeInfo {
             .flatten()
             .filter_map(|(k, q)| milli(&q.0).map(|v| (k.clone(), v)))
             .collect();
+        let get = |r: &str| self.allocatable.get(r).copied().unwrap_or(0);
+        (self.alloc_cpu, self.alloc_memory, self.alloc_pods) =
+            (get("cpu"), get("memory"), get("pods"));
         self.node = node;
     }
 
@@ -261,6 +278,8 @@ pub struct Cache {
     placed: HashMap<String, (String, bool)>,
     /// Placed pods whose node is not known (yet).
     orphans: HashMap<String, Arc<PodInfo>>,
+    /// Per [`TOPOLOGY_KEYS`] entry: each label value seen on a node, numbered from 0.
+    domain_ids: [HashMap<String, u32>; 2],
 }
 
 impl Cache {
@@ -285,9 +304,35 @@ impl Cache {
                     }
                 }
                 self.nodes.insert(name.clone(), info);
-                self.order.push(name);
+                self.order.push(name.clone());
             }
         }
+        self.number_domains(&name);
+    }
+
+    /// Numbers the node's topology domains (a value keeps its number for the cache's life).
+    fn number_domains(&mut self, name: &str) {
+        let Some(info) = self.nodes.get_mut(name) else {
+            return;
+        };
+        for (i, key) in TOPOLOGY_KEYS.iter().enumerate() {
+            info.domains[i] = info.node.labels().get(*key).map(|value| {
+                let ids = &mut self.domain_ids[i];
+                match ids.get(value) {
+                    Some(id) => *id,
+                    None => {
+                        let id = ids.len() as u32;
+                        ids.insert(value.clone(), id);
+                        id
+                    }
+                }
+            });
+        }
+    }
+
+    /// How many values of `TOPOLOGY_KEYS[i]` have numbers: the size of a table indexed by them.
+    pub fn domain_count(&self, i: usize) -> usize {
+        self.domain_ids[i].len()
     }
 
     pub fn remove_node(&mut self, name: &str) {

@@ -19,8 +19,7 @@ impl Plugin for NodeResourcesFit {
 
     fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Option<Rejection> {
         let mut reasons = Vec::new();
-        let max_pods = node.allocatable.get("pods").copied().unwrap_or(0);
-        if (node.pods.len() as i128 + 1) * POD > max_pods {
+        if (node.pods.len() as i128 + 1) * POD > node.alloc_pods {
             reasons.push("Too many pods".to_string());
         }
         for (resource, want) in &pod.requests {
@@ -47,14 +46,8 @@ impl Plugin for NodeResourcesFit {
             }
             ((alloc - used) * 100 / alloc) as i64
         };
-        let cpu = free(
-            node.allocatable.get("cpu").copied().unwrap_or(0),
-            node.nonzero_cpu + pod.nonzero_cpu,
-        );
-        let memory = free(
-            node.allocatable.get("memory").copied().unwrap_or(0),
-            node.nonzero_memory + pod.nonzero_memory,
-        );
+        let cpu = free(node.alloc_cpu, node.nonzero_cpu + pod.nonzero_cpu);
+        let memory = free(node.alloc_memory, node.nonzero_memory + pod.nonzero_memory);
         (cpu + memory) / 2
     }
 }
@@ -78,14 +71,8 @@ impl Plugin for BalancedAllocation {
             }
             (used as f64 / alloc as f64).min(1.0)
         };
-        let cpu = fraction(
-            node.allocatable.get("cpu").copied().unwrap_or(0),
-            node.nonzero_cpu + pod.nonzero_cpu,
-        );
-        let memory = fraction(
-            node.allocatable.get("memory").copied().unwrap_or(0),
-            node.nonzero_memory + pod.nonzero_memory,
-        );
+        let cpu = fraction(node.alloc_cpu, node.nonzero_cpu + pod.nonzero_cpu);
+        let memory = fraction(node.alloc_memory, node.nonzero_memory + pod.nonzero_memory);
         // The standard deviation of two fractions is half their difference.
         ((1.0 - (cpu - memory).abs() / 2.0) * 100.0) as i64
     }

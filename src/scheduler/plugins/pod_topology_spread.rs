@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::ResourceExt;
 
-use crate::scheduler::cache::{Cache, NodeInfo, PodInfo};
+use crate::scheduler::cache::{Cache, NodeInfo, PodInfo, TOPOLOGY_KEYS};
 use crate::scheduler::framework::{Plugin, Rejection};
 
 const HOSTNAME: &str = "kubernetes.io/hostname";
@@ -31,21 +31,101 @@ struct Constraint {
     self_match: bool,
 }
 
+/// One constraint's matching pods per eligible domain.
+enum Counts {
+    /// Domains of `TOPOLOGY_KEYS[key]`, by the cache's numbers (`None`: not eligible).
+    Numbered {
+        key: usize,
+        counts: Vec<Option<i64>>,
+    },
+    /// Domains of any other key, by label value.
+    Named(HashMap<String, i64>),
+}
+
+/// Matching pods per domain for one constraint, and what filter and score read of them.
+struct Domains {
+    counts: Counts,
+    /// How many domains are eligible.
+    len: usize,
+    /// The fewest matching pods in an eligible domain.
+    min: i64,
+}
+
+impl Domains {
+    fn new(key: &str, cache: &Cache) -> Domains {
+        let counts = match TOPOLOGY_KEYS.iter().position(|k| *k == key) {
+            Some(k) => Counts::Numbered {
+                key: k,
+                counts: vec![None; cache.domain_count(k)],
+            },
+            None => Counts::Named(HashMap::new()),
+        };
+        Domains {
+            counts,
+            len: 0,
+            min: 0,
+        }
+    }
+
+    /// Counts `n` matching pods on `node` in its domain; false when the node lacks the key.
+    fn add(&mut self, key: &str, node: &NodeInfo, n: impl FnOnce() -> i64) -> bool {
+        match &mut self.counts {
+            Counts::Numbered { key: k, counts } => {
+                let Some(slot) = node.domains[*k].and_then(|d| counts.get_mut(d as usize)) else {
+                    return false;
+                };
+                *slot.get_or_insert(0) += n();
+            }
+            Counts::Named(map) => {
+                let Some(domain) = node.labels().get(key) else {
+                    return false;
+                };
+                *map.entry(domain.clone()).or_insert(0) += n();
+            }
+        }
+        true
+    }
+
+    /// Works out the number of eligible domains and the smallest count.
+    fn finish(&mut self) {
+        let (len, min) = match &self.counts {
+            Counts::Numbered { counts, .. } => {
+                let eligible = counts.iter().flatten();
+                (eligible.clone().count(), eligible.min().copied())
+            }
+            Counts::Named(map) => (map.len(), map.values().min().copied()),
+        };
+        self.len = len;
+        self.min = min.unwrap_or(0);
+    }
+
+    /// The matching pods in the node's domain; `None` when the node lacks the key.
+    fn here(&self, key: &str, node: &NodeInfo) -> Option<i64> {
+        match &self.counts {
+            Counts::Numbered { key: k, counts } => {
+                let d = node.domains[*k]?;
+                Some(counts.get(d as usize).copied().flatten().unwrap_or(0))
+            }
+            Counts::Named(map) => Some(map.get(node.labels().get(key)?).copied().unwrap_or(0)),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     uid: String,
     constraints: Vec<Constraint>,
     /// Per constraint: matching pods per domain (every eligible domain present).
-    counts: Vec<HashMap<String, i64>>,
+    domains: Vec<Domains>,
 }
 
 impl State {
     fn min(&self, i: usize) -> i64 {
-        let c = &self.counts[i];
-        if (c.len() as i64) < self.constraints[i].min_domains {
+        let d = &self.domains[i];
+        if (d.len as i64) < self.constraints[i].min_domains {
             return 0;
         }
-        c.values().copied().min().unwrap_or(0)
+        d.min
     }
 }
 
@@ -138,30 +218,38 @@ impl Plugin for PodTopologySpread {
 
     fn prefilter(&self, pod: &PodInfo, cache: &Cache) {
         let constraints = constraints(pod);
-        let mut counts = vec![HashMap::new(); constraints.len()];
+        let mut domains: Vec<Domains> = constraints
+            .iter()
+            .map(|c| Domains::new(&c.key, cache))
+            .collect();
         if !constraints.is_empty() {
             let ns = pod.pod.namespace().unwrap_or_default();
-            let spec = pod.pod.spec.clone().unwrap_or_default();
+            let default_spec = Default::default();
+            let spec = pod.pod.spec.as_ref().unwrap_or(&default_spec);
+            let selects_nodes = spec.node_selector.is_some()
+                || spec
+                    .affinity
+                    .as_ref()
+                    .is_some_and(|a| a.node_affinity.is_some());
             for node in cache.nodes.values() {
-                if !crate::placement::affinity_admits(&spec, &node.name, node.labels()) {
+                if selects_nodes
+                    && !crate::placement::affinity_admits(spec, &node.name, node.labels())
+                {
                     continue;
                 }
-                for (i, c) in constraints.iter().enumerate() {
-                    let Some(domain) = node.labels().get(&c.key) else {
-                        continue;
-                    };
-                    let n = match c.group {
+                for (c, d) in constraints.iter().zip(domains.iter_mut()) {
+                    d.add(&c.key, node, || match c.group {
                         Some(g) => node.groups.get(&g).copied().unwrap_or(0),
                         None => matching_pods(node, &ns, &c.selector),
-                    };
-                    *counts[i].entry(domain.clone()).or_insert(0) += n;
+                    });
                 }
             }
+            domains.iter_mut().for_each(Domains::finish);
         }
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = State {
             uid: pod.uid.clone(),
             constraints,
-            counts,
+            domains,
         };
     }
 
@@ -171,12 +259,11 @@ impl Plugin for PodTopologySpread {
             return None;
         }
         for (i, c) in state.constraints.iter().enumerate().filter(|(_, c)| c.hard) {
-            let Some(domain) = node.labels().get(&c.key) else {
+            let Some(here) = state.domains[i].here(&c.key, node) else {
                 return Some(Rejection::unresolvable(
                     "node(s) didn't match pod topology spread constraints (missing required label)",
                 ));
             };
-            let here = state.counts[i].get(domain).copied().unwrap_or(0);
             let skew = here + i64::from(c.self_match) - state.min(i);
             if skew > c.max_skew {
                 return Some(Rejection::resolvable(vec![
@@ -203,12 +290,11 @@ impl Plugin for PodTopologySpread {
             .enumerate()
             .filter(|(_, c)| !c.hard)
         {
-            let Some(domain) = node.labels().get(&c.key) else {
+            let Some(here) = state.domains[i].here(&c.key, node) else {
                 continue;
             };
             // Upstream weighs each constraint by log(domains + 2).
-            let weight = ((state.counts[i].len() + 2) as f64).ln();
-            let here = state.counts[i].get(domain).copied().unwrap_or(0);
+            let weight = ((state.domains[i].len + 2) as f64).ln();
             total += (here + c.max_skew - 1) as f64 * weight;
         }
         total.round() as i64
