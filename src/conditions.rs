@@ -2,17 +2,42 @@
 //! every part that acts on them: node lifecycle, endpoints, jobs, the simulated kubelet and the
 //! scale benchmark.
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, PodCondition};
+
+/// A condition of either kind: its type and status.
+trait Condition {
+    fn kind(&self) -> &str;
+    fn status(&self) -> &str;
+}
+
+impl Condition for NodeCondition {
+    fn kind(&self) -> &str {
+        &self.type_
+    }
+    fn status(&self) -> &str {
+        &self.status
+    }
+}
+
+impl Condition for PodCondition {
+    fn kind(&self) -> &str {
+        &self.type_
+    }
+    fn status(&self) -> &str {
+        &self.status
+    }
+}
+
+fn status_of<'a, C: Condition>(conditions: Option<&'a Vec<C>>, ty: &str) -> Option<&'a str> {
+    conditions?
+        .iter()
+        .find(|c| c.kind() == ty)
+        .map(|c| c.status())
+}
 
 /// The status (`True`, `False`, `Unknown`) of the node's condition `ty`, if it has one.
 pub fn node_condition<'a>(node: &'a Node, ty: &str) -> Option<&'a str> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == ty)
-        .map(|c| c.status.as_str())
+    status_of(node.status.as_ref()?.conditions.as_ref(), ty)
 }
 
 /// Whether the node's Ready condition is True.
@@ -22,13 +47,7 @@ pub fn node_ready(node: &Node) -> bool {
 
 /// The status of the pod's condition `ty`, if it has one.
 pub fn pod_condition<'a>(pod: &'a Pod, ty: &str) -> Option<&'a str> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == ty)
-        .map(|c| c.status.as_str())
+    status_of(pod.status.as_ref()?.conditions.as_ref(), ty)
 }
 
 /// Whether the pod's condition `ty` is True.

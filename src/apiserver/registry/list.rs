@@ -193,7 +193,8 @@ pub async fn list(call: &Call<'_>) -> Response {
             last = Some(kv.key.clone());
             items.push(obj);
         }
-        let Some(read) = page.kvs.last().filter(|_| page.more) else {
+        // Unfiltered, the page is complete; filtered, the next chunk may hold more matches.
+        let Some(read) = page.kvs.last().filter(|_| filtered && page.more) else {
             break;
         };
         // The next chunk, from the store at this page's revision.

@@ -319,3 +319,62 @@ impl Plugin for PodTopologySpread {
         2
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn node(name: &str, zone: Option<&str>) -> Arc<Node> {
+        let mut labels = json!({"kubernetes.io/hostname": name});
+        if let Some(z) = zone {
+            labels["topology.kubernetes.io/zone"] = json!(z);
+        }
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+                .unwrap_or_default(),
+        )
+    }
+
+    fn pod(name: &str) -> Arc<PodInfo> {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {
+            "name": name, "namespace": "default", "uid": name, "labels": {"app": "web"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web",
+                                 "uid": "rs", "controller": true}]}}))
+        .unwrap_or_default();
+        Arc::new(PodInfo::new(Arc::new(pod)))
+    }
+
+    #[test]
+    fn default_spreading_counts_per_numbered_domain() {
+        let mut cache = Cache::default();
+        cache.set_node(node("a1", Some("a")));
+        cache.set_node(node("a2", Some("a")));
+        cache.set_node(node("b1", Some("b")));
+        cache.set_node(node("bare", None));
+        cache.confirm(pod("p1"), "a1");
+        cache.confirm(pod("p2"), "a2");
+        cache.confirm(pod("p3"), "a2");
+        let pts = PodTopologySpread::default();
+        let next = pod("next");
+        pts.prefilter(&next, &cache);
+        let state = pts.state.lock().unwrap_or_else(|p| p.into_inner());
+        let here =
+            |i: usize, n: &str| state.domains[i].here(&state.constraints[i].key, &cache.nodes[n]);
+        // Hostname: every node is a domain; the emptiest holds none.
+        assert_eq!(state.constraints[0].key, "kubernetes.io/hostname");
+        assert_eq!((here(0, "a2"), here(0, "b1")), (Some(2), Some(0)));
+        assert_eq!((state.domains[0].len, state.min(0)), (4, 0));
+        // Zone: a holds three, b none; the node without a zone is in no domain.
+        assert_eq!(
+            (here(1, "a1"), here(1, "b1"), here(1, "bare")),
+            (Some(3), Some(0), None)
+        );
+        assert_eq!((state.domains[1].len, state.min(1)), (2, 0));
+        drop(state);
+        // Raw scores count pods (normalising reverses them): the emptier node has the lower.
+        assert!(pts.score(&next, &cache.nodes["b1"]) < pts.score(&next, &cache.nodes["a2"]));
+    }
+}
