@@ -49,17 +49,7 @@ fn a_simulating_agent_joins_registers_its_nodes_and_runs_their_pods() {
     // A token pinning another CA: the agent refuses the server.
     let wrong = format!("K10{}{}", "0".repeat(64), &token[67..]);
     let mut bad = agent(dir.path(), &s, &wrong);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = bad.try_wait().expect("wait") {
-            break st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the agent did not refuse the CA"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(&mut bad, "the agent did not refuse the CA");
     assert!(!status.success());
     let err = std::io::read_to_string(bad.stderr.take().expect("stderr")).unwrap_or_default();
     assert!(err.contains("does not match the token's hash"), "{err}");
@@ -108,16 +98,18 @@ fn a_simulating_agent_joins_registers_its_nodes_and_runs_their_pods() {
 
     let pid = good.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = good.try_wait().expect("wait") {
-            break st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the agent did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(&mut good, "the agent did not stop");
     assert!(status.success(), "{status:?}");
+}
+
+/// Waits up to 20 s for `child` to exit; panics with `what` if it does not.
+fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            return st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -71,15 +71,9 @@ pub async fn node_certificates(State(j): State<Join>, req: Request) -> Response 
             "node certificates are given to bootstrap tokens only",
         );
     }
-    let body = match axum::body::to_bytes(req.into_body(), super::registry::MAX_BODY).await {
+    let body = match super::registry::read_body(req).await {
         Ok(b) => b,
-        Err(_) => {
-            return status::failure(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
-                "the request body is too large",
-            )
-        }
+        Err(r) => return r,
     };
     let wanted: NodeCertificatesRequest = match serde_json::from_slice(&body) {
         Ok(w) => w,

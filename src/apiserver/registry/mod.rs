@@ -133,6 +133,19 @@ pub(crate) fn parse_body(body: &Bytes, content_type: &str) -> Result<Value, Resp
     Ok(value)
 }
 
+/// A request's body, at most [`MAX_BODY`] bytes; a larger one is answered 413 as upstream does.
+pub async fn read_body(req: Request) -> Result<Bytes, Response> {
+    axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| {
+            status::failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                "the request body is too large",
+            )
+        })
+}
+
 /// Serves every request under `/api/v1` and `/apis/GROUP/VERSION` that discovery does not.
 pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
     let query = request::parse_query(req.uri().query());
@@ -223,15 +236,9 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
             &format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf ({media})"),
         );
     }
-    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+    let body = match read_body(req).await {
         Ok(b) => b,
-        Err(_) => {
-            return status::failure(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
-                "the request body is too large",
-            )
-        }
+        Err(r) => return r,
     };
     // A protobuf body becomes the JSON upstream would have written for it.
     let (body, content_type) =
@@ -422,3 +429,29 @@ const SYSTEM_PRIORITY_CLASSES: [(&str, i64, &str); 2] = [
         "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
     ),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_answered_413() {
+        let req = |n: usize| {
+            axum::http::Request::post("/api/v1/namespaces/default/configmaps")
+                .body(axum::body::Body::from(vec![b' '; n]))
+                .unwrap_or_default()
+        };
+        let body = read_body(req(MAX_BODY)).await.map(|b| b.len());
+        assert_eq!(body.ok(), Some(MAX_BODY));
+        let Err(resp) = read_body(req(MAX_BODY + 1)).await else {
+            panic!("a body past the limit was read");
+        };
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let raw = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        let status: Value = serde_json::from_slice(&raw).unwrap_or_default();
+        assert_eq!(status["reason"], "RequestEntityTooLarge");
+        assert_eq!(status["code"], 413);
+    }
+}
