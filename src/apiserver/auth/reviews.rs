@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{authenticate_token_for, Authenticator};
 use crate::apiserver::http::Caller;
-use crate::apiserver::registry::{object, MAX_BODY};
+use crate::apiserver::registry::object;
 use crate::apiserver::status;
 use crate::apiserver::token::ISSUER;
 
@@ -22,15 +22,7 @@ pub(super) async fn read_review(req: Request, kind: &str) -> Result<Value, Respo
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    let body: Bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|_| {
-            status::failure(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
-                "the request body is too large",
-            )
-        })?;
+    let body: Bytes = crate::apiserver::registry::read_body(req).await?;
     let bad = || {
         status::failure(
             StatusCode::BAD_REQUEST,
