@@ -139,6 +139,14 @@ mod cases {
         }
         assert!(n < 30, "a stalled watcher was kept: {n} events");
         assert_eq!(c.watcher_count(), 0);
+        // ... and it was counted.
+        let dropped: f64 = k1s::metrics::registry()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("k1s_watch_cache_slow_watchers_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(dropped >= 1.0, "the dropped watcher is not counted");
     }
 
     pub async fn not_older_than_the_future_times_out(s: Arc<dyn Store>) {

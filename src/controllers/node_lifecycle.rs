@@ -175,7 +175,8 @@ pub async fn run(
     loop {
         tokio::select! {
             ev = node_events.next() => if ev.is_none() { return },
-            _ = background.next() => continue,
+            // A stream that ended (at shutdown) must not be polled again.
+            ev = background.next() => if ev.is_none() { return } else { continue },
             ev = pod_events.next() => match ev {
                 Some(ev) => { pods.apply_shared(ev); continue; }
                 None => return,

@@ -6,7 +6,7 @@
 //! subscriber's queue keeps one pending update per object (`queue`), so a controller that lags
 //! during a burst holds the newest version of each object, not every version in between.
 
-mod queue;
+pub(crate) mod queue;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use super::{Event, QUEUED};
 
 /// One subscriber's queue, shared by the informer (pushing) and the subscriber (taking).
-pub(super) struct Queue<K> {
+pub(crate) struct Queue<K> {
     state: Mutex<State<K>>,
     ready: Notify,
     kind: String,
@@ -36,7 +36,7 @@ struct State<K> {
 }
 
 impl<K: Resource> Queue<K> {
-    pub(super) fn new(kind: String, who: &'static str) -> Arc<Queue<K>> {
+    pub(crate) fn new(kind: String, who: &'static str) -> Arc<Queue<K>> {
         Arc::new(Queue {
             state: Mutex::new(State {
                 slots: VecDeque::new(),
@@ -61,7 +61,7 @@ impl<K: Resource> Queue<K> {
 
     /// Queues `ev`, merging an update into the object's pending one; false once the
     /// subscriber is gone.
-    pub(super) fn push(&self, ev: Event<K>) -> bool {
+    pub(crate) fn push(&self, ev: Event<K>) -> bool {
         let mut s = self.lock();
         if s.closed {
             return false;
@@ -154,7 +154,7 @@ impl<K: Resource> Drop for Taker<K> {
 }
 
 /// The subscriber's stream of events from `queue`.
-pub(super) fn stream<K>(queue: Arc<Queue<K>>) -> impl Stream<Item = Event<K>> + Send + 'static
+pub(crate) fn stream<K>(queue: Arc<Queue<K>>) -> impl Stream<Item = Event<K>> + Send + 'static
 where
     K: Resource + Send + Sync + 'static,
 {

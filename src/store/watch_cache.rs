@@ -9,7 +9,8 @@
 //!
 //! Watchers get events through bounded channels filled with `try_send`: a watcher that cannot
 //! keep up is dropped (its stream ends and the client re-watches from its last revision), so a
-//! stuck client never slows the cache or the writers behind it.
+//! stuck client never slows the cache or the writers behind it, nor holds the superseded values
+//! of a long backlog (`k1s_watch_cache_slow_watchers_total` counts the watchers dropped).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -99,6 +100,14 @@ struct Inner {
 pub struct WatchCache {
     inner: Arc<Inner>,
 }
+
+/// Watchers ended because their buffer was full.
+static DROPPED: crate::metrics::Desc = crate::metrics::Desc {
+    name: "k1s_watch_cache_slow_watchers_total",
+    help: "Watches ended because the client did not keep up with their events.",
+    labels: &[],
+    buckets: &[],
+};
 
 fn poisoned() -> Error {
     Error::Unavailable {
@@ -231,7 +240,13 @@ impl WatchCache {
             if mine.is_empty() {
                 return !w.tx.is_closed();
             }
-            w.tx.try_send(Ok(mine)).is_ok()
+            let sent = w.tx.try_send(Ok(mine)).is_ok();
+            if !sent && !w.tx.is_closed() {
+                // The client relists: a burst of these is worth seeing.
+                tracing::warn!(prefix = %w.prefix, "a watcher fell too far behind; its watch ends");
+                crate::metrics::registry().inc(&DROPPED, &[], 1.0);
+            }
+            sent
         });
         drop(st);
         self.inner.progress.send_replace(last);

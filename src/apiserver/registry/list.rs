@@ -484,7 +484,7 @@ pub async fn watch(call: &Call<'_>) -> Response {
                             if lines.is_empty() {
                                 continue;
                             }
-                            let mut out = Vec::new();
+                            let mut out = Vec::with_capacity(lines.iter().map(Bytes::len).sum());
                             for l in lines {
                                 out.extend_from_slice(&l);
                             }

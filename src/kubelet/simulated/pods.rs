@@ -77,41 +77,42 @@ pub async fn run(
             futures::stream::select_all(per_node).boxed()
         }
     };
-    // Applied pods are handled; deleted ones only leave the usage report.
-    let take = |sim: &Sim, batch: &mut HashMap<String, Pod>, ev: watcher::Event<Pod>| match ev {
-        watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
-            batch.insert(p.uid().unwrap_or_default(), p);
-        }
-        watcher::Event::Delete(p) => {
-            let uid = p.uid().unwrap_or_default();
-            batch.remove(&uid);
-            sim.usage.forget(&uid);
-        }
-        watcher::Event::Init | watcher::Event::InitDone => {}
-    };
-    loop {
-        let mut batch: HashMap<String, Pod> = HashMap::new();
-        tokio::select! {
-            ev = events.next() => match ev {
-                Some(Ok(ev)) => take(&sim, &mut batch, ev),
-                Some(Err(_)) => continue,
-                None => return,
-            },
-            _ = stop.changed() => return,
-        }
-        while batch.len() < 4096 {
-            match tokio::time::timeout(Duration::from_millis(10), events.next()).await {
-                Ok(Some(Ok(ev))) => take(&sim, &mut batch, ev),
-                Ok(Some(Err(_))) => {}
-                Ok(None) | Err(_) => break,
+    // The watch is read without pause into a queue that keeps the newest version of each
+    // pending pod, handled oldest first (the shared informer's queue): a reader that stopped
+    // while a batch was handled fell behind the API server's watch buffer and had to watch
+    // again. Applied pods are handled; deleted ones only leave the usage report.
+    let queue = crate::informer::queue::Queue::<Pod>::new("Pod".into(), "simulated_kubelet");
+    let reader = {
+        let (sim, queue) = (sim.clone(), queue.clone());
+        async move {
+            while let Some(ev) = events.next().await {
+                let ev = match ev {
+                    Ok(watcher::Event::Apply(p)) => watcher::Event::Apply(Arc::new(p)),
+                    Ok(watcher::Event::InitApply(p)) => watcher::Event::InitApply(Arc::new(p)),
+                    Ok(watcher::Event::Delete(p)) => {
+                        sim.usage.forget(&p.uid().unwrap_or_default());
+                        watcher::Event::Delete(Arc::new(p))
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(_) => continue,
+                };
+                if !queue.push(ev) {
+                    return;
+                }
             }
         }
-        futures::stream::iter(batch.into_values())
-            .for_each_concurrent(CONCURRENCY, |pod| {
-                let sim = sim.clone();
-                async move { sim.handle(pod).await }
-            })
-            .await;
+    };
+    let handler = crate::informer::queue::stream(queue).for_each_concurrent(CONCURRENCY, |ev| {
+        let sim = sim.clone();
+        async move {
+            if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
+                sim.handle(Arc::unwrap_or_clone(p)).await;
+            }
+        }
+    });
+    tokio::select! {
+        _ = reader => {}
+        _ = handler => {}
+        _ = stop.changed() => {}
     }
 }
 
