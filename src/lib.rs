@@ -16,7 +16,7 @@ pub mod controllers;
 pub mod cron;
 #[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
 pub mod events;
-#[cfg(any(feature = "scheduler", feature = "controllers"))]
+#[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
 pub mod informer;
 #[cfg(feature = "kubelet")]
 pub mod kubelet;

@@ -15,7 +15,8 @@ use tokio::sync::Notify;
 
 use super::{Event, QUEUED};
 
-/// One subscriber's queue, shared by the informer (pushing) and the subscriber (taking).
+/// One subscriber's queue, shared by the informer (pushing) and the subscriber (taking); the
+/// simulated kubelet queues its own pod watch in one the same way.
 pub(crate) struct Queue<K> {
     state: Mutex<State<K>>,
     ready: Notify,

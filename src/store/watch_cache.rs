@@ -242,7 +242,8 @@ impl WatchCache {
             }
             let sent = w.tx.try_send(Ok(mine)).is_ok();
             if !sent && !w.tx.is_closed() {
-                // The client relists: a burst of these is worth seeing.
+                // The client watches again from its last revision, or relists once that
+                // revision left the history: a burst of these is worth seeing.
                 tracing::warn!(prefix = %w.prefix, "a watcher fell too far behind; its watch ends");
                 crate::metrics::registry().inc(&DROPPED, &[], 1.0);
             }

@@ -202,7 +202,8 @@ async fn statuses(
     });
     let cfg = &cfg;
     let posts = not_ready.for_each_concurrent(CONCURRENCY, |n| async move {
-        // A lost post would leave the node not Ready until its next status change: retried.
+        // A lost post would leave the node not Ready until its next status change. The client
+        // already retries 429s; this retries what it does not (a broken connection in agent mode).
         for attempt in 0..5u32 {
             match n.post_status(cfg).await {
                 Ok(()) => return,
