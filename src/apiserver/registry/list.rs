@@ -484,11 +484,7 @@ pub async fn watch(call: &Call<'_>) -> Response {
                             if lines.is_empty() {
                                 continue;
                             }
-                            let mut out = Vec::with_capacity(lines.iter().map(Bytes::len).sum());
-                            for l in lines {
-                                out.extend_from_slice(&l);
-                            }
-                            return Some((Ok::<_, Infallible>(Bytes::from(out)), (stream, filters, next_bookmark)));
+                            return Some((Ok::<_, Infallible>(Bytes::from(lines.concat())), (stream, filters, next_bookmark)));
                         }
                         _ = tokio::time::sleep_until(wake) => {
                             if tokio::time::Instant::now() >= deadline {

@@ -16,9 +16,6 @@ use kube::ResourceExt;
 use crate::scheduler::cache::{Cache, NodeInfo, PodInfo, TOPOLOGY_KEYS};
 use crate::scheduler::framework::{Plugin, Rejection};
 
-const HOSTNAME: &str = "kubernetes.io/hostname";
-const ZONE: &str = "topology.kubernetes.io/zone";
-
 struct Constraint {
     /// For the system defaults: the pods of the same template, counted by group.
     group: Option<u64>,
@@ -156,8 +153,10 @@ fn constraints(pod: &PodInfo) -> Vec<Constraint> {
             match_labels: Some(labels.clone()),
             match_expressions: None,
         };
-        return [(HOSTNAME, 3), (ZONE, 5)]
+        // Upstream's defaults: hostname with maxSkew 3, zone with maxSkew 5.
+        return TOPOLOGY_KEYS
             .into_iter()
+            .zip([3, 5])
             .map(|(key, max_skew)| Constraint {
                 group: Some(pod.group),
                 key: key.into(),
