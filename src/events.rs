@@ -3,7 +3,11 @@
 //! concern, a reason and a message. Repeats of the same event (same object, type, reason and
 //! message) within the deduplication window are not new objects: the first one's `count` goes up
 //! and its `lastTimestamp` moves, as upstream's event correlator does, so a pod that fails to
-//! schedule a hundred times has one Event "x100 over 5m".
+//! schedule a hundred times has one Event "x100 over 5m". Similar events (same object, type
+//! and reason, different messages) are aggregated as upstream's EventAggregator does: from the
+//! tenth distinct message within the window on, they become one event "(combined from similar
+//! events): ..." whose count and message are updated, so a ReplicaSet that creates 1,000 pods
+//! leaves ten events about itself, not 1,000.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,6 +24,11 @@ use tokio::sync::mpsc;
 const WINDOW: Duration = Duration::from_secs(600);
 /// How many distinct events are remembered for deduplication.
 const REMEMBERED: usize = 4096;
+/// Distinct messages of similar events within the window before they are combined
+/// (upstream's maxEvents).
+const SIMILAR: usize = 10;
+/// What a combined event's message starts with, as upstream writes it.
+const COMBINED: &str = "(combined from similar events): ";
 
 /// `Normal` or `Warning`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,6 +63,103 @@ struct Seen {
     at: Instant,
 }
 
+/// Similar events of one object, type and reason: their distinct messages so far.
+struct Similar {
+    messages: std::collections::HashSet<String>,
+    at: Instant,
+}
+
+/// What to do with an event.
+#[derive(Debug, PartialEq)]
+enum Decision {
+    /// A new Event object with this message.
+    Create { message: String },
+    /// A repeat: the named Event gets this count and message.
+    Repeat {
+        name: String,
+        count: i32,
+        message: String,
+    },
+}
+
+/// Upstream's event correlator without the API: aggregation of similar events, then
+/// deduplication of repeats.
+#[derive(Default)]
+struct Correlator {
+    /// Events recorded within the window.
+    seen: HashMap<Key, Seen>,
+    /// Similar events within the window, by their key without the message.
+    similar: HashMap<Key, Similar>,
+}
+
+impl Correlator {
+    /// Decides about `key`; what it created is remembered through [`Correlator::created`].
+    fn decide(&mut self, mut key: Key) -> (Key, Decision) {
+        let now = Instant::now();
+        let mut subject = key.clone();
+        subject.message.clear();
+        let similar = self.similar.entry(subject.clone()).or_insert(Similar {
+            messages: Default::default(),
+            at: now,
+        });
+        if similar.at.elapsed() >= WINDOW {
+            similar.messages.clear();
+        }
+        similar.at = now;
+        if similar.messages.len() < SIMILAR {
+            similar.messages.insert(key.message.clone());
+        }
+        if similar.messages.len() >= SIMILAR {
+            let message = format!("{COMBINED}{}", key.message);
+            key = subject;
+            key.message = COMBINED.to_string();
+            return self.repeat_or_create(key, message);
+        }
+        let message = key.message.clone();
+        self.repeat_or_create(key, message)
+    }
+
+    fn repeat_or_create(&mut self, key: Key, message: String) -> (Key, Decision) {
+        let decision = match self.seen.get_mut(&key).filter(|s| s.at.elapsed() < WINDOW) {
+            Some(s) => {
+                s.count += 1;
+                s.at = Instant::now();
+                Decision::Repeat {
+                    name: s.name.clone(),
+                    count: s.count,
+                    message,
+                }
+            }
+            None => Decision::Create { message },
+        };
+        (key, decision)
+    }
+
+    /// Remembers an event just created as `name`.
+    fn created(&mut self, key: Key, name: String) {
+        if self.seen.len() >= REMEMBERED {
+            self.seen.clear();
+        }
+        if self.similar.len() >= REMEMBERED {
+            self.similar.clear();
+        }
+        self.seen.insert(
+            key,
+            Seen {
+                name,
+                count: 1,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets what left the window.
+    fn prune(&mut self) {
+        self.seen.retain(|_, s| s.at.elapsed() < WINDOW);
+        self.similar.retain(|_, s| s.at.elapsed() < WINDOW);
+    }
+}
+
 /// How many events may wait for the writer before new ones are dropped (upstream's
 /// broadcaster queues 1,000 and drops when full, so a burst never stalls a controller).
 const QUEUED: usize = 1000;
@@ -79,8 +185,8 @@ struct Writer {
     client: Client,
     component: String,
     host: Option<String>,
-    /// Events recorded within the window, and when the map was last pruned.
-    seen: HashMap<Key, Seen>,
+    correlator: Correlator,
+    /// When the correlator was last pruned.
     pruned: Instant,
 }
 
@@ -94,7 +200,7 @@ impl Recorder {
             client,
             component: component.to_string(),
             host: host.map(str::to_string),
-            seen: HashMap::new(),
+            correlator: Correlator::default(),
             pruned: Instant::now(),
         };
         tokio::spawn(async move {
@@ -145,30 +251,31 @@ impl Writer {
         };
         // Pruning walks every entry: once a second at most, not per event.
         if self.pruned.elapsed() >= Duration::from_secs(1) {
-            self.seen.retain(|_, s| s.at.elapsed() < WINDOW);
+            self.correlator.prune();
             self.pruned = Instant::now();
         }
-        let repeat = match self.seen.get_mut(&key).filter(|s| s.at.elapsed() < WINDOW) {
-            Some(s) => {
-                s.count += 1;
-                s.at = Instant::now();
-                Some((s.name.clone(), s.count))
-            }
-            None => None,
-        };
+        let (key, decision) = self.correlator.decide(key);
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        if let Some((name, count)) = repeat {
-            let patch = json!({"count": count, "lastTimestamp": Time(now)});
-            match api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::debug!(event = %name, error = %e, "updating a repeated event; recording it anew")
+        let message = match decision {
+            Decision::Create { message } => message,
+            Decision::Repeat {
+                name,
+                count,
+                message,
+            } => {
+                let patch = json!({"count": count, "lastTimestamp": Time(now), "message": message});
+                match api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::debug!(event = %name, error = %e, "updating a repeated event; recording it anew");
+                        message
+                    }
                 }
             }
-        }
+        };
         let name = format!(
             "{}.{:x}",
             key.name,
@@ -196,19 +303,7 @@ impl Writer {
             ..Default::default()
         };
         match api.create(&PostParams::default(), &event).await {
-            Ok(_) => {
-                if self.seen.len() >= REMEMBERED {
-                    self.seen.clear();
-                }
-                self.seen.insert(
-                    key,
-                    Seen {
-                        name,
-                        count: 1,
-                        at: Instant::now(),
-                    },
-                );
-            }
+            Ok(_) => self.correlator.created(key, name),
             Err(e) => tracing::debug!(reason = %reason, error = %e, "recording an event"),
         }
     }
@@ -243,5 +338,94 @@ pub fn reference_dynamic(obj: &serde_json::Value, r: &kube::api::ApiResource) ->
         uid: s(&meta["uid"]),
         resource_version: s(&meta["resourceVersion"]),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str, reason: &str, message: &str) -> Key {
+        Key {
+            namespace: "default".into(),
+            uid: format!("uid-{name}"),
+            name: name.into(),
+            kind: "ReplicaSet".into(),
+            ty: Type::Normal,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Decides and, for a new event, creates it as `n{i}`.
+    fn record(c: &mut Correlator, k: Key, i: usize) -> Decision {
+        let (k, d) = c.decide(k);
+        if matches!(d, Decision::Create { .. }) {
+            c.created(k, format!("n{i}"));
+        }
+        d
+    }
+
+    #[test]
+    fn repeats_count_up_one_event() {
+        let mut c = Correlator::default();
+        for i in 0..5 {
+            let d = record(&mut c, key("web", "FailedCreate", "quota"), i);
+            let want = match i {
+                0 => Decision::Create {
+                    message: "quota".into(),
+                },
+                _ => Decision::Repeat {
+                    name: "n0".into(),
+                    count: i as i32 + 1,
+                    message: "quota".into(),
+                },
+            };
+            assert_eq!(d, want);
+        }
+    }
+
+    #[test]
+    fn similar_events_combine_from_the_tenth_message() {
+        let mut c = Correlator::default();
+        let decisions: Vec<Decision> = (0..1000)
+            .map(|i| {
+                let msg = format!("Created pod: web-{i}");
+                record(&mut c, key("web", "SuccessfulCreate", &msg), i)
+            })
+            .collect();
+        let created: Vec<&Decision> = decisions
+            .iter()
+            .filter(|d| matches!(d, Decision::Create { .. }))
+            .collect();
+        // Nine on their own, then one combined event that counts the rest.
+        assert_eq!(created.len(), 10);
+        assert_eq!(
+            created[9],
+            &Decision::Create {
+                message: "(combined from similar events): Created pod: web-9".into()
+            }
+        );
+        assert_eq!(
+            decisions[999],
+            Decision::Repeat {
+                name: "n9".into(),
+                count: 991,
+                message: "(combined from similar events): Created pod: web-999".into()
+            }
+        );
+        // Another object or reason is not similar.
+        let other = record(
+            &mut c,
+            key("db", "SuccessfulCreate", "Created pod: db-0"),
+            1000,
+        );
+        assert!(matches!(other, Decision::Create { .. }));
+        let other = record(
+            &mut c,
+            key("web", "SuccessfulDelete", "Deleted pod: web-0"),
+            1001,
+        );
+        assert!(matches!(other, Decision::Create { .. }));
     }
 }

@@ -91,18 +91,21 @@ mod cases {
         c.list("/c/", None, 0, ReadFrom::Latest)
             .await
             .expect("catch up");
-        let mut w = c.watch("/c/", revs[6]).expect("watch inside the window");
+        let mut w = c
+            .watch("/c/", revs[6])
+            .await
+            .expect("watch inside the window");
         let got = take(&mut w, 4).await;
         let got: Vec<i64> = got.iter().map(Event::revision).collect();
         assert_eq!(got, revs[6..].to_vec());
         let live = s.create("/c/live", v("y")).await.expect("create");
         assert_eq!(take(&mut w, 1).await[0].kv, live);
-        match c.watch("/c/", revs[1]) {
+        match c.watch("/c/", revs[1]).await {
             Err(Error::Compacted { .. }) => {}
             Err(e) => panic!("expected Compacted, got {e}"),
             Ok(_) => panic!("a watch older than the window was accepted"),
         }
-        let (objects, rev, mut after) = c.snapshot_and_watch("/c/w").expect("snapshot");
+        let (objects, rev, mut after) = c.snapshot_and_watch("/c/w").await.expect("snapshot");
         assert_eq!(objects.len(), 10);
         assert_eq!(rev, live.mod_revision);
         let later = s.create("/c/w99", v("z")).await.expect("create");
@@ -118,8 +121,8 @@ mod cases {
             },
         )
         .await;
-        let mut slow = c.watch("/c/", 0).expect("watch");
-        let mut fast = c.watch("/c/", 0).expect("watch");
+        let mut slow = c.watch("/c/", 0).await.expect("watch");
+        let mut fast = c.watch("/c/", 0).await.expect("watch");
         let reader = tokio::spawn(async move { take(&mut fast, 30).await.len() });
         for i in 0..30 {
             s.create(&format!("/c/s{i:02}"), v("x"))
@@ -149,6 +152,53 @@ mod cases {
         assert!(dropped >= 1.0, "the dropped watcher is not counted");
     }
 
+    pub async fn uncached_prefixes_go_to_the_store(s: Arc<dyn Store>) {
+        let c = cache(
+            s.clone(),
+            CacheOptions {
+                history: 3,
+                uncached: vec!["/c/ev/".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut all = c.watch("/c/", 0).await.expect("watch");
+        let first = s.create("/c/ev/a", v("e")).await.expect("create");
+        s.create("/c/k", v("x")).await.expect("create");
+        for i in 0..5 {
+            s.create(&format!("/c/ev/b{i}"), v("e"))
+                .await
+                .expect("create");
+        }
+        // The cache's own watchers and lists never see the uncached keys...
+        let seen = take(&mut all, 1).await;
+        assert_eq!(seen[0].kv.key, "/c/k");
+        let held = c
+            .list("/c/", None, 0, ReadFrom::Latest)
+            .await
+            .expect("list");
+        let keys: Vec<_> = held.kvs.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["/c/k"]);
+        // ... while reads and watches under them go to the store, past the cache's history.
+        let events = c
+            .list("/c/ev/", None, 0, ReadFrom::Any)
+            .await
+            .expect("list");
+        assert_eq!(events.kvs.len(), 6);
+        let one = c.get("/c/ev/a", ReadFrom::Any).await.expect("get");
+        assert_eq!(one.map(|kv| kv.value), Some(v("e")));
+        let mut old = c.watch("/c/ev/", first.mod_revision).await.expect("watch");
+        assert_eq!(take(&mut old, 6).await.len(), 6);
+        assert!(c.bypasses("/c/ev/ns/"));
+        let (kvs, rev, mut after) = c.snapshot_and_watch("/c/ev/").await.expect("snapshot");
+        assert_eq!(
+            (kvs.len(), rev),
+            (6, s.current_revision().await.expect("rev"))
+        );
+        s.create("/c/ev/z", v("e")).await.expect("create");
+        assert_eq!(take(&mut after, 1).await[0].kv.key, "/c/ev/z");
+    }
+
     pub async fn not_older_than_the_future_times_out(s: Arc<dyn Store>) {
         let c = cache(
             s.clone(),
@@ -175,5 +225,6 @@ both_backends!(
     lists_are_consistent_and_page,
     watches_start_inside_the_window_only,
     slow_watchers_are_dropped_not_waited_for,
+    uncached_prefixes_go_to_the_store,
     not_older_than_the_future_times_out,
 );

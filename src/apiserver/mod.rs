@@ -193,13 +193,17 @@ pub async fn start(
     }
     let policy = auth::rbac::bootstrap::reconcile_all(store.as_ref()).await?;
     tracing::debug!(objects = policy, "bootstrap RBAC policy reconciled");
+    // Events are not cached, as kube-apiserver's default watch cache sizes say (0 for events).
     let cache = crate::store::watch_cache::WatchCache::start(
         store.clone(),
         crate::store::keys::REGISTRY_ROOT,
-        Default::default(),
+        crate::store::watch_cache::CacheOptions {
+            uncached: vec![crate::store::keys::list_prefix("events", None)],
+            ..Default::default()
+        },
     )
     .await?;
-    let rbac = auth::rbac::Rbac::start(store.clone(), &cache)?;
+    let rbac = auth::rbac::Rbac::start(store.clone(), &cache).await?;
     let store_for_endpoints = store.clone();
     let app = http::router(
         health::Health {

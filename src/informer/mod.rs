@@ -7,6 +7,7 @@
 //! during a burst holds the newest version of each object, not every version in between.
 
 pub(crate) mod queue;
+pub mod trim;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +37,9 @@ pub struct Informer<K> {
     join: mpsc::UnboundedSender<Sink<K>>,
 }
 
+/// What an informer keeps of each object it decodes (`trim`).
+pub type Transform<K> = fn(K) -> K;
+
 impl<K> Clone for Informer<K> {
     fn clone(&self) -> Self {
         Informer {
@@ -49,10 +53,11 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default,
 {
-    /// Starts watching `api` until `stop` turns true.
-    pub fn start(api: Api<K>, stop: watch::Receiver<bool>) -> Informer<K> {
+    /// Starts watching `api` until `stop` turns true, keeping of each object what `transform`
+    /// returns.
+    pub fn start(api: Api<K>, transform: Transform<K>, stop: watch::Receiver<bool>) -> Informer<K> {
         let (join, joins) = mpsc::unbounded_channel();
-        tokio::spawn(fan_out(api, joins, stop));
+        tokio::spawn(fan_out(api, transform, joins, stop));
         Informer { join }
     }
 
@@ -71,6 +76,7 @@ where
 
 async fn fan_out<K>(
     api: Api<K>,
+    transform: Transform<K>,
     mut joins: mpsc::UnboundedReceiver<Sink<K>>,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -112,12 +118,10 @@ async fn fan_out<K>(
                     }
                     None => return,
                 };
-                // Controllers never read managedFields, often the larger part of an object;
-                // as upstream's informers (TransformStripManagedFields), they are dropped.
                 let ev = match ev {
-                    watcher::Event::InitApply(o) => watcher::Event::InitApply(trim(o)),
-                    watcher::Event::Apply(o) => watcher::Event::Apply(trim(o)),
-                    watcher::Event::Delete(o) => watcher::Event::Delete(trim(o)),
+                    watcher::Event::InitApply(o) => watcher::Event::InitApply(transform(o)),
+                    watcher::Event::Apply(o) => watcher::Event::Apply(transform(o)),
+                    watcher::Event::Delete(o) => watcher::Event::Delete(transform(o)),
                     other => other,
                 };
                 let out: Event<K> = match ev {
@@ -176,11 +180,6 @@ fn subscriber(file: &'static str) -> &'static str {
     }
 }
 
-fn trim<K: Resource>(mut o: K) -> K {
-    o.meta_mut().managed_fields = None;
-    o
-}
-
 fn clone_event<K>(ev: &Event<K>) -> Event<K> {
     match ev {
         watcher::Event::Init => watcher::Event::Init,
@@ -200,7 +199,7 @@ pub struct Informers {
 impl Informers {
     pub fn start(client: kube::Client, stop: watch::Receiver<bool>) -> Informers {
         Informers {
-            pods: Informer::start(Api::all(client), stop),
+            pods: Informer::start(Api::all(client), trim::pod, stop),
         }
     }
 }

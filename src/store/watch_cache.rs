@@ -7,6 +7,12 @@
 //! older than" a revision, and watches from any revision inside the ring; older watches get
 //! [`Error::Compacted`] (HTTP 410). Lists at an exact older revision go to the backend.
 //!
+//! Keys under an `uncached` prefix are neither held nor replayed, as kube-apiserver runs events
+//! without a watch cache (its default watch cache size for both event kinds is 0): they are many,
+//! short-lived and rarely read, so at 30,000 pods they would be tens of megabytes kept for nothing.
+//! Reads and watches under such a prefix go to the store itself, and the cache's own watchers
+//! (every other prefix, the RBAC index on the whole root) never see those keys.
+//!
 //! Watchers get events through bounded channels filled with `try_send`: a watcher that cannot
 //! keep up is dropped (its stream ends and the client re-watches from its last revision), so a
 //! stuck client never slows the cache or the writers behind it, nor holds the superseded values
@@ -34,6 +40,8 @@ pub struct CacheOptions {
     pub watcher_buffer: usize,
     /// How long a consistent read waits for the cache before reading the backend instead.
     pub consistent_wait: Duration,
+    /// Key prefixes the cache does not hold: reads and watches under them go to the store.
+    pub uncached: Vec<String>,
 }
 
 impl Default for CacheOptions {
@@ -42,6 +50,7 @@ impl Default for CacheOptions {
             history: 10_000,
             watcher_buffer: 256,
             consistent_wait: Duration::from_secs(3),
+            uncached: Vec::new(),
         }
     }
 }
@@ -134,6 +143,22 @@ impl WatchCache {
         Ok(cache)
     }
 
+    /// Whether `key` is one the cache holds.
+    fn holds(&self, key: &str) -> bool {
+        !self.inner.opts.uncached.iter().any(|p| key.starts_with(p))
+    }
+
+    /// Whether reads and watches of `prefix` go to the store (it lies inside an uncached
+    /// prefix); their watches get no progress bookmarks from the cache's revision, which may
+    /// run ahead of what the store's watch has delivered.
+    pub fn bypasses(&self, prefix: &str) -> bool {
+        self.inner
+            .opts
+            .uncached
+            .iter()
+            .any(|p| prefix.starts_with(p.as_str()))
+    }
+
     /// The revision the cache has caught up to.
     pub fn revision(&self) -> Revision {
         *self.inner.progress.borrow()
@@ -152,7 +177,7 @@ impl WatchCache {
             let page = store.range(req.clone()).await?;
             req.revision = page.revision;
             let last = page.kvs.last().map(|kv| super::keys::key_after(&kv.key));
-            for kv in page.kvs {
+            for kv in page.kvs.into_iter().filter(|kv| self.holds(&kv.key)) {
                 objects.insert(kv.key.clone(), kv);
             }
             match (page.more, last) {
@@ -209,10 +234,11 @@ impl WatchCache {
         }
     }
 
-    fn apply(&self, events: Vec<Event>) -> Result<()> {
+    fn apply(&self, mut events: Vec<Event>) -> Result<()> {
         let Some(last) = events.last().map(Event::revision) else {
             return Ok(());
         };
+        events.retain(|e| self.holds(&e.kv.key));
         let mut st = self.inner.state.lock().map_err(|_| poisoned())?;
         for e in &events {
             match e.kind {
@@ -270,6 +296,14 @@ impl WatchCache {
         limit: usize,
         from: ReadFrom,
     ) -> Result<CachedList> {
+        if self.bypasses(prefix) {
+            let rev = match from {
+                ReadFrom::Exact(rev) => rev,
+                // The store is at least as new as any revision a client has seen.
+                _ => 0,
+            };
+            return self.list_from_store(prefix, start, limit, rev).await;
+        }
         match from {
             ReadFrom::Exact(rev) => return self.list_from_store(prefix, start, limit, rev).await,
             ReadFrom::Any => {}
@@ -348,6 +382,7 @@ impl WatchCache {
         match from {
             ReadFrom::Exact(rev) => self.inner.store.get(key, rev).await,
             ReadFrom::Latest => self.inner.store.get(key, 0).await,
+            _ if self.bypasses(key) => self.inner.store.get(key, 0).await,
             _ => {
                 let list = self.list(key, None, 0, from).await?;
                 Ok(list.kvs.into_iter().find(|kv| kv.key == key))
@@ -356,16 +391,24 @@ impl WatchCache {
     }
 
     /// Events under `prefix` from revision `from` on (inclusive); 0 means "from now".
-    pub fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
+    pub async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
+        if self.bypasses(prefix) {
+            return self.inner.store.watch(prefix, from.max(0)).await;
+        }
         Ok(self.register(prefix, from, false)?.1)
     }
 
     /// The current state under `prefix` and a watch of everything after it, atomically
     /// (resourceVersion "0" watches and `sendInitialEvents`).
-    pub fn snapshot_and_watch(
+    pub async fn snapshot_and_watch(
         &self,
         prefix: &str,
     ) -> Result<(Vec<KeyValue>, Revision, WatchStream)> {
+        if self.bypasses(prefix) {
+            let list = self.list_from_store(prefix, None, 0, 0).await?;
+            let stream = self.inner.store.watch(prefix, list.revision + 1).await?;
+            return Ok((list.kvs, list.revision, stream));
+        }
         let (snapshot, stream) = self.register(prefix, 0, true)?;
         let (kvs, rev) = snapshot.unwrap_or_default();
         Ok((kvs, rev, stream))

@@ -406,7 +406,7 @@ pub async fn watch(call: &Call<'_>) -> Response {
         .unwrap_or(rv.is_empty() || rv == "0");
     let mut initial: Vec<Bytes> = Vec::new();
     let stream = if send_initial {
-        match call.reg.cache.snapshot_and_watch(&prefix) {
+        match call.reg.cache.snapshot_and_watch(&prefix).await {
             Ok((kvs, rev, stream)) => {
                 for kv in &kvs {
                     if render.raw {
@@ -436,7 +436,7 @@ pub async fn watch(call: &Call<'_>) -> Response {
                 )
             }
         };
-        match call.reg.cache.watch(&prefix, from) {
+        match call.reg.cache.watch(&prefix, from).await {
             Ok(s) => s,
             Err(store::Error::Compacted { compacted, .. }) => {
                 // Upstream answers 200 and then a 410 ERROR event.
@@ -455,7 +455,7 @@ pub async fn watch(call: &Call<'_>) -> Response {
         .timeout_seconds
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_WATCH_TIMEOUT);
-    let bookmarks = call.query.allow_watch_bookmarks;
+    let bookmarks = call.query.allow_watch_bookmarks && !call.reg.cache.bypasses(&prefix);
     let cache = call.reg.cache.clone();
     let deadline = tokio::time::Instant::now() + timeout;
     let events = futures::stream::unfold(

@@ -252,9 +252,14 @@ pub struct Rbac {
 
 impl Rbac {
     /// Loads the RBAC objects from `cache` and keeps following it.
-    pub fn start(store: Arc<dyn Store>, cache: &WatchCache) -> Result<Rbac, crate::store::Error> {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        cache: &WatchCache,
+    ) -> Result<Rbac, crate::store::Error> {
         let rbac = Rbac::empty(store);
-        let (kvs, rev, stream) = cache.snapshot_and_watch(crate::store::keys::REGISTRY_ROOT)?;
+        let (kvs, rev, stream) = cache
+            .snapshot_and_watch(crate::store::keys::REGISTRY_ROOT)
+            .await?;
         rbac.load(&kvs, rev);
         let follower = rbac.clone();
         let cache = cache.clone();
@@ -304,7 +309,10 @@ impl Rbac {
             }
             // Dropped as too slow, or the cache restarted: load again.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            match cache.snapshot_and_watch(crate::store::keys::REGISTRY_ROOT) {
+            match cache
+                .snapshot_and_watch(crate::store::keys::REGISTRY_ROOT)
+                .await
+            {
                 Ok((kvs, rev, s)) => {
                     self.load(&kvs, rev);
                     stream = s;
