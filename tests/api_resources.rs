@@ -353,6 +353,12 @@ fn kubectl_get_prints_upstreams_columns() {
     assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
     assert_eq!(pod["status"]["phase"], "Pending");
     assert_eq!(pod["status"]["qosClass"], "BestEffort");
+    // The token volume was mounted; fields the pod never had stay absent, never null.
+    assert!(pod["spec"]["volumes"][0]["name"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("kube-api-access-")));
+    let spec = pod["spec"].as_object().expect("spec");
+    assert!(!spec.contains_key("initContainers"), "{pod}");
     let (_, d) = header(&["get", "deploy", "web", "-o", "json"]);
     let d: serde_json::Value = serde_json::from_str(&d).expect("json");
     assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");

@@ -74,7 +74,12 @@ pub async fn admit(a: &Attributes<'_>, obj: &mut Value) -> Result<(), Response> 
             ("initContainers", "init container"),
             ("containers", "container"),
         ] {
-            for c in obj["spec"][field].as_array_mut().into_iter().flatten() {
+            for c in obj["spec"]
+                .get_mut(field)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 let name = c["name"].as_str().unwrap_or_default().to_string();
                 let set = |part: &str, defaults: &Map<String, Value>, c: &mut Value| {
                     let mut set_names = Vec::new();

@@ -89,7 +89,12 @@ pub async fn admit(a: &Attributes<'_>, obj: &mut Value) -> Result<(), Response> 
                 None => spec["volumes"] = json!([token_volume(&volume)]),
             }
             for f in containers {
-                for c in spec[f].as_array_mut().into_iter().flatten() {
+                for c in spec
+                    .get_mut(f)
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
                     let mounted = c["volumeMounts"]
                         .as_array()
                         .is_some_and(|ms| ms.iter().any(|m| m["mountPath"] == MOUNT_PATH));

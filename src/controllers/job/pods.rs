@@ -213,7 +213,12 @@ impl Ctl {
             spec["hostname"] = json!(format!("{name}-{i}"));
             let env = json!({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {"fieldPath": format!("metadata.annotations['{INDEX}']")}}});
             for field in ["containers", "initContainers"] {
-                for c in spec[field].as_array_mut().into_iter().flatten() {
+                for c in spec
+                    .get_mut(field)
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
                     match c["env"].as_array_mut() {
                         Some(list) => list.push(env.clone()),
                         None => c["env"] = json!([env.clone()]),

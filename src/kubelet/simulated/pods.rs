@@ -324,7 +324,8 @@ impl Sim {
             "podIP": ip, "podIPs": [{"ip": ip}],
             "startTime": started,
             "containerStatuses": containers,
-            "initContainerStatuses": inits,
+            // Omitted without init containers, as upstream's omitempty list (null removes it).
+            "initContainerStatuses": if inits.is_empty() { Value::Null } else { json!(inits) },
         }})
     }
 
