@@ -2,7 +2,10 @@
 //! the same upstream document the catalog is built from, and the schema walk behind
 //! `fieldValidation` (unknown fields).
 //!
-//! The document is parsed on first use, not at start-up.
+//! What writes need (the definitions, without their descriptions: a quarter of their size,
+//! for unknown fields and merge keys) is parsed on first use, not at start-up; the served
+//! documents (several megabytes) only when a client first asks for one, so a server whose
+//! clients never read OpenAPI does not hold them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
@@ -18,15 +21,21 @@ use crate::parts::KUBERNETES_VERSION;
 
 static SWAGGER: &[u8] = include_bytes!("../../api/swagger-v1.36.json");
 
-/// The parsed document and what is derived from it.
+/// The definitions writes read, and the served documents once asked for.
 pub struct OpenApi {
-    v2: Value,
+    /// Upstream's definitions without descriptions.
+    definitions: Map<String, Value>,
+    /// `group/version/kind` -> definition name.
+    by_gvk: BTreeMap<(String, String, String), String>,
+    served: OnceLock<Option<Served>>,
+}
+
+/// The documents served to clients.
+struct Served {
     v2_bytes: Vec<u8>,
     /// The served v2 document as protobuf, made on first request.
     v2_proto: OnceLock<Vec<u8>>,
     v3: BTreeMap<String, (String, Vec<u8>)>,
-    /// `group/version/kind` -> definition name.
-    by_gvk: BTreeMap<(String, String, String), String>,
 }
 
 static DOC: OnceLock<Option<Arc<OpenApi>>> = OnceLock::new();
@@ -111,25 +120,40 @@ fn v3_parameter(p: &Value) -> Value {
     Value::Object(out)
 }
 
+/// Removes the `description` of a schema and of the schemas inside it (not properties that
+/// happen to be called `description`).
+fn strip_descriptions(schema: &mut Value) {
+    let Some(m) = schema.as_object_mut() else {
+        return;
+    };
+    m.remove("description");
+    for (k, v) in m.iter_mut() {
+        match k.as_str() {
+            "items" | "additionalProperties" => strip_descriptions(v),
+            "properties" => v
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|p| p.values_mut())
+                .for_each(strip_descriptions),
+            "allOf" | "anyOf" | "oneOf" => v
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+                .for_each(strip_descriptions),
+            _ => {}
+        }
+    }
+}
+
 impl OpenApi {
     fn build() -> Result<OpenApi, serde_json::Error> {
-        let v2: Value = serde_json::from_slice(SWAGGER)?;
-        let mut v2_served = v2.clone();
-        v2_served["info"]["version"] = json!(KUBERNETES_VERSION);
-        let v2_bytes = serde_json::to_vec(&v2_served)?;
-        let defs = v2["definitions"].as_object().cloned().unwrap_or_default();
-        let params = v2["parameters"].as_object().cloned().unwrap_or_default();
-        let resolve_param = |p: &Value| -> Value {
-            match p["$ref"]
-                .as_str()
-                .and_then(|r| r.strip_prefix("#/parameters/"))
-            {
-                Some(name) => params.get(name).cloned().unwrap_or(Value::Null),
-                None => p.clone(),
-            }
+        let mut v2: Value = serde_json::from_slice(SWAGGER)?;
+        let mut definitions = match v2.get_mut("definitions").map(Value::take) {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
         };
         let mut by_gvk = BTreeMap::new();
-        for (name, def) in &defs {
+        for (name, def) in definitions.iter_mut() {
             for gvk in def["x-kubernetes-group-version-kind"]
                 .as_array()
                 .into_iter()
@@ -144,7 +168,45 @@ impl OpenApi {
                     name.clone(),
                 );
             }
+            strip_descriptions(def);
         }
+        Ok(OpenApi {
+            definitions,
+            by_gvk,
+            served: OnceLock::new(),
+        })
+    }
+
+    /// The served documents, made on first request.
+    fn served(&self) -> Option<&Served> {
+        self.served
+            .get_or_init(|| match Served::build() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "building the served OpenAPI documents");
+                    None
+                }
+            })
+            .as_ref()
+    }
+}
+
+impl Served {
+    fn build() -> Result<Served, serde_json::Error> {
+        let mut v2: Value = serde_json::from_slice(SWAGGER)?;
+        v2["info"]["version"] = json!(KUBERNETES_VERSION);
+        let v2_bytes = serde_json::to_vec(&v2)?;
+        let defs = v2["definitions"].as_object().cloned().unwrap_or_default();
+        let params = v2["parameters"].as_object().cloned().unwrap_or_default();
+        let resolve_param = |p: &Value| -> Value {
+            match p["$ref"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("#/parameters/"))
+            {
+                Some(name) => params.get(name).cloned().unwrap_or(Value::Null),
+                None => p.clone(),
+            }
+        };
         // Group the paths by group-version.
         let mut served: Vec<String> = vec!["api/v1".into()];
         for g in catalog::groups() {
@@ -233,22 +295,19 @@ impl OpenApi {
             let hash = format!("{:08X}{:08X}", crc32fast::hash(&bytes), bytes.len());
             v3.insert(gv, (hash, bytes));
         }
-        Ok(OpenApi {
-            v2,
+        Ok(Served {
             v2_bytes,
             v2_proto: OnceLock::new(),
             v3,
-            by_gvk,
         })
     }
+}
 
+impl OpenApi {
     /// The upstream definitions, for strategic merge patches.
     pub fn schemas(&self) -> super::patch::Schemas<'_> {
-        static EMPTY: OnceLock<Map<String, Value>> = OnceLock::new();
         super::patch::Schemas {
-            definitions: self.v2["definitions"]
-                .as_object()
-                .unwrap_or_else(|| EMPTY.get_or_init(Map::new)),
+            definitions: &self.definitions,
         }
     }
 
@@ -299,7 +358,7 @@ impl OpenApi {
             .as_str()
             .and_then(|r| r.strip_prefix("#/definitions/"))
         {
-            Some(name) => &self.v2["definitions"][name],
+            Some(name) => self.definitions.get(name).unwrap_or(&Value::Null),
             None => schema,
         };
         if schema["x-kubernetes-preserve-unknown-fields"] == true {
@@ -385,6 +444,9 @@ pub async fn v2(headers: HeaderMap) -> Response {
         let Some(doc) = get() else {
             return unavailable();
         };
+        let Some(doc) = doc.served() else {
+            return unavailable();
+        };
         let bytes = doc
             .v2_proto
             .get_or_init(|| {
@@ -401,7 +463,7 @@ pub async fn v2(headers: HeaderMap) -> Response {
             "only application/json is served for /openapi/v2",
         );
     }
-    match get() {
+    match get().as_deref().and_then(OpenApi::served) {
         Some(doc) => json_bytes(doc.v2_bytes.clone()),
         None => unavailable(),
     }
@@ -410,6 +472,9 @@ pub async fn v2(headers: HeaderMap) -> Response {
 /// `GET /openapi/v3`: the index of per-group-version documents.
 pub async fn v3_index() -> Response {
     let Some(doc) = get() else {
+        return unavailable();
+    };
+    let Some(doc) = doc.served() else {
         return unavailable();
     };
     let paths: Map<String, Value> = doc
@@ -430,6 +495,9 @@ pub async fn v3_doc(Path(gv): Path<String>) -> Response {
     let Some(doc) = get() else {
         return unavailable();
     };
+    let Some(doc) = doc.served() else {
+        return unavailable();
+    };
     match doc.v3.get(gv.trim_matches('/')) {
         Some((_, bytes)) => json_bytes(bytes.clone()),
         None => status::not_found(),
@@ -443,6 +511,7 @@ mod tests {
     #[test]
     fn v3_documents_resolve_refs_and_move_bodies() {
         let doc = get().expect("document");
+        let doc = doc.served().expect("served documents");
         let (_, core) = doc.v3.get("api/v1").expect("api/v1");
         let core: Value = serde_json::from_slice(core).expect("json");
         let post = &core["paths"]["/api/v1/namespaces/{namespace}/configmaps"]["post"];
@@ -480,5 +549,13 @@ mod tests {
         );
         assert!(obj["metadata"].get("bogus").is_none());
         assert_eq!(obj["metadata"]["labels"]["a"], "b");
+        // Fields called `description` are kept; only the schemas' own descriptions go.
+        let pc = &doc.definitions["io.k8s.api.scheduling.v1.PriorityClass"];
+        assert!(pc.get("description").is_none());
+        assert_eq!(pc["properties"]["description"]["type"], "string");
+        let mut obj = json!({"metadata": {"name": "p"}, "value": 5, "description": "d"});
+        assert!(doc
+            .prune_unknown("scheduling.k8s.io", "v1", "PriorityClass", &mut obj)
+            .is_empty());
     }
 }
