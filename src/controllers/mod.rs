@@ -216,6 +216,7 @@ pub async fn run(
         tokio::spawn(daemonset::run(
             clients.shared.clone(),
             informers.pods.clone(),
+            informers.nodes.clone(),
             account("daemon-set-controller"),
             stop.clone(),
         )),
@@ -242,8 +243,8 @@ pub async fn run(
             stop.clone(),
         )),
         tokio::spawn(pod_gc::run(
-            clients.shared.clone(),
             informers.pods.clone(),
+            informers.nodes.clone(),
             account("pod-garbage-collector"),
             pod_gc::TERMINATED_THRESHOLD,
             stop.clone(),

@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
@@ -38,16 +37,14 @@ fn node_of(p: &Pod) -> Option<&str> {
 
 /// Runs until `stop` turns true.
 pub async fn run(
-    shared: Client,
     pod_informer: Informer<Pod>,
+    node_informer: Informer<Node>,
     writer: Client,
     threshold: usize,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut pod_events = pod_informer.subscribe();
-    let mut node_events = watcher(Api::<Node>::all(shared), Default::default())
-        .default_backoff()
-        .boxed();
+    let mut node_events = node_informer.subscribe();
     let mut pods: Cache<Pod> = Cache::default();
     let mut nodes: Cache<Node> = Cache::default();
     // Nodes first seen missing, and when.
@@ -60,8 +57,7 @@ pub async fn run(
                 None => return,
             },
             ev = node_events.next() => match ev {
-                Some(Ok(ev)) => { nodes.apply(ev); }
-                Some(Err(_)) => {}
+                Some(ev) => { nodes.apply_shared(ev); }
                 None => return,
             },
             _ = tick.tick() => {
@@ -169,6 +165,7 @@ fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::watcher;
     use serde_json::json;
 
     fn pod(name: &str, node: Option<&str>, phase: &str, deleting: bool, created: &str) -> Pod {

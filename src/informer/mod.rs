@@ -194,12 +194,15 @@ fn clone_event<K>(ev: &Event<K>) -> Event<K> {
 #[derive(Clone)]
 pub struct Informers {
     pub pods: Informer<k8s_openapi::api::core::v1::Pod>,
+    /// Nodes for the controllers that follow them (DaemonSets, pod GC); each held once.
+    pub nodes: Informer<k8s_openapi::api::core::v1::Node>,
 }
 
 impl Informers {
     pub fn start(client: kube::Client, stop: watch::Receiver<bool>) -> Informers {
         Informers {
-            pods: Informer::start(Api::all(client), trim::pod, stop),
+            pods: Informer::start(Api::all(client.clone()), trim::pod, stop.clone()),
+            nodes: Informer::start(Api::all(client), trim::managed_fields, stop),
         }
     }
 }

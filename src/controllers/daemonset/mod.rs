@@ -168,6 +168,7 @@ fn placement_of(n: &Node) -> impl PartialEq {
 pub async fn run(
     shared: Client,
     pod_informer: Informer<Pod>,
+    node_informer: Informer<Node>,
     writer: Client,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -175,9 +176,7 @@ pub async fn run(
         .default_backoff()
         .boxed();
     let mut pod_events = pod_informer.subscribe();
-    let mut node_events = watcher(Api::<Node>::all(shared.clone()), Default::default())
-        .default_backoff()
-        .boxed();
+    let mut node_events = node_informer.subscribe();
     let mut rev_events = watcher(Api::<ControllerRevision>::all(shared), Default::default())
         .default_backoff()
         .boxed();
@@ -234,7 +233,7 @@ pub async fn run(
                 None => return,
             },
             ev = node_events.next() => match ev {
-                Some(Ok(ev)) => match nodes.apply(ev) {
+                Some(ev) => match nodes.apply_shared(ev) {
                     Change::Applied { new, old } => {
                         if old.is_none_or(|o| placement_of(&o) != placement_of(&new)) {
                             dirty.extend(sets.items.keys().cloned());
@@ -243,7 +242,6 @@ pub async fn run(
                     Change::Resynced | Change::Deleted(_) => dirty.extend(sets.items.keys().cloned()),
                     Change::None => {}
                 },
-                Some(Err(_)) => continue,
                 None => return,
             },
             ev = rev_events.next() => match ev {
