@@ -84,18 +84,38 @@ enum Decision {
 
 /// Upstream's event correlator without the API: aggregation of similar events, then
 /// deduplication of repeats.
-#[derive(Default)]
 struct Correlator {
     /// Events recorded within the window.
     seen: HashMap<Key, Seen>,
     /// Similar events within the window, by their key without the message.
     similar: HashMap<Key, Similar>,
+    /// When what left the window was last forgotten.
+    pruned: Instant,
+}
+
+impl Default for Correlator {
+    fn default() -> Self {
+        Correlator {
+            seen: HashMap::new(),
+            similar: HashMap::new(),
+            pruned: Instant::now(),
+        }
+    }
 }
 
 impl Correlator {
     /// Decides about `key`; what it created is remembered through [`Correlator::created`].
     fn decide(&mut self, mut key: Key) -> (Key, Decision) {
         let now = Instant::now();
+        // Pruning walks every entry: once a second at most, not per event.
+        if self.pruned.elapsed() >= Duration::from_secs(1) {
+            self.seen.retain(|_, s| s.at.elapsed() < WINDOW);
+            self.similar.retain(|_, s| s.at.elapsed() < WINDOW);
+            self.pruned = now;
+        }
+        if self.similar.len() >= REMEMBERED {
+            self.similar.clear();
+        }
         let mut subject = key.clone();
         subject.message.clear();
         let similar = self.similar.entry(subject.clone()).or_insert(Similar {
@@ -140,9 +160,6 @@ impl Correlator {
         if self.seen.len() >= REMEMBERED {
             self.seen.clear();
         }
-        if self.similar.len() >= REMEMBERED {
-            self.similar.clear();
-        }
         self.seen.insert(
             key,
             Seen {
@@ -151,12 +168,6 @@ impl Correlator {
                 at: Instant::now(),
             },
         );
-    }
-
-    /// Forgets what left the window.
-    fn prune(&mut self) {
-        self.seen.retain(|_, s| s.at.elapsed() < WINDOW);
-        self.similar.retain(|_, s| s.at.elapsed() < WINDOW);
     }
 }
 
@@ -186,8 +197,6 @@ struct Writer {
     component: String,
     host: Option<String>,
     correlator: Correlator,
-    /// When the correlator was last pruned.
-    pruned: Instant,
 }
 
 impl Recorder {
@@ -201,7 +210,6 @@ impl Recorder {
             component: component.to_string(),
             host: host.map(str::to_string),
             correlator: Correlator::default(),
-            pruned: Instant::now(),
         };
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
@@ -249,11 +257,6 @@ impl Writer {
             reason: reason.clone(),
             message: message.clone(),
         };
-        // Pruning walks every entry: once a second at most, not per event.
-        if self.pruned.elapsed() >= Duration::from_secs(1) {
-            self.correlator.prune();
-            self.pruned = Instant::now();
-        }
         let (key, decision) = self.correlator.decide(key);
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let message = match decision {
