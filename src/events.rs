@@ -7,7 +7,9 @@
 //! and reason, different messages) are aggregated as upstream's EventAggregator does: from the
 //! tenth distinct message within the window on, they become one event "(combined from similar
 //! events): ..." whose count and message are updated, so a ReplicaSet that creates 1,000 pods
-//! leaves ten events about itself, not 1,000.
+//! leaves ten events about itself, not 1,000. Last, as upstream's spam filter, a component
+//! writes at most 25 events (new or repeats) about one object in a burst, then one per five
+//! minutes: the rest are dropped.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -29,6 +31,10 @@ const REMEMBERED: usize = 4096;
 const SIMILAR: usize = 10;
 /// What a combined event's message starts with, as upstream writes it.
 const COMBINED: &str = "(combined from similar events): ";
+/// Events about one object a component may write at once (upstream's defaultSpamBurst)...
+const SPAM_BURST: f64 = 25.0;
+/// ... and how often it gains another (defaultSpamQPS: one per 300 s).
+const SPAM_REFILL: Duration = Duration::from_secs(300);
 
 /// `Normal` or `Warning`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,6 +69,12 @@ struct Seen {
     at: Instant,
 }
 
+/// One object's token bucket in the spam filter.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
 /// Similar events of one object, type and reason: their distinct messages so far.
 struct Similar {
     messages: std::collections::HashSet<String>,
@@ -89,6 +101,8 @@ struct Correlator {
     seen: HashMap<Key, Seen>,
     /// Similar events within the window, by their key without the message.
     similar: HashMap<Key, Similar>,
+    /// The spam filter's buckets, by object (namespace, uid, name, kind).
+    spam: HashMap<(String, String, String, String), Bucket>,
     /// When what left the window was last forgotten.
     pruned: Instant,
 }
@@ -98,6 +112,7 @@ impl Default for Correlator {
         Correlator {
             seen: HashMap::new(),
             similar: HashMap::new(),
+            spam: HashMap::new(),
             pruned: Instant::now(),
         }
     }
@@ -153,6 +168,37 @@ impl Correlator {
             None => Decision::Create { message },
         };
         (key, decision)
+    }
+
+    /// Whether an event about `key`'s object may be written now (upstream's
+    /// EventSourceObjectSpamFilter, which sees every event after deduplication: a repeat
+    /// counts as one). A refused repeat still counted: the next one written carries it.
+    fn allow(&mut self, key: &Key) -> bool {
+        self.allow_at(key, Instant::now())
+    }
+
+    fn allow_at(&mut self, key: &Key, now: Instant) -> bool {
+        if self.spam.len() >= REMEMBERED {
+            self.spam.clear();
+        }
+        let object = (
+            key.namespace.clone(),
+            key.uid.clone(),
+            key.name.clone(),
+            key.kind.clone(),
+        );
+        let b = self.spam.entry(object).or_insert(Bucket {
+            tokens: SPAM_BURST,
+            at: now,
+        });
+        let gained = now.saturating_duration_since(b.at).as_secs_f64() / SPAM_REFILL.as_secs_f64();
+        b.tokens = (b.tokens + gained).min(SPAM_BURST);
+        b.at = now;
+        if b.tokens < 1.0 {
+            return false;
+        }
+        b.tokens -= 1.0;
+        true
     }
 
     /// Remembers an event just created as `name`.
@@ -258,6 +304,10 @@ impl Writer {
             message: message.clone(),
         };
         let (key, decision) = self.correlator.decide(key);
+        if !self.correlator.allow(&key) {
+            tracing::debug!(reason = %reason, object = ?about.name, "too many events about one object; dropping one");
+            return;
+        }
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let message = match decision {
             Decision::Create { message } => message,
@@ -430,5 +480,18 @@ mod tests {
             1001,
         );
         assert!(matches!(other, Decision::Create { .. }));
+    }
+
+    #[test]
+    fn the_spam_filter_lets_25_events_about_an_object_through() {
+        let mut c = Correlator::default();
+        let web = key("web", "SuccessfulCreate", "x");
+        let allowed = (0..100).filter(|_| c.allow(&web)).count();
+        assert_eq!(allowed, 25);
+        // Another object has its own budget; time refills one per five minutes.
+        assert!(c.allow(&key("db", "SuccessfulCreate", "x")));
+        let later = Instant::now() + SPAM_REFILL;
+        assert!(c.allow_at(&web, later));
+        assert!(!c.allow_at(&web, later));
     }
 }

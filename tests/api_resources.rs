@@ -548,3 +548,87 @@ fn kubectl_scale_and_pod_binding() {
     let o = post("/api/v1/namespaces/default/pods/p1/binding");
     assert!(text(&o).contains("already assigned"), "{}", text(&o));
 }
+
+/// Watches with selectors see objects enter (ADDED) and leave (DELETED, with the object as it
+/// left) their selection, as upstream's watch cache sends them, and only what matches.
+#[test]
+fn selector_watches_follow_objects_into_and_out_of_their_selection() {
+    let s = Server::start();
+    let ok = |args: &[&str]| {
+        let o = s.kubectl(args);
+        assert!(o.status.success(), "kubectl {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    ok(&["create", "cm", "w"]);
+    ok(&["label", "cm", "w", "tier=a"]);
+    let rv = ok(&[
+        "get",
+        "cm",
+        "w",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
+    let watch = |selector: &str| {
+        Command::new(kubectl())
+            .arg("--kubeconfig")
+            .arg(&s.kubeconfig)
+            .args(["get", "--raw"])
+            .arg(format!(
+                "/api/v1/namespaces/default/configmaps?watch=true&{selector}&resourceVersion={rv}&timeoutSeconds=8"
+            ))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("watch")
+    };
+    let by_label = watch("labelSelector=tier%3Db");
+    let by_name = watch("fieldSelector=metadata.name%3Dw");
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&["label", "cm", "w", "tier=b", "--overwrite"]);
+    ok(&["annotate", "cm", "w", "note=1"]);
+    ok(&["label", "cm", "w", "tier=c", "--overwrite"]);
+    ok(&["create", "cm", "other"]);
+    ok(&["label", "cm", "other", "tier=b"]);
+    ok(&["label", "cm", "w", "tier=b", "--overwrite"]);
+    ok(&["delete", "cm", "w"]);
+    let events = |child: std::process::Child| -> Vec<(String, String, String)> {
+        let out = child.wait_with_output().expect("watch output");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|e| {
+                let o = &e["object"];
+                assert_eq!(o["kind"], "ConfigMap", "{e}");
+                assert_eq!(o["apiVersion"], "v1", "{e}");
+                assert!(o["metadata"]["resourceVersion"].is_string(), "{e}");
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                (
+                    s(&e["type"]),
+                    s(&o["metadata"]["name"]),
+                    s(&o["metadata"]["labels"]["tier"]),
+                )
+            })
+            .collect()
+    };
+    let ev = |t: &str, n: &str, tier: &str| (t.to_string(), n.to_string(), tier.to_string());
+    assert_eq!(
+        events(by_label),
+        [
+            ev("ADDED", "w", "b"),
+            ev("MODIFIED", "w", "b"),
+            ev("DELETED", "w", "c"),
+            ev("ADDED", "other", "b"),
+            ev("ADDED", "w", "b"),
+            ev("DELETED", "w", "b"),
+        ]
+    );
+    assert_eq!(
+        events(by_name),
+        [
+            ev("MODIFIED", "w", "b"),
+            ev("MODIFIED", "w", "b"),
+            ev("MODIFIED", "w", "c"),
+            ev("MODIFIED", "w", "b"),
+            ev("DELETED", "w", "b"),
+        ]
+    );
+}

@@ -10,14 +10,18 @@
 //!   references to it from its dependents, then the finalizer.
 //!
 //! An owner missing from the graph is looked up through the API before a dependent is deleted,
-//! so a slow watch never deletes what still has an owner.
+//! so a slow watch never deletes what still has an owner. Pods come from the controller
+//! manager's shared pod informer rather than a watch of their own: they are most objects, and
+//! decoding each pod event a second time (with its managedFields) cost more than the collector's
+//! other work together.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::stream::{BoxStream, SelectAll};
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions,
     PropagationPolicy,
@@ -29,6 +33,8 @@ use kube::runtime::WatchStreamExt;
 use kube::Client;
 use serde_json::json;
 use tokio::sync::watch;
+
+use crate::informer::Informer;
 
 const FOREGROUND: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
@@ -103,7 +109,44 @@ enum Work {
     Owner(String),
 }
 
-type Events = BoxStream<'static, (usize, watcher::Event<PartialObjectMeta<DynamicObject>>)>;
+/// What the collector reads of an object.
+struct Meta {
+    uid: String,
+    item: Item,
+}
+
+impl Meta {
+    fn of(kind: usize, m: &ObjectMeta) -> Meta {
+        Meta {
+            uid: m.uid.clone().unwrap_or_default(),
+            item: Item {
+                kind,
+                namespace: m.namespace.clone(),
+                name: m.name.clone().unwrap_or_default(),
+                owners: m.owner_references.clone().unwrap_or_default(),
+                deleting: m.deletion_timestamp.is_some(),
+                finalizers: m.finalizers.clone().unwrap_or_default(),
+            },
+        }
+    }
+}
+
+/// A watch event of one kind, as [`Meta`].
+fn meta_event<K>(
+    kind: usize,
+    e: watcher::Event<K>,
+    meta: impl Fn(&K) -> &ObjectMeta,
+) -> watcher::Event<Meta> {
+    match e {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(Meta::of(kind, meta(&o))),
+        watcher::Event::Apply(o) => watcher::Event::Apply(Meta::of(kind, meta(&o))),
+        watcher::Event::Delete(o) => watcher::Event::Delete(Meta::of(kind, meta(&o))),
+    }
+}
+
+type Events = BoxStream<'static, (usize, watcher::Event<Meta>)>;
 
 struct Gc {
     client: Client,
@@ -113,7 +156,12 @@ struct Gc {
 }
 
 /// Runs until `stop` turns true.
-pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    shared: Client,
+    pods: Informer<Pod>,
+    writer: Client,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut gc = Gc {
         client: writer,
         kinds: Vec::new(),
@@ -135,21 +183,7 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
         tokio::select! {
             _ = rediscover.tick() => {
                 for (i, k) in gc.discover(&shared).await {
-                    let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(shared.clone(), &k.resource);
-                    let plural = k.resource.plural.clone();
-                    events.push(watcher(api, Default::default()).default_backoff()
-                        .filter_map(move |e| {
-                            let plural = plural.clone();
-                            async move {
-                                match e {
-                                    Ok(e) => Some((i, e)),
-                                    Err(err) => {
-                                        tracing::debug!(resource = %plural, error = %err, "garbage collector watch");
-                                        None
-                                    }
-                                }
-                            }
-                        }).boxed());
+                    events.push(watch_kind(&shared, &pods, i, &k));
                 }
                 retry.retain(|(t, w)| {
                     if *t <= Instant::now() { work.insert(w.clone()); false } else { true }
@@ -181,6 +215,33 @@ pub async fn run(shared: Client, writer: Client, mut stop: watch::Receiver<bool>
             _ = stop.changed() => return,
         }
     }
+}
+
+/// The events of one kind: pods from the shared informer, others from a metadata watch.
+fn watch_kind(client: &Client, pods: &Informer<Pod>, i: usize, k: &Kind) -> Events {
+    if k.resource.group.is_empty() && k.resource.version == "v1" && k.resource.plural == "pods" {
+        return pods
+            .subscribe()
+            .map(move |e| (i, meta_event(i, e, |p| &p.metadata)))
+            .boxed();
+    }
+    let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), &k.resource);
+    let plural = k.resource.plural.clone();
+    watcher(api, Default::default())
+        .default_backoff()
+        .filter_map(move |e| {
+            let plural = plural.clone();
+            async move {
+                match e {
+                    Ok(e) => Some((i, meta_event(i, e, |o| &o.metadata))),
+                    Err(err) => {
+                        tracing::debug!(resource = %plural, error = %err, "garbage collector watch");
+                        None
+                    }
+                }
+            }
+        })
+        .boxed()
 }
 
 impl Gc {
@@ -221,7 +282,7 @@ impl Gc {
     fn observe(
         &mut self,
         kind: usize,
-        ev: watcher::Event<PartialObjectMeta<DynamicObject>>,
+        ev: watcher::Event<Meta>,
         synced: &mut HashSet<usize>,
         work: &mut HashSet<Work>,
     ) {
@@ -230,17 +291,8 @@ impl Gc {
             watcher::Event::InitDone => {
                 synced.insert(kind);
             }
-            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                let meta = o.metadata;
-                let uid = meta.uid.clone().unwrap_or_default();
-                let item = Item {
-                    kind,
-                    namespace: meta.namespace.clone(),
-                    name: meta.name.clone().unwrap_or_default(),
-                    owners: meta.owner_references.clone().unwrap_or_default(),
-                    deleting: meta.deletion_timestamp.is_some(),
-                    finalizers: meta.finalizers.clone().unwrap_or_default(),
-                };
+            watcher::Event::Apply(Meta { uid, item })
+            | watcher::Event::InitApply(Meta { uid, item }) => {
                 if item.deleting
                     && item
                         .finalizers
@@ -259,8 +311,7 @@ impl Gc {
                 }
                 self.graph.put(uid, item);
             }
-            watcher::Event::Delete(o) => {
-                let uid = o.metadata.uid.unwrap_or_default();
+            watcher::Event::Delete(Meta { uid, .. }) => {
                 let old = self.graph.remove(&uid);
                 for d in self.graph.dependents_of(&uid) {
                     work.insert(Work::Dependent(d));

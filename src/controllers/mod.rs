@@ -180,6 +180,7 @@ pub async fn run(
         )),
         tokio::spawn(garbage_collector::run(
             clients.shared.clone(),
+            informers.pods.clone(),
             account("generic-garbage-collector"),
             stop.clone(),
         )),

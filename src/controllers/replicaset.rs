@@ -35,6 +35,8 @@ use crate::labels;
 
 /// The most pods created or deleted in one sync (upstream's burstReplicas).
 const BURST: usize = 500;
+/// How many owners sync at once (upstream's --concurrent-replicaset-syncs).
+const WORKERS: usize = 5;
 /// How long unmet expectations hold back a sync.
 const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -343,12 +345,28 @@ pub async fn run(
             }
             dirty_ns.clear();
         }
-        for uid in std::mem::take(&mut dirty) {
-            let Some(owner) = owners.get(&uid) else {
-                continue;
-            };
-            let e = expect.entry(uid.clone()).or_default();
-            match ctl.sync(owner, &pods, e).await {
+        // Owners sync side by side, as upstream's workers do: one owner's slow-start batches
+        // no longer hold back every other owner's.
+        let due: Vec<(String, &Value, Expectation)> = std::mem::take(&mut dirty)
+            .into_iter()
+            .filter_map(|uid| {
+                let owner = owners.get(&uid)?;
+                let e = expect.remove(&uid).unwrap_or_default();
+                Some((uid, owner, e))
+            })
+            .collect();
+        let (ctl, pods) = (&ctl, &pods);
+        let mut work = Vec::with_capacity(due.len());
+        for (uid, owner, mut e) in due {
+            work.push(async move {
+                let r = ctl.sync(owner, pods, &mut e).await;
+                (uid, owner, e, r)
+            });
+        }
+        let mut syncs = futures::stream::iter(work).buffer_unordered(WORKERS);
+        while let Some((uid, owner, e, r)) = syncs.next().await {
+            expect.insert(uid.clone(), e);
+            match r {
                 Ok(Some(after)) => pacer.after(uid, after),
                 Ok(None) => {}
                 Err(err) => {

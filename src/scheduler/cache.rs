@@ -3,6 +3,7 @@
 //! pending pod asks for, computed once per pod.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -12,6 +13,26 @@ use crate::quantity::milli;
 
 /// Quantities by resource name, in thousandths (cpu in millicores, memory in milli-bytes).
 pub type Resources = BTreeMap<String, i128>;
+
+/// The hasher of [`NodeInfo::groups`]: a group number is a hash, taken as it is.
+#[derive(Default)]
+pub struct GroupHasher(u64);
+
+impl Hasher for GroupHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// Requests a pod without any is counted with when spreading load (upstream's non-zero
 /// defaults): 100m CPU and 200 MiB.
@@ -162,8 +183,9 @@ pub struct NodeInfo {
     pub nonzero_memory: i128,
     pub pods: HashMap<String, Arc<PodInfo>>,
     pub ports: HashSet<HostPort>,
-    /// Pods per [`PodInfo::group`].
-    pub groups: HashMap<u64, i64>,
+    /// Pods per [`PodInfo::group`] (read for every node for every pod scheduled: the group is
+    /// a hash already, so it is its own hash).
+    pub groups: HashMap<u64, i64, BuildHasherDefault<GroupHasher>>,
     /// Pods with required anti-affinity.
     pub anti_affinity: usize,
     /// The node's domain number for each of [`TOPOLOGY_KEYS`] (`None`: no such label).
@@ -172,6 +194,9 @@ pub struct NodeInfo {
     pub alloc_cpu: i128,
     pub alloc_memory: i128,
     pub alloc_pods: i128,
+    /// Requested cpu and memory (`requested`'s), read for every pod scheduled.
+    pub used_cpu: i128,
+    pub used_memory: i128,
 }
 
 impl NodeInfo {
@@ -185,10 +210,12 @@ impl NodeInfo {
             nonzero_memory: 0,
             pods: HashMap::new(),
             ports: HashSet::new(),
-            groups: HashMap::new(),
+            groups: HashMap::default(),
             anti_affinity: 0,
             domains: [None; 2],
             alloc_cpu: 0,
+            used_cpu: 0,
+            used_memory: 0,
             alloc_memory: 0,
             alloc_pods: 0,
         };
@@ -230,6 +257,12 @@ impl NodeInfo {
             self.nonzero_memory -= old.nonzero_memory;
             self.forget_group(&old);
         }
+        self.note_used();
+    }
+
+    fn note_used(&mut self) {
+        let get = |r: &str| self.requested.get(r).copied().unwrap_or(0);
+        (self.used_cpu, self.used_memory) = (get("cpu"), get("memory"));
     }
 
     /// Stops counting a pod on this node.
@@ -245,6 +278,7 @@ impl NodeInfo {
         self.nonzero_cpu -= p.nonzero_cpu;
         self.nonzero_memory -= p.nonzero_memory;
         self.forget_group(&p);
+        self.note_used();
         self.ports = self
             .pods
             .values()

@@ -145,7 +145,7 @@ impl WatchCache {
 
     /// Whether `key` is one the cache holds.
     fn holds(&self, key: &str) -> bool {
-        !self.inner.opts.uncached.iter().any(|p| key.starts_with(p))
+        !self.bypasses(key)
     }
 
     /// Whether reads and watches of `prefix` go to the store (it lies inside an uncached

@@ -66,6 +66,13 @@ impl Filters {
         self.labels.is_empty() && self.fields.is_empty()
     }
 
+    /// What [`Filters::matches`] reads of an object.
+    fn paths(&self) -> Vec<&str> {
+        let mut paths = vec!["metadata.labels"];
+        paths.extend(self.fields.keys());
+        paths
+    }
+
     fn matches(&self, obj: &Value) -> bool {
         self.labels.matches_labels(obj)
             && self.fields.matches_fields(obj, |k| {
@@ -170,28 +177,40 @@ pub async fn list(call: &Call<'_>) -> Response {
         }
         Err(e) => return store_error(call.def, "", e),
     };
-    if call.table.is_none() && !filtered && !crate::apiserver::convert::converts(call.def) {
+    // Stored bytes are what the client gets: they are copied, selectors read only the fields
+    // they test ([`super::pick`]).
+    let as_stored = call.table.is_none() && !crate::apiserver::convert::converts(call.def);
+    if as_stored && !filtered {
         return fast_list(call, &prefix, &page);
     }
+    let paths = super::pick::Paths::new(filters.paths());
     let mut items = Vec::new();
+    let mut stored: Vec<KeyValue> = Vec::new();
     // The key of the last item returned, and whether more items may follow it.
     let mut last = None;
     let mut more = false;
     'pages: loop {
         for kv in &page.kvs {
-            let obj = match to_wire(call.def, kv) {
+            let obj = match as_stored {
+                true => paths.pick(&kv.value).ok_or_else(|| corrupt(kv)),
+                false => to_wire(call.def, kv),
+            };
+            let obj = match obj {
                 Ok(o) => o,
                 Err(r) => return r,
             };
             if !filters.matches(&obj) {
                 continue;
             }
-            if limit > 0 && items.len() >= limit {
+            if limit > 0 && items.len() + stored.len() >= limit {
                 more = true;
                 break 'pages;
             }
             last = Some(kv.key.clone());
-            items.push(obj);
+            match as_stored {
+                true => stored.push(kv.clone()),
+                false => items.push(obj),
+            }
         }
         // Unfiltered, the page is complete; filtered, the next chunk may hold more matches.
         let Some(read) = page.kvs.last().filter(|_| filtered && page.more) else {
@@ -221,6 +240,9 @@ pub async fn list(call: &Call<'_>) -> Response {
     if let Some(v) = call.table {
         return json(StatusCode::OK, &call.table_of(v, &items, meta));
     }
+    if as_stored {
+        return stored_list(call.def, &meta, &stored);
+    }
     let items: Vec<Value> = items.into_iter().map(item).collect();
     json(
         StatusCode::OK,
@@ -249,27 +271,37 @@ fn fast_list(
             meta["remainingItemCount"] = json!(left);
         }
     }
-    let size: usize = page.kvs[..take].iter().map(|kv| kv.value.len() + 32).sum();
+    stored_list(call.def, &meta, &page.kvs[..take])
+}
+
+/// The 500 answer for a stored value that is not a JSON object.
+fn corrupt(kv: &KeyValue) -> Response {
+    tracing::error!(key = %kv.key, "stored object is not a JSON object");
+    status::failure(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "InternalError",
+        "stored object is corrupt",
+    )
+}
+
+/// A list response of stored objects, copied as stored ([`super::rawjson`]).
+fn stored_list(def: &ResourceDef, meta: &Value, kvs: &[KeyValue]) -> Response {
+    let size: usize = kvs.iter().map(|kv| kv.value.len() + 32).sum();
     let mut out = Vec::with_capacity(size + 256);
     out.extend_from_slice(
         format!(
             "{{\"kind\":{},\"apiVersion\":{},\"metadata\":{meta},\"items\":[",
-            json!(list_kind(call.def)),
-            json!(call.def.group_version())
+            json!(list_kind(def)),
+            json!(def.group_version())
         )
         .as_bytes(),
     );
-    for (i, kv) in page.kvs[..take].iter().enumerate() {
+    for (i, kv) in kvs.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         if !super::rawjson::write_item(&mut out, &kv.value, kv.mod_revision) {
-            tracing::error!(key = %kv.key, "stored object is not a JSON object");
-            return status::failure(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                "stored object is corrupt",
-            );
+            return corrupt(kv);
         }
     }
     out.extend_from_slice(b"]}");
@@ -319,6 +351,9 @@ struct Render {
     include: String,
     /// Nothing to filter, render or convert: events are copied as stored ([`raw_line`]).
     raw: bool,
+    /// Not raw, but what is filtered or rendered needs only these fields of the stored
+    /// object ([`translate_picked`]).
+    pick: Option<super::pick::Paths>,
 }
 
 impl Render {
@@ -353,6 +388,9 @@ fn translate(def: &ResourceDef, filters: &Filters, render: &Render, e: &Event) -
             EventKind::Delete => raw_line(def, "DELETED", &e.prev.as_ref()?.value, e.revision()),
         };
     }
+    if let Some(paths) = &render.pick {
+        return translate_picked(def, filters, render, paths, e);
+    }
     let event_line = |kind: &str, obj: &Value| render.line(def, kind, obj);
     let wire = |kv: &KeyValue| to_wire(def, kv).ok();
     match e.kind {
@@ -380,6 +418,48 @@ fn translate(def: &ResourceDef, filters: &Filters, render: &Render, e: &Event) -
     }
 }
 
+/// [`translate`] for a watcher whose events need only a few fields of the stored object read
+/// (to test its selectors, or the metadata of a `PartialObjectMetadata` watch): the stored
+/// bytes are scanned once for those fields and, without a Table, sent as stored.
+fn translate_picked(
+    def: &ResourceDef,
+    filters: &Filters,
+    render: &Render,
+    paths: &super::pick::Paths,
+    e: &Event,
+) -> Option<Bytes> {
+    let (kind, kv, mut obj) = match e.kind {
+        EventKind::Put => {
+            let cur = paths.pick(&e.kv.value)?;
+            let now = filters.matches(&cur);
+            let before = e.prev.as_ref().and_then(|p| paths.pick(&p.value));
+            let kind = match (before.map(|p| filters.matches(&p)), now) {
+                (None, true) | (Some(false), true) => "ADDED",
+                (Some(true), true) => "MODIFIED",
+                (Some(true), false) => "DELETED",
+                _ => return None,
+            };
+            (kind, &e.kv, cur)
+        }
+        EventKind::Delete => {
+            let prev = e.prev.as_ref()?;
+            let obj = paths.pick(&prev.value)?;
+            if !filters.matches(&obj) {
+                return None;
+            }
+            ("DELETED", prev, obj)
+        }
+    };
+    if render.table.is_none() {
+        return raw_line(def, kind, &kv.value, e.revision());
+    }
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    obj["metadata"]["resourceVersion"] = json!(e.revision().to_string());
+    Some(render.line(def, kind, &obj))
+}
+
 /// `GET ...?watch=true`: a stream of JSON watch events.
 pub async fn watch(call: &Call<'_>) -> Response {
     let filters = match Filters::parse(call) {
@@ -387,11 +467,20 @@ pub async fn watch(call: &Call<'_>) -> Response {
         Err(r) => return r,
     };
     let def = call.def;
+    let stored_is_wire = !crate::apiserver::convert::converts(def);
+    let raw = call.table.is_none() && filters.is_empty() && stored_is_wire;
+    let pick = match call.table {
+        _ if raw || !stored_is_wire => None,
+        None => Some(super::pick::Paths::new(filters.paths())),
+        Some(crate::apiserver::table::METADATA) => Some(super::pick::Paths::new(
+            filters.paths().into_iter().chain(["metadata"]),
+        )),
+        Some(_) => None,
+    };
     let render = Render {
         table: call.table,
-        raw: call.table.is_none()
-            && filters.is_empty()
-            && !crate::apiserver::convert::converts(def),
+        raw,
+        pick,
         include: call
             .query
             .include_object

@@ -13,6 +13,7 @@ mod delete;
 mod list;
 mod metrics;
 pub(crate) mod object;
+mod pick;
 mod rawjson;
 pub(crate) mod request;
 pub(crate) mod selector;

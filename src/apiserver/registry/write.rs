@@ -44,6 +44,17 @@ pub(crate) async fn current(call: &Call<'_>) -> Result<KeyValue, Response> {
     }
 }
 
+/// The watch cache's copy of the call's object, if it holds one (it may lag the store).
+async fn cached(call: &Call<'_>) -> Option<KeyValue> {
+    let key = key(call);
+    call.reg
+        .cache
+        .get(&key, crate::store::watch_cache::ReadFrom::Any)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// `GET` one object (or its status).
 pub async fn get(call: &Call<'_>) -> Response {
     match current(call).await.and_then(|kv| to_wire(call.def, &kv)) {
@@ -481,10 +492,22 @@ async fn read_modify_write(
     record: bool,
     duplicates: &[String],
 ) -> Response {
-    for _ in 0..RETRIES {
-        let kv = match current(call).await {
-            Ok(kv) => kv,
-            Err(r) => return r,
+    for attempt in 0..RETRIES {
+        // The first attempt starts from the watch cache's copy, as upstream's GuaranteedUpdate
+        // starts from the cacher's: the write is guarded by the copy's revision, so a stale
+        // copy costs one more attempt, read from the store. Services are read from the store:
+        // an attempt may allocate node ports.
+        let cached = match attempt == 0 && !is_service(call.def) {
+            true => cached(call).await,
+            false => None,
+        };
+        let from_cache = cached.is_some();
+        let kv = match cached {
+            Some(kv) => kv,
+            None => match current(call).await {
+                Ok(kv) => kv,
+                Err(r) => return r,
+            },
         };
         let old = match to_wire(call.def, &kv) {
             Ok(o) => o,
@@ -518,6 +541,9 @@ async fn read_modify_write(
             .map(str::to_string);
         if let Some(rv) = &wanted {
             if !rv.is_empty() && rv.parse::<i64>().ok() != Some(kv.mod_revision) {
+                if from_cache {
+                    continue; // the store may hold the revision the client named
+                }
                 return object::conflict(call.def, call.name());
             }
         }
@@ -569,6 +595,9 @@ async fn read_modify_write(
         match admission::validate(&attrs, &new, Some(&old)).await {
             Ok(w) => warnings.extend(w),
             Err(r) => return r,
+        }
+        if unchanged(&old, &new) && from_cache {
+            continue; // a change to a newer object may not be a no-op: read the store's
         }
         if unchanged(&old, &new) && !call.reg.store.needs_rewrite(&kv.key).await {
             // As upstream, an update that changes nothing is not written: no new

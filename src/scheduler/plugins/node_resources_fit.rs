@@ -26,8 +26,14 @@ impl Plugin for NodeResourcesFit {
             if *want <= 0 {
                 continue;
             }
-            let have = node.allocatable.get(resource).copied().unwrap_or(0);
-            let used = node.requested.get(resource).copied().unwrap_or(0);
+            let (have, used) = match resource.as_str() {
+                "cpu" => (node.alloc_cpu, node.used_cpu),
+                "memory" => (node.alloc_memory, node.used_memory),
+                r => (
+                    node.allocatable.get(r).copied().unwrap_or(0),
+                    node.requested.get(r).copied().unwrap_or(0),
+                ),
+            };
             if used + want > have {
                 reasons.push(format!("Insufficient {resource}"));
             }

@@ -236,9 +236,12 @@ impl Plugin for PodTopologySpread {
                 {
                     continue;
                 }
+                // The default constraints share one group: counted once per node.
+                let mut in_group = None;
                 for (c, d) in constraints.iter().zip(domains.iter_mut()) {
                     d.add(&c.key, node, || match c.group {
-                        Some(g) => node.groups.get(&g).copied().unwrap_or(0),
+                        Some(g) => *in_group
+                            .get_or_insert_with(|| node.groups.get(&g).copied().unwrap_or(0)),
                         None => matching_pods(node, &ns, &c.selector),
                     });
                 }
