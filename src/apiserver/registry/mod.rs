@@ -13,6 +13,7 @@ mod delete;
 mod list;
 mod metrics;
 pub(crate) mod object;
+mod patches;
 mod pick;
 mod rawjson;
 pub(crate) mod request;
@@ -303,7 +304,8 @@ async fn dispatch(call: Call<'_>, body: Bytes, content_type: String) -> Response
             };
         }
         (Some("scale"), "patch") => {
-            return match write::Patcher::new(&body, &content_type, ("autoscaling", "v1", "Scale")) {
+            return match patches::Patcher::new(&body, &content_type, ("autoscaling", "v1", "Scale"))
+            {
                 Ok(p) => subresource::update_scale(&call, |scale| p.apply(scale)).await,
                 Err(r) => r,
             };
@@ -321,7 +323,7 @@ async fn dispatch(call: Call<'_>, body: Bytes, content_type: String) -> Response
         "watch" => list::watch(&call).await,
         "create" => write::create(&call, &body, &content_type).await,
         "update" => write::update(&call, &body, &content_type).await,
-        "patch" => write::patch(&call, &body, &content_type).await,
+        "patch" => patches::patch(&call, &body, &content_type).await,
         "delete" => delete::delete(&call, &body).await,
         "deletecollection" => list::delete_collection(&call, &body).await,
         _ => method_not_allowed(&call.info),

@@ -109,12 +109,30 @@ pub fn object_meta(def: &ResourceDef, obj: &Value, errs: &mut Errors) {
             );
         }
     }
+    // One controller at most, as upstream's ValidateOwnerReferences: two controllers that
+    // adopt the same pod at once cannot both succeed.
+    let mut controller: Option<String> = None;
     for (i, r) in meta["ownerReferences"]
         .as_array()
         .into_iter()
         .flatten()
         .enumerate()
     {
+        if r["controller"] == true {
+            let this = format!(
+                "{}/{}",
+                r["kind"].as_str().unwrap_or_default(),
+                r["name"].as_str().unwrap_or_default()
+            );
+            match &controller {
+                Some(first) => errs.invalid(
+                    "metadata.ownerReferences",
+                    &meta["ownerReferences"],
+                    &format!("Only one reference can have Controller set to true. Found \"true\" in references for {first} and {this}"),
+                ),
+                None => controller = Some(this),
+            }
+        }
         let path = format!("metadata.ownerReferences[{i}]");
         for f in ["apiVersion", "kind", "name", "uid"] {
             if r[f].as_str().is_none_or(str::is_empty) {

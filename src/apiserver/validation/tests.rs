@@ -131,6 +131,28 @@ fn metadata_and_data_keys() {
 }
 
 #[test]
+fn one_controller_reference_at_most() {
+    let owner = |name: &str, controller: bool| json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name, "uid": format!("u-{name}"), "controller": controller});
+    let pod = |refs: Value| {
+        json!({"metadata": {"name": "p", "ownerReferences": refs},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    };
+    let errs = create(
+        "",
+        "pods",
+        pod(json!([owner("a", true), owner("b", false)])),
+    );
+    assert!(errs.is_empty(), "{errs:?}");
+    let errs = create("", "pods", pod(json!([owner("a", true), owner("b", true)])));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("metadata.ownerReferences: Invalid value: ")
+            && errs[0].ends_with("Only one reference can have Controller set to true. Found \"true\" in references for ReplicaSet/a and ReplicaSet/b"),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn one_error_or_a_list_in_the_status() {
     let def = find("", "v1", "pods").expect("pods");
     let e = FieldError {
