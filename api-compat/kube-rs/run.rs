@@ -288,3 +288,54 @@ async fn kube_rs_scenario() {
     .expect("patch scale");
     assert_eq!(deps.get("web").await.expect("get").spec.replicas, Some(3));
 }
+
+/// A write right after another sees it: updates and patches start from the watch cache's copy,
+/// which may lag the store by a moment, and whatever that copy would refuse (a JSON patch's
+/// `test`, a resourceVersion just returned) is checked against the store's.
+#[tokio::test]
+async fn back_to_back_writes_see_each_other() {
+    let server = Server::start();
+    let client = client(&server).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    cms.create(&PostParams::default(), &cm("tight", "0"))
+        .await
+        .expect("create");
+    for i in 1..=50 {
+        let merged = cms
+            .patch(
+                "tight",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"v": i.to_string()}})),
+            )
+            .await
+            .expect("merge patch");
+        let ops = Patch::Json::<()>(
+            serde_json::from_value(json!([
+                {"op": "test", "path": "/data/v", "value": i.to_string()},
+                {"op": "replace", "path": "/data/v", "value": format!("{i}-json")},
+            ]))
+            .expect("json patch"),
+        );
+        let patched = cms
+            .patch("tight", &PatchParams::default(), &ops)
+            .await
+            .unwrap_or_else(|e| panic!("json patch testing the write before it ({i}): {e}"));
+        assert_ne!(
+            merged.metadata.resource_version,
+            patched.metadata.resource_version
+        );
+        // A PUT naming the resourceVersion just returned is not a conflict.
+        let mut next = patched;
+        next.data
+            .get_or_insert_with(BTreeMap::new)
+            .insert("v".into(), format!("{i}-put"));
+        let put = cms
+            .replace("tight", &PostParams::default(), &next)
+            .await
+            .unwrap_or_else(|e| panic!("update with the resourceVersion just returned ({i}): {e}"));
+        assert_eq!(
+            put.data.and_then(|d| d.get("v").cloned()),
+            Some(format!("{i}-put"))
+        );
+    }
+}

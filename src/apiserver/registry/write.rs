@@ -494,10 +494,11 @@ pub(super) async fn read_modify_write(
 ) -> Response {
     for attempt in 0..RETRIES {
         // The first attempt starts from the watch cache's copy, as upstream's GuaranteedUpdate
-        // starts from the cacher's: the write is guarded by the copy's revision, so a stale
-        // copy costs one more attempt, read from the store. Services are read from the store:
-        // an attempt may allocate node ports.
-        let cached = match attempt == 0 && !is_service(call.def) {
+        // starts from the cacher's: the write is guarded by the copy's revision. Anything but a
+        // write worked out from that copy (a refusal, a no-op) may be stale: it is worked out
+        // again from the store's. Services and dry runs read the store: an attempt may
+        // allocate node ports, and a dry run writes nothing that would catch a stale copy.
+        let cached = match attempt == 0 && !is_service(call.def) && !call.query.dry_run {
             true => cached(call).await,
             false => None,
         };
@@ -509,114 +510,138 @@ pub(super) async fn read_modify_write(
                 Err(r) => return r,
             },
         };
-        let old = match to_wire(call.def, &kv) {
-            Ok(o) => o,
-            Err(r) => return r,
-        };
-        let mut new = match change(&old) {
-            Ok(n) => n,
-            Err(r) => return r,
-        };
-        if let Err(r) = check_type(call.def, &mut new).and_then(|_| check_namespace(call, &mut new))
-        {
-            return r;
-        }
-        let warnings = match check_fields(call, &mut new, duplicates) {
-            Ok(w) => w,
-            Err(r) => return r,
-        };
-        if new["metadata"]["name"].as_str() != Some(call.name()) {
-            return status::failure(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!(
-                    "the name of the object ({}) does not match the name on the URL ({})",
-                    new["metadata"]["name"].as_str().unwrap_or_default(),
-                    call.name()
-                ),
-            );
-        }
-        let wanted = new["metadata"]["resourceVersion"]
-            .as_str()
-            .map(str::to_string);
-        if let Some(rv) = &wanted {
-            if !rv.is_empty() && rv.parse::<i64>().ok() != Some(kv.mod_revision) {
-                if from_cache {
-                    continue; // the store may hold the revision the client named
-                }
-                return object::conflict(call.def, call.name());
-            }
-        }
-        crate::apiserver::strategy::apply_defaults(call.def, &mut new);
-        if is_service(call.def) {
-            for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
-                let (o, n) = (&old["spec"][field], &new["spec"][field]);
-                if n.is_null() || n == "" {
-                    new["spec"][field] = o.clone();
-                } else if field == "clusterIP" && !o.is_null() && o != n {
-                    return invalid(
-                        call.def,
-                        call.name(),
-                        "spec.clusterIPs[0]",
-                        "Invalid value: may not change once set",
-                    );
-                }
-            }
-        }
-        if is_service(call.def) && call.info.subresource.is_none() && !call.query.dry_run {
-            if let Err(r) = assign_node_ports(call, call.name(), &old, &mut new).await {
-                return r;
-            }
-        }
-        let mut new = prepare_update(call, &old, new);
-        let attrs = admission_attributes(call, call.name(), Operation::Update);
-        if let Err(r) = admission::admit(&attrs, &mut new, Some(&old)).await {
-            return r;
-        }
-        if record {
-            // managedFields are the server's to keep: the old ones, with this write added.
-            new["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
-            record_fields(call, Some(&old), &mut new);
-        }
-        object::drop_empty_metadata(&mut new);
-        if let Err(r) = check_finalizers(call, &old, &new) {
-            return r;
-        }
-        if call.info.subresource.is_none() {
-            let errs = crate::apiserver::validation::validate_update(call.def, &old, &new);
-            if !errs.is_empty() {
-                return crate::apiserver::validation::response(call.def, call.name(), &errs);
-            }
-            if let Err(r) = check_escalation(call, &new, Some(&old)).await {
-                return r;
-            }
-        }
-        let mut warnings = warnings;
-        match admission::validate(&attrs, &new, Some(&old)).await {
-            Ok(w) => warnings.extend(w),
-            Err(r) => return r,
-        }
-        if unchanged(&old, &new) && from_cache {
-            continue; // a change to a newer object may not be a no-op: read the store's
-        }
-        if unchanged(&old, &new) && !call.reg.store.needs_rewrite(&kv.key).await {
-            // As upstream, an update that changes nothing is not written: no new
-            // resourceVersion, no watch event.
-            return with_warnings(json(StatusCode::OK, &old), &warnings);
-        }
-        if call.query.dry_run {
-            return with_warnings(json(StatusCode::OK, &new), &warnings);
-        }
-        match store_update(call, &new, kv.mod_revision).await {
-            Ok(obj) => return with_warnings(json(StatusCode::OK, &obj), &warnings),
-            // Lost a race: read again. A resourceVersion the client asked for (in a PUT body or
-            // a patch) no longer matches then and ends in 409; a patch that named none, or a PUT
-            // without one, is applied to the newer object, as upstream's GuaranteedUpdate does.
-            Err(store::Error::Conflict { .. }) => continue,
-            Err(e) => return store_error(call.def, call.name(), e),
+        match write_once(call, &change, record, duplicates, &kv).await {
+            Outcome::Lost => continue,
+            Outcome::Refused(_) | Outcome::Unchanged(_) if from_cache => continue,
+            Outcome::Stored(r) | Outcome::Refused(r) | Outcome::Unchanged(r) => return r,
         }
     }
     object::conflict(call.def, call.name())
+}
+
+/// How one attempt of [`read_modify_write`] ended.
+enum Outcome {
+    /// Written (or a dry run's result).
+    Stored(Response),
+    /// Nothing to write: the object as it is.
+    Unchanged(Response),
+    /// Refused: the answer.
+    Refused(Response),
+    /// Another write came first.
+    Lost,
+}
+
+/// One attempt of [`read_modify_write`] on `kv`.
+async fn write_once(
+    call: &Call<'_>,
+    change: &impl Fn(&Value) -> Result<Value, Response>,
+    record: bool,
+    duplicates: &[String],
+    kv: &KeyValue,
+) -> Outcome {
+    let old = match to_wire(call.def, kv) {
+        Ok(o) => o,
+        Err(r) => return Outcome::Refused(r),
+    };
+    let mut new = match change(&old) {
+        Ok(n) => n,
+        Err(r) => return Outcome::Refused(r),
+    };
+    if let Err(r) = check_type(call.def, &mut new).and_then(|_| check_namespace(call, &mut new)) {
+        return Outcome::Refused(r);
+    }
+    let warnings = match check_fields(call, &mut new, duplicates) {
+        Ok(w) => w,
+        Err(r) => return Outcome::Refused(r),
+    };
+    if new["metadata"]["name"].as_str() != Some(call.name()) {
+        return Outcome::Refused(status::failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!(
+                "the name of the object ({}) does not match the name on the URL ({})",
+                new["metadata"]["name"].as_str().unwrap_or_default(),
+                call.name()
+            ),
+        ));
+    }
+    let wanted = new["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_string);
+    if let Some(rv) = &wanted {
+        if !rv.is_empty() && rv.parse::<i64>().ok() != Some(kv.mod_revision) {
+            return Outcome::Refused(object::conflict(call.def, call.name()));
+        }
+    }
+    crate::apiserver::strategy::apply_defaults(call.def, &mut new);
+    if is_service(call.def) {
+        for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            let (o, n) = (&old["spec"][field], &new["spec"][field]);
+            if n.is_null() || n == "" {
+                new["spec"][field] = o.clone();
+            } else if field == "clusterIP" && !o.is_null() && o != n {
+                return Outcome::Refused(invalid(
+                    call.def,
+                    call.name(),
+                    "spec.clusterIPs[0]",
+                    "Invalid value: may not change once set",
+                ));
+            }
+        }
+    }
+    if is_service(call.def) && call.info.subresource.is_none() && !call.query.dry_run {
+        if let Err(r) = assign_node_ports(call, call.name(), &old, &mut new).await {
+            return Outcome::Refused(r);
+        }
+    }
+    let mut new = prepare_update(call, &old, new);
+    let attrs = admission_attributes(call, call.name(), Operation::Update);
+    if let Err(r) = admission::admit(&attrs, &mut new, Some(&old)).await {
+        return Outcome::Refused(r);
+    }
+    if record {
+        // managedFields are the server's to keep: the old ones, with this write added.
+        new["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
+        record_fields(call, Some(&old), &mut new);
+    }
+    object::drop_empty_metadata(&mut new);
+    if let Err(r) = check_finalizers(call, &old, &new) {
+        return Outcome::Refused(r);
+    }
+    if call.info.subresource.is_none() {
+        let errs = crate::apiserver::validation::validate_update(call.def, &old, &new);
+        if !errs.is_empty() {
+            return Outcome::Refused(crate::apiserver::validation::response(
+                call.def,
+                call.name(),
+                &errs,
+            ));
+        }
+        if let Err(r) = check_escalation(call, &new, Some(&old)).await {
+            return Outcome::Refused(r);
+        }
+    }
+    let mut warnings = warnings;
+    match admission::validate(&attrs, &new, Some(&old)).await {
+        Ok(w) => warnings.extend(w),
+        Err(r) => return Outcome::Refused(r),
+    }
+    if unchanged(&old, &new) && !call.reg.store.needs_rewrite(&kv.key).await {
+        // As upstream, an update that changes nothing is not written: no new
+        // resourceVersion, no watch event.
+        return Outcome::Unchanged(with_warnings(json(StatusCode::OK, &old), &warnings));
+    }
+    if call.query.dry_run {
+        return Outcome::Stored(with_warnings(json(StatusCode::OK, &new), &warnings));
+    }
+    match store_update(call, &new, kv.mod_revision).await {
+        Ok(obj) => Outcome::Stored(with_warnings(json(StatusCode::OK, &obj), &warnings)),
+        // Lost a race: read again. A resourceVersion the client asked for (in a PUT body or
+        // a patch) no longer matches then and ends in 409; a patch that named none, or a PUT
+        // without one, is applied to the newer object, as upstream's GuaranteedUpdate does.
+        Err(store::Error::Conflict { .. }) => Outcome::Lost,
+        Err(e) => Outcome::Refused(store_error(call.def, call.name(), e)),
+    }
 }
 
 /// What admission sees of a write.
