@@ -45,6 +45,14 @@ fn rename(obj: &mut Value, pairs: &[(&str, &str)], forward: bool) {
     }
 }
 
+/// Whether `def`'s objects are stored in the version they are served in.
+pub fn stored_as_is(def: &ResourceDef) -> bool {
+    !matches!(
+        (def.group, def.version, def.plural),
+        ("events.k8s.io", "v1", "events") | ("autoscaling", "v1", "horizontalpodautoscalers")
+    )
+}
+
 /// Turns an object of `def`'s version into the storage version.
 pub fn to_storage(def: &ResourceDef, obj: &mut Value) {
     match (def.group, def.version, def.plural) {

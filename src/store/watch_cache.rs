@@ -19,12 +19,13 @@
 //! of a long backlog (`k1s_watch_cache_slow_watchers_total` counts the watchers dropped).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::keys::prefix_end;
 use super::{
@@ -36,7 +37,9 @@ use super::{
 pub struct CacheOptions {
     /// Events kept for watches that start in the past.
     pub history: usize,
-    /// Batches buffered per watcher before it is dropped as too slow.
+    /// Events buffered per watcher before it is dropped as too slow. As many as the history
+    /// holds by default: a watcher dropped sooner would only watch again from its last
+    /// revision and be sent the same events from the history.
     pub watcher_buffer: usize,
     /// How long a consistent read waits for the cache before reading the backend instead.
     pub consistent_wait: Duration,
@@ -48,7 +51,7 @@ impl Default for CacheOptions {
     fn default() -> Self {
         CacheOptions {
             history: 10_000,
-            watcher_buffer: 256,
+            watcher_buffer: 10_000,
             consistent_wait: Duration::from_secs(3),
             uncached: Vec::new(),
         }
@@ -83,7 +86,9 @@ pub struct CachedList {
 struct Watcher {
     prefix: String,
     from: Revision,
-    tx: mpsc::Sender<Result<Vec<Event>>>,
+    tx: mpsc::UnboundedSender<Result<Vec<Event>>>,
+    /// Events sent and not yet taken by the consumer.
+    pending: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -266,7 +271,12 @@ impl WatchCache {
             if mine.is_empty() {
                 return !w.tx.is_closed();
             }
-            let sent = w.tx.try_send(Ok(mine)).is_ok();
+            let n = mine.len();
+            let room = w.pending.load(Ordering::Acquire) + n <= self.inner.opts.watcher_buffer;
+            let sent = room && w.tx.send(Ok(mine)).is_ok();
+            if sent {
+                w.pending.fetch_add(n, Ordering::AcqRel);
+            }
             if !sent && !w.tx.is_closed() {
                 // The client watches again from its last revision, or relists once that
                 // revision left the history: a burst of these is worth seeing.
@@ -383,6 +393,10 @@ impl WatchCache {
             ReadFrom::Exact(rev) => self.inner.store.get(key, rev).await,
             ReadFrom::Latest => self.inner.store.get(key, 0).await,
             _ if self.bypasses(key) => self.inner.store.get(key, 0).await,
+            ReadFrom::Any => {
+                let st = self.inner.state.lock().map_err(|_| poisoned())?;
+                Ok(st.objects.get(key).cloned())
+            }
             _ => {
                 let list = self.list(key, None, 0, from).await?;
                 Ok(list.kvs.into_iter().find(|kv| kv.key == key))
@@ -429,7 +443,8 @@ impl WatchCache {
                 compacted: st.oldest - 1,
             });
         }
-        let (tx, rx) = mpsc::channel(self.inner.opts.watcher_buffer.max(2));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
         let backlog: Vec<Event> = st
             .history
             .iter()
@@ -437,8 +452,8 @@ impl WatchCache {
             .cloned()
             .collect();
         if !backlog.is_empty() {
-            // The channel is new and has room for one batch.
-            let _ = tx.try_send(Ok(backlog));
+            pending.fetch_add(backlog.len(), Ordering::AcqRel);
+            let _ = tx.send(Ok(backlog));
         }
         let snap = snapshot.then(|| {
             let kvs = st
@@ -453,8 +468,15 @@ impl WatchCache {
             prefix: prefix.to_string(),
             from,
             tx,
+            pending: pending.clone(),
         });
-        Ok((snap, ReceiverStream::new(rx).boxed()))
+        let stream = UnboundedReceiverStream::new(rx).map(move |item| {
+            if let Ok(batch) = &item {
+                pending.fetch_sub(batch.len(), Ordering::AcqRel);
+            }
+            item
+        });
+        Ok((snap, stream.boxed()))
     }
 
     /// Watchers currently registered whose consumer is still there.

@@ -223,23 +223,71 @@ static AUTHN_FAILURES: crate::metrics::Desc = crate::metrics::Desc {
     buckets: &[],
 };
 
-/// Requests served at once before the server answers 429, as kube-apiserver's
-/// `--max-requests-inflight` (400) and `--max-mutating-requests-inflight` (200).
+/// Requests served at once, as kube-apiserver's `--max-requests-inflight` (400) and
+/// `--max-mutating-requests-inflight` (200), which size its priority levels.
 const MAX_READS_IN_FLIGHT: usize = 400;
 const MAX_WRITES_IN_FLIGHT: usize = 200;
+/// How long a request beyond the limit waits for a seat, and how many may wait at once: as
+/// upstream's priority and fairness, a brief burst is queued rather than refused, and a
+/// request that waited its limit (or found the queue full) gets 429 with Retry-After.
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+const QUEUED_PER_SEAT: usize = 4;
+
+/// One limit: its seats and the requests queued for them.
+#[derive(Clone)]
+struct Gate {
+    seats: Arc<tokio::sync::Semaphore>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    max_queued: usize,
+    wait: std::time::Duration,
+}
+
+impl Gate {
+    fn new(seats: usize, max_queued: usize, wait: std::time::Duration) -> Self {
+        Gate {
+            seats: Arc::new(tokio::sync::Semaphore::new(seats)),
+            queued: Arc::default(),
+            max_queued,
+            wait,
+        }
+    }
+
+    /// A seat, at once or after queueing; `None` when the queue is full or the wait ran out.
+    async fn enter(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        use std::sync::atomic::Ordering;
+        if let Ok(p) = self.seats.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let got = tokio::time::timeout(self.wait, self.seats.clone().acquire_owned()).await;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        got.ok().and_then(Result::ok)
+    }
+}
 
 /// The in-flight limits; watches and other long-running requests are not counted.
 #[derive(Clone)]
 pub struct InFlight {
-    reads: Arc<tokio::sync::Semaphore>,
-    writes: Arc<tokio::sync::Semaphore>,
+    reads: Gate,
+    writes: Gate,
 }
 
 impl Default for InFlight {
     fn default() -> Self {
         InFlight {
-            reads: Arc::new(tokio::sync::Semaphore::new(MAX_READS_IN_FLIGHT)),
-            writes: Arc::new(tokio::sync::Semaphore::new(MAX_WRITES_IN_FLIGHT)),
+            reads: Gate::new(
+                MAX_READS_IN_FLIGHT,
+                MAX_READS_IN_FLIGHT * QUEUED_PER_SEAT,
+                QUEUE_WAIT,
+            ),
+            writes: Gate::new(
+                MAX_WRITES_IN_FLIGHT,
+                MAX_WRITES_IN_FLIGHT * QUEUED_PER_SEAT,
+                QUEUE_WAIT,
+            ),
         }
     }
 }
@@ -258,7 +306,7 @@ fn heartbeat(req: &Request) -> bool {
     req.uri().path().starts_with("/apis/coordination.k8s.io/")
 }
 
-/// Answers 429 with Retry-After when too many requests are being served.
+/// Queues a request while too many are being served; 429 with Retry-After when it cannot wait.
 async fn limit_in_flight(
     axum::extract::State(limits): axum::extract::State<InFlight>,
     req: Request,
@@ -268,12 +316,12 @@ async fn limit_in_flight(
         return next.run(req).await;
     }
     let mutating = !matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS");
-    let sem = if mutating {
+    let gate = if mutating {
         &limits.writes
     } else {
         &limits.reads
     };
-    let Ok(_permit) = sem.clone().try_acquire_owned() else {
+    let Some(_seat) = gate.enter().await else {
         let mut resp = status::failure(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
             "TooManyRequests",
@@ -533,9 +581,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_server_answers_429_with_retry_after() {
+        let wait = std::time::Duration::from_millis(50);
         let limits = InFlight {
-            reads: Arc::new(tokio::sync::Semaphore::new(0)),
-            writes: Arc::new(tokio::sync::Semaphore::new(1)),
+            reads: Gate::new(0, 1, wait),
+            writes: Gate::new(1, 0, wait),
         };
         let app = Router::new()
             .route("/x", get(|| async { "ok" }))
@@ -557,7 +606,11 @@ mod tests {
             }
         };
         let resp = status("/x").await;
-        assert_eq!(resp.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            resp.status(),
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "a request that waited its limit for a seat"
+        );
         assert_eq!(resp.headers()["retry-after"], "1");
         assert_eq!(
             status("/x?watch=true").await.status(),
@@ -571,6 +624,26 @@ mod tests {
             axum::http::StatusCode::OK,
             "heartbeats are not counted"
         );
+    }
+
+    #[tokio::test]
+    async fn a_burst_beyond_the_limit_is_queued_not_refused() {
+        let gate = Gate::new(1, 1, std::time::Duration::from_secs(5));
+        let first = gate.enter().await.expect("a free seat");
+        let queued = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.enter().await.is_some() }
+        });
+        while gate.queued.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            gate.enter().await.is_none(),
+            "the queue is full: refused at once"
+        );
+        drop(first);
+        assert!(queued.await.expect("task"), "served once the seat was free");
+        assert_eq!(gate.queued.load(std::sync::atomic::Ordering::Acquire), 0);
     }
 
     #[test]

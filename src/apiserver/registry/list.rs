@@ -546,6 +546,7 @@ pub async fn watch(call: &Call<'_>) -> Response {
         .unwrap_or(DEFAULT_WATCH_TIMEOUT);
     let bookmarks = call.query.allow_watch_bookmarks && !call.reg.cache.bypasses(&prefix);
     let cache = call.reg.cache.clone();
+    let client: std::sync::Arc<str> = call.manager.as_str().into();
     let deadline = tokio::time::Instant::now() + timeout;
     let events = futures::stream::unfold(
         (
@@ -556,6 +557,7 @@ pub async fn watch(call: &Call<'_>) -> Response {
         move |(mut stream, filters, mut next_bookmark)| {
             let cache = cache.clone();
             let render = render.clone();
+            let client = client.clone();
             async move {
                 loop {
                     let wake = if bookmarks {
@@ -567,7 +569,12 @@ pub async fn watch(call: &Call<'_>) -> Response {
                         item = stream.next() => {
                             let batch = match item {
                                 Some(Ok(batch)) => batch,
-                                _ => return None,
+                                _ => {
+                                    // The cache ended it (the client fell behind) or the
+                                    // store's watch failed: the client watches again.
+                                    tracing::debug!(%client, resource = %def.plural, "watch ended by the store");
+                                    return None
+                                }
                             };
                             let lines: Vec<Bytes> = batch.iter().filter_map(|e| translate(def, &filters, &render, e)).collect();
                             if lines.is_empty() {

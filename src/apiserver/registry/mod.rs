@@ -100,7 +100,7 @@ pub(crate) fn json(code: StatusCode, body: &Value) -> Response {
     (
         code,
         [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+        object::json_bytes(body),
     )
         .into_response()
 }

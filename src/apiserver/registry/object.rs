@@ -178,12 +178,54 @@ pub fn to_wire(def: &ResourceDef, kv: &KeyValue) -> Result<Value, Response> {
 
 /// The bytes stored for an object: without its resourceVersion, as upstream stores it.
 pub fn to_stored(def: &ResourceDef, obj: &Value) -> bytes::Bytes {
+    if crate::apiserver::convert::stored_as_is(def) {
+        return bytes::Bytes::from(json_bytes(&WithoutVersion(obj)));
+    }
     let mut o = obj.clone();
     crate::apiserver::convert::to_storage(def, &mut o);
-    if let Some(m) = o["metadata"].as_object_mut() {
-        m.remove("resourceVersion");
+    bytes::Bytes::from(json_bytes(&WithoutVersion(&o)))
+}
+
+/// JSON bytes of a value that cannot fail to serialize (string keys only).
+pub(crate) fn json_bytes(v: &impl serde::Serialize) -> Vec<u8> {
+    match serde_json::to_vec(v) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "object does not serialize");
+            b"{}".to_vec()
+        }
     }
-    bytes::Bytes::from(o.to_string())
+}
+
+/// An object serialized without its `metadata.resourceVersion`, without copying it.
+struct WithoutVersion<'a>(&'a Value);
+
+impl serde::Serialize for WithoutVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(top) = self.0.as_object() else {
+            return self.0.serialize(s);
+        };
+        let mut map = s.serialize_map(Some(top.len()))?;
+        for (k, v) in top {
+            match v.as_object() {
+                Some(meta) if k == "metadata" => {
+                    map.serialize_entry(k, &Skipping(meta, "resourceVersion"))?
+                }
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// A map serialized without one key.
+struct Skipping<'a>(&'a serde_json::Map<String, Value>, &'static str);
+
+impl serde::Serialize for Skipping<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().filter(|(k, _)| *k != self.1))
+    }
 }
 
 fn details(name: &str, def: &ResourceDef) -> Value {

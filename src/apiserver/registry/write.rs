@@ -130,7 +130,9 @@ async fn check_namespace_open(call: &Call<'_>, name: &str) -> Result<(), Respons
     let Some(nsdef) = crate::apiserver::catalog::find("", "v1", "namespaces") else {
         return Ok(());
     };
-    match call.reg.store.get(&object::key(nsdef, None, ns), 0).await {
+    let key = object::key(nsdef, None, ns);
+    let found = call.reg.store.get(&key, 0).await;
+    match found {
         Ok(Some(kv)) => {
             let obj: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
             if obj["metadata"]["deletionTimestamp"].is_string()
@@ -412,7 +414,11 @@ fn prepare_update(call: &Call<'_>, old: &Value, mut new: Value) -> Value {
 
 /// Writes `obj` over the stored object at `expected`; deletes it instead when it is being
 /// deleted and its last finalizer is gone.
-async fn store_update(call: &Call<'_>, obj: &Value, expected: i64) -> Result<Value, store::Error> {
+async fn store_update(
+    call: &Call<'_>,
+    mut obj: Value,
+    expected: i64,
+) -> Result<Value, store::Error> {
     let key = key(call);
     // A namespace also waits for its spec.finalizers (the namespace controller's `kubernetes`).
     let finalizers_done = obj["metadata"]["finalizers"]
@@ -424,18 +430,16 @@ async fn store_update(call: &Call<'_>, obj: &Value, expected: i64) -> Result<Val
                 .is_none_or(|f| f.is_empty()));
     if obj["metadata"]["deletionTimestamp"].is_string() && finalizers_done {
         let deleted = call.reg.store.delete(&key, Some(expected)).await?;
-        let mut out = obj.clone();
-        out["metadata"]["resourceVersion"] = json!(deleted.revision.to_string());
-        return Ok(out);
+        obj["metadata"]["resourceVersion"] = json!(deleted.revision.to_string());
+        return Ok(obj);
     }
     let kv = call
         .reg
         .store
-        .update(&key, to_stored(call.def, obj), expected)
+        .update(&key, to_stored(call.def, &obj), expected)
         .await?;
-    let mut out = obj.clone();
-    out["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
-    Ok(out)
+    obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    Ok(obj)
 }
 
 /// Once an object is being deleted, finalizers may only be removed.
@@ -634,7 +638,7 @@ async fn write_once(
     if call.query.dry_run {
         return Outcome::Stored(with_warnings(json(StatusCode::OK, &new), &warnings));
     }
-    match store_update(call, &new, kv.mod_revision).await {
+    match store_update(call, new, kv.mod_revision).await {
         Ok(obj) => Outcome::Stored(with_warnings(json(StatusCode::OK, &obj), &warnings)),
         // Lost a race: read again. A resourceVersion the client asked for (in a PUT body or
         // a patch) no longer matches then and ends in 409; a patch that named none, or a PUT
