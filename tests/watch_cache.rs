@@ -116,7 +116,7 @@ mod cases {
         let c = cache(
             s.clone(),
             CacheOptions {
-                watcher_buffer: 2,
+                watcher_buffer: 10,
                 ..Default::default()
             },
         )

@@ -13,10 +13,12 @@
 //! Reads and watches under such a prefix go to the store itself, and the cache's own watchers
 //! (every other prefix, the RBAC index on the whole root) never see those keys.
 //!
-//! Watchers get events through bounded channels filled with `try_send`: a watcher that cannot
-//! keep up is dropped (its stream ends and the client re-watches from its last revision), so a
-//! stuck client never slows the cache or the writers behind it, nor holds the superseded values
-//! of a long backlog (`k1s_watch_cache_slow_watchers_total` counts the watchers dropped).
+//! Watchers get events through channels that never block the cache: a watcher whose unread
+//! events would pass `watcher_buffer` (the history's size by default; a watcher dropped sooner
+//! would only be sent the same events again from the history) is dropped: its stream ends and
+//! the client re-watches from its last revision. So a stuck client never slows the cache or the
+//! writers behind it, nor holds the superseded values of a longer backlog
+//! (`k1s_watch_cache_slow_watchers_total` counts the watchers dropped).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -271,12 +273,10 @@ impl WatchCache {
             if mine.is_empty() {
                 return !w.tx.is_closed();
             }
+            // Counted before it is sent, so the consumer never takes away more than was added.
             let n = mine.len();
-            let room = w.pending.load(Ordering::Acquire) + n <= self.inner.opts.watcher_buffer;
-            let sent = room && w.tx.send(Ok(mine)).is_ok();
-            if sent {
-                w.pending.fetch_add(n, Ordering::AcqRel);
-            }
+            let before = w.pending.fetch_add(n, Ordering::AcqRel);
+            let sent = before + n <= self.inner.opts.watcher_buffer && w.tx.send(Ok(mine)).is_ok();
             if !sent && !w.tx.is_closed() {
                 // The client watches again from its last revision, or relists once that
                 // revision left the history: a burst of these is worth seeing.

@@ -130,9 +130,7 @@ async fn check_namespace_open(call: &Call<'_>, name: &str) -> Result<(), Respons
     let Some(nsdef) = crate::apiserver::catalog::find("", "v1", "namespaces") else {
         return Ok(());
     };
-    let key = object::key(nsdef, None, ns);
-    let found = call.reg.store.get(&key, 0).await;
-    match found {
+    match call.reg.store.get(&object::key(nsdef, None, ns), 0).await {
         Ok(Some(kv)) => {
             let obj: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
             if obj["metadata"]["deletionTimestamp"].is_string()
