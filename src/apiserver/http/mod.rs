@@ -258,13 +258,24 @@ impl Gate {
         if let Ok(p) = self.seats.clone().try_acquire_owned() {
             return Some(p);
         }
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        // The guard gives the queue place back however the wait ends, also when the client
+        // goes away and this future is dropped while it waits.
+        let place = QueuePlace(&self.queued);
+        if place.0.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
             return None;
         }
         let got = tokio::time::timeout(self.wait, self.seats.clone().acquire_owned()).await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        drop(place);
         got.ok().and_then(Result::ok)
+    }
+}
+
+/// A place in a [`Gate`]'s queue, given back when dropped.
+struct QueuePlace<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -644,6 +655,25 @@ mod tests {
         drop(first);
         assert!(queued.await.expect("task"), "served once the seat was free");
         assert_eq!(gate.queued.load(std::sync::atomic::Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_the_queue_gives_its_place_back() {
+        let gate = Gate::new(1, 1, std::time::Duration::from_secs(5));
+        let seat = gate.enter().await.expect("a free seat");
+        let left = tokio::time::timeout(std::time::Duration::from_millis(20), gate.enter()).await;
+        assert!(left.is_err(), "the client went away while queued");
+        assert_eq!(gate.queued.load(std::sync::atomic::Ordering::Acquire), 0);
+        let queued = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.enter().await.is_some() }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        drop(seat);
+        assert!(
+            queued.await.expect("task"),
+            "the place was free to queue in"
+        );
     }
 
     #[test]
