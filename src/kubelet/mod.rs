@@ -1,7 +1,11 @@
-//! The kubelet part. So far it holds the simulated nodes ([`simulated`]): nodes without
-//! containers that register, renew their Leases and move the pods bound to them through their
-//! lifecycle, as KWOK does, so the control plane can be tested at scale. The kubelet on real
-//! containerd comes with its own issue.
+//! The kubelet part: the simulated nodes ([`simulated`]), nodes without containers that
+//! register, renew their Leases and move the pods bound to them through their lifecycle, as
+//! KWOK does, so the control plane can be tested at scale; and the pieces of the kubelet on real
+//! containerd: the supervised containerd ([`containerd`]), images without a registry
+//! ([`images`]) and the CRI runtime ([`cri`]).
 
+pub mod containerd;
+pub mod cri;
+pub mod images;
 pub mod join;
 pub mod simulated;

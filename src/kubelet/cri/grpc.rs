@@ -1,0 +1,230 @@
+//! [`Runtime`] over CRI v1 gRPC: one tonic channel to the runtime's Unix socket serves both
+//! services.
+
+use async_trait::async_trait;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+use super::{api, Runtime, RuntimeError};
+
+/// A CRI runtime reached over gRPC.
+#[derive(Clone)]
+pub struct Cri {
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+}
+
+impl Cri {
+    pub fn new(channel: Channel) -> Self {
+        Cri {
+            // Exec output and container lists can exceed tonic's 4 MiB default.
+            runtime: RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(16 << 20),
+            images: ImageServiceClient::new(channel).max_decoding_message_size(16 << 20),
+        }
+    }
+}
+
+fn status(op: &'static str) -> impl FnOnce(tonic::Status) -> RuntimeError {
+    move |s| RuntimeError::Status {
+        op,
+        code: s.code(),
+        message: s.message().to_string(),
+    }
+}
+
+#[async_trait]
+impl Runtime for Cri {
+    async fn version(&self) -> Result<api::VersionResponse, RuntimeError> {
+        let r = self
+            .runtime
+            .clone()
+            .version(api::VersionRequest::default())
+            .await;
+        Ok(r.map_err(status("version"))?.into_inner())
+    }
+
+    async fn run_pod_sandbox(&self, config: api::PodSandboxConfig) -> Result<String, RuntimeError> {
+        let req = api::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        };
+        let r = self.runtime.clone().run_pod_sandbox(req).await;
+        Ok(r.map_err(status("run pod sandbox"))?
+            .into_inner()
+            .pod_sandbox_id)
+    }
+
+    async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        let req = api::StopPodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        };
+        self.runtime
+            .clone()
+            .stop_pod_sandbox(req)
+            .await
+            .map_err(status("stop pod sandbox"))?;
+        Ok(())
+    }
+
+    async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        let req = api::RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        };
+        self.runtime
+            .clone()
+            .remove_pod_sandbox(req)
+            .await
+            .map_err(status("remove pod sandbox"))?;
+        Ok(())
+    }
+
+    async fn pod_sandbox_status(&self, id: &str) -> Result<api::PodSandboxStatus, RuntimeError> {
+        let req = api::PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_string(),
+            verbose: false,
+        };
+        let r = self.runtime.clone().pod_sandbox_status(req).await;
+        r.map_err(status("pod sandbox status"))?
+            .into_inner()
+            .status
+            .ok_or(RuntimeError::Incomplete {
+                op: "pod sandbox status",
+                what: "a status",
+            })
+    }
+
+    async fn list_pod_sandboxes(&self) -> Result<Vec<api::PodSandbox>, RuntimeError> {
+        let r = self
+            .runtime
+            .clone()
+            .list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
+            .await;
+        Ok(r.map_err(status("list pod sandboxes"))?.into_inner().items)
+    }
+
+    async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: api::ContainerConfig,
+        sandbox_config: api::PodSandboxConfig,
+    ) -> Result<String, RuntimeError> {
+        let req = api::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.to_string(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config),
+        };
+        let r = self.runtime.clone().create_container(req).await;
+        Ok(r.map_err(status("create container"))?
+            .into_inner()
+            .container_id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let req = api::StartContainerRequest {
+            container_id: id.to_string(),
+        };
+        self.runtime
+            .clone()
+            .start_container(req)
+            .await
+            .map_err(status("start container"))?;
+        Ok(())
+    }
+
+    async fn stop_container(&self, id: &str, timeout_secs: i64) -> Result<(), RuntimeError> {
+        let req = api::StopContainerRequest {
+            container_id: id.to_string(),
+            timeout: timeout_secs,
+        };
+        self.runtime
+            .clone()
+            .stop_container(req)
+            .await
+            .map_err(status("stop container"))?;
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let req = api::RemoveContainerRequest {
+            container_id: id.to_string(),
+        };
+        self.runtime
+            .clone()
+            .remove_container(req)
+            .await
+            .map_err(status("remove container"))?;
+        Ok(())
+    }
+
+    async fn list_containers(&self) -> Result<Vec<api::Container>, RuntimeError> {
+        let r = self
+            .runtime
+            .clone()
+            .list_containers(api::ListContainersRequest { filter: None })
+            .await;
+        Ok(r.map_err(status("list containers"))?
+            .into_inner()
+            .containers)
+    }
+
+    async fn container_status(&self, id: &str) -> Result<api::ContainerStatus, RuntimeError> {
+        let req = api::ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: false,
+        };
+        let r = self.runtime.clone().container_status(req).await;
+        r.map_err(status("container status"))?
+            .into_inner()
+            .status
+            .ok_or(RuntimeError::Incomplete {
+                op: "container status",
+                what: "a status",
+            })
+    }
+
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout_secs: i64,
+    ) -> Result<api::ExecSyncResponse, RuntimeError> {
+        let req = api::ExecSyncRequest {
+            container_id: id.to_string(),
+            cmd,
+            timeout: timeout_secs,
+        };
+        let r = self.runtime.clone().exec_sync(req).await;
+        Ok(r.map_err(status("exec sync"))?.into_inner())
+    }
+
+    async fn image_status(&self, image: &str) -> Result<Option<api::Image>, RuntimeError> {
+        let req = api::ImageStatusRequest {
+            image: Some(api::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            verbose: false,
+        };
+        let r = self.images.clone().image_status(req).await;
+        Ok(r.map_err(status("image status"))?.into_inner().image)
+    }
+
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<api::AuthConfig>,
+        sandbox_config: Option<api::PodSandboxConfig>,
+    ) -> Result<String, RuntimeError> {
+        let req = api::PullImageRequest {
+            image: Some(api::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            auth,
+            sandbox_config,
+        };
+        let r = self.images.clone().pull_image(req).await;
+        Ok(r.map_err(status("pull image"))?.into_inner().image_ref)
+    }
+}

@@ -1,0 +1,79 @@
+//! The container runtime as the kubelet's policy sees it: a narrow [`Runtime`] trait over CRI
+//! v1's RuntimeService and ImageService, in CRI's own types. [`grpc::Cri`] speaks it to
+//! containerd (or CRI-O) over the runtime's socket; unit tests of the pod worker use a recorded
+//! fake instead.
+
+pub mod grpc;
+
+use async_trait::async_trait;
+pub use k8s_cri::v1 as api;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cri {op}: {message} ({code:?})")]
+    Status {
+        op: &'static str,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error("cri {op}: the runtime answered without {what}")]
+    Incomplete {
+        op: &'static str,
+        what: &'static str,
+    },
+}
+
+impl RuntimeError {
+    /// Whether the sandbox, container or image asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Status {
+                code: tonic::Code::NotFound,
+                ..
+            }
+        ) || matches!(self, RuntimeError::Status { message, .. } if message.contains("not found"))
+    }
+}
+
+/// What the kubelet asks of a container runtime.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    /// The runtime's name and version (`containerd`, `v1.6.20`).
+    async fn version(&self) -> Result<api::VersionResponse, RuntimeError>;
+    /// Creates and starts a pod sandbox; its ID.
+    async fn run_pod_sandbox(&self, config: api::PodSandboxConfig) -> Result<String, RuntimeError>;
+    async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError>;
+    async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError>;
+    async fn pod_sandbox_status(&self, id: &str) -> Result<api::PodSandboxStatus, RuntimeError>;
+    async fn list_pod_sandboxes(&self) -> Result<Vec<api::PodSandbox>, RuntimeError>;
+    /// Creates a container in a sandbox; its ID.
+    async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: api::ContainerConfig,
+        sandbox_config: api::PodSandboxConfig,
+    ) -> Result<String, RuntimeError>;
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Stops a container: its stop signal, then SIGKILL after `timeout_secs`.
+    async fn stop_container(&self, id: &str, timeout_secs: i64) -> Result<(), RuntimeError>;
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError>;
+    async fn list_containers(&self) -> Result<Vec<api::Container>, RuntimeError>;
+    async fn container_status(&self, id: &str) -> Result<api::ContainerStatus, RuntimeError>;
+    /// Runs a command in a container and waits for it.
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout_secs: i64,
+    ) -> Result<api::ExecSyncResponse, RuntimeError>;
+    /// The image's record if the runtime has it.
+    async fn image_status(&self, image: &str) -> Result<Option<api::Image>, RuntimeError>;
+    /// Pulls an image; its reference.
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<api::AuthConfig>,
+        sandbox_config: Option<api::PodSandboxConfig>,
+    ) -> Result<String, RuntimeError>;
+}
