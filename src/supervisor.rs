@@ -40,6 +40,14 @@ pub enum SupervisorError {
     },
     #[error("--service-cidr {0:?}: expected an IPv4 or IPv6 CIDR such as 10.43.0.0/16")]
     BadServiceCidr(String),
+    #[error("{0}")]
+    Flag(String),
+    #[cfg(feature = "kubelet")]
+    #[error("kubelet: {0}")]
+    Kubelet(#[from] crate::kubelet::run::KubeletError),
+    #[cfg(feature = "controllers")]
+    #[error("--cluster-cidr: {0}")]
+    BadClusterCidr(crate::controllers::node_ipam::IpamError),
     #[cfg(feature = "apiserver")]
     #[error("API server: {0}")]
     Api(#[from] crate::apiserver::ApiError),
@@ -86,6 +94,11 @@ pub struct ServerConfig {
     pub tls_sans: Vec<String>,
     pub kubeconfig: PathBuf,
     pub service_cidr: String,
+    /// The kubelet's settings (used when the kubelet runs on a real runtime).
+    pub kubelet: KubeletConfig,
+    /// The range nodes' pod CIDRs come from (`--cluster-cidr`), cut into `/node_cidr_mask`.
+    pub cluster_cidr: String,
+    pub node_cidr_mask: u8,
     /// The static token file (`--token-auth-file`).
     pub token_auth_file: Option<PathBuf>,
     /// Encryption at rest (`--encryption-provider-config`).
@@ -94,6 +107,20 @@ pub struct ServerConfig {
     pub admission_control_config_file: Option<PathBuf>,
     /// The audit log.
     pub audit: AuditOptions,
+}
+
+/// The kubelet's settings, for `k1s server` and `k1s agent`.
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    pub data_dir: PathBuf,
+    /// An existing runtime's socket; None: k1s supervises its own containerd.
+    pub runtime_endpoint: Option<PathBuf>,
+    /// `--kube-reserved`: CPU in millicores, the rest in bytes.
+    pub reserved: std::collections::BTreeMap<String, u64>,
+    pub pod_bridge: String,
+    pub pod_log_dir: PathBuf,
 }
 
 /// The simulated nodes' flags (`--simulated-node*`).
@@ -142,12 +169,26 @@ impl ServerConfig {
         parts
     }
 
+    /// Whether this server runs a kubelet on a real container runtime.
+    pub fn runs_real_kubelet(&self) -> bool {
+        !self.disable_kubelet && self.simulated.count == 0
+    }
+
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), SupervisorError> {
         if self.simulated.count > 0 {
             Part::Kubelet.require()?;
         }
+        #[cfg(feature = "controllers")]
+        self.cluster_range()?;
         self.first_service_ip().map(|_| ())
+    }
+
+    /// The pod network range, for node IPAM.
+    #[cfg(feature = "controllers")]
+    pub fn cluster_range(&self) -> Result<crate::controllers::node_ipam::Range, SupervisorError> {
+        crate::controllers::node_ipam::Range::parse(&self.cluster_cidr, self.node_cidr_mask)
+            .map_err(SupervisorError::BadClusterCidr)
     }
 
     /// The first address of the service range: the `kubernetes` service's ClusterIP.
@@ -260,7 +301,7 @@ impl Gate {
 }
 
 /// This machine's host name.
-fn hostname() -> Option<String> {
+pub fn hostname() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = name.trim();
     (!name.is_empty()).then(|| name.to_lowercase())
@@ -388,6 +429,8 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
         stop_rx.clone(),
     );
     #[cfg(all(feature = "apiserver", feature = "controllers"))]
+    let cluster_cidr = cfg.cluster_range()?;
+    #[cfg(all(feature = "apiserver", feature = "controllers"))]
     let controllers = (!cfg.disable_controllers).then(|| {
         use crate::apiserver::local_client;
         let app = api.app.clone();
@@ -415,6 +458,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
                 downscale_stabilization: cfg.hpa_downscale_stabilization,
             },
             local_path: cfg.local_storage().then(|| cfg.local_storage_dir()),
+            cluster_cidr,
         };
         // Leader-elected, so several servers on one etcd run one set of controllers.
         let elector = crate::leader::Elector::new(
@@ -466,6 +510,21 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             stop_rx.clone(),
         ))
     });
+    #[cfg(all(feature = "apiserver", feature = "kubelet"))]
+    let kubelet = cfg.runs_real_kubelet().then(|| {
+        use crate::apiserver::local_client;
+        let client = local_client::client(
+            api.app.clone(),
+            local_client::node_user(&cfg.kubelet.node_name),
+        );
+        let kcfg = cfg.kubelet.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::kubelet::run::run(kcfg, client, stop).await {
+                tracing::error!("the kubelet stopped: {e}");
+            }
+        })
+    });
     tracing::info!(parts = ?cfg.enabled_parts(), api_ready = api_ready.is_open(), "k1s server running");
 
     let signal = signals.wait().await;
@@ -483,6 +542,10 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
     if let Some(s) = simulated {
         let _ = s.await;
     }
+    #[cfg(all(feature = "apiserver", feature = "kubelet"))]
+    if let Some(k) = kubelet {
+        let _ = k.await;
+    }
     #[cfg(feature = "apiserver")]
     api.stopped().await;
     let _ = compactor.await;
@@ -496,36 +559,43 @@ pub async fn run_agent(args: AgentArgs) -> Result<(), SupervisorError> {
     Part::Kubelet.require()?;
     #[cfg(feature = "kubelet")]
     {
-        use crate::kubelet::{join, simulated};
-        if args.simulate == 0 {
-            return Err(SupervisorError::AgentNeedsKubelet);
-        }
+        use crate::kubelet::simulated;
         let signals = Signals::install()?;
-        let sim = simulated::SimConfig::from_flags(&args.simulated.to_config(args.simulate));
-        let names = sim.names();
         let dir = args.common.data_dir.join("agent");
-        tracing::info!(server = %args.server, nodes = names.len(), "joining");
-        // A server that is not up yet is waited for; a wrong token or CA ends the agent.
-        let clients = loop {
-            match join::join(&args.server, &args.token, &names, &dir).await {
-                Ok(c) => break c,
-                Err(join::JoinError::Api(kube::Error::Api(s))) if s.code >= 500 => {
-                    tracing::warn!(error = %s.message, "the server is not ready; retrying");
+        if args.simulate == 0 {
+            let kcfg = args.kubelet.to_config(
+                &args.common.data_dir,
+                default_advertise_address(IpAddr::from([0, 0, 0, 0])),
+                hostname(),
+            )?;
+            let name = kcfg.node_name.clone();
+            let clients = join_server(&args, std::slice::from_ref(&name), &dir).await?;
+            let Some(client) = clients.get(&name).cloned() else {
+                return Ok(());
+            };
+            tracing::info!(node = %name, "joined; node certificate under {}", dir.display());
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let mut task = tokio::spawn(crate::kubelet::run::run(kcfg, client, stop_rx));
+            tokio::select! {
+                signal = signals.wait() => {
+                    tracing::info!(signal, "shutting down");
+                    stop_tx.send_replace(true);
+                    if let Ok(Err(e)) = task.await {
+                        return Err(e.into());
+                    }
                 }
-                Err(join::JoinError::Api(
-                    e @ (kube::Error::HyperError(_) | kube::Error::Service(_)),
-                )) => {
-                    tracing::warn!(error = %e, "the server is not reachable; retrying");
-                }
-                Err(source) => {
-                    return Err(SupervisorError::Join {
-                        server: args.server.clone(),
-                        source,
-                    })
+                done = &mut task => {
+                    if let Ok(Err(e)) = done {
+                        return Err(e.into());
+                    }
                 }
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        };
+            tracing::info!("stopped cleanly");
+            return Ok(());
+        }
+        let sim = simulated::SimConfig::from_flags(&args.simulated.to_config(args.simulate));
+        let names = sim.names();
+        let clients = join_server(&args, &names, &dir).await?;
         tracing::info!(
             nodes = clients.len(),
             "joined; node certificates under {}",
@@ -563,6 +633,38 @@ pub async fn run_agent(args: AgentArgs) -> Result<(), SupervisorError> {
     {
         let _ = args;
         Ok(())
+    }
+}
+
+/// Joins the server as the agent's nodes; a server that is not up yet is waited for, a wrong
+/// token or CA ends the agent.
+#[cfg(feature = "kubelet")]
+async fn join_server(
+    args: &AgentArgs,
+    names: &[String],
+    dir: &std::path::Path,
+) -> Result<std::collections::HashMap<String, kube::Client>, SupervisorError> {
+    use crate::kubelet::join;
+    tracing::info!(server = %args.server, nodes = names.len(), "joining");
+    loop {
+        match join::join(&args.server, &args.token, names, dir).await {
+            Ok(c) => return Ok(c),
+            Err(join::JoinError::Api(kube::Error::Api(s))) if s.code >= 500 => {
+                tracing::warn!(error = %s.message, "the server is not ready; retrying");
+            }
+            Err(join::JoinError::Api(
+                e @ (kube::Error::HyperError(_) | kube::Error::Service(_)),
+            )) => {
+                tracing::warn!(error = %e, "the server is not reachable; retrying");
+            }
+            Err(source) => {
+                return Err(SupervisorError::Join {
+                    server: args.server.clone(),
+                    source,
+                })
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

@@ -137,7 +137,14 @@ fn server_starts_on_the_embedded_store_and_stops_cleanly() {
         "--write-kubeconfig",
         kc,
     ];
-    let mut args = vec!["server", "--data-dir", data, "--log-format", "json"];
+    let mut args = vec![
+        "server",
+        "--disable-kubelet",
+        "--data-dir",
+        data,
+        "--log-format",
+        "json",
+    ];
     args.extend(api);
     let s = Server::start(&args);
     let line = s.wait_for("store ready");
@@ -151,7 +158,7 @@ fn server_starts_on_the_embedded_store_and_stops_cleanly() {
         "admin kubeconfig written"
     );
     // A second start opens the same store.
-    let mut args = vec!["server", "--data-dir", data];
+    let mut args = vec!["server", "--disable-kubelet", "--data-dir", data];
     args.extend(api);
     let s = Server::start(&args);
     s.wait_for("store ready");
@@ -165,6 +172,7 @@ fn server_runs_on_etcd() {
     let kc = dir.path().join("k.yaml");
     let s = Server::start(&[
         "server",
+        "--disable-kubelet",
         "--data-dir",
         dir.path().to_str().expect("utf8"),
         "--datastore-endpoint",

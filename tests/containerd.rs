@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use k1s::kubelet::containerd::{config, Containerd, Layout, Options};
 use k1s::kubelet::cri::{api, grpc::Cri, Runtime};
-use k1s::kubelet::images::{self, oci};
+use k1s::kubelet::images;
+
+mod common;
+use common::node::busybox_image;
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -18,27 +21,6 @@ const READY: Duration = Duration::from_secs(30);
 fn network() -> (String, String) {
     let n = std::process::id() % 200 + 20;
     (format!("k1st{n}"), format!("10.213.{n}.0/24"))
-}
-
-fn busybox_image(name: &str) -> Vec<u8> {
-    let list = std::process::Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .expect("busybox-static is installed (packaging/test-deps.sh)");
-    let applets: Vec<String> = String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let layer = oci::busybox_layer(Path::new("/bin/busybox"), &applets).expect("layer");
-    oci::image_layout(
-        name,
-        &oci::RunConfig {
-            cmd: vec!["sh".into()],
-            ..Default::default()
-        },
-        &layer,
-    )
-    .expect("image")
 }
 
 /// The same image as `docker save` writes it: manifest.json, the config, one layer directory.
@@ -232,7 +214,7 @@ async fn pods_run_on_supervised_containerd_and_outlive_its_restart() {
     assert_eq!(after.started_at, before.started_at, "not restarted");
     let body = get_eventually(&ip, "/index.html").await;
     assert!(body.contains("hello-from-pod"), "{body}");
-    let sandboxes = cri.list_pod_sandboxes().await.expect("list sandboxes");
+    let sandboxes = cri.list_pod_sandboxes(None).await.expect("list sandboxes");
     assert_eq!(sandboxes.len(), 1, "the pod is still the only one");
 
     // Clean up what the test started: the pod, containerd, the bridge.

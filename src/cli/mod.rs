@@ -5,6 +5,7 @@
 //! key is reported on one line naming it, with exit code 2.
 
 mod config;
+pub mod kubelet;
 mod logging;
 #[cfg(feature = "controllers")]
 pub mod token;
@@ -59,7 +60,7 @@ pub enum Command {
     Server(Box<ServerArgs>),
     /// Run a kubelet that joins a server.
     #[command(args_override_self = true)]
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Print the version and the parts this binary was built with.
     Version,
     /// Print the admin kubeconfig.
@@ -70,6 +71,9 @@ pub enum Command {
     /// Manage bootstrap tokens for joining agents.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage the node's container images.
+    #[command(subcommand)]
+    Images(kubelet::ImagesCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +104,8 @@ pub struct CommonArgs {
 pub struct ServerArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub kubelet: kubelet::KubeletArgs,
     /// Use etcd at these comma-separated URLs instead of the embedded store.
     #[arg(long, value_name = "URLS")]
     pub datastore_endpoint: Option<String>,
@@ -160,6 +166,12 @@ pub struct ServerArgs {
     /// Service ClusterIP range; its first address is the `kubernetes` service's.
     #[arg(long, default_value = "10.43.0.0/16", value_name = "CIDR")]
     pub service_cidr: String,
+    /// Pod network range; each node gets a block of it as its pod CIDR.
+    #[arg(long, default_value = "10.42.0.0/16", value_name = "CIDR")]
+    pub cluster_cidr: String,
+    /// Size of each node's block of --cluster-cidr.
+    #[arg(long, default_value_t = 24, value_name = "BITS")]
+    pub node_cidr_mask_size: u8,
     /// Bearer tokens in upstream's CSV format: token,user,uid[,"group1,group2"].
     #[arg(long, value_name = "FILE")]
     pub token_auth_file: Option<PathBuf>,
@@ -235,6 +247,8 @@ pub struct AgentArgs {
     pub simulate: usize,
     #[command(flatten)]
     pub simulated: SimulatedArgs,
+    #[command(flatten)]
+    pub kubelet: kubelet::KubeletArgs,
     /// The server to join (https://HOST:6443).
     #[arg(long, value_name = "URL")]
     pub server: String,
@@ -335,8 +349,9 @@ pub fn main() -> i32 {
                 1
             }
         },
+        Command::Images(cmd) => kubelet::images_command(cmd),
         Command::Server(args) => run_async(&args.common.clone(), server(*args)),
-        Command::Agent(args) => run_async(&args.common.clone(), supervisor::run_agent(args)),
+        Command::Agent(args) => run_async(&args.common.clone(), supervisor::run_agent(*args)),
         Command::Bench(BenchCommand::Store(args)) => {
             let common = CommonArgs {
                 config: None,
@@ -388,7 +403,14 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
     let kubeconfig = args
         .write_kubeconfig
         .unwrap_or_else(|| supervisor::default_kubeconfig(&args.common.data_dir));
+    let node_ip = args
+        .advertise_address
+        .unwrap_or_else(|| supervisor::default_advertise_address(args.bind_address));
+    let kubelet = args
+        .kubelet
+        .to_config(&args.common.data_dir, node_ip, supervisor::hostname())?;
     Ok(ServerConfig {
+        kubelet,
         data_dir: args.common.data_dir,
         datastore,
         disable_kubelet: args.disable_kubelet,
@@ -407,6 +429,8 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
         tls_sans: args.tls_san,
         kubeconfig,
         service_cidr: args.service_cidr,
+        cluster_cidr: args.cluster_cidr,
+        node_cidr_mask: args.node_cidr_mask_size,
         token_auth_file: args.token_auth_file,
         encryption_provider_config: args.encryption_provider_config,
         admission_control_config_file: args.admission_control_config_file,

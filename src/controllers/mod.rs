@@ -14,7 +14,7 @@
 //! ([`endpoints`]), StatefulSets ([`statefulset`]) and DaemonSets ([`daemonset`]) with their
 //! ControllerRevisions ([`history`]), CronJobs ([`cronjob`]), PodDisruptionBudget status
 //! ([`disruption`]), volume binding ([`volume_binding`]) and the built-in local-path provisioner
-//! ([`local_path`]), and the pod garbage collector ([`pod_gc`]).
+//! ([`local_path`]), the pod garbage collector ([`pod_gc`]) and node pod CIDRs ([`node_ipam`]).
 
 pub mod cache;
 pub mod clusterrole_aggregation;
@@ -29,6 +29,7 @@ pub mod hpa;
 pub mod job;
 pub mod local_path;
 pub mod namespace;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod pacer;
 pub mod per_namespace;
@@ -119,6 +120,8 @@ pub struct Context {
     pub hpa: hpa::Options,
     /// Where the local-path provisioner puts volumes on the nodes, unless disabled.
     pub local_path: Option<std::path::PathBuf>,
+    /// The range node pod CIDRs are allocated from (`--cluster-cidr`).
+    pub cluster_cidr: node_ipam::Range,
 }
 
 /// Runs every controller until `stop` turns true, reading pods through the process's shared
@@ -257,6 +260,12 @@ pub async fn run(
             stop.clone(),
         )),
     ];
+    tasks.push(tokio::spawn(node_ipam::run(
+        informers.nodes.clone(),
+        account("node-controller"),
+        ctx.cluster_cidr.clone(),
+        stop.clone(),
+    )));
     if let Some(dir) = ctx.local_path.clone() {
         tasks.push(tokio::spawn(local_path::run(
             clients.shared.clone(),

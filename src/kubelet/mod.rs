@@ -8,4 +8,8 @@ pub mod containerd;
 pub mod cri;
 pub mod images;
 pub mod join;
+pub mod lease;
+pub mod node;
+pub mod pods;
+pub mod run;
 pub mod simulated;

@@ -1,6 +1,7 @@
 //! Shared harness for the integration tests: a store of either backend, started for real.
 #![allow(dead_code)]
 
+pub mod node;
 pub mod server;
 
 use std::sync::Arc;

@@ -43,7 +43,18 @@ impl Server {
     }
 
     /// A server on an existing data directory (one a stopped server left), with extra flags.
+    /// Its kubelet is off: tests of the kubelet on containerd use [`Server::with_kubelet`].
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        Server::launch(dir, extra, false)
+    }
+
+    /// A server on `dir` whose kubelet runs pods on the containerd it supervises.
+    #[allow(dead_code)]
+    pub fn with_kubelet_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        Server::launch(dir, extra, true)
+    }
+
+    fn launch(dir: tempfile::TempDir, extra: &[&str], kubelet: bool) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -55,6 +66,9 @@ impl Server {
         cmd.arg("server");
         if let Some(e) = &etcd {
             cmd.args(["--datastore-endpoint", e.url()]);
+        }
+        if !kubelet && !extra.contains(&"--disable-kubelet") {
+            cmd.arg("--disable-kubelet");
         }
         let mut child = cmd
             .args(["--bind-address", "127.0.0.1", "--https-listen-port"])

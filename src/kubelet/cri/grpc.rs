@@ -33,6 +33,12 @@ fn status(op: &'static str) -> impl FnOnce(tonic::Status) -> RuntimeError {
     }
 }
 
+fn by_uid(uid: &str) -> std::collections::HashMap<String, String> {
+    [(super::LABEL_POD_UID.to_string(), uid.to_string())]
+        .into_iter()
+        .collect()
+}
+
 #[async_trait]
 impl Runtime for Cri {
     async fn version(&self) -> Result<api::VersionResponse, RuntimeError> {
@@ -94,11 +100,18 @@ impl Runtime for Cri {
             })
     }
 
-    async fn list_pod_sandboxes(&self) -> Result<Vec<api::PodSandbox>, RuntimeError> {
+    async fn list_pod_sandboxes(
+        &self,
+        pod_uid: Option<&str>,
+    ) -> Result<Vec<api::PodSandbox>, RuntimeError> {
+        let filter = pod_uid.map(|uid| api::PodSandboxFilter {
+            label_selector: by_uid(uid),
+            ..Default::default()
+        });
         let r = self
             .runtime
             .clone()
-            .list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
+            .list_pod_sandbox(api::ListPodSandboxRequest { filter })
             .await;
         Ok(r.map_err(status("list pod sandboxes"))?.into_inner().items)
     }
@@ -157,11 +170,18 @@ impl Runtime for Cri {
         Ok(())
     }
 
-    async fn list_containers(&self) -> Result<Vec<api::Container>, RuntimeError> {
+    async fn list_containers(
+        &self,
+        pod_uid: Option<&str>,
+    ) -> Result<Vec<api::Container>, RuntimeError> {
+        let filter = pod_uid.map(|uid| api::ContainerFilter {
+            label_selector: by_uid(uid),
+            ..Default::default()
+        });
         let r = self
             .runtime
             .clone()
-            .list_containers(api::ListContainersRequest { filter: None })
+            .list_containers(api::ListContainersRequest { filter })
             .await;
         Ok(r.map_err(status("list containers"))?
             .into_inner()

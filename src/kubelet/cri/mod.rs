@@ -8,6 +8,12 @@ pub mod grpc;
 use async_trait::async_trait;
 pub use k8s_cri::v1 as api;
 
+/// The labels the kubelet puts on sandboxes and containers, and finds them by.
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("cri {op}: {message} ({code:?})")]
@@ -46,7 +52,11 @@ pub trait Runtime: Send + Sync {
     async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError>;
     async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError>;
     async fn pod_sandbox_status(&self, id: &str) -> Result<api::PodSandboxStatus, RuntimeError>;
-    async fn list_pod_sandboxes(&self) -> Result<Vec<api::PodSandbox>, RuntimeError>;
+    /// The sandboxes, of one pod (by uid) or all.
+    async fn list_pod_sandboxes(
+        &self,
+        pod_uid: Option<&str>,
+    ) -> Result<Vec<api::PodSandbox>, RuntimeError>;
     /// Creates a container in a sandbox; its ID.
     async fn create_container(
         &self,
@@ -58,7 +68,11 @@ pub trait Runtime: Send + Sync {
     /// Stops a container: its stop signal, then SIGKILL after `timeout_secs`.
     async fn stop_container(&self, id: &str, timeout_secs: i64) -> Result<(), RuntimeError>;
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError>;
-    async fn list_containers(&self) -> Result<Vec<api::Container>, RuntimeError>;
+    /// The containers, of one pod (by uid) or all.
+    async fn list_containers(
+        &self,
+        pod_uid: Option<&str>,
+    ) -> Result<Vec<api::Container>, RuntimeError>;
     async fn container_status(&self, id: &str) -> Result<api::ContainerStatus, RuntimeError>;
     /// Runs a command in a container and waits for it.
     async fn exec_sync(

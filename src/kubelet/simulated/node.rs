@@ -4,13 +4,12 @@
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
     NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
@@ -20,8 +19,6 @@ use super::SimConfig;
 
 /// The label every simulated node carries.
 pub const SIMULATED_LABEL: &str = "node.k1s.io/simulated";
-const LEASE_NS: &str = "kube-node-lease";
-const LEASE_SECONDS: i32 = 40;
 
 pub struct SimNode {
     pub name: String,
@@ -180,35 +177,6 @@ impl SimNode {
 
     /// Moves the Lease's renewTime to now, creating the Lease if it is missing.
     pub async fn renew_lease(&self) -> Result<(), kube::Error> {
-        let api: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NS);
-        let now = MicroTime(Timestamp::now());
-        let patch = json!({"spec": {"renewTime": now, "holderIdentity": self.name}});
-        match api
-            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(self.name.clone()),
-                        namespace: Some(LEASE_NS.into()),
-                        ..Default::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(self.name.clone()),
-                        lease_duration_seconds: Some(LEASE_SECONDS),
-                        renew_time: Some(now),
-                        ..Default::default()
-                    }),
-                };
-                match api.create(&PostParams::default(), &lease).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        }
+        crate::kubelet::lease::renew(&self.client, &self.name).await
     }
 }

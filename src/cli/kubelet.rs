@@ -1,0 +1,151 @@
+//! The kubelet's flags, shared by `k1s server` and `k1s agent`, with upstream's and k3s's names.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::parse_key_value;
+use crate::supervisor::{KubeletConfig, SupervisorError};
+
+#[derive(Debug, Args, Clone)]
+pub struct KubeletArgs {
+    /// This node's name (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// The address this node reports (default: the advertise address).
+    #[arg(long, value_name = "IP")]
+    pub node_ip: Option<IpAddr>,
+    /// An existing CRI runtime's socket (containerd, CRI-O) instead of the containerd k1s
+    /// supervises; its CNI configuration is then the runtime's own.
+    #[arg(long, value_name = "SOCKET")]
+    pub container_runtime_endpoint: Option<PathBuf>,
+    /// Resources held back from pods for k1s and the system (comma-separated NAME=QUANTITY,
+    /// e.g. cpu=250m,memory=256Mi).
+    #[arg(long, value_delimiter = ',', value_parser = parse_key_value, value_name = "NAME=QTY")]
+    pub kube_reserved: Vec<(String, String)>,
+    /// The Linux bridge pods are attached to.
+    #[arg(long, default_value = "k1s0", value_name = "NAME")]
+    pub pod_bridge: String,
+    /// Where containers' logs are written (`NAMESPACE_POD_UID/CONTAINER/N.log`).
+    #[arg(long, default_value = "/var/log/pods", value_name = "DIR")]
+    pub pod_log_dir: PathBuf,
+}
+
+impl KubeletArgs {
+    /// The supervisor's view; `node_ip` and `hostname` fill what was not given.
+    pub fn to_config(
+        &self,
+        data_dir: &std::path::Path,
+        default_ip: IpAddr,
+        hostname: Option<String>,
+    ) -> Result<KubeletConfig, SupervisorError> {
+        let mut reserved = std::collections::BTreeMap::new();
+        for (k, v) in &self.kube_reserved {
+            let milli = crate::quantity::milli(v)
+                .filter(|m| *m >= 0)
+                .ok_or_else(|| {
+                    SupervisorError::Flag(format!("--kube-reserved: {k}={v:?} is not a quantity"))
+                })?;
+            // CPU is kept in millicores, everything else in whole units (bytes).
+            let units = if k == "cpu" { milli } else { milli / 1000 };
+            reserved.insert(k.clone(), u64::try_from(units).unwrap_or(u64::MAX));
+        }
+        let node_name = self
+            .node_name
+            .clone()
+            .or(hostname)
+            .unwrap_or_else(|| "k1s-node".into());
+        if self.pod_bridge.is_empty() || self.pod_bridge.len() > 15 {
+            return Err(SupervisorError::Flag(format!(
+                "--pod-bridge {:?}: a Linux interface name is 1 to 15 characters",
+                self.pod_bridge
+            )));
+        }
+        Ok(KubeletConfig {
+            node_name,
+            node_ip: self.node_ip.unwrap_or(default_ip),
+            data_dir: data_dir.to_path_buf(),
+            runtime_endpoint: self.container_runtime_endpoint.clone(),
+            reserved,
+            pod_bridge: self.pod_bridge.clone(),
+            pod_log_dir: self.pod_log_dir.clone(),
+        })
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ImagesCommand {
+    /// Import image tarballs (OCI layout or `docker save` archives) into the node's containerd,
+    /// as k1s does on start for every `*.tar` in DATA_DIR/agent/images/.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The tarballs.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The data dir of the k1s whose containerd gets the images.
+    #[arg(long, value_name = "DIR", default_value = super::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Another containerd's socket instead.
+    #[arg(long, value_name = "SOCKET")]
+    pub container_runtime_endpoint: Option<PathBuf>,
+}
+
+/// Runs `k1s images ...`; the exit code.
+#[cfg(feature = "kubelet")]
+pub fn images_command(cmd: ImagesCommand) -> i32 {
+    let ImagesCommand::Import(args) = cmd;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("k1s: starting the runtime: {e}");
+            return 1;
+        }
+    };
+    let socket = args
+        .container_runtime_endpoint
+        .clone()
+        .unwrap_or_else(|| crate::kubelet::containerd::Layout::new(&args.data_dir).socket());
+    rt.block_on(async move {
+        let channel = match crate::kubelet::containerd::wait_ready(
+            &socket,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("k1s: {e} (is `k1s server` or `k1s agent` running?)");
+                return 1;
+            }
+        };
+        let mut code = 0;
+        for f in &args.files {
+            match crate::kubelet::images::import::import_file(&channel, f).await {
+                Ok(names) => {
+                    for n in names {
+                        println!("{n}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("k1s: {}: {e}", f.display());
+                    code = 1;
+                }
+            }
+        }
+        code
+    })
+}
+
+/// Runs `k1s images ...` in a binary without the kubelet.
+#[cfg(not(feature = "kubelet"))]
+pub fn images_command(_: ImagesCommand) -> i32 {
+    eprintln!("k1s: images: the kubelet is not built into this binary");
+    1
+}

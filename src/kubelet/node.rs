@@ -1,0 +1,311 @@
+//! The kubelet's own Node: registered with this machine's capacity (CPUs, memory from
+//! /proc/meminfo, ephemeral storage of the data dir's filesystem, 110 pods) less
+//! `--kube-reserved`, its addresses, nodeInfo (kernel, OS image, machine and boot IDs, the
+//! runtime's version), and the four conditions, posted again every minute; its Lease renewed
+//! every 10 s ([`super::lease`]). The pod CIDR comes from node IPAM, which the kubelet waits for
+//! before it builds the pod network.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+    NodeSystemInfo,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+
+/// Pods per node, as the kubelet's `maxPods` default.
+pub const MAX_PODS: u32 = 110;
+
+/// What the node reports about itself.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub name: String,
+    pub address: IpAddr,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub storage_bytes: u64,
+    pub kernel: String,
+    pub os_image: String,
+    pub machine_id: String,
+    pub boot_id: String,
+    /// `containerd://1.6.20`.
+    pub runtime_version: String,
+    /// Reserved for system daemons and k1s itself (`--kube-reserved`), by resource name.
+    pub reserved: BTreeMap<String, u64>,
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// MemTotal of /proc/meminfo, in bytes.
+fn mem_total(meminfo: &str) -> u64 {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn pretty_name(os_release: &str) -> String {
+    os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Linux".into())
+}
+
+fn fs_size(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return 0;
+        }
+        st.f_blocks * st.f_frsize
+    }
+}
+
+impl Facts {
+    /// Reads this machine's facts.
+    pub fn gather(
+        name: &str,
+        address: IpAddr,
+        data_dir: &Path,
+        runtime_version: &str,
+        reserved: BTreeMap<String, u64>,
+    ) -> Facts {
+        Facts {
+            name: name.to_string(),
+            address,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            memory_bytes: mem_total(&read_trim("/proc/meminfo")),
+            storage_bytes: fs_size(data_dir),
+            kernel: read_trim("/proc/sys/kernel/osrelease"),
+            os_image: pretty_name(&read_trim("/etc/os-release")),
+            machine_id: read_trim("/etc/machine-id"),
+            boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
+            runtime_version: runtime_version.to_string(),
+            reserved,
+        }
+    }
+
+    fn capacity(&self) -> BTreeMap<String, Quantity> {
+        [
+            ("cpu", self.cpus.to_string()),
+            ("memory", format!("{}Ki", self.memory_bytes / 1024)),
+            (
+                "ephemeral-storage",
+                format!("{}Ki", self.storage_bytes / 1024),
+            ),
+            ("pods", MAX_PODS.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Quantity(v)))
+        .collect()
+    }
+
+    fn allocatable(&self) -> BTreeMap<String, Quantity> {
+        let less =
+            |k: &str, total: u64| total.saturating_sub(self.reserved.get(k).copied().unwrap_or(0));
+        let millicpu = less("cpu", u64::from(self.cpus) * 1000);
+        [
+            ("cpu", format!("{millicpu}m")),
+            (
+                "memory",
+                format!("{}Ki", less("memory", self.memory_bytes) / 1024),
+            ),
+            (
+                "ephemeral-storage",
+                format!("{}Ki", less("ephemeral-storage", self.storage_bytes) / 1024),
+            ),
+            ("pods", MAX_PODS.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Quantity(v)))
+        .collect()
+    }
+
+    /// The node's status as of now.
+    pub fn status(&self) -> NodeStatus {
+        let now = Timestamp::now();
+        let cond = |ty: &str, status: &str, reason: &str, message: &str| NodeCondition {
+            type_: ty.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            last_heartbeat_time: Some(Time(now)),
+            last_transition_time: None,
+        };
+        NodeStatus {
+            capacity: Some(self.capacity()),
+            allocatable: Some(self.allocatable()),
+            conditions: Some(vec![
+                cond(
+                    "MemoryPressure",
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                ),
+                cond(
+                    "DiskPressure",
+                    "False",
+                    "KubeletHasNoDiskPressure",
+                    "kubelet has no disk pressure",
+                ),
+                cond(
+                    "PIDPressure",
+                    "False",
+                    "KubeletHasSufficientPID",
+                    "kubelet has sufficient PID available",
+                ),
+                cond(
+                    "Ready",
+                    "True",
+                    "KubeletReady",
+                    "kubelet is posting ready status",
+                ),
+            ]),
+            addresses: Some(vec![
+                NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: self.address.to_string(),
+                },
+                NodeAddress {
+                    type_: "Hostname".into(),
+                    address: self.name.clone(),
+                },
+            ]),
+            daemon_endpoints: Some(NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }),
+            }),
+            node_info: Some(NodeSystemInfo {
+                architecture: super::images::oci::oci_arch().into(),
+                boot_id: self.boot_id.clone(),
+                container_runtime_version: self.runtime_version.clone(),
+                kernel_version: self.kernel.clone(),
+                kube_proxy_version: String::new(),
+                kubelet_version: format!("v1.37.0-k1s-{}", env!("CARGO_PKG_VERSION")),
+                machine_id: self.machine_id.clone(),
+                operating_system: "linux".into(),
+                os_image: self.os_image.clone(),
+                system_uuid: self.machine_id.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Creates the Node (or takes over the existing one) and posts its status.
+pub async fn register(client: &Client, facts: &Facts) -> Result<(), kube::Error> {
+    let mut labels = BTreeMap::new();
+    labels.insert("kubernetes.io/hostname".to_string(), facts.name.clone());
+    labels.insert("kubernetes.io/os".to_string(), "linux".to_string());
+    labels.insert(
+        "kubernetes.io/arch".to_string(),
+        super::images::oci::oci_arch().to_string(),
+    );
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(facts.name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: None,
+        status: Some(facts.status()),
+    };
+    let api: Api<Node> = Api::all(client.clone());
+    match api.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e),
+    }
+    post_status(client, facts).await
+}
+
+/// Posts the node's status.
+pub async fn post_status(client: &Client, facts: &Facts) -> Result<(), kube::Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    let status = json!({"status": facts.status()});
+    api.patch_status(&facts.name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
+}
+
+/// Waits until node IPAM has given the node a pod CIDR.
+pub async fn pod_cidr(
+    client: &Client,
+    name: &str,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<String> {
+    let api: Api<Node> = Api::all(client.clone());
+    loop {
+        match api.get(name).await {
+            Ok(n) => {
+                if let Some(c) = n.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty()) {
+                    return Some(c);
+                }
+            }
+            Err(e) => tracing::warn!(node = name, "reading the node for its pod CIDR: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_and_os_image_are_read_as_the_kubelet_does() {
+        assert_eq!(
+            mem_total("MemTotal:       24576000 kB\nMemFree: 1 kB\n"),
+            24_576_000 * 1024
+        );
+        assert_eq!(
+            pretty_name("NAME=x\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n"),
+            "Debian GNU/Linux 12 (bookworm)"
+        );
+    }
+
+    #[test]
+    fn allocatable_is_capacity_less_reserved() {
+        let mut reserved = BTreeMap::new();
+        reserved.insert("cpu".to_string(), 250);
+        reserved.insert("memory".to_string(), 256 << 20);
+        let f = Facts {
+            name: "n".into(),
+            address: "10.0.0.1".parse().expect("ip"),
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            storage_bytes: 10 << 30,
+            kernel: String::new(),
+            os_image: String::new(),
+            machine_id: String::new(),
+            boot_id: String::new(),
+            runtime_version: String::new(),
+            reserved,
+        };
+        let a = f.allocatable();
+        assert_eq!(a["cpu"].0, "1750m");
+        assert_eq!(a["memory"].0, format!("{}Ki", (768u64 << 20) / 1024));
+        assert_eq!(f.capacity()["cpu"].0, "2");
+    }
+}

@@ -1,0 +1,324 @@
+//! A pod's status from what the runtime shows, as the kubelet's `generateAPIPodStatus`: each
+//! container's state (running, terminated with exit code and reason, or waiting with the reason
+//! the worker recorded: ContainerCreating, ErrImagePull, ImagePullBackOff, CrashLoopBackOff,
+//! CreateContainerError), its last state, restart count and readiness; the pod's phase, IPs,
+//! start time and conditions (PodReadyToStartContainers, Initialized, ContainersReady, Ready).
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, Pod,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{json, Value};
+
+use crate::kubelet::cri::api;
+
+/// The latest and the previous run of one container.
+#[derive(Debug, Clone, Default)]
+pub struct Runs {
+    pub latest: Option<api::ContainerStatus>,
+    pub previous: Option<api::ContainerStatus>,
+}
+
+/// What the worker saw of a pod.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub sandbox_ready: bool,
+    pub pod_ip: Option<String>,
+    pub host_ip: String,
+    /// By container name.
+    pub runs: HashMap<String, Runs>,
+    /// Why a container is not running, by name: (reason, message).
+    pub waiting: HashMap<String, (String, String)>,
+}
+
+fn time(nanos: i64) -> Option<Time> {
+    (nanos > 0)
+        .then(|| Timestamp::from_nanosecond(i128::from(nanos)).ok())
+        .flatten()
+        .map(Time)
+}
+
+pub fn container_id(id: &str) -> String {
+    format!("containerd://{id}")
+}
+
+fn terminated(s: &api::ContainerStatus) -> ContainerStateTerminated {
+    ContainerStateTerminated {
+        container_id: Some(container_id(&s.id)),
+        exit_code: s.exit_code,
+        reason: Some(if s.reason.is_empty() {
+            if s.exit_code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            }
+            .to_string()
+        } else {
+            s.reason.clone()
+        }),
+        message: (!s.message.is_empty()).then(|| s.message.clone()),
+        started_at: time(s.started_at),
+        finished_at: time(s.finished_at),
+        signal: None,
+    }
+}
+
+fn is(s: &api::ContainerStatus, state: api::ContainerState) -> bool {
+    s.state == state as i32
+}
+
+/// One container's status.
+pub fn container_status(
+    name: &str,
+    image: &str,
+    runs: &Runs,
+    waiting: Option<&(String, String)>,
+) -> ContainerStatus {
+    let latest = runs.latest.as_ref();
+    let running = latest.is_some_and(|s| is(s, api::ContainerState::ContainerRunning));
+    let exited = latest.filter(|s| is(s, api::ContainerState::ContainerExited));
+    let state = if let (Some(s), true) = (latest, running) {
+        ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: time(s.started_at),
+            }),
+            ..Default::default()
+        }
+    } else if let (Some(s), None) = (exited, waiting) {
+        ContainerState {
+            terminated: Some(terminated(s)),
+            ..Default::default()
+        }
+    } else {
+        let (reason, message) = waiting
+            .cloned()
+            .unwrap_or_else(|| ("ContainerCreating".into(), String::new()));
+        ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason),
+                message: (!message.is_empty()).then_some(message),
+            }),
+            ..Default::default()
+        }
+    };
+    // While waiting to restart, the run that ended is the last state.
+    let last = if state.waiting.is_some() && exited.is_some() {
+        exited
+    } else {
+        runs.previous.as_ref()
+    };
+    ContainerStatus {
+        name: name.to_string(),
+        image: latest.and_then(|s| s.image.as_ref()).map_or_else(
+            || image.to_string(),
+            |i| {
+                if i.image.is_empty() {
+                    image.to_string()
+                } else {
+                    i.image.clone()
+                }
+            },
+        ),
+        image_id: latest.map(|s| s.image_ref.clone()).unwrap_or_default(),
+        container_id: latest.map(|s| container_id(&s.id)),
+        ready: running,
+        started: Some(running),
+        restart_count: latest.map_or(0, |s| s.metadata.as_ref().map_or(0, |m| m.attempt as i32)),
+        state: Some(state),
+        last_state: Some(match last {
+            Some(s) if is(s, api::ContainerState::ContainerExited) => ContainerState {
+                terminated: Some(terminated(s)),
+                ..Default::default()
+            },
+            _ => ContainerState::default(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The pod's phase from its containers' statuses, as upstream's `getPhase`.
+pub fn phase(restart_policy: &str, statuses: &[ContainerStatus]) -> &'static str {
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for s in statuses {
+        let st = s.state.clone().unwrap_or_default();
+        if st.running.is_some() {
+            running += 1;
+        } else if let Some(t) = st.terminated {
+            stopped += 1;
+            if t.exit_code == 0 {
+                succeeded += 1;
+            }
+        } else if s
+            .last_state
+            .as_ref()
+            .is_some_and(|l| l.terminated.is_some())
+        {
+            // Waiting to restart after a run: stopped, not pending.
+            stopped += 1;
+        } else {
+            waiting += 1;
+        }
+    }
+    if waiting > 0 || statuses.is_empty() {
+        return "Pending";
+    }
+    if running > 0 {
+        return "Running";
+    }
+    let all_succeeded = stopped == succeeded;
+    match restart_policy {
+        "Always" => "Running",
+        "OnFailure" if all_succeeded => "Succeeded",
+        "OnFailure" => "Running",
+        _ if all_succeeded => "Succeeded",
+        _ => "Failed",
+    }
+}
+
+/// The status to post: a strategic-merge patch body for `pods/status`.
+pub fn pod_status(pod: &Pod, obs: &Observed) -> Value {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let statuses: Vec<ContainerStatus> = spec
+        .containers
+        .iter()
+        .map(|c| {
+            container_status(
+                &c.name,
+                c.image.as_deref().unwrap_or_default(),
+                &obs.runs.get(&c.name).cloned().unwrap_or_default(),
+                obs.waiting.get(&c.name),
+            )
+        })
+        .collect();
+    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+    let phase = phase(policy, &statuses);
+    let all_ready = statuses.iter().all(|s| s.ready) && !statuses.is_empty();
+    let old = pod.status.clone().unwrap_or_default();
+    let old_conditions = old.conditions.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let cond = |ty: &str, ok: bool, reason: Option<&str>| {
+        let status = if ok { "True" } else { "False" };
+        let since = old_conditions
+            .iter()
+            .find(|c| c.type_ == ty && c.status == status)
+            .and_then(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now));
+        let mut c = json!({"type": ty, "status": status, "lastTransitionTime": since, "lastProbeTime": null});
+        if let Some(r) = reason {
+            c["reason"] = json!(r);
+        }
+        c
+    };
+    let not_ready = (!all_ready).then_some(if phase == "Succeeded" || phase == "Failed" {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    });
+    let mut conditions = vec![
+        cond("PodReadyToStartContainers", obs.sandbox_ready, None),
+        cond("Initialized", true, None),
+        cond("ContainersReady", all_ready, not_ready),
+        cond("Ready", all_ready, not_ready),
+    ];
+    let ip = obs.pod_ip.clone().filter(|ip| !ip.is_empty());
+    let start = old.start_time.clone().unwrap_or(Time(now));
+    conditions.retain(|c| !c.is_null());
+    json!({
+        "status": {
+            "phase": phase,
+            "conditions": conditions,
+            "hostIP": obs.host_ip,
+            "hostIPs": [{"ip": obs.host_ip}],
+            "podIP": ip,
+            "podIPs": ip.as_ref().map(|ip| vec![json!({"ip": ip})]),
+            "startTime": start,
+            "containerStatuses": statuses,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(state: api::ContainerState, exit: i32, attempt: u32) -> api::ContainerStatus {
+        api::ContainerStatus {
+            id: format!("c{attempt}"),
+            metadata: Some(api::ContainerMetadata {
+                name: "c".into(),
+                attempt,
+            }),
+            state: state as i32,
+            exit_code: exit,
+            started_at: 1_700_000_000_000_000_000,
+            finished_at: 1_700_000_001_000_000_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn phases_follow_the_restart_policy() {
+        let exited = |code| Runs {
+            latest: Some(run(api::ContainerState::ContainerExited, code, 0)),
+            previous: None,
+        };
+        let s = |r: &Runs| container_status("c", "img", r, None);
+        assert_eq!(phase("Never", &[s(&exited(0))]), "Succeeded");
+        assert_eq!(phase("Never", &[s(&exited(1))]), "Failed");
+        assert_eq!(phase("OnFailure", &[s(&exited(0))]), "Succeeded");
+        assert_eq!(phase("Always", &[s(&exited(0))]), "Running");
+        assert_eq!(phase("Always", &[s(&Runs::default())]), "Pending");
+        let waiting = container_status(
+            "c",
+            "img",
+            &exited(2),
+            Some(&("CrashLoopBackOff".into(), "back-off 10s".into())),
+        );
+        assert_eq!(
+            waiting
+                .state
+                .and_then(|s| s.waiting)
+                .and_then(|w| w.reason)
+                .as_deref(),
+            Some("CrashLoopBackOff")
+        );
+        let last = waiting
+            .last_state
+            .and_then(|s| s.terminated)
+            .expect("last state");
+        assert_eq!(last.exit_code, 2);
+        assert_eq!(last.reason.as_deref(), Some("Error"));
+        assert_eq!(
+            phase(
+                "Always",
+                &[container_status(
+                    "c",
+                    "i",
+                    &exited(2),
+                    Some(&("CrashLoopBackOff".into(), String::new()))
+                )]
+            ),
+            "Running"
+        );
+    }
+
+    #[test]
+    fn a_running_container_counts_its_restarts() {
+        let r = Runs {
+            latest: Some(run(api::ContainerState::ContainerRunning, 0, 3)),
+            previous: Some(run(api::ContainerState::ContainerExited, 137, 2)),
+        };
+        let s = container_status("c", "img", &r, None);
+        assert_eq!(s.restart_count, 3);
+        assert!(s.ready);
+        assert_eq!(s.container_id.as_deref(), Some("containerd://c3"));
+        assert_eq!(
+            s.last_state.and_then(|l| l.terminated).map(|t| t.exit_code),
+            Some(137)
+        );
+    }
+}

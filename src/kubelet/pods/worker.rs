@@ -1,0 +1,551 @@
+//! One pod's worker, as the kubelet's `syncPod`: state is read back from the runtime on every
+//! pass (by the pod's uid label), so a restarted kubelet adopts running pods as they are. A pass
+//! makes sure of the sandbox (a new one, with the next attempt number, when it died), pulls
+//! images as `imagePullPolicy` says, starts containers that never ran, restarts exited ones as
+//! `restartPolicy` says with CrashLoopBackOff (10 s doubling to 5 min, reset after 10 min of
+//! running), and posts the status when it changed. Deletion stops the containers within the
+//! grace period, removes the sandbox, and deletes the pod for good (grace 0, uid precondition).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Client, ResourceExt};
+use serde_json::Value;
+
+use super::spec::{self, Env};
+use super::status::{self, Observed, Runs};
+use crate::kubelet::cri::{api, Runtime, RuntimeError};
+
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A container that ran this long starts its backoff afresh.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// What every worker shares.
+pub struct Shared {
+    pub client: Client,
+    pub runtime: Arc<dyn Runtime>,
+    pub env: Env,
+}
+
+/// A restart delay and when it was last used.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    delay: Duration,
+    last: Instant,
+}
+
+/// What a worker remembers between passes.
+#[derive(Default)]
+pub struct State {
+    backoff: HashMap<String, Backoff>,
+    waiting: HashMap<String, (String, String)>,
+    /// Exited containers' statuses never change: kept by container id.
+    exited: HashMap<String, api::ContainerStatus>,
+    ips: HashMap<String, String>,
+    posted: Option<Value>,
+}
+
+fn grace_seconds(pod: &Pod) -> i64 {
+    pod.metadata
+        .deletion_grace_period_seconds
+        .or(pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30)
+        .max(0)
+}
+
+fn restart_policy(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".into())
+}
+
+fn terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+fn is(state: i32, s: api::ContainerState) -> bool {
+    state == s as i32
+}
+
+fn attempt(c: &api::Container) -> u32 {
+    c.metadata.as_ref().map_or(0, |m| m.attempt)
+}
+
+fn name_of(c: &api::Container) -> &str {
+    c.metadata.as_ref().map_or("", |m| m.name.as_str())
+}
+
+impl Backoff {
+    /// Whether a restart must still wait; if not, the backoff moves on to the next delay.
+    fn wait(entry: &mut Option<Backoff>, ran_for: Duration) -> Option<Duration> {
+        let now = Instant::now();
+        match entry {
+            Some(b) if ran_for < BACKOFF_RESET => {
+                let due = b.last + b.delay;
+                if now < due {
+                    return Some(b.delay);
+                }
+                b.delay = (b.delay * 2).min(BACKOFF_MAX);
+                b.last = now;
+                None
+            }
+            _ => {
+                *entry = Some(Backoff {
+                    delay: BACKOFF_START,
+                    last: now,
+                });
+                None
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Stops and removes everything the runtime holds for the pod `uid`.
+    pub async fn kill_pod(&self, uid: &str, grace: i64) -> Result<(), RuntimeError> {
+        let containers = self.runtime.list_containers(Some(uid)).await?;
+        let running: Vec<_> = containers
+            .iter()
+            .filter(|c| !is(c.state, api::ContainerState::ContainerExited))
+            .collect();
+        let stops = running
+            .iter()
+            .map(|c| self.runtime.stop_container(&c.id, grace));
+        for r in futures::future::join_all(stops).await {
+            if let Err(e) = r {
+                if !e.is_not_found() {
+                    return Err(e);
+                }
+            }
+        }
+        for c in &containers {
+            match self.runtime.remove_container(&c.id).await {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            }
+        }
+        for s in self.runtime.list_pod_sandboxes(Some(uid)).await? {
+            for r in [
+                self.runtime.stop_pod_sandbox(&s.id).await,
+                self.runtime.remove_pod_sandbox(&s.id).await,
+            ] {
+                match r {
+                    Err(e) if !e.is_not_found() => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A pod being deleted: its containers stop within the grace period, then it is gone.
+    pub async fn terminate(&self, pod: &Pod) -> bool {
+        let uid = pod.uid().unwrap_or_default();
+        if let Err(e) = self.kill_pod(&uid, grace_seconds(pod)).await {
+            tracing::warn!(pod = %pod.name_any(), "stopping the pod: {e}");
+            return false;
+        }
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&pod.name_any(), &dp).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => true,
+            Err(e) => {
+                tracing::warn!(pod = %pod.name_any(), "deleting the pod: {e}");
+                false
+            }
+        }
+    }
+
+    /// One pass over a live pod; how long until the next.
+    pub async fn sync(&self, pod: &Pod, st: &mut State) -> Duration {
+        let uid = pod.uid().unwrap_or_default();
+        if terminal(pod) {
+            // Finished pods keep their containers (for logs) but not their sandbox.
+            if let Ok(sandboxes) = self.runtime.list_pod_sandboxes(Some(&uid)).await {
+                for s in sandboxes
+                    .iter()
+                    .filter(|s| s.state == api::PodSandboxState::SandboxReady as i32)
+                {
+                    let _ = self.runtime.stop_pod_sandbox(&s.id).await;
+                }
+            }
+            return Duration::from_secs(30);
+        }
+        match self.converge(pod, st).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(pod = %pod.name_any(), namespace = ?pod.namespace(), "syncing the pod: {e}")
+            }
+        }
+        let obs = match self.observe(pod, st).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(pod = %pod.name_any(), "reading the pod's containers: {e}");
+                return Duration::from_secs(2);
+            }
+        };
+        let body = status::pod_status(pod, &obs);
+        if st.posted.as_ref() != Some(&body) {
+            let api: Api<Pod> =
+                Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+            match api
+                .patch_status(
+                    &pod.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Strategic(&body),
+                )
+                .await
+            {
+                Ok(_) => st.posted = Some(body),
+                Err(e) => tracing::warn!(pod = %pod.name_any(), "posting the pod's status: {e}"),
+            }
+        }
+        Duration::from_secs(1)
+    }
+
+    /// The newest ready sandbox, made when there is none; its id and IP.
+    async fn sandbox(&self, pod: &Pod, st: &mut State) -> Result<(String, String), RuntimeError> {
+        let uid = pod.uid().unwrap_or_default();
+        let mut sandboxes = self.runtime.list_pod_sandboxes(Some(&uid)).await?;
+        sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+        if let Some(s) = sandboxes
+            .iter()
+            .find(|s| s.state == api::PodSandboxState::SandboxReady as i32)
+        {
+            if let Some(ip) = st.ips.get(&s.id) {
+                return Ok((s.id.clone(), ip.clone()));
+            }
+            let status = self.runtime.pod_sandbox_status(&s.id).await?;
+            let ip = status.network.map(|n| n.ip).unwrap_or_default();
+            st.ips.insert(s.id.clone(), ip.clone());
+            return Ok((s.id.clone(), ip));
+        }
+        // None is ready: whatever ran in the old ones goes, and a new sandbox starts.
+        if !sandboxes.is_empty() {
+            self.kill_pod(&uid, 0).await?;
+            st.ips.clear();
+        }
+        let next = sandboxes
+            .iter()
+            .filter_map(|s| s.metadata.as_ref().map(|m| m.attempt + 1))
+            .max()
+            .unwrap_or(0);
+        let dir = spec::log_dir(&self.env, pod);
+        let _ = std::fs::create_dir_all(&dir);
+        let id = self
+            .runtime
+            .run_pod_sandbox(spec::sandbox(&self.env, pod, next))
+            .await?;
+        let status = self.runtime.pod_sandbox_status(&id).await?;
+        let ip = status.network.map(|n| n.ip).unwrap_or_default();
+        st.ips.insert(id.clone(), ip.clone());
+        Ok((id, ip))
+    }
+
+    /// Brings the runtime towards the pod's spec.
+    async fn converge(&self, pod: &Pod, st: &mut State) -> Result<(), RuntimeError> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let (sandbox_id, ip) = match self.sandbox(pod, st).await {
+            Ok(s) => s,
+            Err(e) => {
+                for c in &spec.containers {
+                    st.waiting
+                        .insert(c.name.clone(), ("ContainerCreating".into(), String::new()));
+                }
+                return Err(e);
+            }
+        };
+        let uid = pod.uid().unwrap_or_default();
+        let all = self.runtime.list_containers(Some(&uid)).await?;
+        let policy = restart_policy(pod);
+        for c in &spec.containers {
+            let mut runs: Vec<&api::Container> =
+                all.iter().filter(|x| name_of(x) == c.name).collect();
+            runs.sort_by_key(|x| std::cmp::Reverse((attempt(x), x.created_at)));
+            let in_sandbox = runs
+                .iter()
+                .find(|x| x.pod_sandbox_id == sandbox_id)
+                .copied();
+            let next_attempt = runs.first().map_or(0, |x| attempt(x) + 1);
+            // Dead runs beyond the last two are removed, as the kubelet's container GC does.
+            for old in runs.iter().skip(2) {
+                if is(old.state, api::ContainerState::ContainerExited) {
+                    let _ = self.runtime.remove_container(&old.id).await;
+                    st.exited.remove(&old.id);
+                }
+            }
+            match in_sandbox {
+                None => {
+                    // A container of a dead sandbox restarts only as its restart policy says.
+                    if let Some(prev) = runs.first() {
+                        let s = self.exited_status(&prev.id, st).await?;
+                        if !restarts(&policy, s.exit_code) {
+                            continue;
+                        }
+                    }
+                    self.start_new(pod, c, &sandbox_id, &ip, next_attempt, st)
+                        .await;
+                }
+                Some(x) if is(x.state, api::ContainerState::ContainerCreated) => {
+                    if let Err(e) = self.runtime.start_container(&x.id).await {
+                        st.waiting
+                            .insert(c.name.clone(), ("RunContainerError".into(), e.to_string()));
+                    }
+                }
+                Some(x) if is(x.state, api::ContainerState::ContainerRunning) => {
+                    st.waiting.remove(&c.name);
+                }
+                Some(x) if is(x.state, api::ContainerState::ContainerExited) => {
+                    let s = self.exited_status(&x.id, st).await?;
+                    if !restarts(&policy, s.exit_code) {
+                        st.waiting.remove(&c.name);
+                        continue;
+                    }
+                    let ran = Duration::from_nanos(
+                        u64::try_from(s.finished_at.saturating_sub(s.started_at)).unwrap_or(0),
+                    );
+                    let mut entry = st.backoff.get(&c.name).copied();
+                    let wait = Backoff::wait(&mut entry, ran);
+                    if let Some(b) = entry {
+                        st.backoff.insert(c.name.clone(), b);
+                    }
+                    if let Some(delay) = wait {
+                        let msg = format!(
+                            "back-off {}s restarting failed container={} pod={}_{}({})",
+                            delay.as_secs(),
+                            c.name,
+                            pod.name_any(),
+                            pod.namespace().unwrap_or_default(),
+                            uid
+                        );
+                        st.waiting
+                            .insert(c.name.clone(), ("CrashLoopBackOff".into(), msg));
+                        continue;
+                    }
+                    self.start_new(pod, c, &sandbox_id, &ip, next_attempt, st)
+                        .await;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn exited_status(
+        &self,
+        id: &str,
+        st: &mut State,
+    ) -> Result<api::ContainerStatus, RuntimeError> {
+        if let Some(s) = st.exited.get(id) {
+            return Ok(s.clone());
+        }
+        let s = self.runtime.container_status(id).await?;
+        if is(s.state, api::ContainerState::ContainerExited) {
+            st.exited.insert(id.to_string(), s.clone());
+        }
+        Ok(s)
+    }
+
+    /// Makes sure of the image, then creates and starts the container's `attempt`-th run.
+    async fn start_new(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        sandbox_id: &str,
+        ip: &str,
+        attempt: u32,
+        st: &mut State,
+    ) {
+        let image = c.image.clone().unwrap_or_default();
+        if let Err((reason, message)) = self.ensure_image(pod, c, &image, st).await {
+            st.waiting.insert(c.name.clone(), (reason, message));
+            return;
+        }
+        let _ = std::fs::create_dir_all(spec::log_dir(&self.env, pod).join(&c.name));
+        let config = spec::container(pod, c, &self.env, attempt, ip, &HashMap::new());
+        let sandbox_config = spec::sandbox(&self.env, pod, 0);
+        let id = match self
+            .runtime
+            .create_container(sandbox_id, config, sandbox_config)
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                st.waiting.insert(
+                    c.name.clone(),
+                    ("CreateContainerError".into(), e.to_string()),
+                );
+                return;
+            }
+        };
+        match self.runtime.start_container(&id).await {
+            Ok(()) => {
+                st.waiting.remove(&c.name);
+            }
+            Err(e) => {
+                st.waiting
+                    .insert(c.name.clone(), ("RunContainerError".into(), e.to_string()));
+            }
+        }
+    }
+
+    /// The image is there, or pulled as the policy says; else the waiting reason and message.
+    async fn ensure_image(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        image: &str,
+        st: &mut State,
+    ) -> Result<(), (String, String)> {
+        let policy = c.image_pull_policy.clone().unwrap_or_else(|| {
+            if image.contains('@')
+                || image
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|l| l.contains(':') && !l.ends_with(":latest"))
+            {
+                "IfNotPresent".into()
+            } else {
+                "Always".into()
+            }
+        });
+        let present = matches!(self.runtime.image_status(image).await, Ok(Some(_)));
+        if present && policy != "Always" {
+            return Ok(());
+        }
+        if policy == "Never" {
+            return Err((
+                "ErrImageNeverPull".into(),
+                format!("Container image \"{image}\" is not present with pull policy of Never"),
+            ));
+        }
+        let key = format!("pull/{}", c.name);
+        let mut entry = st.backoff.get(&key).copied();
+        if st
+            .waiting
+            .get(&c.name)
+            .is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff")
+        {
+            if let Some(b) = entry {
+                if Instant::now() < b.last + b.delay {
+                    return Err((
+                        "ImagePullBackOff".into(),
+                        format!("Back-off pulling image \"{image}\""),
+                    ));
+                }
+            }
+        }
+        let sandbox = spec::sandbox(&self.env, pod, 0);
+        match self.runtime.pull_image(image, None, Some(sandbox)).await {
+            Ok(_) => {
+                st.backoff.remove(&key);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = Backoff::wait(&mut entry, Duration::ZERO);
+                if let Some(b) = entry {
+                    st.backoff.insert(key, b);
+                }
+                let msg = match &e {
+                    RuntimeError::Status { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                Err((
+                    "ErrImagePull".into(),
+                    format!("Failed to pull image \"{image}\": {msg}"),
+                ))
+            }
+        }
+    }
+
+    /// What the runtime shows of the pod now.
+    async fn observe(&self, pod: &Pod, st: &mut State) -> Result<Observed, RuntimeError> {
+        let uid = pod.uid().unwrap_or_default();
+        let mut sandboxes = self.runtime.list_pod_sandboxes(Some(&uid)).await?;
+        sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+        let ready = sandboxes
+            .iter()
+            .find(|s| s.state == api::PodSandboxState::SandboxReady as i32);
+        let all = self.runtime.list_containers(Some(&uid)).await?;
+        let mut runs: HashMap<String, Runs> = HashMap::new();
+        let spec = pod.spec.clone().unwrap_or_default();
+        for c in &spec.containers {
+            let mut mine: Vec<&api::Container> =
+                all.iter().filter(|x| name_of(x) == c.name).collect();
+            mine.sort_by_key(|x| std::cmp::Reverse((attempt(x), x.created_at)));
+            let mut r = Runs::default();
+            if let Some(x) = mine.first() {
+                r.latest = Some(self.exited_status(&x.id, st).await?);
+            }
+            if let Some(x) = mine.get(1) {
+                r.previous = Some(self.exited_status(&x.id, st).await?);
+            }
+            runs.insert(c.name.clone(), r);
+        }
+        Ok(Observed {
+            sandbox_ready: ready.is_some(),
+            pod_ip: ready.and_then(|s| st.ips.get(&s.id).cloned()),
+            host_ip: self.env.host_ip.clone(),
+            runs,
+            waiting: st.waiting.clone(),
+        })
+    }
+}
+
+fn restarts(policy: &str, exit_code: i32) -> bool {
+    policy == "Always" || (policy == "OnFailure" && exit_code != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_loop_backoff_doubles_and_resets() {
+        let mut entry = None;
+        assert_eq!(
+            Backoff::wait(&mut entry, Duration::ZERO),
+            None,
+            "the first restart is at once"
+        );
+        assert_eq!(
+            Backoff::wait(&mut entry, Duration::ZERO),
+            Some(BACKOFF_START)
+        );
+        if let Some(b) = entry.as_mut() {
+            b.last -= BACKOFF_START;
+        }
+        assert_eq!(Backoff::wait(&mut entry, Duration::ZERO), None);
+        assert_eq!(entry.map(|b| b.delay), Some(BACKOFF_START * 2));
+        assert_eq!(
+            Backoff::wait(&mut entry, BACKOFF_RESET),
+            None,
+            "a long run starts afresh"
+        );
+        assert_eq!(entry.map(|b| b.delay), Some(BACKOFF_START));
+        assert!(restarts("Always", 0));
+        assert!(!restarts("OnFailure", 0));
+        assert!(restarts("OnFailure", 1));
+        assert!(!restarts("Never", 1));
+    }
+}

@@ -1,0 +1,176 @@
+//! The kubelet on a real runtime, put together: containerd (supervised by k1s, or the one at
+//! `--container-runtime-endpoint`), k1s's pause image and the air-gap images of
+//! `DATA_DIR/agent/images/`, the Node with its heartbeats, the pod network once node IPAM has
+//! given the node its pod CIDR, and the pod workers. Stopping leaves the pods running (and
+//! stops the supervised containerd), so the next start adopts them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use tokio::sync::watch;
+
+use super::containerd::{self, config, Containerd, Layout, Options};
+use super::cri::{grpc::Cri, Runtime};
+use super::pods::{self, spec::Env, Shared};
+use super::{images, lease, node};
+use crate::supervisor::KubeletConfig;
+
+/// How long containerd may take to answer after it starts.
+const RUNTIME_READY: Duration = Duration::from_secs(60);
+/// How often the node's status is posted (the kubelet's `nodeStatusReportFrequency`).
+const STATUS_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    #[error("containerd: {0}")]
+    Containerd(#[from] containerd::ContainerdError),
+    #[error("container runtime: {0}")]
+    Runtime(#[from] super::cri::RuntimeError),
+    #[error("images: {0}")]
+    Images(#[from] images::ImageError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("containerd is not installed ({0} not found in PATH): install Debian's containerd, runc and containernetworking-plugins, or pass --disable-kubelet")]
+    NoContainerd(String),
+}
+
+fn in_path(binary: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(binary).is_file()))
+}
+
+/// The lowest oom_score_adj containers may get: this process's own, when it may not lower it.
+fn min_oom_score_adj() -> i64 {
+    if config::has_cap_sys_resource() {
+        return -1000;
+    }
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs the kubelet until `stop` turns true.
+pub async fn run(
+    cfg: KubeletConfig,
+    client: Client,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), KubeletError> {
+    let layout = Layout::new(&cfg.data_dir);
+    let mut supervised = None;
+    let channel = match &cfg.runtime_endpoint {
+        Some(socket) => containerd::wait_ready(socket, RUNTIME_READY).await?,
+        None => {
+            if !in_path("containerd") {
+                return Err(KubeletError::NoContainerd("containerd".into()));
+            }
+            let cd = Containerd::start(
+                layout.clone(),
+                &Options::default(),
+                &PathBuf::from("containerd"),
+            )?;
+            let channel = cd.ready(RUNTIME_READY).await?;
+            supervised = Some(cd);
+            channel
+        }
+    };
+    let runtime: Arc<dyn Runtime> = Arc::new(Cri::new(channel.clone()));
+    let version = runtime.version().await?;
+    let runtime_version = format!(
+        "{}://{}",
+        version.runtime_name,
+        version.runtime_version.trim_start_matches('v')
+    );
+    let tmp = cfg.data_dir.join("agent").join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(|source| KubeletError::Io {
+        context: format!("creating {}", tmp.display()),
+        source,
+    })?;
+    images::ensure_pause(&channel, config::PAUSE_IMAGE, &tmp).await?;
+    images::import_dir(&channel, &images::images_dir(&cfg.data_dir)).await;
+
+    let facts = node::Facts::gather(
+        &cfg.node_name,
+        cfg.node_ip,
+        &cfg.data_dir,
+        &runtime_version,
+        cfg.reserved.clone(),
+    );
+    loop {
+        match node::register(&client, &facts).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(node = %cfg.node_name, "registering the node: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+    tracing::info!(node = %cfg.node_name, runtime = %runtime_version, "node registered");
+    let heartbeats = tokio::spawn(heartbeat(client.clone(), facts.clone(), stop.clone()));
+
+    // The pod network, once node IPAM has handed out the node's block.
+    if cfg.runtime_endpoint.is_none() {
+        let Some(cidr) = node::pod_cidr(&client, &cfg.node_name, &mut stop).await else {
+            return Ok(());
+        };
+        let conf_dir = layout.cni_conf_dir();
+        let conf = conf_dir.join("10-k1s.conflist");
+        std::fs::write(
+            &conf,
+            config::cni_conflist(&cfg.pod_bridge, &cidr, &layout.cni_ipam_dir()),
+        )
+        .map_err(|source| KubeletError::Io {
+            context: format!("writing {}", conf.display()),
+            source,
+        })?;
+        tracing::info!(%cidr, bridge = %cfg.pod_bridge, "pod network configured");
+    }
+
+    let shared = Arc::new(Shared {
+        client,
+        runtime,
+        env: Env {
+            pod_log_dir: cfg.pod_log_dir.clone(),
+            memory_bytes: facts.memory_bytes,
+            min_oom_score_adj: min_oom_score_adj(),
+            node_name: cfg.node_name.clone(),
+            host_ip: cfg.node_ip.to_string(),
+        },
+    });
+    pods::run(shared, stop.clone()).await;
+    let _ = heartbeats.await;
+    if let Some(mut cd) = supervised {
+        tokio::task::spawn_blocking(move || cd.stop(Duration::from_secs(10)))
+            .await
+            .ok();
+    }
+    Ok(())
+}
+
+/// Renews the Lease every 10 s and posts the status every minute.
+async fn heartbeat(client: Client, facts: node::Facts, mut stop: watch::Receiver<bool>) {
+    let mut lease_tick = tokio::time::interval(lease::RENEW_EVERY);
+    let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    status_tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = lease_tick.tick() => {
+                if let Err(e) = lease::renew(&client, &facts.name).await {
+                    tracing::warn!(node = %facts.name, "renewing the node lease: {e}");
+                }
+            }
+            _ = status_tick.tick() => {
+                if let Err(e) = node::post_status(&client, &facts).await {
+                    tracing::warn!(node = %facts.name, "posting the node status: {e}");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The kubelet of `k1s server` on the containerd it supervises, driven with stock kubectl: the
+//! node registers with real capacity and gets a pod CIDR from node IPAM; an image imported from
+//! `DATA_DIR/agent/images/` serves a Deployment of busybox httpd reached at every pod's IP on the
+//! node's bridge; containers restart with CrashLoopBackOff, pods finish Succeeded or Failed by
+//! their restart policy, a missing image is ErrImagePull then ImagePullBackOff; a restarted
+//! server adopts the running pods without restarting them; deleted pods are stopped and gone.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::node::{busybox_image, network, Cleanup};
+use common::server::{eventually, ok, within, write, Server};
+
+fn get(ip: &str, path: &str) -> String {
+    let Ok(addr) = format!("{ip}:8080").parse() else {
+        return String::new();
+    };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn jsonpath(s: &Server, what: &str, path: &str) -> String {
+    ok(s, &["get", what, "-o", &format!("jsonpath={path}")])
+}
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: httpd
+        image: k1s.local/busybox:1
+        command: [sh, -c]
+        args: ["echo served-by-$(POD_NAME) > /www/index.html; exec httpd -f -p 8080 -h /www"]
+        env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+"#;
+
+const ONE_SHOTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: k1s.local/busybox:1, command: [sh, -c, "exit 3"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: done}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: c, image: k1s.local/busybox:1, command: ["true"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: failed}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: c, image: k1s.local/busybox:1, command: [sh, -c, "exit 1"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: missing}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: "127.0.0.1:1/nothing/here:1"}
+"#;
+
+#[test]
+fn the_kubelet_runs_pods_on_containerd() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (bridge, pods_cidr) = network(0);
+    let (_, service_cidr) = network(20);
+    let mut cleanup = Cleanup {
+        data_dir: dir.path().to_path_buf(),
+        bridge: bridge.clone(),
+        blackhole: None,
+    };
+    cleanup.blackhole(&service_cidr);
+    let images = dir.path().join("agent/images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    std::fs::write(
+        images.join("busybox.tar"),
+        busybox_image("k1s.local/busybox:1"),
+    )
+    .expect("image");
+    let logs = dir.path().join("pod-logs");
+    let logs = logs.to_str().expect("utf8").to_string();
+    let flags = [
+        "--node-name",
+        "edge-1",
+        "--cluster-cidr",
+        &pods_cidr,
+        "--service-cidr",
+        &service_cidr,
+        "--pod-bridge",
+        &bridge,
+        "--pod-log-dir",
+        &logs,
+    ];
+    let s = Server::with_kubelet_in(dir, &flags);
+
+    // The node: registered, Ready, with this machine's capacity and a pod CIDR from IPAM.
+    eventually(
+        &s,
+        &["get", "node", "edge-1", "-o", "jsonpath={.spec.podCIDR}"],
+        |o| o.ends_with(".0/24"),
+    );
+    let info = jsonpath(
+        &s,
+        "node/edge-1",
+        "{.status.nodeInfo.containerRuntimeVersion}",
+    );
+    assert!(info.starts_with("containerd://"), "{info}");
+    let cpus = jsonpath(&s, "node/edge-1", "{.status.capacity.cpu}");
+    assert_eq!(
+        cpus,
+        std::thread::available_parallelism()
+            .expect("cpus")
+            .get()
+            .to_string()
+    );
+
+    // A Deployment of busybox httpd: every pod serves at its own IP.
+    let tmp = tempfile::tempdir().expect("tmp");
+    ok(&s, &["apply", "-f", &write(tmp.path(), "web.yaml", WEB)]);
+    ok(
+        &s,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    );
+    let names = jsonpath(&s, "pods", "{.items[*].metadata.name}");
+    let names: Vec<&str> = names.split_whitespace().collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let mut first = Vec::new();
+    for name in &names {
+        let ip = jsonpath(&s, &format!("pod/{name}"), "{.status.podIP}");
+        assert!(
+            ip.starts_with(pods_cidr.trim_end_matches(".0.0/16")),
+            "{ip} in {pods_cidr}"
+        );
+        let mut body = String::new();
+        within(30, &format!("pod {name} answering at {ip}"), || {
+            body = get(&ip, "/index.html");
+            body.contains("200 OK")
+        });
+        assert!(body.contains(&format!("served-by-{name}")), "{body}");
+        let cid = jsonpath(
+            &s,
+            &format!("pod/{name}"),
+            "{.status.containerStatuses[0].containerID}",
+        );
+        assert!(cid.starts_with("containerd://"), "{cid}");
+        first.push((name.to_string(), ip, cid));
+    }
+    let phase = jsonpath(&s, &format!("pod/{}", names[0]), "{.status.phase}");
+    assert_eq!(phase, "Running");
+
+    // Restarts, finished pods, a missing image.
+    ok(
+        &s,
+        &[
+            "apply",
+            "-f",
+            &write(tmp.path(), "one-shots.yaml", ONE_SHOTS),
+        ],
+    );
+    eventually(
+        &s,
+        &["get", "pod", "done", "-o", "jsonpath={.status.phase}"],
+        |o| o == "Succeeded",
+    );
+    eventually(
+        &s,
+        &["get", "pod", "failed", "-o", "jsonpath={.status.phase}"],
+        |o| o == "Failed",
+    );
+    let exit = jsonpath(
+        &s,
+        "pod/failed",
+        "{.status.containerStatuses[0].state.terminated.exitCode}",
+    );
+    assert_eq!(exit, "1");
+    eventually(
+        &s,
+        &[
+            "get",
+            "pod",
+            "crash",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+        ],
+        |o| o == "CrashLoopBackOff",
+    );
+    let last = jsonpath(
+        &s,
+        "pod/crash",
+        "{.status.containerStatuses[0].lastState.terminated.exitCode}",
+    );
+    assert_eq!(last, "3");
+    let restarts: u32 = jsonpath(
+        &s,
+        "pod/crash",
+        "{.status.containerStatuses[0].restartCount}",
+    )
+    .parse()
+    .expect("restart count");
+    assert!(restarts >= 1, "restarted {restarts} times");
+    eventually(
+        &s,
+        &[
+            "get",
+            "pod",
+            "missing",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+        ],
+        |o| o == "ErrImagePull" || o == "ImagePullBackOff",
+    );
+    let msg = jsonpath(
+        &s,
+        "pod/missing",
+        "{.status.containerStatuses[0].state.waiting.message}",
+    );
+    assert!(msg.contains("127.0.0.1:1/nothing/here:1"), "{msg}");
+    eventually(
+        &s,
+        &[
+            "get",
+            "pod",
+            "missing",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+        ],
+        |o| o == "ImagePullBackOff",
+    );
+
+    // The server restarts; its kubelet adopts the running pods as they are.
+    let dir = s.stop();
+    for (name, ip, _) in &first {
+        assert!(
+            get(ip, "/index.html").contains(&format!("served-by-{name}")),
+            "{name} kept serving"
+        );
+    }
+    let s = Server::with_kubelet_in(dir, &flags);
+    eventually(
+        &s,
+        &[
+            "get",
+            "node",
+            "edge-1",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        |o| o == "True",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    for (name, ip, cid) in &first {
+        let now = jsonpath(
+            &s,
+            &format!("pod/{name}"),
+            "{.status.containerStatuses[0].containerID}",
+        );
+        assert_eq!(&now, cid, "{name} kept its container");
+        let restarts = jsonpath(
+            &s,
+            &format!("pod/{name}"),
+            "{.status.containerStatuses[0].restartCount}",
+        );
+        assert_eq!(restarts, "0");
+        assert_eq!(&jsonpath(&s, &format!("pod/{name}"), "{.status.podIP}"), ip);
+    }
+
+    // Deleting stops and removes the pods.
+    ok(&s, &["delete", "deployment", "web"]);
+    ok(
+        &s,
+        &[
+            "delete",
+            "pod",
+            "crash",
+            "done",
+            "failed",
+            "missing",
+            "--wait=false",
+        ],
+    );
+    eventually(&s, &["get", "pods", "-o", "name"], |o| o.trim().is_empty());
+    for (_, ip, _) in &first {
+        within(10, "the deleted pod to stop serving", || {
+            !get(ip, "/index.html").contains("200 OK")
+        });
+    }
+    drop(s);
+    drop(cleanup);
+}
