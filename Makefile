@@ -4,11 +4,15 @@
 CARGO ?= cargo
 PARTS := apiserver scheduler controllers kubelet etcd
 
-.PHONY: run test deps unit features lint bench
+.PHONY: run runtime-deps test deps unit features lint bench
 
-run:
+run: runtime-deps
 	$(CARGO) build --release
 	./target/release/k1s server
+
+# The container runtime the kubelet supervises (Debian's packages).
+runtime-deps:
+	bash packaging/runtime-deps.sh
 
 deps:
 	bash packaging/test-deps.sh
