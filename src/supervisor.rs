@@ -121,6 +121,10 @@ pub struct KubeletConfig {
     pub reserved: std::collections::BTreeMap<String, u64>,
     pub pod_bridge: String,
     pub pod_log_dir: PathBuf,
+    /// The kubelet API's port (0: any free one).
+    pub kubelet_port: u16,
+    /// The CA whose client certificates the kubelet API accepts (the cluster CA).
+    pub client_ca: Option<String>,
 }
 
 /// The simulated nodes' flags (`--simulated-node*`).
@@ -517,7 +521,8 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             api.app.clone(),
             local_client::node_user(&cfg.kubelet.node_name),
         );
-        let kcfg = cfg.kubelet.clone();
+        let mut kcfg = cfg.kubelet.clone();
+        kcfg.client_ca = Some(api.ca_cert.clone());
         let stop = stop_rx.clone();
         tokio::spawn(async move {
             if let Err(e) = crate::kubelet::run::run(kcfg, client, stop).await {
@@ -568,8 +573,10 @@ pub async fn run_agent(args: AgentArgs) -> Result<(), SupervisorError> {
                 default_advertise_address(IpAddr::from([0, 0, 0, 0])),
                 hostname(),
             )?;
+            let mut kcfg = kcfg;
             let name = kcfg.node_name.clone();
             let clients = join_server(&args, std::slice::from_ref(&name), &dir).await?;
+            kcfg.client_ca = std::fs::read_to_string(dir.join("server-ca.crt")).ok();
             let Some(client) = clients.get(&name).cloned() else {
                 return Ok(());
             };

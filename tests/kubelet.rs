@@ -59,7 +59,7 @@ metadata: {name: crash}
 spec:
   terminationGracePeriodSeconds: 1
   containers:
-  - {name: c, image: k1s.local/busybox:1, command: [sh, -c, "exit 3"]}
+  - {name: c, image: k1s.local/busybox:1, command: [sh, -c, "echo crashing; exit 3"]}
 ---
 apiVersion: v1
 kind: Pod
@@ -67,7 +67,7 @@ metadata: {name: done}
 spec:
   restartPolicy: Never
   containers:
-  - {name: c, image: k1s.local/busybox:1, command: ["true"]}
+  - {name: c, image: k1s.local/busybox:1, command: [sh, -c, "echo hello from done; echo second line"]}
 ---
 apiVersion: v1
 kind: Pod
@@ -76,6 +76,14 @@ spec:
   restartPolicy: Never
   containers:
   - {name: c, image: k1s.local/busybox:1, command: [sh, -c, "exit 1"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ticker}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: k1s.local/busybox:1, command: [sh, -c, "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]}
 ---
 apiVersion: v1
 kind: Pod
@@ -236,6 +244,38 @@ fn the_kubelet_runs_pods_on_containerd() {
         ],
         |o| o == "ErrImagePull" || o == "ImagePullBackOff",
     );
+    // Logs through the API server and the kubelet API: whole, tail, previous, follow, errors.
+    assert_eq!(ok(&s, &["logs", "done"]), "hello from done\nsecond line\n");
+    assert_eq!(ok(&s, &["logs", "done", "--tail=1"]), "second line\n");
+    let stamped = ok(&s, &["logs", "done", "--timestamps"]);
+    assert!(
+        stamped.starts_with("20") && stamped.contains("Z hello from done"),
+        "{stamped}"
+    );
+    assert_eq!(ok(&s, &["logs", "crash", "--previous"]), "crashing\n");
+    let o = s.kubectl(&["logs", "done", "-c", "nope"]);
+    assert!(!o.status.success());
+    let err = common::server::text(&o);
+    assert!(
+        err.contains("container nope is not valid for pod done"),
+        "{err}"
+    );
+    eventually(
+        &s,
+        &["get", "pod", "ticker", "-o", "jsonpath={.status.phase}"],
+        |o| o == "Running",
+    );
+    let followed = std::process::Command::new("timeout")
+        .arg("3")
+        .arg(common::server::kubectl())
+        .arg("--kubeconfig")
+        .arg(&s.kubeconfig)
+        .args(["logs", "-f", "ticker"])
+        .output()
+        .expect("kubectl logs -f");
+    let out = String::from_utf8_lossy(&followed.stdout);
+    let ticks = out.lines().filter(|l| l.starts_with("tick ")).count();
+    assert!(ticks >= 10, "kept following: {out}");
     let msg = jsonpath(
         &s,
         "pod/missing",
@@ -301,6 +341,7 @@ fn the_kubelet_runs_pods_on_containerd() {
             "crash",
             "done",
             "failed",
+            "ticker",
             "missing",
             "--wait=false",
         ],

@@ -19,6 +19,7 @@ pub mod http;
 pub mod ipalloc;
 pub mod join;
 pub mod kubeconfig;
+pub mod kubelet_client;
 #[cfg(feature = "controllers")]
 pub mod local_client;
 pub mod openapi;
@@ -217,6 +218,16 @@ pub async fn start(
             rbac: rbac.clone(),
             admission,
             metrics: cfg.metrics.clone(),
+            kubelets: match kubelet_client::KubeletClient::new(
+                &pki.kubelet_client_cert,
+                &pki.kubelet_client_key,
+            ) {
+                Ok(c) => Some(std::sync::Arc::new(c)),
+                Err(e) => {
+                    tracing::error!("the API server cannot reach kubelets: {e}");
+                    None
+                }
+            },
         },
         discovery::Discovery {
             server_address: format!("{host}:{}", addr.port()),

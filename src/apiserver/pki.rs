@@ -39,6 +39,10 @@ pub struct Pki {
     pub admin_key: String,
     /// The key service-account tokens are signed with (ECDSA P-256, PKCS#8 PEM).
     pub service_account_key: String,
+    /// The API server's client certificate towards kubelets (CN=kube-apiserver-kubelet-client,
+    /// O=system:masters), reissued at every start.
+    pub kubelet_client_cert: String,
+    pub kubelet_client_key: String,
 }
 
 const CA_DAYS: i64 = 3650;
@@ -177,7 +181,22 @@ pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
         write_private(&sa_key_path, &key)?;
         key
     };
+    // The client certificate kubelets see the API server's proxied requests come with.
+    let mut kc = CertificateParams::default();
+    kc.distinguished_name = rcgen::DistinguishedName::new();
+    kc.distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    kc.distinguished_name
+        .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+    kc.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    kc.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    kc.use_authority_key_identifier_extension = true;
+    validity(&mut kc, LEAF_DAYS);
+    let kc_key = KeyPair::generate()?;
+    let kc_cert = kc.signed_by(&kc_key, &issuer)?;
     Ok(Pki {
+        kubelet_client_cert: kc_cert.pem(),
+        kubelet_client_key: kc_key.serialize_pem(),
         ca_key: ca_key.serialize_pem(),
         ca_cert,
         serving_cert: serving_cert.pem(),

@@ -30,6 +30,9 @@ pub struct KubeletArgs {
     /// Where containers' logs are written (`NAMESPACE_POD_UID/CONTAINER/N.log`).
     #[arg(long, default_value = "/var/log/pods", value_name = "DIR")]
     pub pod_log_dir: PathBuf,
+    /// The kubelet API's port (logs, exec, port-forward, stats; 0: any free port).
+    #[arg(long, default_value_t = 10250, value_name = "PORT")]
+    pub kubelet_port: u16,
 }
 
 impl KubeletArgs {
@@ -70,6 +73,8 @@ impl KubeletArgs {
             reserved,
             pod_bridge: self.pod_bridge.clone(),
             pod_log_dir: self.pod_log_dir.clone(),
+            kubelet_port: self.kubelet_port,
+            client_ca: None,
         })
     }
 }

@@ -39,6 +39,8 @@ pub struct Facts {
     pub runtime_version: String,
     /// Reserved for system daemons and k1s itself (`--kube-reserved`), by resource name.
     pub reserved: BTreeMap<String, u64>,
+    /// The kubelet API's port.
+    pub kubelet_port: u16,
 }
 
 fn read_trim(path: &str) -> String {
@@ -87,6 +89,7 @@ impl Facts {
         data_dir: &Path,
         runtime_version: &str,
         reserved: BTreeMap<String, u64>,
+        kubelet_port: u16,
     ) -> Facts {
         Facts {
             name: name.to_string(),
@@ -100,6 +103,7 @@ impl Facts {
             boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
             runtime_version: runtime_version.to_string(),
             reserved,
+            kubelet_port,
         }
     }
 
@@ -190,7 +194,9 @@ impl Facts {
                 },
             ]),
             daemon_endpoints: Some(NodeDaemonEndpoints {
-                kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }),
+                kubelet_endpoint: Some(DaemonEndpoint {
+                    port: i32::from(self.kubelet_port),
+                }),
             }),
             node_info: Some(NodeSystemInfo {
                 architecture: super::images::oci::oci_arch().into(),
@@ -302,6 +308,7 @@ mod tests {
             boot_id: String::new(),
             runtime_version: String::new(),
             reserved,
+            kubelet_port: 10250,
         };
         let a = f.allocatable();
         assert_eq!(a["cpu"].0, "1750m");

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::containerd::{self, config, Containerd, Layout, Options};
 use super::cri::{grpc::Cri, Runtime};
 use super::pods::{self, spec::Env, Shared};
-use super::{images, lease, node};
+use super::{api, images, lease, node};
 use crate::supervisor::KubeletConfig;
 
 /// How long containerd may take to answer after it starts.
@@ -35,6 +35,8 @@ pub enum KubeletError {
         context: String,
         source: std::io::Error,
     },
+    #[error("kubelet API: {0}")]
+    Api(#[from] api::KubeletApiError),
     #[error("containerd is not installed ({0} not found in PATH): install Debian's containerd, runc and containernetworking-plugins, or pass --disable-kubelet")]
     NoContainerd(String),
 }
@@ -94,12 +96,19 @@ pub async fn run(
     images::ensure_pause(&channel, config::PAUSE_IMAGE, &tmp).await?;
     images::import_dir(&channel, &images::images_dir(&cfg.data_dir)).await;
 
+    // The kubelet API's port first: the node reports it.
+    let listener = api::bind(std::net::SocketAddr::from(([0, 0, 0, 0], cfg.kubelet_port))).await?;
+    let kubelet_port = listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(cfg.kubelet_port);
     let facts = node::Facts::gather(
         &cfg.node_name,
         cfg.node_ip,
         &cfg.data_dir,
         &runtime_version,
         cfg.reserved.clone(),
+        kubelet_port,
     );
     loop {
         match node::register(&client, &facts).await {
@@ -113,6 +122,25 @@ pub async fn run(
     }
     tracing::info!(node = %cfg.node_name, runtime = %runtime_version, "node registered");
     let heartbeats = tokio::spawn(heartbeat(client.clone(), facts.clone(), stop.clone()));
+    match &cfg.client_ca {
+        Some(ca) => {
+            let cert = api::serving_cert(&cfg.node_name, cfg.node_ip)?;
+            let state = Arc::new(api::ApiState::new(
+                cfg.node_name.clone(),
+                runtime.clone(),
+                client.clone(),
+            ));
+            let ca = ca.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                if let Err(e) = api::serve(listener, cert, &ca, state, stop).await {
+                    tracing::error!("the kubelet API stopped: {e}");
+                }
+            });
+            tracing::info!(port = kubelet_port, "kubelet API listening");
+        }
+        None => tracing::warn!("no cluster CA to check callers against: the kubelet API is off"),
+    }
 
     // The pod network, once node IPAM has handed out the node's block.
     if cfg.runtime_endpoint.is_none() {

@@ -15,6 +15,7 @@ mod metrics;
 pub(crate) mod object;
 mod patches;
 mod pick;
+mod proxy;
 mod rawjson;
 pub(crate) mod request;
 pub(crate) mod selector;
@@ -59,6 +60,8 @@ pub struct Registry {
     pub admission: Arc<crate::apiserver::admission::AdmissionConfig>,
     /// The usage `metrics.k8s.io` serves.
     pub metrics: crate::resource_metrics::Sources,
+    /// Reaches kubelets, for the subresources they serve (`pods/log`).
+    pub kubelets: Option<Arc<crate::apiserver::kubelet_client::KubeletClient>>,
 }
 
 /// One request, resolved against the catalog.
@@ -177,6 +180,15 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
     };
     if !verbs.contains(&info.verb) {
         return method_not_allowed(&info);
+    }
+    if def.group.is_empty()
+        && def.plural == "pods"
+        && info.subresource.as_deref() == Some("log")
+        && info.verb == "get"
+    {
+        let ns = info.namespace.clone().unwrap_or_default();
+        let name = info.name.clone().unwrap_or_default();
+        return proxy::pod_log(&reg, &ns, &name, req.uri().query()).await;
     }
     if let Some(sub) = &info.subresource {
         if !matches!(

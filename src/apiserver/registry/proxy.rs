@@ -1,0 +1,218 @@
+//! Subresources served by the pod's kubelet, as kube-apiserver proxies them: `pods/log` goes to
+//! `/containerLogs/NAMESPACE/POD/CONTAINER` on the node's kubelet (its InternalIP and the port
+//! its status advertises), streaming back what the kubelet sends; a kubelet's refusal becomes a
+//! Status with its code and message.
+
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use serde_json::Value;
+
+use super::object::{self, to_wire};
+use super::Registry;
+use crate::apiserver::{catalog, status};
+
+fn bad_request(msg: &str) -> Response {
+    status::failure(StatusCode::BAD_REQUEST, "BadRequest", msg)
+}
+
+async fn read(
+    reg: &Registry,
+    resource: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Value, Response> {
+    let Some(def) = catalog::find("", "v1", resource) else {
+        return Err(status::not_found());
+    };
+    let key = object::key(def, ns, name);
+    match reg.store.get(&key, 0).await {
+        Ok(Some(kv)) => to_wire(def, &kv),
+        Ok(None) => Err(object::not_found(def, name)),
+        Err(e) => Err(object::store_error(def, name, e)),
+    }
+}
+
+/// The container a log request means: the one named, the default-container annotation's, or
+/// the only one.
+fn container(pod: &Value, name: &str, asked: Option<&str>) -> Result<String, Response> {
+    let spec = &pod["spec"];
+    let names: Vec<&str> = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    if let Some(c) = asked.filter(|c| !c.is_empty()) {
+        return if names.contains(&c) {
+            Ok(c.to_string())
+        } else {
+            Err(bad_request(&format!(
+                "container {c} is not valid for pod {name}"
+            )))
+        };
+    }
+    if let Some(d) =
+        pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"].as_str()
+    {
+        if names.contains(&d) {
+            return Ok(d.to_string());
+        }
+    }
+    let main: Vec<&str> = spec["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    match main.as_slice() {
+        [one] => Ok((*one).to_string()),
+        many => Err(bad_request(&format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            many.join(" ")
+        ))),
+    }
+}
+
+/// The query the kubelet gets: the log options, without `container`.
+fn kubelet_query(raw: Option<&str>) -> String {
+    let kept: Vec<&str> = raw
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| {
+            let k = p.split('=').next().unwrap_or_default();
+            matches!(
+                k,
+                "follow"
+                    | "previous"
+                    | "timestamps"
+                    | "sinceSeconds"
+                    | "sinceTime"
+                    | "tailLines"
+                    | "limitBytes"
+            )
+        })
+        .collect();
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", kept.join("&"))
+    }
+}
+
+fn query_value<'a>(raw: Option<&'a str>, key: &str) -> Option<&'a str> {
+    raw?.split('&').find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (k == key).then_some(v)
+    })
+}
+
+/// `GET /api/v1/namespaces/NS/pods/NAME/log`.
+pub async fn pod_log(reg: &Registry, ns: &str, name: &str, raw_query: Option<&str>) -> Response {
+    let Some(kubelets) = reg.kubelets.clone() else {
+        return status::failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "this API server does not reach kubelets",
+        );
+    };
+    let pod = match read(reg, "pods", Some(ns), name).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let asked = query_value(raw_query, "container");
+    let container = match container(&pod, name, asked) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+        return bad_request(&format!("pod {name} does not have a host assigned"));
+    };
+    let node = match read(reg, "nodes", None, node_name).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let addresses = node["status"]["addresses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let host = ["InternalIP", "ExternalIP", "Hostname"]
+        .iter()
+        .find_map(|ty| {
+            addresses
+                .iter()
+                .find(|a| a["type"] == *ty)
+                .and_then(|a| a["address"].as_str())
+        });
+    let Some(host) = host else {
+        return bad_request(&format!(
+            "node {node_name} has no address to reach its kubelet at"
+        ));
+    };
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .unwrap_or(10250);
+    let path = format!(
+        "/containerLogs/{ns}/{name}/{container}{}",
+        kubelet_query(raw_query)
+    );
+    let resp = match kubelets.get(host, port, &path).await {
+        Ok(r) => r,
+        Err(e) => {
+            return status::failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                &e.to_string(),
+            )
+        }
+    };
+    let code = resp.status();
+    if code.is_success() {
+        let (parts, body) = resp.into_parts();
+        let mut out = Response::new(body);
+        *out.status_mut() = StatusCode::OK;
+        let ct = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or(header::HeaderValue::from_static("text/plain"));
+        out.headers_mut().insert(header::CONTENT_TYPE, ct);
+        return out;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let reason = match code {
+        StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::FORBIDDEN => "Forbidden",
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::UNAUTHORIZED => "Unauthorized",
+        _ => "InternalError",
+    };
+    status::failure(code, reason, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_container_is_picked_as_upstream() {
+        let pod: Value = serde_json::json!({
+            "metadata": {"annotations": {}},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "initContainers": [{"name": "i"}]}
+        });
+        assert_eq!(container(&pod, "p", Some("b")).ok().as_deref(), Some("b"));
+        assert_eq!(container(&pod, "p", Some("i")).ok().as_deref(), Some("i"));
+        assert!(container(&pod, "p", Some("z")).is_err());
+        assert!(container(&pod, "p", None).is_err());
+        let one: Value = serde_json::json!({"spec": {"containers": [{"name": "a"}]}});
+        assert_eq!(container(&one, "p", None).ok().as_deref(), Some("a"));
+        assert_eq!(
+            kubelet_query(Some("container=a&follow=true&tailLines=5&pretty=1")),
+            "?follow=true&tailLines=5"
+        );
+        assert_eq!(kubelet_query(None), "");
+    }
+}
