@@ -40,3 +40,5 @@ pub mod supervisor;
 #[cfg(any(feature = "scheduler", feature = "controllers"))]
 pub mod taints;
 pub mod testing;
+#[cfg(any(feature = "apiserver", feature = "kubelet"))]
+pub mod upgrade;

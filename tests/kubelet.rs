@@ -14,7 +14,11 @@ use common::node::{busybox_image, network, Cleanup};
 use common::server::{eventually, ok, within, write, Server};
 
 fn get(ip: &str, path: &str) -> String {
-    let Ok(addr) = format!("{ip}:8080").parse() else {
+    get_at(&format!("{ip}:8080"), path)
+}
+
+fn get_at(addr: &str, path: &str) -> String {
+    let Ok(addr) = addr.parse() else {
         return String::new();
     };
     let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
@@ -182,6 +186,58 @@ fn the_kubelet_runs_pods_on_containerd() {
     }
     let phase = jsonpath(&s, &format!("pod/{}", names[0]), "{.status.phase}");
     assert_eq!(phase, "Running");
+
+    // exec (kubectl's WebSocket, or its SPDY fallback), with stdin and exit codes; port-forward.
+    let web = first[0].0.clone();
+    let served = ok(&s, &["exec", &web, "--", "cat", "/www/index.html"]);
+    assert_eq!(served, format!("served-by-{web}\n"));
+    let mut child = std::process::Command::new(common::server::kubectl())
+        .arg("--kubeconfig")
+        .arg(&s.kubeconfig)
+        .args(["exec", "-i", &web, "--", "sh", "-c", "tr a-z A-Z"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl exec -i");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"through stdin\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("exec output");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "THROUGH STDIN\n");
+    let code = s.kubectl(&["exec", &web, "--", "sh", "-c", "exit 7"]);
+    assert_eq!(
+        code.status.code(),
+        Some(7),
+        "{}",
+        common::server::text(&code)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut forward = std::process::Command::new(common::server::kubectl())
+        .arg("--kubeconfig")
+        .arg(&s.kubeconfig)
+        .args([
+            "port-forward",
+            &format!("pod/{web}"),
+            &format!("{port}:8080"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl port-forward");
+    let mut body = String::new();
+    within(20, "a request through kubectl port-forward", || {
+        body = get_at(&format!("127.0.0.1:{port}"), "/index.html");
+        body.contains("200 OK")
+    });
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert!(body.contains(&format!("served-by-{web}")), "{body}");
 
     // Restarts, finished pods, a missing image.
     ok(

@@ -98,13 +98,18 @@ impl KubeletClient {
         })
     }
 
-    /// `GET path_and_query` on the kubelet at `host:port`; the response streams its body.
-    pub async fn get(
+    /// A TLS connection to the kubelet at `host:port`, and the address as a Host header.
+    pub async fn connect(
         &self,
         host: &str,
         port: u16,
-        path_and_query: &str,
-    ) -> Result<hyper::Response<Body>, KubeletClientError> {
+    ) -> Result<
+        (
+            tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+            String,
+        ),
+        KubeletClientError,
+    > {
         let addr = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -124,6 +129,17 @@ impl KubeletClient {
         let name = ServerName::try_from(host.to_string())
             .unwrap_or_else(|_| ServerName::try_from("kubelet").expect("a valid DNS name"));
         let tls = self.tls.connect(name, tcp).await.map_err(connect_err)?;
+        Ok((tls, addr))
+    }
+
+    /// `GET path_and_query` on the kubelet at `host:port`; the response streams its body.
+    pub async fn get(
+        &self,
+        host: &str,
+        port: u16,
+        path_and_query: &str,
+    ) -> Result<hyper::Response<Body>, KubeletClientError> {
+        let (tls, addr) = self.connect(host, port).await?;
         let http = |message: String| KubeletClientError::Http {
             addr: addr.clone(),
             message,

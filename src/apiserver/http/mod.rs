@@ -303,10 +303,16 @@ impl Default for InFlight {
     }
 }
 
+/// Watches and the connections upstream counts as long-running (`log`, `exec`, `attach`,
+/// `portforward`, `proxy`): not held against the in-flight limits.
 pub(crate) fn long_running(req: &Request) -> bool {
     let q = req.uri().query().unwrap_or_default();
+    let path = req.uri().path();
     q.split('&').any(|p| p == "watch=true" || p == "watch=1")
-        || req.uri().path().contains("/watch/")
+        || path.contains("/watch/")
+        || ["/log", "/exec", "/attach", "/portforward", "/proxy"]
+            .iter()
+            .any(|s| path.ends_with(s))
 }
 
 /// Whether a request is a Lease read or write: node heartbeats and leader election, which

@@ -105,31 +105,28 @@ fn query_value<'a>(raw: Option<&'a str>, key: &str) -> Option<&'a str> {
     })
 }
 
-/// `GET /api/v1/namespaces/NS/pods/NAME/log`.
-pub async fn pod_log(reg: &Registry, ns: &str, name: &str, raw_query: Option<&str>) -> Response {
+type Kubelets = std::sync::Arc<crate::apiserver::kubelet_client::KubeletClient>;
+
+/// The pod, the kubelet client, and its kubelet's address and port.
+async fn pod_and_kubelet(
+    reg: &Registry,
+    ns: &str,
+    name: &str,
+) -> Result<(Value, Kubelets, String, u16), Response> {
     let Some(kubelets) = reg.kubelets.clone() else {
-        return status::failure(
+        return Err(status::failure(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
             "this API server does not reach kubelets",
-        );
+        ));
     };
-    let pod = match read(reg, "pods", Some(ns), name).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let asked = query_value(raw_query, "container");
-    let container = match container(&pod, name, asked) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let pod = read(reg, "pods", Some(ns), name).await?;
     let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
-        return bad_request(&format!("pod {name} does not have a host assigned"));
+        return Err(bad_request(&format!(
+            "pod {name} does not have a host assigned"
+        )));
     };
-    let node = match read(reg, "nodes", None, node_name).await {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
+    let node = read(reg, "nodes", None, node_name).await?;
     let addresses = node["status"]["addresses"]
         .as_array()
         .cloned()
@@ -143,20 +140,72 @@ pub async fn pod_log(reg: &Registry, ns: &str, name: &str, raw_query: Option<&st
                 .and_then(|a| a["address"].as_str())
         });
     let Some(host) = host else {
-        return bad_request(&format!(
+        return Err(bad_request(&format!(
             "node {node_name} has no address to reach its kubelet at"
-        ));
+        )));
     };
     let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
         .as_u64()
         .and_then(|p| u16::try_from(p).ok())
         .filter(|p| *p > 0)
         .unwrap_or(10250);
+    Ok((pod, kubelets, host.to_string(), port))
+}
+
+/// `pods/exec`, `pods/attach` and `pods/portforward`: the caller's upgrade, proxied to the
+/// kubelet's `/exec/NS/POD/CONTAINER`, `/attach/...` or `/portForward/NS/POD` with the query.
+pub async fn pod_stream(
+    reg: &Registry,
+    ns: &str,
+    name: &str,
+    sub: &str,
+    req: axum::extract::Request,
+) -> Response {
+    let (pod, kubelets, host, port) = match pod_and_kubelet(reg, ns, name).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let raw = req.uri().query().map(str::to_string);
+    let query = raw.as_deref().map(|q| format!("?{q}")).unwrap_or_default();
+    let path = if sub == "portforward" {
+        format!("/portForward/{ns}/{name}{query}")
+    } else {
+        let container = match container(&pod, name, query_value(raw.as_deref(), "container")) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let what = if sub == "exec" { "exec" } else { "attach" };
+        format!("/{what}/{ns}/{name}/{container}{query}")
+    };
+    let (tls, addr) = match kubelets.connect(&host, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            return status::failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                &e.to_string(),
+            )
+        }
+    };
+    crate::upgrade::proxy(req, tls, &addr, &path).await
+}
+
+/// `GET /api/v1/namespaces/NS/pods/NAME/log`.
+pub async fn pod_log(reg: &Registry, ns: &str, name: &str, raw_query: Option<&str>) -> Response {
+    let (pod, kubelets, host, port) = match pod_and_kubelet(reg, ns, name).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let asked = query_value(raw_query, "container");
+    let container = match container(&pod, name, asked) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let path = format!(
         "/containerLogs/{ns}/{name}/{container}{}",
         kubelet_query(raw_query)
     );
-    let resp = match kubelets.get(host, port, &path).await {
+    let resp = match kubelets.get(&host, port, &path).await {
         Ok(r) => r,
         Err(e) => {
             return status::failure(

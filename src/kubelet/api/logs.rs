@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 
 use super::ApiState;
-use crate::kubelet::cri::{api, LABEL_POD_NAME, LABEL_POD_NAMESPACE};
+use crate::kubelet::cri::api;
 
 /// How often a followed log is read again.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -92,19 +92,10 @@ pub async fn container_logs(
     Path((namespace, pod, container)): Path<(String, String, String)>,
     Query(q): Query<LogQuery>,
 ) -> Response {
-    let all = match state.runtime.list_containers(None).await {
-        Ok(c) => c,
+    let runs = match super::runs_of(&state, &namespace, &pod, &container).await {
+        Ok(r) => r,
         Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let mut runs: Vec<&api::Container> = all
-        .iter()
-        .filter(|c| {
-            c.labels.get(LABEL_POD_NAMESPACE) == Some(&namespace)
-                && c.labels.get(LABEL_POD_NAME) == Some(&pod)
-                && c.metadata.as_ref().is_some_and(|m| m.name == container)
-        })
-        .collect();
-    runs.sort_by_key(|c| std::cmp::Reverse(c.created_at));
     let previous = flag(&q.previous);
     let Some(run) = runs.get(usize::from(previous)) else {
         let msg = if previous {

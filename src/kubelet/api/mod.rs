@@ -7,6 +7,7 @@
 //! `/containerLogs` ([`logs`]).
 
 pub mod logs;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -233,11 +234,46 @@ fn router(state: Arc<ApiState>) -> Router {
             "/containerLogs/{namespace}/{pod}/{container}",
             get(logs::container_logs),
         )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(stream::exec).post(stream::exec),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(stream::attach).post(stream::attach),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(stream::port_forward).post(stream::port_forward),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
         ))
         .with_state(state)
+}
+
+/// A container's runs (by pod namespace, pod name and container name), newest first.
+pub async fn runs_of(
+    state: &ApiState,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<Vec<super::cri::api::Container>, super::cri::RuntimeError> {
+    use super::cri::{LABEL_POD_NAME, LABEL_POD_NAMESPACE};
+    let mut runs: Vec<_> = state
+        .runtime
+        .list_containers(None)
+        .await?
+        .into_iter()
+        .filter(|c| {
+            c.labels.get(LABEL_POD_NAMESPACE).map(String::as_str) == Some(ns)
+                && c.labels.get(LABEL_POD_NAME).map(String::as_str) == Some(pod)
+                && c.metadata.as_ref().is_some_and(|m| m.name == container)
+        })
+        .collect();
+    runs.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+    Ok(runs)
 }
 
 /// Binds the kubelet API's port (0: any free one).

@@ -218,6 +218,21 @@ impl Runtime for Cri {
         Ok(r.map_err(status("exec sync"))?.into_inner())
     }
 
+    async fn exec(&self, req: api::ExecRequest) -> Result<String, RuntimeError> {
+        let r = self.runtime.clone().exec(req).await;
+        Ok(r.map_err(status("exec"))?.into_inner().url)
+    }
+
+    async fn attach(&self, req: api::AttachRequest) -> Result<String, RuntimeError> {
+        let r = self.runtime.clone().attach(req).await;
+        Ok(r.map_err(status("attach"))?.into_inner().url)
+    }
+
+    async fn port_forward(&self, req: api::PortForwardRequest) -> Result<String, RuntimeError> {
+        let r = self.runtime.clone().port_forward(req).await;
+        Ok(r.map_err(status("port forward"))?.into_inner().url)
+    }
+
     async fn image_status(&self, image: &str) -> Result<Option<api::Image>, RuntimeError> {
         let req = api::ImageStatusRequest {
             image: Some(api::ImageSpec {

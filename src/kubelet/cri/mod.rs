@@ -81,6 +81,12 @@ pub trait Runtime: Send + Sync {
         cmd: Vec<String>,
         timeout_secs: i64,
     ) -> Result<api::ExecSyncResponse, RuntimeError>;
+    /// A streaming URL for a command in a container (the runtime's streaming server).
+    async fn exec(&self, req: api::ExecRequest) -> Result<String, RuntimeError>;
+    /// A streaming URL attached to a container's main process.
+    async fn attach(&self, req: api::AttachRequest) -> Result<String, RuntimeError>;
+    /// A streaming URL forwarding ports of a pod sandbox.
+    async fn port_forward(&self, req: api::PortForwardRequest) -> Result<String, RuntimeError>;
     /// The image's record if the runtime has it.
     async fn image_status(&self, image: &str) -> Result<Option<api::Image>, RuntimeError>;
     /// Pulls an image; its reference.
