@@ -14,3 +14,4 @@ pub mod node;
 pub mod pods;
 pub mod run;
 pub mod simulated;
+pub mod volumes;

@@ -169,7 +169,10 @@ pub async fn run(
             min_oom_score_adj: min_oom_score_adj(),
             node_name: cfg.node_name.clone(),
             host_ip: cfg.node_ip.to_string(),
+            cpus: facts.cpus,
+            pods_dir: cfg.data_dir.join("agent").join("pods"),
         },
+        mounter: Box::new(super::volumes::mount::System),
     });
     pods::run(shared, stop.clone()).await;
     let _ = heartbeats.await;

@@ -4,6 +4,7 @@
 //! API no longer has (deleted while the kubelet was down) are removed after the first list; a
 //! stopping kubelet leaves running pods alone, for the next one to adopt.
 
+pub mod setup;
 pub mod spec;
 pub mod status;
 pub mod worker;
@@ -140,6 +141,7 @@ async fn work(
                 if let Err(e) = shared.kill_pod(&uid, 2).await {
                     tracing::warn!(pod = %pod.name_any(), "removing a deleted pod: {e}");
                 }
+                shared.forget_pod(&uid);
                 return;
             }
         }
@@ -160,10 +162,20 @@ async fn remove_orphans(shared: &Shared, workers: &HashMap<String, Handle>) {
         .filter_map(|s| s.metadata.as_ref().map(|m| m.uid.clone()))
         .filter(|uid| !workers.contains_key(uid))
         .collect();
+    // Files of pods that are gone (deleted while the kubelet was down).
+    if let Ok(entries) = std::fs::read_dir(&shared.env.pods_dir) {
+        for e in entries.filter_map(Result::ok) {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            if !workers.contains_key(&uid) && !orphans.contains(&uid) {
+                shared.forget_pod(&uid);
+            }
+        }
+    }
     for uid in orphans {
         tracing::info!(uid, "removing the sandbox of a pod that no longer exists");
         if let Err(e) = shared.kill_pod(&uid, 2).await {
             tracing::warn!(uid, "removing an orphaned sandbox: {e}");
         }
+        shared.forget_pod(&uid);
     }
 }

@@ -26,6 +26,10 @@ pub struct Env {
     pub min_oom_score_adj: i64,
     pub node_name: String,
     pub host_ip: String,
+    /// The node's CPUs, for downward-API limits a container does not set.
+    pub cpus: u32,
+    /// Where pods' volumes and kubelet-managed files live (`DATA_DIR/agent/pods`).
+    pub pods_dir: PathBuf,
 }
 
 /// `NAMESPACE_NAME_UID` under the log root, as the kubelet names it.
@@ -200,14 +204,23 @@ pub fn field(pod: &Pod, env: &Env, pod_ip: &str, path: &str) -> Option<String> {
     })
 }
 
+/// Values the caller read from the API for a container's environment.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved {
+    /// `envFrom` entries, in order, prefixes applied.
+    pub env_from: Vec<(String, String)>,
+    /// `env` entries with a `valueFrom` other than `fieldRef`, by name.
+    pub values: HashMap<String, String>,
+}
+
 /// The container's environment in order, with `$(VAR)` expanded against earlier entries.
-/// Values from ConfigMaps and Secrets are resolved by the caller into `resolved`.
+/// Values from ConfigMaps, Secrets and resources are resolved by the caller into `resolved`.
 pub fn environment(
     pod: &Pod,
     c: &Container,
     env: &Env,
     pod_ip: &str,
-    resolved: &HashMap<String, String>,
+    resolved: &Resolved,
 ) -> Vec<(String, String)> {
     let mut vars: HashMap<String, String> = HashMap::new();
     let mut out: Vec<(String, String)> = Vec::new();
@@ -219,6 +232,9 @@ pub fn environment(
         }
         vars.insert(k, v);
     };
+    for (k, v) in &resolved.env_from {
+        set(k.clone(), v.clone(), &mut vars);
+    }
     for e in c.env.iter().flatten() {
         let value = if let Some(v) = &e.value {
             Some(expand(v, &vars))
@@ -226,7 +242,7 @@ pub fn environment(
             if let Some(f) = &src.field_ref {
                 field(pod, env, pod_ip, &f.field_path)
             } else {
-                resolved.get(&e.name).cloned()
+                resolved.values.get(&e.name).cloned()
             }
         } else {
             Some(String::new())
@@ -352,7 +368,8 @@ pub fn container(
     env: &Env,
     attempt: u32,
     pod_ip: &str,
-    resolved: &HashMap<String, String>,
+    resolved: &Resolved,
+    mounts: Vec<api::Mount>,
 ) -> api::ContainerConfig {
     let envs = environment(pod, c, env, pod_ip, resolved);
     let vars: HashMap<String, String> = envs.iter().cloned().collect();
@@ -386,6 +403,7 @@ pub fn container(
             .map(|(key, value)| api::KeyValue { key, value })
             .collect(),
         labels,
+        mounts,
         log_path: Path::new(&c.name)
             .join(format!("{attempt}.log"))
             .to_string_lossy()
@@ -435,6 +453,8 @@ mod tests {
             min_oom_score_adj: 0,
             node_name: "n1".into(),
             host_ip: "10.0.0.1".into(),
+            cpus: 2,
+            pods_dir: "/var/lib/k1s/agent/pods".into(),
         }
     }
 
@@ -443,7 +463,15 @@ mod tests {
         let p = pod(serde_json::json!({"limits": {"cpu": "500m", "memory": "64Mi"}}));
         assert_eq!(qos(&p), "Guaranteed");
         let c = &p.spec.as_ref().expect("spec").containers[0];
-        let cfg = container(&p, c, &env(), 2, "10.42.0.5", &HashMap::new());
+        let cfg = container(
+            &p,
+            c,
+            &env(),
+            2,
+            "10.42.0.5",
+            &Resolved::default(),
+            Vec::new(),
+        );
         assert_eq!(cfg.args, ["a-b", "p"]);
         let env_of = |k: &str| {
             cfg.envs

@@ -15,20 +15,26 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
+use super::setup;
 use super::spec::{self, Env};
 use super::status::{self, Observed, Runs};
 use crate::kubelet::cri::{api, Runtime, RuntimeError};
+use crate::kubelet::volumes;
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A container that ran this long starts its backoff afresh.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
+/// How often a pod's volumes are written again (ConfigMap and Secret updates, token renewal).
+const VOLUME_REFRESH: Duration = Duration::from_secs(10);
+
 /// What every worker shares.
 pub struct Shared {
     pub client: Client,
     pub runtime: Arc<dyn Runtime>,
     pub env: Env,
+    pub mounter: Box<dyn volumes::mount::Mounter>,
 }
 
 /// A restart delay and when it was last used.
@@ -47,6 +53,8 @@ pub struct State {
     exited: HashMap<String, api::ContainerStatus>,
     ips: HashMap<String, String>,
     posted: Option<Value>,
+    volumes: volumes::State,
+    hosts: Option<HashMap<String, volumes::HostVolume>>,
 }
 
 fn grace_seconds(pod: &Pod) -> i64 {
@@ -149,6 +157,11 @@ impl Shared {
         Ok(())
     }
 
+    /// Removes the pod's files on this node (volumes, managed files).
+    pub fn forget_pod(&self, uid: &str) {
+        volumes::remove_pod(&self.env.pods_dir, uid, self.mounter.as_ref());
+    }
+
     /// A pod being deleted: its containers stop within the grace period, then it is gone.
     pub async fn terminate(&self, pod: &Pod) -> bool {
         let uid = pod.uid().unwrap_or_default();
@@ -156,6 +169,7 @@ impl Shared {
             tracing::warn!(pod = %pod.name_any(), "stopping the pod: {e}");
             return false;
         }
+        self.forget_pod(&uid);
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         let dp = DeleteParams {
@@ -275,6 +289,31 @@ impl Shared {
                 return Err(e);
             }
         };
+        let stale = st
+            .volumes
+            .last_refresh
+            .is_none_or(|t| t.elapsed() > VOLUME_REFRESH);
+        if st.hosts.is_none() || stale {
+            let ctx = volumes::Ctx {
+                client: &self.client,
+                pods_dir: &self.env.pods_dir,
+                pod_ip: &ip,
+                env: &self.env,
+                mounter: self.mounter.as_ref(),
+            };
+            match volumes::prepare(&ctx, pod, &mut st.volumes).await {
+                Ok(h) => st.hosts = Some(h),
+                Err(e) if st.hosts.is_none() => {
+                    tracing::warn!(pod = %pod.name_any(), "setting up volumes: {e}");
+                    for c in &spec.containers {
+                        st.waiting
+                            .insert(c.name.clone(), ("ContainerCreating".into(), e.to_string()));
+                    }
+                    return Ok(());
+                }
+                Err(e) => tracing::warn!(pod = %pod.name_any(), "refreshing volumes: {e}"),
+            }
+        }
         let uid = pod.uid().unwrap_or_default();
         let all = self.runtime.list_containers(Some(&uid)).await?;
         let policy = restart_policy(pod);
@@ -382,7 +421,30 @@ impl Shared {
             return;
         }
         let _ = std::fs::create_dir_all(spec::log_dir(&self.env, pod).join(&c.name));
-        let config = spec::container(pod, c, &self.env, attempt, ip, &HashMap::new());
+        let mut sources = volumes::Sources::new(&self.client, &pod.namespace().unwrap_or_default());
+        let resolved = match setup::resolve_env(&mut sources, pod, c, &self.env).await {
+            Ok(r) => r,
+            Err(e) => {
+                st.waiting.insert(
+                    c.name.clone(),
+                    ("CreateContainerConfigError".into(), e.to_string()),
+                );
+                return;
+            }
+        };
+        let vars: HashMap<String, String> = spec::environment(pod, c, &self.env, ip, &resolved)
+            .into_iter()
+            .collect();
+        let hosts = st.hosts.clone().unwrap_or_default();
+        let mounts = match setup::mounts(&self.env, pod, c, &hosts, &vars, ip, attempt) {
+            Ok(m) => m,
+            Err(e) => {
+                st.waiting
+                    .insert(c.name.clone(), ("CreateContainerConfigError".into(), e));
+                return;
+            }
+        };
+        let config = spec::container(pod, c, &self.env, attempt, ip, &resolved, mounts);
         let sandbox_config = spec::sandbox(&self.env, pod, 0);
         let id = match self
             .runtime
@@ -495,10 +557,10 @@ impl Shared {
             mine.sort_by_key(|x| std::cmp::Reverse((attempt(x), x.created_at)));
             let mut r = Runs::default();
             if let Some(x) = mine.first() {
-                r.latest = Some(self.exited_status(&x.id, st).await?);
+                r.latest = Some(self.with_message(pod, c, self.exited_status(&x.id, st).await?));
             }
             if let Some(x) = mine.get(1) {
-                r.previous = Some(self.exited_status(&x.id, st).await?);
+                r.previous = Some(self.with_message(pod, c, self.exited_status(&x.id, st).await?));
             }
             runs.insert(c.name.clone(), r);
         }
@@ -509,6 +571,23 @@ impl Shared {
             runs,
             waiting: st.waiting.clone(),
         })
+    }
+}
+
+impl Shared {
+    /// An exited container's status with its termination message, as the kubelet reads it.
+    fn with_message(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        mut s: api::ContainerStatus,
+    ) -> api::ContainerStatus {
+        if is(s.state, api::ContainerState::ContainerExited) && s.message.is_empty() {
+            let attempt = s.metadata.as_ref().map_or(0, |m| m.attempt);
+            s.message =
+                setup::termination_message(&self.env, pod, c, attempt, s.exit_code, &s.log_path);
+        }
+        s
     }
 }
 
