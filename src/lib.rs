@@ -41,4 +41,6 @@ pub mod supervisor;
 pub mod taints;
 pub mod testing;
 #[cfg(any(feature = "apiserver", feature = "kubelet"))]
+pub mod tls_any;
+#[cfg(any(feature = "apiserver", feature = "kubelet"))]
 pub mod upgrade;

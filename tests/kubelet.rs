@@ -262,6 +262,81 @@ fn volumes_and_config(s: &Server, tmp: &std::path::Path) {
     );
 }
 
+const PROBED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: k1s.local/busybox:1
+    command: [sh, -c, "touch /tmp/alive; exec httpd -f -p 8080 -h /www"]
+    ports: [{name: http, containerPort: 8080}]
+    startupProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+    readinessProbe: {httpGet: {path: /ready, port: http}, periodSeconds: 1}
+    livenessProbe: {exec: {command: [test, -f, /tmp/alive]}, periodSeconds: 1, failureThreshold: 2}
+"#;
+
+/// Startup, readiness and liveness probes.
+fn probes(s: &Server, tmp: &std::path::Path) {
+    ok(s, &["apply", "-f", &write(tmp, "probed.yaml", PROBED)]);
+    let field = |path: &str| jsonpath(s, "pod/probed", path);
+    eventually(
+        s,
+        &[
+            "get",
+            "pod",
+            "probed",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].started}",
+        ],
+        |o| o == "true",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        field("{.status.containerStatuses[0].ready}"),
+        "false",
+        "no /ready yet"
+    );
+    ok(s, &["exec", "probed", "--", "touch", "/www/ready"]);
+    ok(
+        s,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/probed",
+            "--timeout=30s",
+        ],
+    );
+    ok(s, &["exec", "probed", "--", "rm", "/tmp/alive"]);
+    eventually(
+        s,
+        &[
+            "get",
+            "pod",
+            "probed",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ],
+        |o| o == "1",
+    );
+    // The new run has no /www/ready: not ready, yet running.
+    eventually(
+        s,
+        &[
+            "get",
+            "pod",
+            "probed",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.running}",
+        ],
+        |o| !o.is_empty(),
+    );
+    assert_eq!(field("{.status.containerStatuses[0].ready}"), "false");
+    ok(s, &["delete", "pod", "probed", "--wait=false"]);
+}
+
 #[test]
 fn the_kubelet_runs_pods_on_containerd() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -404,6 +479,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     assert!(body.contains(&format!("served-by-{web}")), "{body}");
 
     volumes_and_config(&s, tmp.path());
+    probes(&s, tmp.path());
 
     // Restarts, finished pods, a missing image.
     ok(

@@ -33,6 +33,8 @@ pub struct Observed {
     pub runs: HashMap<String, Runs>,
     /// Why a container is not running, by name: (reason, message).
     pub waiting: HashMap<String, (String, String)>,
+    /// What the probes say of a running container, by name: (started, ready); absent: both.
+    pub probed: HashMap<String, (bool, bool)>,
 }
 
 fn time(nanos: i64) -> Option<Time> {
@@ -77,6 +79,7 @@ pub fn container_status(
     image: &str,
     runs: &Runs,
     waiting: Option<&(String, String)>,
+    probed: (bool, bool),
 ) -> ContainerStatus {
     let latest = runs.latest.as_ref();
     let running = latest.is_some_and(|s| is(s, api::ContainerState::ContainerRunning));
@@ -125,8 +128,8 @@ pub fn container_status(
         ),
         image_id: latest.map(|s| s.image_ref.clone()).unwrap_or_default(),
         container_id: latest.map(|s| container_id(&s.id)),
-        ready: running,
-        started: Some(running),
+        ready: running && probed.1,
+        started: Some(running && probed.0),
         restart_count: latest.map_or(0, |s| s.metadata.as_ref().map_or(0, |m| m.attempt as i32)),
         state: Some(state),
         last_state: Some(match last {
@@ -191,6 +194,7 @@ pub fn pod_status(pod: &Pod, obs: &Observed) -> Value {
                 c.image.as_deref().unwrap_or_default(),
                 &obs.runs.get(&c.name).cloned().unwrap_or_default(),
                 obs.waiting.get(&c.name),
+                obs.probed.get(&c.name).copied().unwrap_or((true, true)),
             )
         })
         .collect();
@@ -266,7 +270,7 @@ mod tests {
             latest: Some(run(api::ContainerState::ContainerExited, code, 0)),
             previous: None,
         };
-        let s = |r: &Runs| container_status("c", "img", r, None);
+        let s = |r: &Runs| container_status("c", "img", r, None, (true, true));
         assert_eq!(phase("Never", &[s(&exited(0))]), "Succeeded");
         assert_eq!(phase("Never", &[s(&exited(1))]), "Failed");
         assert_eq!(phase("OnFailure", &[s(&exited(0))]), "Succeeded");
@@ -277,6 +281,7 @@ mod tests {
             "img",
             &exited(2),
             Some(&("CrashLoopBackOff".into(), "back-off 10s".into())),
+            (true, true),
         );
         assert_eq!(
             waiting
@@ -299,7 +304,8 @@ mod tests {
                     "c",
                     "i",
                     &exited(2),
-                    Some(&("CrashLoopBackOff".into(), String::new()))
+                    Some(&("CrashLoopBackOff".into(), String::new())),
+                    (true, true),
                 )]
             ),
             "Running"
@@ -312,7 +318,7 @@ mod tests {
             latest: Some(run(api::ContainerState::ContainerRunning, 0, 3)),
             previous: Some(run(api::ContainerState::ContainerExited, 137, 2)),
         };
-        let s = container_status("c", "img", &r, None);
+        let s = container_status("c", "img", &r, None, (true, true));
         assert_eq!(s.restart_count, 3);
         assert!(s.ready);
         assert_eq!(s.container_id.as_deref(), Some("containerd://c3"));

@@ -15,6 +15,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
+use super::probes;
 use super::setup;
 use super::spec::{self, Env};
 use super::status::{self, Observed, Runs};
@@ -55,6 +56,10 @@ pub struct State {
     posted: Option<Value>,
     volumes: volumes::State,
     hosts: Option<HashMap<String, volumes::HostVolume>>,
+    /// Probe tallies by container id.
+    probes: HashMap<String, probes::ContainerProbes>,
+    /// Container ids and names of the running containers, for the prober.
+    running: Vec<(String, String, i64)>,
 }
 
 fn grace_seconds(pod: &Pod) -> i64 {
@@ -211,6 +216,7 @@ impl Shared {
                 tracing::warn!(pod = %pod.name_any(), namespace = ?pod.namespace(), "syncing the pod: {e}")
             }
         }
+        self.probe(pod, &ip_of(st), st).await;
         let obs = match self.observe(pod, st).await {
             Ok(o) => o,
             Err(e) => {
@@ -317,6 +323,7 @@ impl Shared {
         let uid = pod.uid().unwrap_or_default();
         let all = self.runtime.list_containers(Some(&uid)).await?;
         let policy = restart_policy(pod);
+        st.running.clear();
         for c in &spec.containers {
             let mut runs: Vec<&api::Container> =
                 all.iter().filter(|x| name_of(x) == c.name).collect();
@@ -353,6 +360,8 @@ impl Shared {
                 }
                 Some(x) if is(x.state, api::ContainerState::ContainerRunning) => {
                     st.waiting.remove(&c.name);
+                    st.running
+                        .push((x.id.clone(), c.name.clone(), x.created_at));
                 }
                 Some(x) if is(x.state, api::ContainerState::ContainerExited) => {
                     let s = self.exited_status(&x.id, st).await?;
@@ -568,13 +577,67 @@ impl Shared {
             sandbox_ready: ready.is_some(),
             pod_ip: ready.and_then(|s| st.ips.get(&s.id).cloned()),
             host_ip: self.env.host_ip.clone(),
+            probed: spec
+                .containers
+                .iter()
+                .filter_map(|c| {
+                    let (id, _, _) = st.running.iter().find(|(_, n, _)| *n == c.name)?;
+                    let t = st.probes.get(id).cloned().unwrap_or_default();
+                    Some((c.name.clone(), (t.started(c), t.ready(c))))
+                })
+                .collect(),
             runs,
             waiting: st.waiting.clone(),
         })
     }
 }
 
+fn ip_of(st: &State) -> String {
+    st.ips.values().next().cloned().unwrap_or_default()
+}
+
 impl Shared {
+    /// Runs the running containers' due probes; kills those whose startup or liveness failed.
+    async fn probe(&self, pod: &Pod, ip: &str, st: &mut State) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let live: Vec<String> = st.running.iter().map(|(id, _, _)| id.clone()).collect();
+        probes::retain(&mut st.probes, &live);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i64;
+        for (id, name, created) in st.running.clone() {
+            let Some(c) = spec.containers.iter().find(|c| c.name == name) else {
+                continue;
+            };
+            if c.startup_probe.is_none()
+                && c.liveness_probe.is_none()
+                && c.readiness_probe.is_none()
+            {
+                continue;
+            }
+            let running_for = Duration::from_nanos(u64::try_from(now - created).unwrap_or(0));
+            let target = probes::Target {
+                runtime: self.runtime.as_ref(),
+                container_id: &id,
+                pod_ip: ip,
+            };
+            let tally = st.probes.entry(id.clone()).or_default();
+            if let probes::Verdict::Kill(why) = probes::run(&target, c, tally, running_for).await {
+                tracing::info!(pod = %pod.name_any(), container = %name, "{why}; killing the container");
+                let grace = c
+                    .liveness_probe
+                    .as_ref()
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .unwrap_or_else(|| grace_seconds(pod));
+                if let Err(e) = self.runtime.stop_container(&id, grace).await {
+                    tracing::warn!(pod = %pod.name_any(), container = %name, "killing the container: {e}");
+                }
+                st.probes.remove(&id);
+            }
+        }
+    }
+
     /// An exited container's status with its termination message, as the kubelet reads it.
     fn with_message(
         &self,
