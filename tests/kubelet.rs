@@ -337,6 +337,72 @@ fn probes(s: &Server, tmp: &std::path::Path) {
     ok(s, &["delete", "pod", "probed", "--wait=false"]);
 }
 
+const INITS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: inits}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{name: work, emptyDir: {}}]
+  initContainers:
+  - {name: first, image: k1s.local/busybox:1, command: [sh, -c, "echo first >> /work/order"], volumeMounts: [{name: work, mountPath: /work}]}
+  - name: sidecar
+    image: k1s.local/busybox:1
+    restartPolicy: Always
+    command: [sh, -c, "echo sidecar >> /work/order; exec sleep 3600"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  - {name: second, image: k1s.local/busybox:1, command: [sh, -c, "echo second >> /work/order"], volumeMounts: [{name: work, mountPath: /work}]}
+  containers:
+  - {name: main, image: k1s.local/busybox:1, command: [sh, -c, "echo main >> /work/order; exec sleep 3600"], volumeMounts: [{name: work, mountPath: /work}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: init-fails}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: broken, image: k1s.local/busybox:1, command: [sh, -c, "exit 5"]}
+  containers:
+  - {name: main, image: k1s.local/busybox:1, command: ["true"]}
+"#;
+
+/// Init containers in order, a sidecar that keeps running, a failed init.
+fn init_containers(s: &Server, tmp: &std::path::Path) {
+    ok(s, &["apply", "-f", &write(tmp, "inits.yaml", INITS)]);
+    ok(
+        s,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/inits",
+            "--timeout=60s",
+        ],
+    );
+    let order = ok(
+        s,
+        &["exec", "inits", "-c", "main", "--", "cat", "/work/order"],
+    );
+    assert_eq!(order, "first\nsidecar\nsecond\nmain\n");
+    let states = jsonpath(s, "pod/inits", "{range .status.initContainerStatuses[*]}{.name}={.ready}/{.state.terminated.reason}{.state.running.startedAt}{\"\\n\"}{end}");
+    let lines: Vec<&str> = states.lines().collect();
+    assert_eq!(lines.len(), 3, "{states}");
+    assert_eq!(lines[0], "first=true/Completed");
+    assert!(lines[1].starts_with("sidecar=true/20"), "{states}");
+    assert_eq!(lines[2], "second=true/Completed");
+    eventually(
+        s,
+        &["get", "pod", "init-fails", "-o", "jsonpath={.status.phase}"],
+        |o| o == "Failed",
+    );
+    let reason = jsonpath(
+        s,
+        "pod/init-fails",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+    );
+    assert_eq!(reason, "PodInitializing");
+    ok(s, &["delete", "pod", "inits", "init-fails", "--wait=false"]);
+}
+
 #[test]
 fn the_kubelet_runs_pods_on_containerd() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -480,6 +546,7 @@ fn the_kubelet_runs_pods_on_containerd() {
 
     volumes_and_config(&s, tmp.path());
     probes(&s, tmp.path());
+    init_containers(&s, tmp.path());
 
     // Restarts, finished pods, a missing image.
     ok(

@@ -199,8 +199,62 @@ pub fn pod_status(pod: &Pod, obs: &Observed) -> Value {
         })
         .collect();
     let policy = spec.restart_policy.as_deref().unwrap_or("Always");
-    let phase = phase(policy, &statuses);
-    let all_ready = statuses.iter().all(|s| s.ready) && !statuses.is_empty();
+    let inits: Vec<(ContainerStatus, bool)> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| {
+            let runs = obs.runs.get(&c.name).cloned().unwrap_or_default();
+            let not_yet = ("PodInitializing".to_string(), String::new());
+            let waiting = match obs.waiting.get(&c.name) {
+                Some(w) => Some(w),
+                None if runs.latest.is_none() => Some(&not_yet),
+                None => None,
+            };
+            let mut s = container_status(
+                &c.name,
+                c.image.as_deref().unwrap_or_default(),
+                &runs,
+                waiting,
+                obs.probed.get(&c.name).copied().unwrap_or((true, true)),
+            );
+            // A finished init container counts as ready, as upstream reports it.
+            if s.state
+                .as_ref()
+                .and_then(|st| st.terminated.as_ref())
+                .is_some_and(|t| t.exit_code == 0)
+            {
+                s.ready = true;
+            }
+            (s, c.restart_policy.as_deref() == Some("Always"))
+        })
+        .collect();
+    let init_done = |(s, sidecar): &(ContainerStatus, bool)| {
+        let st = s.state.clone().unwrap_or_default();
+        if *sidecar {
+            s.started == Some(true)
+        } else {
+            st.terminated.is_some_and(|t| t.exit_code == 0)
+        }
+    };
+    let initialized = inits.iter().all(init_done);
+    let init_failed = inits.iter().any(|(s, sidecar)| {
+        !sidecar
+            && s.state
+                .as_ref()
+                .and_then(|st| st.terminated.as_ref())
+                .is_some_and(|t| t.exit_code != 0)
+    });
+    let phase = if initialized {
+        phase(policy, &statuses)
+    } else if init_failed && policy == "Never" {
+        "Failed"
+    } else {
+        "Pending"
+    };
+    let sidecars_ready = inits.iter().filter(|(_, sc)| *sc).all(|(s, _)| s.ready);
+    let all_ready =
+        initialized && sidecars_ready && statuses.iter().all(|s| s.ready) && !statuses.is_empty();
     let old = pod.status.clone().unwrap_or_default();
     let old_conditions = old.conditions.clone().unwrap_or_default();
     let now = Timestamp::now();
@@ -224,7 +278,11 @@ pub fn pod_status(pod: &Pod, obs: &Observed) -> Value {
     });
     let mut conditions = vec![
         cond("PodReadyToStartContainers", obs.sandbox_ready, None),
-        cond("Initialized", true, None),
+        cond(
+            "Initialized",
+            initialized,
+            (!initialized).then_some("ContainersNotInitialized"),
+        ),
         cond("ContainersReady", all_ready, not_ready),
         cond("Ready", all_ready, not_ready),
     ];
@@ -241,6 +299,11 @@ pub fn pod_status(pod: &Pod, obs: &Observed) -> Value {
             "podIPs": ip.as_ref().map(|ip| vec![json!({"ip": ip})]),
             "startTime": start,
             "containerStatuses": statuses,
+            "initContainerStatuses": if inits.is_empty() {
+                Value::Null
+            } else {
+                json!(inits.into_iter().map(|(s, _)| s).collect::<Vec<_>>())
+            },
         }
     })
 }

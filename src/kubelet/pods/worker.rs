@@ -45,6 +45,23 @@ struct Backoff {
     last: Instant,
 }
 
+/// Where a pass runs containers: the sandbox, its IP, the pod's containers as listed.
+struct Place<'a> {
+    sandbox_id: &'a str,
+    ip: &'a str,
+    all: &'a [api::Container],
+}
+
+/// Where a container stands after a pass.
+#[derive(Debug, PartialEq)]
+enum Run {
+    Running,
+    Succeeded,
+    Failed,
+    /// Starting, restarting, or blocked (image, config, backoff).
+    Waiting,
+}
+
 /// What a worker remembers between passes.
 #[derive(Default)]
 pub struct State {
@@ -324,79 +341,147 @@ impl Shared {
         let all = self.runtime.list_containers(Some(&uid)).await?;
         let policy = restart_policy(pod);
         st.running.clear();
-        for c in &spec.containers {
-            let mut runs: Vec<&api::Container> =
-                all.iter().filter(|x| name_of(x) == c.name).collect();
-            runs.sort_by_key(|x| std::cmp::Reverse((attempt(x), x.created_at)));
-            let in_sandbox = runs
-                .iter()
-                .find(|x| x.pod_sandbox_id == sandbox_id)
-                .copied();
-            let next_attempt = runs.first().map_or(0, |x| attempt(x) + 1);
-            // Dead runs beyond the last two are removed, as the kubelet's container GC does.
-            for old in runs.iter().skip(2) {
-                if is(old.state, api::ContainerState::ContainerExited) {
-                    let _ = self.runtime.remove_container(&old.id).await;
-                    st.exited.remove(&old.id);
-                }
-            }
-            match in_sandbox {
-                None => {
-                    // A container of a dead sandbox restarts only as its restart policy says.
-                    if let Some(prev) = runs.first() {
-                        let s = self.exited_status(&prev.id, st).await?;
-                        if !restarts(&policy, s.exit_code) {
-                            continue;
-                        }
-                    }
-                    self.start_new(pod, c, &sandbox_id, &ip, next_attempt, st)
-                        .await;
-                }
-                Some(x) if is(x.state, api::ContainerState::ContainerCreated) => {
-                    if let Err(e) = self.runtime.start_container(&x.id).await {
-                        st.waiting
-                            .insert(c.name.clone(), ("RunContainerError".into(), e.to_string()));
+        let at = Place {
+            sandbox_id: &sandbox_id,
+            ip: &ip,
+            all: &all,
+        };
+        // Init containers one at a time; sidecars (restartPolicy Always) keep running.
+        let init_policy = if policy == "Never" {
+            "Never"
+        } else {
+            "OnFailure"
+        };
+        let mut initialized = true;
+        for ic in spec.init_containers.iter().flatten() {
+            let sidecar = ic.restart_policy.as_deref() == Some("Always");
+            let p = if sidecar { "Always" } else { init_policy };
+            match self.ensure(pod, ic, p, &at, st).await? {
+                Run::Running if sidecar => {
+                    let started = st
+                        .running
+                        .iter()
+                        .find(|(_, n, _)| *n == ic.name)
+                        .and_then(|(id, _, _)| st.probes.get(id))
+                        .is_none_or(|t| t.started(ic));
+                    if !started {
+                        initialized = false;
+                        break;
                     }
                 }
-                Some(x) if is(x.state, api::ContainerState::ContainerRunning) => {
-                    st.waiting.remove(&c.name);
-                    st.running
-                        .push((x.id.clone(), c.name.clone(), x.created_at));
+                Run::Succeeded if !sidecar => {}
+                _ => {
+                    initialized = false;
+                    break;
                 }
-                Some(x) if is(x.state, api::ContainerState::ContainerExited) => {
-                    let s = self.exited_status(&x.id, st).await?;
-                    if !restarts(&policy, s.exit_code) {
-                        st.waiting.remove(&c.name);
-                        continue;
-                    }
-                    let ran = Duration::from_nanos(
-                        u64::try_from(s.finished_at.saturating_sub(s.started_at)).unwrap_or(0),
-                    );
-                    let mut entry = st.backoff.get(&c.name).copied();
-                    let wait = Backoff::wait(&mut entry, ran);
-                    if let Some(b) = entry {
-                        st.backoff.insert(c.name.clone(), b);
-                    }
-                    if let Some(delay) = wait {
-                        let msg = format!(
-                            "back-off {}s restarting failed container={} pod={}_{}({})",
-                            delay.as_secs(),
-                            c.name,
-                            pod.name_any(),
-                            pod.namespace().unwrap_or_default(),
-                            uid
-                        );
-                        st.waiting
-                            .insert(c.name.clone(), ("CrashLoopBackOff".into(), msg));
-                        continue;
-                    }
-                    self.start_new(pod, c, &sandbox_id, &ip, next_attempt, st)
-                        .await;
-                }
-                Some(_) => {}
             }
         }
+        if !initialized {
+            for c in &spec.containers {
+                st.waiting
+                    .insert(c.name.clone(), ("PodInitializing".into(), String::new()));
+            }
+            return Ok(());
+        }
+        for c in &spec.containers {
+            self.ensure(pod, c, &policy, &at, st).await?;
+        }
         Ok(())
+    }
+
+    /// Brings one container towards running (or finished) as `policy` says; where it stands.
+    async fn ensure(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        policy: &str,
+        at: &Place<'_>,
+        st: &mut State,
+    ) -> Result<Run, RuntimeError> {
+        let uid = pod.uid().unwrap_or_default();
+        let (sandbox_id, ip) = (at.sandbox_id, at.ip);
+        let mut runs: Vec<&api::Container> =
+            at.all.iter().filter(|x| name_of(x) == c.name).collect();
+        runs.sort_by_key(|x| std::cmp::Reverse((attempt(x), x.created_at)));
+        let in_sandbox = runs
+            .iter()
+            .find(|x| x.pod_sandbox_id == sandbox_id)
+            .copied();
+        let next_attempt = runs.first().map_or(0, |x| attempt(x) + 1);
+        // Dead runs beyond the last two are removed, as the kubelet's container GC does.
+        for old in runs.iter().skip(2) {
+            if is(old.state, api::ContainerState::ContainerExited) {
+                let _ = self.runtime.remove_container(&old.id).await;
+                st.exited.remove(&old.id);
+            }
+        }
+        match in_sandbox {
+            None => {
+                // A container of a dead sandbox restarts only as its restart policy says.
+                if let Some(prev) = runs.first() {
+                    let s = self.exited_status(&prev.id, st).await?;
+                    if !restarts(policy, s.exit_code) {
+                        return Ok(if s.exit_code == 0 {
+                            Run::Succeeded
+                        } else {
+                            Run::Failed
+                        });
+                    }
+                }
+                self.start_new(pod, c, sandbox_id, ip, next_attempt, st)
+                    .await;
+                Ok(Run::Waiting)
+            }
+            Some(x) if is(x.state, api::ContainerState::ContainerCreated) => {
+                if let Err(e) = self.runtime.start_container(&x.id).await {
+                    st.waiting
+                        .insert(c.name.clone(), ("RunContainerError".into(), e.to_string()));
+                }
+                Ok(Run::Waiting)
+            }
+            Some(x) if is(x.state, api::ContainerState::ContainerRunning) => {
+                st.waiting.remove(&c.name);
+                st.running
+                    .push((x.id.clone(), c.name.clone(), x.created_at));
+                Ok(Run::Running)
+            }
+            Some(x) if is(x.state, api::ContainerState::ContainerExited) => {
+                let s = self.exited_status(&x.id, st).await?;
+                if !restarts(policy, s.exit_code) {
+                    st.waiting.remove(&c.name);
+                    return Ok(if s.exit_code == 0 {
+                        Run::Succeeded
+                    } else {
+                        Run::Failed
+                    });
+                }
+                let ran = Duration::from_nanos(
+                    u64::try_from(s.finished_at.saturating_sub(s.started_at)).unwrap_or(0),
+                );
+                let mut entry = st.backoff.get(&c.name).copied();
+                let wait = Backoff::wait(&mut entry, ran);
+                if let Some(b) = entry {
+                    st.backoff.insert(c.name.clone(), b);
+                }
+                if let Some(delay) = wait {
+                    let msg = format!(
+                        "back-off {}s restarting failed container={} pod={}_{}({})",
+                        delay.as_secs(),
+                        c.name,
+                        pod.name_any(),
+                        pod.namespace().unwrap_or_default(),
+                        uid
+                    );
+                    st.waiting
+                        .insert(c.name.clone(), ("CrashLoopBackOff".into(), msg));
+                    return Ok(Run::Waiting);
+                }
+                self.start_new(pod, c, sandbox_id, ip, next_attempt, st)
+                    .await;
+                Ok(Run::Waiting)
+            }
+            Some(_) => Ok(Run::Waiting),
+        }
     }
 
     async fn exited_status(
@@ -560,7 +645,11 @@ impl Shared {
         let all = self.runtime.list_containers(Some(&uid)).await?;
         let mut runs: HashMap<String, Runs> = HashMap::new();
         let spec = pod.spec.clone().unwrap_or_default();
-        for c in &spec.containers {
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
             let mut mine: Vec<&api::Container> =
                 all.iter().filter(|x| name_of(x) == c.name).collect();
             mine.sort_by_key(|x| std::cmp::Reverse((attempt(x), x.created_at)));
@@ -580,6 +669,7 @@ impl Shared {
             probed: spec
                 .containers
                 .iter()
+                .chain(spec.init_containers.iter().flatten())
                 .filter_map(|c| {
                     let (id, _, _) = st.running.iter().find(|(_, n, _)| *n == c.name)?;
                     let t = st.probes.get(id).cloned().unwrap_or_default();
@@ -607,7 +697,12 @@ impl Shared {
             .unwrap_or_default()
             .as_nanos() as i64;
         for (id, name, created) in st.running.clone() {
-            let Some(c) = spec.containers.iter().find(|c| c.name == name) else {
+            let Some(c) = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .find(|c| c.name == name)
+            else {
                 continue;
             };
             if c.startup_probe.is_none()
