@@ -403,6 +403,58 @@ fn init_containers(s: &Server, tmp: &std::path::Path) {
     ok(s, &["delete", "pod", "inits", "init-fails", "--wait=false"]);
 }
 
+fn hooked(dir: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  terminationGracePeriodSeconds: 20
+  volumes: [{{name: out, hostPath: {{path: "{dir}", type: DirectoryOrCreate}}}}]
+  containers:
+  - name: c
+    image: k1s.local/busybox:1
+    command: [sh, -c, "trap 'echo term >> /out/log; exit 0' TERM; while true; do sleep 0.2; done"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    lifecycle:
+      postStart: {{exec: {{command: [sh, -c, "echo started > /tmp/post-start"]}}}}
+      preStop: {{exec: {{command: [sh, -c, "echo pre-stop >> /out/log"]}}}}
+"#
+    )
+}
+
+/// postStart and preStop hooks, and SIGTERM before SIGKILL.
+fn hooks(s: &Server, tmp: &std::path::Path) {
+    let dir = tmp.join("hook-out");
+    let yaml = hooked(dir.to_str().expect("utf8"));
+    ok(s, &["apply", "-f", &write(tmp, "hooked.yaml", &yaml)]);
+    ok(
+        s,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/hooked",
+            "--timeout=60s",
+        ],
+    );
+    assert_eq!(
+        ok(s, &["exec", "hooked", "--", "cat", "/tmp/post-start"]),
+        "started\n"
+    );
+    let started = std::time::Instant::now();
+    ok(
+        s,
+        &["delete", "pod", "hooked", "--wait=true", "--timeout=60s"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the TERM trap ended it early"
+    );
+    let log = std::fs::read_to_string(dir.join("log")).expect("hook output");
+    assert_eq!(log, "pre-stop\nterm\n", "preStop, then SIGTERM");
+}
+
 #[test]
 fn the_kubelet_runs_pods_on_containerd() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -547,6 +599,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     volumes_and_config(&s, tmp.path());
     probes(&s, tmp.path());
     init_containers(&s, tmp.path());
+    hooks(&s, tmp.path());
 
     // Restarts, finished pods, a missing image.
     ok(

@@ -222,7 +222,7 @@ async fn probe(t: &Target<'_>, c: &Container, p: &Probe) -> (bool, String) {
     }
 }
 
-async fn http_get(
+pub(crate) async fn http_get(
     host: &str,
     port: u16,
     path: &str,

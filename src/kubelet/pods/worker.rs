@@ -179,6 +179,45 @@ impl Shared {
         Ok(())
     }
 
+    /// Runs the preStop hooks of the pod's running containers, all at once, within `limit`.
+    async fn pre_stop(&self, pod: &Pod, limit: Duration) {
+        let uid = pod.uid().unwrap_or_default();
+        let Ok(containers) = self.runtime.list_containers(Some(&uid)).await else {
+            return;
+        };
+        let spec = pod.spec.clone().unwrap_or_default();
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
+        let hooks = containers
+            .iter()
+            .filter(|x| is(x.state, api::ContainerState::ContainerRunning))
+            .filter_map(|x| {
+                let c = spec
+                    .containers
+                    .iter()
+                    .chain(spec.init_containers.iter().flatten())
+                    .find(|c| c.name == name_of(x))?;
+                let h = c.lifecycle.as_ref()?.pre_stop.clone()?;
+                Some((x.id.clone(), c.clone(), h))
+            })
+            .collect::<Vec<_>>();
+        let runs = hooks
+            .iter()
+            .map(|(id, c, h)| super::hooks::run(self.runtime.as_ref(), id, &ip, c, h, limit));
+        for (r, (_, c, _)) in futures::future::join_all(runs)
+            .await
+            .into_iter()
+            .zip(&hooks)
+        {
+            if let Err(e) = r {
+                tracing::warn!(pod = %pod.name_any(), container = %c.name, "PreStop hook failed: {e}");
+            }
+        }
+    }
+
     /// Removes the pod's files on this node (volumes, managed files).
     pub fn forget_pod(&self, uid: &str) {
         volumes::remove_pod(&self.env.pods_dir, uid, self.mounter.as_ref());
@@ -187,7 +226,12 @@ impl Shared {
     /// A pod being deleted: its containers stop within the grace period, then it is gone.
     pub async fn terminate(&self, pod: &Pod) -> bool {
         let uid = pod.uid().unwrap_or_default();
-        if let Err(e) = self.kill_pod(&uid, grace_seconds(pod)).await {
+        let started = Instant::now();
+        let grace = grace_seconds(pod);
+        self.pre_stop(pod, Duration::from_secs(grace as u64)).await;
+        // What the hooks took comes off the grace period; at least 2 s remain, as upstream.
+        let left = (grace - started.elapsed().as_secs() as i64).max(2.min(grace));
+        if let Err(e) = self.kill_pod(&uid, left).await {
             tracing::warn!(pod = %pod.name_any(), "stopping the pod: {e}");
             return false;
         }
@@ -557,6 +601,22 @@ impl Shared {
         match self.runtime.start_container(&id).await {
             Ok(()) => {
                 st.waiting.remove(&c.name);
+                if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
+                    let limit = Duration::from_secs(grace_seconds(pod).max(30) as u64);
+                    if let Err(e) =
+                        super::hooks::run(self.runtime.as_ref(), &id, ip, c, &h, limit).await
+                    {
+                        tracing::warn!(pod = %pod.name_any(), container = %c.name, "PostStart hook failed: {e}");
+                        let _ = self.runtime.stop_container(&id, grace_seconds(pod)).await;
+                        st.waiting.insert(
+                            c.name.clone(),
+                            (
+                                "PostStartHookError".into(),
+                                format!("PostStartHookError: {e}"),
+                            ),
+                        );
+                    }
+                }
             }
             Err(e) => {
                 st.waiting
