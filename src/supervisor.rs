@@ -524,8 +524,9 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
         let mut kcfg = cfg.kubelet.clone();
         kcfg.client_ca = Some(api.ca_cert.clone());
         let stop = stop_rx.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::kubelet::run::run(kcfg, client, stop).await {
+            if let Err(e) = crate::kubelet::run::run(kcfg, client, metrics, stop).await {
                 tracing::error!("the kubelet stopped: {e}");
             }
         })
@@ -582,7 +583,12 @@ pub async fn run_agent(args: AgentArgs) -> Result<(), SupervisorError> {
             };
             tracing::info!(node = %name, "joined; node certificate under {}", dir.display());
             let (stop_tx, stop_rx) = watch::channel(false);
-            let mut task = tokio::spawn(crate::kubelet::run::run(kcfg, client, stop_rx));
+            let mut task = tokio::spawn(crate::kubelet::run::run(
+                kcfg,
+                client,
+                crate::resource_metrics::Sources::default(),
+                stop_rx,
+            ));
             tokio::select! {
                 signal = signals.wait() => {
                     tracing::info!(signal, "shutting down");

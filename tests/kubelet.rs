@@ -601,6 +601,19 @@ fn the_kubelet_runs_pods_on_containerd() {
     init_containers(&s, tmp.path());
     hooks(&s, tmp.path());
 
+    // kubectl top, from the kubelet's CRI stats; the kubelet API's stats endpoints.
+    let top = eventually(&s, &["top", "pods"], |o| {
+        o.contains(&web) && o.contains("Mi")
+    });
+    assert!(top.contains("CPU(cores)"), "{top}");
+    let nodes = eventually(&s, &["top", "node", "edge-1"], |o| o.contains("edge-1"));
+    assert!(nodes.contains('%'), "{nodes}");
+    let summary = ok(
+        &s,
+        &["get", "--raw", "/api/v1/nodes/edge-1/proxy/stats/summary"],
+    );
+    assert!(summary.contains("\"nodeName\":\"edge-1\""), "{summary}");
+
     // Restarts, finished pods, a missing image.
     ok(
         &s,

@@ -14,4 +14,5 @@ pub mod node;
 pub mod pods;
 pub mod run;
 pub mod simulated;
+pub mod stats;
 pub mod volumes;

@@ -61,6 +61,7 @@ fn min_oom_score_adj() -> i64 {
 pub async fn run(
     cfg: KubeletConfig,
     client: Client,
+    metrics: crate::resource_metrics::Sources,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), KubeletError> {
     let layout = Layout::new(&cfg.data_dir);
@@ -122,6 +123,14 @@ pub async fn run(
     }
     tracing::info!(node = %cfg.node_name, runtime = %runtime_version, "node registered");
     let heartbeats = tokio::spawn(heartbeat(client.clone(), facts.clone(), stop.clone()));
+    let usage = super::stats::Latest::default();
+    metrics.register(Arc::new(usage.clone()));
+    tokio::spawn(super::stats::run(
+        cfg.node_name.clone(),
+        runtime.clone(),
+        usage.clone(),
+        stop.clone(),
+    ));
     match &cfg.client_ca {
         Some(ca) => {
             let cert = api::serving_cert(&cfg.node_name, cfg.node_ip)?;
@@ -129,6 +138,7 @@ pub async fn run(
                 cfg.node_name.clone(),
                 runtime.clone(),
                 client.clone(),
+                usage.clone(),
             ));
             let ca = ca.clone();
             let stop = stop.clone();

@@ -190,6 +190,11 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
         let name = info.name.clone().unwrap_or_default();
         return proxy::pod_log(&reg, &ns, &name, req.uri().query()).await;
     }
+    if def.group.is_empty() && def.plural == "nodes" && info.subresource.as_deref() == Some("proxy")
+    {
+        let name = info.name.clone().unwrap_or_default();
+        return proxy::node_proxy(&reg, &name, req).await;
+    }
     if def.group.is_empty() && def.plural == "pods" {
         if let Some(sub @ ("exec" | "attach" | "portforward")) = info.subresource.as_deref() {
             let ns = info.namespace.clone().unwrap_or_default();

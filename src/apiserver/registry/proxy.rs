@@ -127,29 +127,12 @@ async fn pod_and_kubelet(
         )));
     };
     let node = read(reg, "nodes", None, node_name).await?;
-    let addresses = node["status"]["addresses"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let host = ["InternalIP", "ExternalIP", "Hostname"]
-        .iter()
-        .find_map(|ty| {
-            addresses
-                .iter()
-                .find(|a| a["type"] == *ty)
-                .and_then(|a| a["address"].as_str())
-        });
-    let Some(host) = host else {
+    let Some((host, port)) = kubelet_address(&node) else {
         return Err(bad_request(&format!(
             "node {node_name} has no address to reach its kubelet at"
         )));
     };
-    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p > 0)
-        .unwrap_or(10250);
-    Ok((pod, kubelets, host.to_string(), port))
+    Ok((pod, kubelets, host, port))
 }
 
 /// `pods/exec`, `pods/attach` and `pods/portforward`: the caller's upgrade, proxied to the
@@ -188,6 +171,68 @@ pub async fn pod_stream(
         }
     };
     crate::upgrade::proxy(req, tls, &addr, &path).await
+}
+
+/// The kubelet address of a node: its InternalIP (else ExternalIP, Hostname) and the port its
+/// status advertises.
+fn kubelet_address(node: &Value) -> Option<(String, u16)> {
+    let addresses = node["status"]["addresses"].as_array()?;
+    let host = ["InternalIP", "ExternalIP", "Hostname"]
+        .iter()
+        .find_map(|ty| {
+            addresses
+                .iter()
+                .find(|a| a["type"] == *ty)
+                .and_then(|a| a["address"].as_str())
+        })?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .unwrap_or(10250);
+    Some((host.to_string(), port))
+}
+
+/// `/api/v1/nodes/NAME/proxy/PATH`: the request, passed to the node's kubelet at `/PATH`.
+pub async fn node_proxy(reg: &Registry, name: &str, req: axum::extract::Request) -> Response {
+    let Some(kubelets) = reg.kubelets.clone() else {
+        return status::failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "this API server does not reach kubelets",
+        );
+    };
+    let node = match read(reg, "nodes", None, name).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let Some((host, port)) = kubelet_address(&node) else {
+        return bad_request(&format!(
+            "node {name} has no address to reach its kubelet at"
+        ));
+    };
+    let path = req.uri().path();
+    let marker = format!("/nodes/{name}/proxy");
+    let rest = path
+        .find(&marker)
+        .map(|i| &path[i + marker.len()..])
+        .unwrap_or("");
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let target = match req.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    let (tls, addr) = match kubelets.connect(&host, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            return status::failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                &e.to_string(),
+            )
+        }
+    };
+    crate::upgrade::proxy(req, tls, &addr, &target).await
 }
 
 /// `GET /api/v1/namespaces/NS/pods/NAME/log`.

@@ -66,15 +66,23 @@ pub struct ApiState {
     pub runtime: Arc<dyn Runtime>,
     /// Asks the API server's SubjectAccessReview, as this node.
     pub client: kube::Client,
+    /// The latest usage sample.
+    pub usage: super::stats::Latest,
     decisions: Mutex<HashMap<Asked, (bool, Instant)>>,
 }
 
 impl ApiState {
-    pub fn new(node: String, runtime: Arc<dyn Runtime>, client: kube::Client) -> Self {
+    pub fn new(
+        node: String,
+        runtime: Arc<dyn Runtime>,
+        client: kube::Client,
+        usage: super::stats::Latest,
+    ) -> Self {
         ApiState {
             node,
             runtime,
             client,
+            usage,
             decisions: Mutex::new(HashMap::new()),
         }
     }
@@ -227,9 +235,34 @@ async fn authorize(State(state): State<Arc<ApiState>>, req: Request, next: Next)
     next.run(req).await
 }
 
+async fn metrics_resource(State(state): State<Arc<ApiState>>) -> Response {
+    let body = state
+        .usage
+        .get()
+        .map(|u| super::stats::prometheus(&u))
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn stats_summary(State(state): State<Arc<ApiState>>) -> Response {
+    match state.usage.get() {
+        Some(u) => axum::Json(super::stats::summary(&u)).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no usage sampled yet").into_response(),
+    }
+}
+
 fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics/resource", get(metrics_resource))
+        .route("/stats/summary", get(stats_summary))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(logs::container_logs),

@@ -233,6 +233,17 @@ impl Runtime for Cri {
         Ok(r.map_err(status("port forward"))?.into_inner().url)
     }
 
+    async fn list_container_stats(&self) -> Result<Vec<api::ContainerStats>, RuntimeError> {
+        let r = self
+            .runtime
+            .clone()
+            .list_container_stats(api::ListContainerStatsRequest { filter: None })
+            .await;
+        Ok(r.map_err(status("list container stats"))?
+            .into_inner()
+            .stats)
+    }
+
     async fn image_status(&self, image: &str) -> Result<Option<api::Image>, RuntimeError> {
         let req = api::ImageStatusRequest {
             image: Some(api::ImageSpec {

@@ -87,6 +87,8 @@ pub trait Runtime: Send + Sync {
     async fn attach(&self, req: api::AttachRequest) -> Result<String, RuntimeError>;
     /// A streaming URL forwarding ports of a pod sandbox.
     async fn port_forward(&self, req: api::PortForwardRequest) -> Result<String, RuntimeError>;
+    /// Every container's CPU and memory statistics.
+    async fn list_container_stats(&self) -> Result<Vec<api::ContainerStats>, RuntimeError>;
     /// The image's record if the runtime has it.
     async fn image_status(&self, image: &str) -> Result<Option<api::Image>, RuntimeError>;
     /// Pulls an image; its reference.

@@ -1,0 +1,240 @@
+//! The node's and its containers' usage, sampled every 10 s as the kubelet's resource
+//! analyzer does: container CPU as the rate of CRI's cumulative `usage_core_nano_seconds`
+//! between samples and memory as the working set; the node's CPU from /proc/stat and memory
+//! as MemTotal less MemAvailable. The last sample feeds `metrics.k8s.io` in this process
+//! ([`crate::resource_metrics::Source`]) and the kubelet API's `/metrics/resource` and
+//! `/stats/summary`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use super::cri::{Runtime, LABEL_POD_NAME, LABEL_POD_NAMESPACE};
+use crate::resource_metrics::{ContainerUsage, NodeUsage, PodUsage, Source};
+
+/// How often usage is sampled (the kubelet's housekeeping interval for metrics).
+pub const PERIOD: Duration = Duration::from_secs(10);
+
+/// The latest sample, shared with whoever reports it.
+#[derive(Clone, Default)]
+pub struct Latest(Arc<RwLock<Option<NodeUsage>>>);
+
+impl Latest {
+    pub fn get(&self) -> Option<NodeUsage> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn set(&self, u: NodeUsage) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(u);
+    }
+}
+
+impl Source for Latest {
+    fn samples(&self) -> Vec<NodeUsage> {
+        self.get().into_iter().collect()
+    }
+}
+
+/// Busy and total jiffies of /proc/stat's `cpu` line.
+fn cpu_jiffies(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// MemTotal less MemAvailable, in bytes.
+fn memory_used(meminfo: &str) -> u64 {
+    let kb = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    kb("MemTotal:").saturating_sub(kb("MemAvailable:")) * 1024
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// Samples until `stop` turns true.
+pub async fn run(
+    node: String,
+    runtime: Arc<dyn Runtime>,
+    latest: Latest,
+    mut stop: watch::Receiver<bool>,
+) {
+    let ticks = clock_ticks();
+    let mut prev_cpu: Option<(u64, std::time::Instant)> = None;
+    // Cumulative container CPU (ns) and its timestamp (ns), by container id.
+    let mut prev: HashMap<String, (u64, i64)> = HashMap::new();
+    let mut tick = tokio::time::interval(PERIOD);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = std::time::Instant::now();
+        let node_cpu = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| cpu_jiffies(&s))
+            .map(|(busy, _)| busy);
+        let node_nanocores = match (node_cpu, prev_cpu) {
+            (Some(busy), Some((was, at))) if busy >= was => {
+                let secs = now.duration_since(at).as_secs_f64().max(0.001);
+                ((busy - was) as f64 * 1e9 / ticks as f64 / secs) as u64
+            }
+            _ => 0,
+        };
+        if let Some(busy) = node_cpu {
+            prev_cpu = Some((busy, now));
+        }
+        let stats = match runtime.list_container_stats().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("container stats: {e}");
+                continue;
+            }
+        };
+        let mut pods: HashMap<(String, String), Vec<ContainerUsage>> = HashMap::new();
+        let mut seen = HashMap::new();
+        for s in stats {
+            let Some(a) = s.attributes else { continue };
+            let (Some(ns), Some(pod)) = (
+                a.labels.get(LABEL_POD_NAMESPACE),
+                a.labels.get(LABEL_POD_NAME),
+            ) else {
+                continue;
+            };
+            let name = a.metadata.map(|m| m.name).unwrap_or_default();
+            let cpu = s.cpu.unwrap_or_default();
+            let used = cpu.usage_core_nano_seconds.map_or(0, |v| v.value);
+            let nanocores = match (cpu.usage_nano_cores.map(|v| v.value), prev.get(&a.id)) {
+                (Some(n), _) if n > 0 => n,
+                (_, Some((was, at))) if used >= *was && cpu.timestamp > *at => {
+                    ((used - was) as f64 / ((cpu.timestamp - at) as f64 / 1e9)) as u64
+                }
+                _ => 0,
+            };
+            seen.insert(a.id.clone(), (used, cpu.timestamp));
+            let memory = s
+                .memory
+                .and_then(|m| m.working_set_bytes)
+                .map_or(0, |v| v.value);
+            pods.entry((ns.clone(), pod.clone()))
+                .or_default()
+                .push(ContainerUsage {
+                    name,
+                    cpu_nanocores: nanocores,
+                    memory_bytes: memory,
+                });
+        }
+        prev = seen;
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .map(|m| memory_used(&m))
+            .unwrap_or(0);
+        latest.set(NodeUsage {
+            node: node.clone(),
+            timestamp: SystemTime::now(),
+            window: PERIOD,
+            cpu_nanocores: node_nanocores,
+            memory_bytes: memory,
+            pods: pods
+                .into_iter()
+                .map(|((namespace, name), containers)| PodUsage {
+                    namespace,
+                    name,
+                    containers,
+                })
+                .collect(),
+        });
+    }
+}
+
+/// `/metrics/resource` in the Prometheus text format the upstream kubelet writes.
+pub fn prometheus(u: &NodeUsage) -> String {
+    let ms = u
+        .timestamp
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let mut out = String::new();
+    out.push_str("# HELP node_memory_working_set_bytes [STABLE] Current working set of the node in bytes\n# TYPE node_memory_working_set_bytes gauge\n");
+    out.push_str(&format!(
+        "node_memory_working_set_bytes {} {ms}\n",
+        u.memory_bytes
+    ));
+    out.push_str("# HELP container_memory_working_set_bytes [STABLE] Current working set of the container in bytes\n# TYPE container_memory_working_set_bytes gauge\n");
+    for p in &u.pods {
+        for c in &p.containers {
+            out.push_str(&format!(
+                "container_memory_working_set_bytes{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {ms}\n",
+                c.name, p.namespace, p.name, c.memory_bytes
+            ));
+        }
+    }
+    out
+}
+
+/// `/stats/summary`: the node's and each pod's CPU and memory, as the summary API shapes them.
+pub fn summary(u: &NodeUsage) -> serde_json::Value {
+    let time = k8s_openapi::jiff::Timestamp::try_from(u.timestamp)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let usage = |cpu: u64, mem: u64| {
+        serde_json::json!({
+            "cpu": {"time": time, "usageNanoCores": cpu},
+            "memory": {"time": time, "workingSetBytes": mem},
+        })
+    };
+    let pods: Vec<serde_json::Value> = u
+        .pods
+        .iter()
+        .map(|p| {
+            let cpu: u64 = p.containers.iter().map(|c| c.cpu_nanocores).sum();
+            let mem: u64 = p.containers.iter().map(|c| c.memory_bytes).sum();
+            let mut v = usage(cpu, mem);
+            v["podRef"] = serde_json::json!({"name": p.name, "namespace": p.namespace});
+            v["containers"] = p
+                .containers
+                .iter()
+                .map(|c| {
+                    let mut cv = usage(c.cpu_nanocores, c.memory_bytes);
+                    cv["name"] = serde_json::json!(c.name);
+                    cv
+                })
+                .collect();
+            v
+        })
+        .collect();
+    let mut node = usage(u.cpu_nanocores, u.memory_bytes);
+    node["nodeName"] = serde_json::json!(u.node);
+    serde_json::json!({"node": node, "pods": pods})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_files_are_read_as_the_kubelet_does() {
+        let stat = "cpu  100 5 50 1000 20 1 2 3 0 0\ncpu0 1 2 3 4\n";
+        assert_eq!(cpu_jiffies(stat), Some((161, 1181)));
+        let meminfo = "MemTotal:       1000 kB\nMemFree: 10 kB\nMemAvailable:    400 kB\n";
+        assert_eq!(memory_used(meminfo), 600 * 1024);
+    }
+}
