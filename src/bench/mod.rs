@@ -1,6 +1,7 @@
 //! `k1s bench store` and `k1s bench api`: the store backends and the API server, each
 //! against raw etcd puts measured in the same run ([`api`] describes the API figures);
-//! `k1s bench scale`: the whole control plane on simulated nodes (see `scale.rs`).
+//! `k1s bench scale`: the whole control plane on simulated nodes (see `scale.rs`); `k1s bench
+//! pods`: pod start latency and memory with the kubelet on containerd (see `pods.rs`).
 //!
 //! `k1s bench store`: write throughput and latency of each store backend against raw etcd.
 //! In one run, for each number of concurrent writers, it measures raw etcd-client puts (the
@@ -17,6 +18,13 @@ use crate::parts::{Part, PartError};
 
 #[cfg(all(feature = "apiserver", feature = "etcd"))]
 mod api;
+#[cfg(all(
+    feature = "apiserver",
+    feature = "scheduler",
+    feature = "controllers",
+    feature = "kubelet"
+))]
+mod pods;
 #[cfg(all(
     feature = "apiserver",
     feature = "scheduler",
@@ -94,6 +102,46 @@ pub async fn run_scale(args: ScaleBenchArgs) -> Result<(), BenchError> {
         feature = "kubelet"
     ))]
     return scale::run(args).await;
+    #[cfg(not(all(
+        feature = "apiserver",
+        feature = "scheduler",
+        feature = "controllers",
+        feature = "kubelet"
+    )))]
+    {
+        let _ = args;
+        Err(PartError::NotBuilt(Part::ApiServer).into())
+    }
+}
+
+/// Flags of `k1s bench pods`.
+#[derive(Debug, Args)]
+pub struct PodsBenchArgs {
+    /// Pods created at once, one burst each.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    pub bursts: Vec<usize>,
+    /// Pods running while the memory is measured.
+    #[arg(long, default_value_t = 20)]
+    pub steady_pods: usize,
+}
+
+/// Runs the pod start benchmark (every part is needed, and root for containerd).
+pub async fn run_pods(args: PodsBenchArgs) -> Result<(), BenchError> {
+    for p in [
+        Part::ApiServer,
+        Part::Scheduler,
+        Part::Controllers,
+        Part::Kubelet,
+    ] {
+        p.require()?;
+    }
+    #[cfg(all(
+        feature = "apiserver",
+        feature = "scheduler",
+        feature = "controllers",
+        feature = "kubelet"
+    ))]
+    return pods::run(args).await;
     #[cfg(not(all(
         feature = "apiserver",
         feature = "scheduler",

@@ -43,7 +43,7 @@ struct Seen {
 }
 
 /// The child server, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Child(std::process::Child);
+pub(super) struct Child(pub(super) std::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {
@@ -63,7 +63,7 @@ impl Drop for Child {
 }
 
 /// `VmHWM` and `VmRSS` of a process, in bytes.
-fn memory(pid: u32) -> (u64, u64) {
+pub(super) fn memory(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -76,7 +76,7 @@ fn memory(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -84,7 +84,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-async fn client(kubeconfig: &std::path::Path) -> Result<kube::Client, BenchError> {
+pub(super) async fn client(kubeconfig: &std::path::Path) -> Result<kube::Client, BenchError> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| err("kubeconfig", e))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await

@@ -84,6 +84,8 @@ pub enum BenchCommand {
     Api(crate::bench::ApiBenchArgs),
     /// The control plane on simulated nodes: scheduling rate, pod start latency, memory.
     Scale(crate::bench::ScaleBenchArgs),
+    /// Pods on this machine's containerd: start latency and memory (as root).
+    Pods(crate::bench::PodsBenchArgs),
 }
 
 /// Flags every long-running command has.
@@ -367,6 +369,14 @@ pub fn main() -> i32 {
                 log_format: LogFormat::Text,
             };
             run_async(&common, crate::bench::run_api(args))
+        }
+        Command::Bench(BenchCommand::Pods(args)) => {
+            let common = CommonArgs {
+                config: None,
+                data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+                log_format: LogFormat::Text,
+            };
+            run_async(&common, crate::bench::run_pods(args))
         }
         Command::Bench(BenchCommand::Scale(args)) => {
             let common = CommonArgs {
