@@ -6,6 +6,8 @@
 //! server adopts the running pods without restarting them; deleted pods are stopped and gone.
 
 mod common;
+#[path = "kubelet/debugging.rs"]
+mod debugging;
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -596,6 +598,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     let _ = forward.wait();
     assert!(body.contains(&format!("served-by-{web}")), "{body}");
 
+    debugging::debugging(&s, tmp.path(), &web);
     volumes_and_config(&s, tmp.path());
     probes(&s, tmp.path());
     init_containers(&s, tmp.path());

@@ -205,7 +205,13 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
     if let Some(sub) = &info.subresource {
         if !matches!(
             sub.as_str(),
-            "status" | "scale" | "binding" | "eviction" | "token" | "finalize"
+            "status"
+                | "scale"
+                | "binding"
+                | "eviction"
+                | "token"
+                | "finalize"
+                | "ephemeralcontainers"
         ) {
             return status::failure(
                 StatusCode::NOT_IMPLEMENTED,

@@ -379,6 +379,17 @@ fn prepare_update(call: &Call<'_>, old: &Value, mut new: Value) -> Value {
         merged["spec"]["finalizers"] = new["spec"]["finalizers"].clone();
         return merged;
     }
+    if call.info.subresource.as_deref() == Some("ephemeralcontainers") {
+        // Only spec.ephemeralContainers changes through /ephemeralcontainers.
+        let mut merged = old.clone();
+        merged["spec"]["ephemeralContainers"] = new["spec"]["ephemeralContainers"].clone();
+        if merged["spec"]["ephemeralContainers"].is_null() {
+            if let Some(s) = merged["spec"].as_object_mut() {
+                s.remove("ephemeralContainers");
+            }
+        }
+        return merged;
+    }
     let status_call = call.info.subresource.as_deref() == Some("status");
     if status_call {
         // Only the status changes through /status.
@@ -621,6 +632,15 @@ async fn write_once(
         }
         if let Err(r) = check_escalation(call, &new, Some(&old)).await {
             return Outcome::Refused(r);
+        }
+    } else if call.info.subresource.as_deref() == Some("ephemeralcontainers") {
+        let errs = crate::apiserver::validation::validate_ephemeral(&old, &new);
+        if !errs.is_empty() {
+            return Outcome::Refused(crate::apiserver::validation::response(
+                call.def,
+                call.name(),
+                &errs,
+            ));
         }
     }
     let mut warnings = warnings;

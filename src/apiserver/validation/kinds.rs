@@ -15,8 +15,13 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>, errs: &mut 
     match (def.group, def.plural) {
         ("", "pods") => {
             pod::spec(&obj["spec"], "spec", Owner::Pod, errs);
-            if let Some(old) = old {
-                pod::update(old, obj, errs);
+            match old {
+                Some(old) => pod::update(old, obj, errs),
+                // Ephemeral containers only come through pods/NAME/ephemeralcontainers.
+                None if !obj["spec"]["ephemeralContainers"].is_null() => {
+                    errs.forbidden("spec.ephemeralContainers", "cannot be set on create")
+                }
+                None => {}
             }
         }
         ("", "podtemplates") => pod::spec(

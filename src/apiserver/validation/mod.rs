@@ -208,5 +208,12 @@ pub fn validate_update(def: &ResourceDef, old: &Value, new: &Value) -> Vec<Field
     errs.0
 }
 
+/// Checks a write through `pods/NAME/ephemeralcontainers` (after defaulting).
+pub fn validate_ephemeral(old: &Value, new: &Value) -> Vec<FieldError> {
+    let mut errs = Errors::default();
+    pod::ephemeral_update(old, new, &mut errs);
+    errs.0
+}
+
 #[cfg(test)]
 mod tests;

@@ -237,3 +237,90 @@ pub fn update(old: &Value, new: &Value, errs: &mut Errors) {
         );
     }
 }
+
+/// Fields an ephemeral container may not set, as upstream forbids them.
+const NOT_FOR_EPHEMERAL: &[&str] = &[
+    "ports",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "lifecycle",
+    "resources",
+    "resizePolicy",
+    "restartPolicy",
+];
+
+/// What `pods/NAME/ephemeralcontainers` may change: ephemeral containers are only added, each
+/// valid, named uniquely among all the pod's containers, without ports, probes, lifecycle
+/// hooks or resources, and targeting (if at all) one of the pod's containers.
+pub fn ephemeral_update(old: &Value, new: &Value, errs: &mut Errors) {
+    let path = "spec.ephemeralContainers";
+    let old_list = old["spec"]["ephemeralContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let new_list = new["spec"]["ephemeralContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for o in &old_list {
+        let name = o["name"].as_str().unwrap_or_default();
+        match new_list
+            .iter()
+            .position(|n| n["name"].as_str() == Some(name))
+        {
+            None => errs.forbidden(
+                path,
+                &format!("existing ephemeral containers {name:?} may not be removed\n"),
+            ),
+            Some(i) if new_list[i] != *o => errs.forbidden(
+                &format!("{path}[{i}]"),
+                &format!("existing ephemeral containers {name:?} may not be changed\n"),
+            ),
+            Some(_) => {}
+        }
+    }
+    let volumes = volumes(
+        &new["spec"]["volumes"],
+        "spec.volumes",
+        &mut Errors::default(),
+    );
+    let mut names: HashSet<String> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|f| items(&new["spec"][*f]))
+        .filter_map(|(_, c)| c["name"].as_str().map(str::to_string))
+        .collect();
+    let targets = names.clone();
+    for (i, c) in new_list.iter().enumerate() {
+        let cp = format!("{path}[{i}]");
+        let existing = old_list.iter().any(|o| o["name"] == c["name"]);
+        container(c, &cp, Owner::Pod, &volumes, &mut names, errs);
+        if existing {
+            continue;
+        }
+        for f in NOT_FOR_EPHEMERAL {
+            if !c[*f].is_null() && c[*f] != Value::Object(Default::default()) {
+                errs.forbidden(
+                    &format!("{cp}.{f}"),
+                    "cannot be set for an Ephemeral Container",
+                );
+            }
+        }
+        for (j, m) in items(&c["volumeMounts"]) {
+            if m["subPath"].as_str().is_some_and(|s| !s.is_empty()) {
+                errs.forbidden(
+                    &format!("{cp}.volumeMounts[{j}].subPath"),
+                    "cannot be set for an Ephemeral Container",
+                );
+            }
+        }
+        if let Some(t) = c["targetContainerName"].as_str().filter(|t| !t.is_empty()) {
+            if !targets.contains(t) {
+                errs.not_found(
+                    &format!("{cp}.targetContainerName"),
+                    &c["targetContainerName"],
+                );
+            }
+        }
+    }
+}

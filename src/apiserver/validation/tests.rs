@@ -164,3 +164,45 @@ fn one_error_or_a_list_in_the_status() {
     let resp = response(def, "p", &[e.clone(), e]);
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[test]
+fn ephemeral_containers_are_only_added_and_restricted() {
+    let pod =
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "x"}]}});
+    let mut with = pod.clone();
+    with["spec"]["ephemeralContainers"] =
+        json!([{"name": "dbg", "image": "x", "targetContainerName": "app"}]);
+    assert_eq!(
+        create("", "pods", with.clone()),
+        vec!["spec.ephemeralContainers: Forbidden: cannot be set on create"]
+    );
+    let strings =
+        |errs: Vec<FieldError>| -> Vec<String> { errs.iter().map(ToString::to_string).collect() };
+    assert!(validate_ephemeral(&pod, &with).is_empty());
+    let errs = strings(validate_ephemeral(&with, &pod));
+    assert_eq!(
+        errs,
+        vec!["spec.ephemeralContainers: Forbidden: existing ephemeral containers \"dbg\" may not be removed\n"]
+    );
+    let mut changed = with.clone();
+    changed["spec"]["ephemeralContainers"][0]["image"] = json!("y");
+    let errs = strings(validate_ephemeral(&with, &changed));
+    assert!(errs[0].starts_with("spec.ephemeralContainers[0]: Forbidden: existing ephemeral containers \"dbg\" may not be changed"), "{errs:?}");
+    let mut bad = pod.clone();
+    bad["spec"]["ephemeralContainers"] = json!([
+        {"name": "app", "image": "x"},
+        {"name": "d2", "image": "x", "ports": [{"containerPort": 80}], "targetContainerName": "nope"},
+    ]);
+    let errs = strings(validate_ephemeral(&pod, &bad));
+    assert!(
+        errs.contains(&"spec.ephemeralContainers[0].name: Duplicate value: \"app\"".to_string()),
+        "{errs:?}"
+    );
+    assert!(errs.contains(&"spec.ephemeralContainers[1].ports: Forbidden: cannot be set for an Ephemeral Container".to_string()), "{errs:?}");
+    assert!(
+        errs.contains(
+            &"spec.ephemeralContainers[1].targetContainerName: Not found: \"nope\"".to_string()
+        ),
+        "{errs:?}"
+    );
+}

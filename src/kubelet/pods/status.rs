@@ -286,6 +286,19 @@ pub fn pod_status(pod: &Pod, obs: &Observed) -> Value {
         cond("ContainersReady", all_ready, not_ready),
         cond("Ready", all_ready, not_ready),
     ];
+    // Ephemeral containers: reported, never ready, no part of the pod's readiness or phase.
+    let ephemeral: Vec<ContainerStatus> = super::ephemeral::containers(pod)
+        .iter()
+        .map(|c| {
+            container_status(
+                &c.name,
+                c.image.as_deref().unwrap_or_default(),
+                &obs.runs.get(&c.name).cloned().unwrap_or_default(),
+                obs.waiting.get(&c.name),
+                (true, false),
+            )
+        })
+        .collect();
     let ip = obs.pod_ip.clone().filter(|ip| !ip.is_empty());
     let start = old.start_time.clone().unwrap_or(Time(now));
     conditions.retain(|c| !c.is_null());
@@ -303,6 +316,11 @@ pub fn pod_status(pod: &Pod, obs: &Observed) -> Value {
                 Value::Null
             } else {
                 json!(inits.into_iter().map(|(s, _)| s).collect::<Vec<_>>())
+            },
+            "ephemeralContainerStatuses": if ephemeral.is_empty() {
+                Value::Null
+            } else {
+                json!(ephemeral)
             },
         }
     })

@@ -40,9 +40,9 @@ pub struct Shared {
 
 /// A restart delay and when it was last used.
 #[derive(Debug, Clone, Copy)]
-struct Backoff {
-    delay: Duration,
-    last: Instant,
+pub(super) struct Backoff {
+    pub(super) delay: Duration,
+    pub(super) last: Instant,
 }
 
 /// Where a pass runs containers: the sandbox, its IP, the pod's containers as listed.
@@ -65,8 +65,8 @@ enum Run {
 /// What a worker remembers between passes.
 #[derive(Default)]
 pub struct State {
-    backoff: HashMap<String, Backoff>,
-    waiting: HashMap<String, (String, String)>,
+    pub(super) backoff: HashMap<String, Backoff>,
+    pub(super) waiting: HashMap<String, (String, String)>,
     /// Exited containers' statuses never change: kept by container id.
     exited: HashMap<String, api::ContainerStatus>,
     ips: HashMap<String, String>,
@@ -76,7 +76,7 @@ pub struct State {
     /// Probe tallies by container id.
     probes: HashMap<String, probes::ContainerProbes>,
     /// Container ids and names of the running containers, for the prober.
-    running: Vec<(String, String, i64)>,
+    pub(super) running: Vec<(String, String, i64)>,
 }
 
 fn grace_seconds(pod: &Pod) -> i64 {
@@ -118,7 +118,7 @@ fn name_of(c: &api::Container) -> &str {
 
 impl Backoff {
     /// Whether a restart must still wait; if not, the backoff moves on to the next delay.
-    fn wait(entry: &mut Option<Backoff>, ran_for: Duration) -> Option<Duration> {
+    pub(super) fn wait(entry: &mut Option<Backoff>, ran_for: Duration) -> Option<Duration> {
         let now = Instant::now();
         match entry {
             Some(b) if ran_for < BACKOFF_RESET => {
@@ -430,6 +430,10 @@ impl Shared {
         for c in &spec.containers {
             self.ensure(pod, c, &policy, &at, st).await?;
         }
+        // Ephemeral containers run once, never restarted.
+        for c in super::ephemeral::containers(pod) {
+            self.ensure(pod, &c, "Never", &at, st).await?;
+        }
         Ok(())
     }
 
@@ -582,7 +586,8 @@ impl Shared {
                 return;
             }
         };
-        let config = spec::container(pod, c, &self.env, attempt, ip, &resolved, mounts);
+        let mut config = spec::container(pod, c, &self.env, attempt, ip, &resolved, mounts);
+        super::ephemeral::target(pod, c, &st.running, &mut config);
         let sandbox_config = spec::sandbox(&self.env, pod, 0);
         let id = match self
             .runtime
@@ -625,75 +630,6 @@ impl Shared {
         }
     }
 
-    /// The image is there, or pulled as the policy says; else the waiting reason and message.
-    async fn ensure_image(
-        &self,
-        pod: &Pod,
-        c: &Container,
-        image: &str,
-        st: &mut State,
-    ) -> Result<(), (String, String)> {
-        let policy = c.image_pull_policy.clone().unwrap_or_else(|| {
-            if image.contains('@')
-                || image
-                    .rsplit('/')
-                    .next()
-                    .is_some_and(|l| l.contains(':') && !l.ends_with(":latest"))
-            {
-                "IfNotPresent".into()
-            } else {
-                "Always".into()
-            }
-        });
-        let present = matches!(self.runtime.image_status(image).await, Ok(Some(_)));
-        if present && policy != "Always" {
-            return Ok(());
-        }
-        if policy == "Never" {
-            return Err((
-                "ErrImageNeverPull".into(),
-                format!("Container image \"{image}\" is not present with pull policy of Never"),
-            ));
-        }
-        let key = format!("pull/{}", c.name);
-        let mut entry = st.backoff.get(&key).copied();
-        if st
-            .waiting
-            .get(&c.name)
-            .is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff")
-        {
-            if let Some(b) = entry {
-                if Instant::now() < b.last + b.delay {
-                    return Err((
-                        "ImagePullBackOff".into(),
-                        format!("Back-off pulling image \"{image}\""),
-                    ));
-                }
-            }
-        }
-        let sandbox = spec::sandbox(&self.env, pod, 0);
-        match self.runtime.pull_image(image, None, Some(sandbox)).await {
-            Ok(_) => {
-                st.backoff.remove(&key);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = Backoff::wait(&mut entry, Duration::ZERO);
-                if let Some(b) = entry {
-                    st.backoff.insert(key, b);
-                }
-                let msg = match &e {
-                    RuntimeError::Status { message, .. } => message.clone(),
-                    other => other.to_string(),
-                };
-                Err((
-                    "ErrImagePull".into(),
-                    format!("Failed to pull image \"{image}\": {msg}"),
-                ))
-            }
-        }
-    }
-
     /// What the runtime shows of the pod now.
     async fn observe(&self, pod: &Pod, st: &mut State) -> Result<Observed, RuntimeError> {
         let uid = pod.uid().unwrap_or_default();
@@ -705,10 +641,12 @@ impl Shared {
         let all = self.runtime.list_containers(Some(&uid)).await?;
         let mut runs: HashMap<String, Runs> = HashMap::new();
         let spec = pod.spec.clone().unwrap_or_default();
+        let ephemeral = super::ephemeral::containers(pod);
         for c in spec
             .containers
             .iter()
             .chain(spec.init_containers.iter().flatten())
+            .chain(ephemeral.iter())
         {
             let mut mine: Vec<&api::Container> =
                 all.iter().filter(|x| name_of(x) == c.name).collect();
