@@ -125,6 +125,10 @@ pub struct KubeletConfig {
     pub kubelet_port: u16,
     /// The CA whose client certificates the kubelet API accepts (the cluster CA).
     pub client_ca: Option<String>,
+    /// `--cluster-dns`, `--cluster-domain`, `--resolv-conf`.
+    pub cluster_dns: Vec<IpAddr>,
+    pub cluster_domain: String,
+    pub resolv_conf: PathBuf,
 }
 
 /// The simulated nodes' flags (`--simulated-node*`).

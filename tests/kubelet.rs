@@ -102,6 +102,27 @@ spec:
 
 const VOLUMES: &str = r#"
 apiVersion: v1
+kind: Service
+metadata: {name: links}
+spec:
+  selector: {app: nothing}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: no-links}
+spec:
+  terminationGracePeriodSeconds: 1
+  enableServiceLinks: false
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: [127.0.0.2]
+    searches: [edge.example]
+    options: [{name: ndots, value: "2"}]
+  containers:
+  - {name: c, image: k1s.local/busybox:1, command: [sleep, "3600"]}
+---
+apiVersion: v1
 kind: ConfigMap
 metadata: {name: settings}
 data: {greeting: hello, mode: fast}
@@ -167,8 +188,9 @@ spec:
     - {name: X, valueFrom: {configMapKeyRef: {name: absent, key: x}}}
 "#;
 
-/// Volumes, env from ConfigMaps and Secrets, termination messages.
-fn volumes_and_config(s: &Server, tmp: &std::path::Path) {
+/// Volumes, env from ConfigMaps and Secrets, service variables, DNS settings, termination
+/// messages.
+fn volumes_and_config(s: &Server, tmp: &std::path::Path, cluster_dns: &str) {
     ok(s, &["apply", "-f", &write(tmp, "volumes.yaml", VOLUMES)]);
     ok(
         s,
@@ -181,6 +203,44 @@ fn volumes_and_config(s: &Server, tmp: &std::path::Path) {
     );
     let sh = |cmd: &str| ok(s, &["exec", "volumes", "--", "sh", "-c", cmd]);
     assert_eq!(sh("cat /etc/cfg/greeting"), "hello");
+    // Service variables: the API server's always, the namespace's with service links.
+    let links_ip = jsonpath(s, "service/links", "{.spec.clusterIP}");
+    assert_eq!(
+        sh("echo $KUBERNETES_SERVICE_PORT $LINKS_SERVICE_PORT_HTTP $LINKS_PORT"),
+        format!("443 8080 tcp://{links_ip}:8080\n")
+    );
+    assert!(!sh("echo $KUBERNETES_SERVICE_HOST").trim().is_empty());
+    let resolv = sh("cat /etc/resolv.conf");
+    assert!(
+        resolv.contains(&format!("nameserver {cluster_dns}")),
+        "{resolv}"
+    );
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("options ndots:5"), "{resolv}");
+    ok(
+        s,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/no-links",
+            "--timeout=60s",
+        ],
+    );
+    let env = ok(s, &["exec", "no-links", "--", "env"]);
+    assert!(env.contains("KUBERNETES_SERVICE_HOST="), "{env}");
+    assert!(!env.contains("LINKS_"), "{env}");
+    let resolv = ok(s, &["exec", "no-links", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains("nameserver 127.0.0.2")
+            && resolv.contains("search edge.example")
+            && resolv.contains("ndots:2")
+            && !resolv.contains("cluster.local"),
+        "{resolv}"
+    );
+    ok(s, &["delete", "pod", "no-links", "--wait=false"]);
     assert_eq!(sh("cat /etc/sec/password"), "s3cret");
     assert_eq!(sh("stat -L -c %a /etc/sec/password"), "400\n");
     assert_eq!(
@@ -477,7 +537,10 @@ fn the_kubelet_runs_pods_on_containerd() {
     .expect("image");
     let logs = dir.path().join("pod-logs");
     let logs = logs.to_str().expect("utf8").to_string();
+    let cluster_dns = service_cidr.replace(".0.0/16", ".0.10");
     let flags = [
+        "--cluster-dns",
+        &cluster_dns,
         "--node-name",
         "edge-1",
         "--cluster-cidr",
@@ -599,7 +662,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     assert!(body.contains(&format!("served-by-{web}")), "{body}");
 
     debugging::debugging(&s, tmp.path(), &web);
-    volumes_and_config(&s, tmp.path());
+    volumes_and_config(&s, tmp.path(), &cluster_dns);
     probes(&s, tmp.path());
     init_containers(&s, tmp.path());
     hooks(&s, tmp.path());

@@ -33,6 +33,16 @@ pub struct KubeletArgs {
     /// The kubelet API's port (logs, exec, port-forward, stats; 0: any free port).
     #[arg(long, default_value_t = 10250, value_name = "PORT")]
     pub kubelet_port: u16,
+    /// The cluster DNS service's addresses, written into ClusterFirst pods' resolv.conf
+    /// (comma-separated; none: such pods get the node's resolver, as upstream's kubelet).
+    #[arg(long, value_delimiter = ',', value_name = "IP")]
+    pub cluster_dns: Vec<IpAddr>,
+    /// The cluster's DNS domain, in ClusterFirst pods' search path.
+    #[arg(long, default_value = "cluster.local", value_name = "DOMAIN")]
+    pub cluster_domain: String,
+    /// The node's resolver configuration, for Default pods (and the search path of others).
+    #[arg(long, default_value = "/etc/resolv.conf", value_name = "FILE")]
+    pub resolv_conf: PathBuf,
 }
 
 impl KubeletArgs {
@@ -75,6 +85,9 @@ impl KubeletArgs {
             pod_log_dir: self.pod_log_dir.clone(),
             kubelet_port: self.kubelet_port,
             client_ca: None,
+            cluster_dns: self.cluster_dns.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+            resolv_conf: self.resolv_conf.clone(),
         })
     }
 }

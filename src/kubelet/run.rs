@@ -170,6 +170,7 @@ pub async fn run(
         tracing::info!(%cidr, bridge = %cfg.pod_bridge, "pod network configured");
     }
 
+    let services = watch_services(&client, stop.clone()).await;
     let shared = Arc::new(Shared {
         client,
         runtime,
@@ -181,8 +182,14 @@ pub async fn run(
             host_ip: cfg.node_ip.to_string(),
             cpus: facts.cpus,
             pods_dir: cfg.data_dir.join("agent").join("pods"),
+            dns: pods::dns::ClusterDns {
+                servers: cfg.cluster_dns.iter().map(ToString::to_string).collect(),
+                domain: cfg.cluster_domain.clone(),
+                host: pods::dns::HostDns::read(&cfg.resolv_conf),
+            },
         },
         mounter: Box::new(super::volumes::mount::System),
+        services,
     });
     pods::run(shared, stop.clone()).await;
     let _ = heartbeats.await;
@@ -214,4 +221,39 @@ async fn heartbeat(client: Client, facts: node::Facts, mut stop: watch::Receiver
             _ = stop.changed() => return,
         }
     }
+}
+
+/// A cache of the cluster's Services (their variables go into every container's environment),
+/// filled before the first pod starts, or after 10 s at the latest.
+async fn watch_services(
+    client: &kube::Client,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service> {
+    use futures::StreamExt;
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+    let (store, writer) = reflector::store();
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::all(client.clone());
+    let events = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    Some(Err(e)) => tracing::warn!("watching services: {e}"),
+                    Some(Ok(_)) => {}
+                    None => return,
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    });
+    if tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready())
+        .await
+        .is_err()
+    {
+        tracing::warn!("services not listed within 10 s: pods start without service variables");
+    }
+    store
 }

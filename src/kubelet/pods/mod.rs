@@ -4,10 +4,12 @@
 //! API no longer has (deleted while the kubelet was down) are removed after the first list; a
 //! stopping kubelet leaves running pods alone, for the next one to adopt.
 
+pub mod dns;
 pub mod ephemeral;
 pub mod hooks;
 pub mod probes;
 mod pull;
+pub mod services;
 pub mod setup;
 pub mod spec;
 pub mod status;

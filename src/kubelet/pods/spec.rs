@@ -30,6 +30,8 @@ pub struct Env {
     pub cpus: u32,
     /// Where pods' volumes and kubelet-managed files live (`DATA_DIR/agent/pods`).
     pub pods_dir: PathBuf,
+    /// Cluster DNS and the node's resolver, for pods' resolv.conf.
+    pub dns: super::dns::ClusterDns,
 }
 
 /// `NAMESPACE_NAME_UID` under the log root, as the kubelet names it.
@@ -119,6 +121,7 @@ pub fn sandbox(env: &Env, pod: &Pod, attempt: u32) -> api::PodSandboxConfig {
         port_mappings,
         labels,
         annotations: pod.annotations().clone().into_iter().collect(),
+        dns_config: Some(super::dns::config(pod, &env.dns)),
         linux: Some(api::LinuxPodSandboxConfig {
             security_context: Some(api::LinuxSandboxSecurityContext {
                 namespace_options: Some(namespace_options(pod)),
@@ -211,6 +214,9 @@ pub struct Resolved {
     pub env_from: Vec<(String, String)>,
     /// `env` entries with a `valueFrom` other than `fieldRef`, by name.
     pub values: HashMap<String, String>,
+    /// Service variables ([`super::services`]): usable in `$(VAR)`, added after the
+    /// container's own unless it sets the same name.
+    pub services: Vec<(String, String)>,
 }
 
 /// The container's environment in order, with `$(VAR)` expanded against earlier entries.
@@ -222,7 +228,7 @@ pub fn environment(
     pod_ip: &str,
     resolved: &Resolved,
 ) -> Vec<(String, String)> {
-    let mut vars: HashMap<String, String> = HashMap::new();
+    let mut vars: HashMap<String, String> = resolved.services.iter().cloned().collect();
     let mut out: Vec<(String, String)> = Vec::new();
     let mut set = |k: String, v: String, vars: &mut HashMap<String, String>| {
         if let Some(slot) = out.iter_mut().find(|(n, _)| *n == k) {
@@ -249,6 +255,11 @@ pub fn environment(
         };
         if let Some(v) = value {
             set(e.name.clone(), v, &mut vars);
+        }
+    }
+    for (k, v) in &resolved.services {
+        if !out.iter().any(|(n, _)| n == k) {
+            out.push((k.clone(), v.clone()));
         }
     }
     out
@@ -455,6 +466,7 @@ mod tests {
             host_ip: "10.0.0.1".into(),
             cpus: 2,
             pods_dir: "/var/lib/k1s/agent/pods".into(),
+            dns: Default::default(),
         }
     }
 

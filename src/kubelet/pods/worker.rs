@@ -36,6 +36,8 @@ pub struct Shared {
     pub runtime: Arc<dyn Runtime>,
     pub env: Env,
     pub mounter: Box<dyn volumes::mount::Mounter>,
+    /// The cluster's Services, for pods' service variables.
+    pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
 }
 
 /// A restart delay and when it was last used.
@@ -565,7 +567,11 @@ impl Shared {
         let _ = std::fs::create_dir_all(spec::log_dir(&self.env, pod).join(&c.name));
         let mut sources = volumes::Sources::new(&self.client, &pod.namespace().unwrap_or_default());
         let resolved = match setup::resolve_env(&mut sources, pod, c, &self.env).await {
-            Ok(r) => r,
+            Ok(mut r) => {
+                let services = self.services.state();
+                r.services = super::services::env_vars(pod, services.iter().map(|s| s.as_ref()));
+                r
+            }
             Err(e) => {
                 st.waiting.insert(
                     c.name.clone(),
