@@ -9,6 +9,7 @@ pub mod ephemeral;
 pub mod hooks;
 pub mod probes;
 mod pull;
+pub mod security;
 pub mod services;
 pub mod setup;
 pub mod spec;

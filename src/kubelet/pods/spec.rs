@@ -34,6 +34,15 @@ pub struct Env {
     pub dns: super::dns::ClusterDns,
 }
 
+impl Env {
+    /// Where `Localhost` seccomp profiles are read from (`DATA_DIR/agent/seccomp`).
+    pub fn seccomp_dir(&self) -> PathBuf {
+        self.pods_dir
+            .parent()
+            .map_or_else(|| PathBuf::from("seccomp"), |p| p.join("seccomp"))
+    }
+}
+
 /// `NAMESPACE_NAME_UID` under the log root, as the kubelet names it.
 pub fn log_dir(env: &Env, pod: &Pod) -> PathBuf {
     env.pod_log_dir.join(format!(
@@ -51,7 +60,7 @@ fn host_network(pod: &Pod) -> bool {
         .unwrap_or(false)
 }
 
-fn namespace_options(pod: &Pod) -> api::NamespaceOption {
+pub fn namespace_options(pod: &Pod) -> api::NamespaceOption {
     let spec = pod.spec.as_ref();
     let mode = |host: bool, shared: bool| {
         if host {
@@ -123,10 +132,8 @@ pub fn sandbox(env: &Env, pod: &Pod, attempt: u32) -> api::PodSandboxConfig {
         annotations: pod.annotations().clone().into_iter().collect(),
         dns_config: Some(super::dns::config(pod, &env.dns)),
         linux: Some(api::LinuxPodSandboxConfig {
-            security_context: Some(api::LinuxSandboxSecurityContext {
-                namespace_options: Some(namespace_options(pod)),
-                ..Default::default()
-            }),
+            security_context: Some(super::security::sandbox(pod, namespace_options(pod))),
+            sysctls: super::security::sysctls(pod),
             ..Default::default()
         }),
         ..Default::default()
@@ -341,37 +348,6 @@ fn resources(pod: &Pod, c: &Container, env: &Env) -> api::LinuxContainerResource
     }
 }
 
-fn security(pod: &Pod, c: &Container) -> api::LinuxContainerSecurityContext {
-    let psc = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.security_context.clone())
-        .unwrap_or_default();
-    let sc = c.security_context.clone().unwrap_or_default();
-    let caps = sc.capabilities.clone().unwrap_or_default();
-    api::LinuxContainerSecurityContext {
-        capabilities: Some(api::Capability {
-            add_capabilities: caps.add.unwrap_or_default(),
-            drop_capabilities: caps.drop.unwrap_or_default(),
-            ..Default::default()
-        }),
-        privileged: sc.privileged.unwrap_or(false),
-        namespace_options: Some(namespace_options(pod)),
-        run_as_user: sc
-            .run_as_user
-            .or(psc.run_as_user)
-            .map(|value| api::Int64Value { value }),
-        run_as_group: sc
-            .run_as_group
-            .or(psc.run_as_group)
-            .map(|value| api::Int64Value { value }),
-        readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
-        supplemental_groups: psc.supplemental_groups.unwrap_or_default(),
-        no_new_privs: !sc.allow_privilege_escalation.unwrap_or(true),
-        ..Default::default()
-    }
-}
-
 /// A container's configuration for its `attempt`-th run.
 pub fn container(
     pod: &Pod,
@@ -424,7 +400,7 @@ pub fn container(
         tty: c.tty.unwrap_or(false),
         linux: Some(api::LinuxContainerConfig {
             resources: Some(resources(pod, c, env)),
-            security_context: Some(security(pod, c)),
+            security_context: Some(super::security::container(pod, c, env)),
         }),
         ..Default::default()
     }

@@ -564,6 +564,20 @@ impl Shared {
             st.waiting.insert(c.name.clone(), (reason, message));
             return;
         }
+        if let Err(e) = super::security::verify_non_root(
+            pod,
+            c,
+            self.runtime
+                .image_status(&image)
+                .await
+                .ok()
+                .flatten()
+                .as_ref(),
+        ) {
+            st.waiting
+                .insert(c.name.clone(), ("CreateContainerConfigError".into(), e));
+            return;
+        }
         let _ = std::fs::create_dir_all(spec::log_dir(&self.env, pod).join(&c.name));
         let mut sources = volumes::Sources::new(&self.client, &pod.namespace().unwrap_or_default());
         let resolved = match setup::resolve_env(&mut sources, pod, c, &self.env).await {

@@ -275,6 +275,16 @@ pub struct Ctx<'a> {
     pub mounter: &'a dyn mount::Mounter,
 }
 
+/// The pod's `securityContext.fsGroup`: the group that owns its volumes.
+pub fn fs_group(pod: &Pod) -> Option<u32> {
+    pod.spec
+        .as_ref()?
+        .security_context
+        .as_ref()?
+        .fs_group
+        .and_then(|g| u32::try_from(g).ok())
+}
+
 fn mode(m: Option<i32>, default: u32) -> u32 {
     m.map_or(default, |m| m as u32)
 }
@@ -328,6 +338,9 @@ async fn volume(
                 .and_then(|q| crate::quantity::milli(&q.0))
                 .map(|m| (m / 1000) as u64);
             ctx.mounter.tmpfs(&dir, size)?;
+        }
+        if let Some(gid) = fs_group(pod) {
+            files::set_ownership(&dir, gid, false)?;
         }
         return Ok(rw(dir));
     }
@@ -458,7 +471,7 @@ async fn volume(
         tracing::warn!(pod = %pod.name_any(), volume = %v.name, "volume type not supported; an empty directory stands in");
         return Ok(rw(d));
     };
-    files::write_atomic(&target, &files)?;
+    files::write_atomic(&target, &files, fs_group(pod))?;
     Ok(ro(target))
 }
 
