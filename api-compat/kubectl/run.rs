@@ -215,6 +215,48 @@ fn indent(lines: &[String]) -> String {
         .join("\n")
 }
 
+/// Runs a scenario against `k1s server` as the README starts it (embedded store, its kubelet
+/// on the containerd it supervises), on a bridge, ranges and data dir of its own, with the
+/// busybox image `k1s.local/busybox:1` in `DATA_DIR/agent/images/`.
+fn with_kubelet(f: &Path) -> Vec<String> {
+    use common::node::{busybox_image, network, Cleanup};
+    let dir = tempfile::tempdir().expect("tmp");
+    let (bridge, pods_cidr) = network(7);
+    let (_, service_cidr) = network(27);
+    let mut cleanup = Cleanup {
+        data_dir: dir.path().to_path_buf(),
+        bridge: bridge.clone(),
+        blackhole: None,
+    };
+    cleanup.blackhole(&service_cidr);
+    let images = dir.path().join("agent/images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    std::fs::write(
+        images.join("busybox.tar"),
+        busybox_image("k1s.local/busybox:1"),
+    )
+    .expect("image");
+    let logs = dir.path().join("pod-logs");
+    let logs = logs.to_str().expect("utf8").to_string();
+    let flags = [
+        "--cluster-cidr",
+        &pods_cidr,
+        "--service-cidr",
+        &service_cidr,
+        "--pod-bridge",
+        &bridge,
+        "--pod-log-dir",
+        &logs,
+        "--kubelet-port",
+        "0",
+    ];
+    let server = Server::with_kubelet_in(dir, &flags);
+    let out = run(&server, f);
+    drop(server);
+    drop(cleanup);
+    out
+}
+
 /// The server's `--token-auth-file` (upstream's CSV).
 const STATIC_TOKENS: &str = "kc-static-token-tina,tina,1001,\"token-users,readers\"\n";
 
@@ -230,13 +272,15 @@ fn kubectl_scenarios() {
     let files = scenarios();
     assert!(!files.is_empty(), "no scenarios found");
     for f in &files {
-        // `#! server FLAGS` on the first line: the scenario gets a server of its own.
+        // `#! server FLAGS` on the first line: the scenario gets a server of its own;
+        // `#! kubelet`: one whose kubelet runs pods on the containerd it supervises.
         let text = std::fs::read_to_string(f).expect("read scenario");
-        match text
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("#! server"))
-        {
+        let first = text.lines().next().unwrap_or_default();
+        if first.starts_with("#! kubelet") {
+            failures.extend(with_kubelet(f));
+            continue;
+        }
+        match first.strip_prefix("#! server") {
             Some(flags) => {
                 let mut args: Vec<&str> = common.to_vec();
                 args.extend(flags.split_whitespace());

@@ -216,11 +216,24 @@ fn pod_status(o: &Value, _: i64) -> Value {
     }
     str_or(&o["status"]["phase"], "Pending")
 }
-fn pod_restarts(o: &Value, _: i64) -> Value {
-    json!(o["status"]["containerStatuses"].as_array().map_or(0, |s| s
-        .iter()
-        .filter_map(|c| c["restartCount"].as_i64())
-        .sum::<i64>()))
+/// Restarts of the containers, with how long ago the last one ended, as upstream's `printPod`.
+fn pod_restarts(o: &Value, now: i64) -> Value {
+    let statuses = o["status"]["containerStatuses"].as_array();
+    let restarts: i64 = statuses.map_or(0, |s| {
+        s.iter()
+            .filter_map(|c| c["restartCount"].as_i64())
+            .sum::<i64>()
+    });
+    let last = statuses
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["lastState"]["terminated"]["finishedAt"].as_str())
+        .filter_map(parse_time)
+        .max();
+    match last {
+        Some(t) if restarts != 0 => json!(format!("{restarts} ({} ago)", human_duration(now - t))),
+        _ => json!(restarts.to_string()),
+    }
 }
 
 fn columns(def: &ResourceDef) -> Vec<Column> {
