@@ -64,6 +64,13 @@ spec:
 
 const ONE_SHOTS: &str = r#"
 apiVersion: v1
+kind: Secret
+metadata: {name: registry-creds}
+type: kubernetes.io/dockerconfigjson
+stringData:
+  .dockerconfigjson: '{"auths":{"127.0.0.1:1":{"username":"edge","password":"s3cret"}}}'
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: crash}
 spec:
@@ -100,6 +107,7 @@ kind: Pod
 metadata: {name: missing}
 spec:
   terminationGracePeriodSeconds: 1
+  imagePullSecrets: [{name: registry-creds}]
   containers:
   - {name: c, image: "127.0.0.1:1/nothing/here:1"}
 "#;

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::ResourceExt;
 
 use super::spec;
 use super::worker::{Backoff, Shared, State};
@@ -58,7 +59,7 @@ impl Shared {
             }
         }
         let sandbox = spec::sandbox(&self.env, pod, 0);
-        match self.runtime.pull_image(image, None, Some(sandbox)).await {
+        match self.pull(pod, image, sandbox).await {
             Ok(_) => {
                 st.backoff.remove(&key);
                 Ok(())
@@ -78,5 +79,53 @@ impl Shared {
                 ))
             }
         }
+    }
+
+    /// Pulls with each matching credential of the pod's imagePullSecrets, most specific
+    /// first, then without any when none matches; the last error when all fail.
+    async fn pull(
+        &self,
+        pod: &Pod,
+        image: &str,
+        sandbox: crate::kubelet::cri::api::PodSandboxConfig,
+    ) -> Result<String, RuntimeError> {
+        let mut creds = Vec::new();
+        let mut sources = crate::kubelet::volumes::Sources::new(
+            &self.client,
+            &pod.namespace().unwrap_or_default(),
+        );
+        for r in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.clone())
+            .unwrap_or_default()
+        {
+            match sources.secret(&r.name).await {
+                Ok(Some(entries)) => creds.extend(super::credentials::from_secret(&entries)),
+                Ok(None) => tracing::warn!(pod = %pod.name_any(), secret = %r.name,
+                    "unable to retrieve an image pull secret; attempting to pull without it"),
+                Err(e) => tracing::warn!(pod = %pod.name_any(), secret = %r.name,
+                    "reading an image pull secret: {e}"),
+            }
+        }
+        let auths = super::credentials::for_image(&creds, image);
+        if auths.is_empty() {
+            return self.runtime.pull_image(image, None, Some(sandbox)).await;
+        }
+        let mut last = None;
+        for auth in auths {
+            match self
+                .runtime
+                .pull_image(image, Some(auth), Some(sandbox.clone()))
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(RuntimeError::Incomplete {
+            op: "PullImage",
+            what: "an attempt",
+        }))
     }
 }
