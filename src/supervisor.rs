@@ -125,6 +125,9 @@ pub struct KubeletConfig {
     pub kubelet_port: u16,
     /// The CA whose client certificates the kubelet API accepts (the cluster CA).
     pub client_ca: Option<String>,
+    /// `--eviction-hard` and `--eviction-pressure-transition-period`.
+    pub eviction_hard: String,
+    pub eviction_transition: std::time::Duration,
     /// `--cluster-dns`, `--cluster-domain`, `--resolv-conf`.
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,

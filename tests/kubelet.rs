@@ -8,6 +8,8 @@
 mod common;
 #[path = "kubelet/debugging.rs"]
 mod debugging;
+#[path = "kubelet/eviction.rs"]
+mod eviction;
 #[path = "kubelet/security.rs"]
 mod security;
 #[path = "kubelet/volumes.rs"]
@@ -638,6 +640,7 @@ fn the_kubelet_runs_pods_on_containerd() {
             !get(ip, "/index.html").contains("200 OK")
         });
     }
+    let s = eviction::eviction(s, tmp.path(), &flags);
     drop(s);
     drop(cleanup);
 }

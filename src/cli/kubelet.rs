@@ -43,7 +43,19 @@ pub struct KubeletArgs {
     /// The node's resolver configuration, for Default pods (and the search path of others).
     #[arg(long, default_value = "/etc/resolv.conf", value_name = "FILE")]
     pub resolv_conf: PathBuf,
+    /// Hard eviction thresholds (SIGNAL<QUANTITY or SIGNAL<PERCENT%, comma-separated;
+    /// signals memory.available, nodefs.available, nodefs.inodesFree, imagefs.available,
+    /// imagefs.inodesFree, pid.available).
+    #[arg(long, default_value = DEFAULT_EVICTION_HARD, value_name = "THRESHOLDS")]
+    pub eviction_hard: String,
+    /// How long a pressure condition stays after its signal recovers.
+    #[arg(long, default_value = "5m", value_parser = super::parse_duration, value_name = "DURATION")]
+    pub eviction_pressure_transition_period: std::time::Duration,
 }
+
+/// Upstream's `--eviction-hard` defaults on Linux.
+pub const DEFAULT_EVICTION_HARD: &str =
+    "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%,imagefs.inodesFree<5%";
 
 impl KubeletArgs {
     /// The supervisor's view; `node_ip` and `hostname` fill what was not given.
@@ -75,6 +87,9 @@ impl KubeletArgs {
                 self.pod_bridge
             )));
         }
+        #[cfg(feature = "kubelet")]
+        crate::kubelet::eviction::parse(&self.eviction_hard)
+            .map_err(|e| SupervisorError::Flag(e.to_string()))?;
         Ok(KubeletConfig {
             node_name,
             node_ip: self.node_ip.unwrap_or(default_ip),
@@ -85,6 +100,8 @@ impl KubeletArgs {
             pod_log_dir: self.pod_log_dir.clone(),
             kubelet_port: self.kubelet_port,
             client_ca: None,
+            eviction_hard: self.eviction_hard.clone(),
+            eviction_transition: self.eviction_pressure_transition_period,
             cluster_dns: self.cluster_dns.clone(),
             cluster_domain: self.cluster_domain.clone(),
             resolv_conf: self.resolv_conf.clone(),

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod containerd;
 pub mod cri;
+pub mod eviction;
 pub mod images;
 pub mod join;
 pub mod lease;

@@ -41,6 +41,8 @@ pub struct Facts {
     pub reserved: BTreeMap<String, u64>,
     /// The kubelet API's port.
     pub kubelet_port: u16,
+    /// The eviction manager's conditions.
+    pub pressure: std::sync::Arc<std::sync::RwLock<super::eviction::Pressure>>,
 }
 
 fn read_trim(path: &str) -> String {
@@ -104,6 +106,7 @@ impl Facts {
             runtime_version: runtime_version.to_string(),
             reserved,
             kubelet_port,
+            pressure: Default::default(),
         }
     }
 
@@ -154,28 +157,56 @@ impl Facts {
             last_heartbeat_time: Some(Time(now)),
             last_transition_time: None,
         };
+        let p = *self.pressure.read().unwrap_or_else(|e| e.into_inner());
         NodeStatus {
             capacity: Some(self.capacity()),
             allocatable: Some(self.allocatable()),
             conditions: Some(vec![
-                cond(
-                    "MemoryPressure",
-                    "False",
-                    "KubeletHasSufficientMemory",
-                    "kubelet has sufficient memory available",
-                ),
-                cond(
-                    "DiskPressure",
-                    "False",
-                    "KubeletHasNoDiskPressure",
-                    "kubelet has no disk pressure",
-                ),
-                cond(
-                    "PIDPressure",
-                    "False",
-                    "KubeletHasSufficientPID",
-                    "kubelet has sufficient PID available",
-                ),
+                if p.memory {
+                    cond(
+                        "MemoryPressure",
+                        "True",
+                        "KubeletHasInsufficientMemory",
+                        "kubelet has insufficient memory available",
+                    )
+                } else {
+                    cond(
+                        "MemoryPressure",
+                        "False",
+                        "KubeletHasSufficientMemory",
+                        "kubelet has sufficient memory available",
+                    )
+                },
+                if p.disk {
+                    cond(
+                        "DiskPressure",
+                        "True",
+                        "KubeletHasDiskPressure",
+                        "kubelet has disk pressure",
+                    )
+                } else {
+                    cond(
+                        "DiskPressure",
+                        "False",
+                        "KubeletHasNoDiskPressure",
+                        "kubelet has no disk pressure",
+                    )
+                },
+                if p.pid {
+                    cond(
+                        "PIDPressure",
+                        "True",
+                        "KubeletHasInsufficientPID",
+                        "kubelet has insufficient PID available",
+                    )
+                } else {
+                    cond(
+                        "PIDPressure",
+                        "False",
+                        "KubeletHasSufficientPID",
+                        "kubelet has sufficient PID available",
+                    )
+                },
                 cond(
                     "Ready",
                     "True",
@@ -309,6 +340,7 @@ mod tests {
             runtime_version: String::new(),
             reserved,
             kubelet_port: 10250,
+            pressure: Default::default(),
         };
         let a = f.allocatable();
         assert_eq!(a["cpu"].0, "1750m");

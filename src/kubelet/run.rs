@@ -122,8 +122,29 @@ pub async fn run(
         }
     }
     tracing::info!(node = %cfg.node_name, runtime = %runtime_version, "node registered");
-    let heartbeats = tokio::spawn(heartbeat(client.clone(), facts.clone(), stop.clone()));
     let usage = super::stats::Latest::default();
+    let evictions: super::eviction::Evictions = Default::default();
+    let (pressure_tx, pressure_rx) = watch::channel(super::eviction::Pressure::default());
+    let manager = super::eviction::Manager {
+        client: client.clone(),
+        node: cfg.node_name.clone(),
+        thresholds: super::eviction::parse(&cfg.eviction_hard).unwrap_or_default(),
+        transition: cfg.eviction_transition,
+        probe: Box::new(super::eviction::System {
+            nodefs: cfg.data_dir.clone(),
+            imagefs: layout.root(),
+        }),
+        usage: usage.clone(),
+        pressure: facts.pressure.clone(),
+        evictions: evictions.clone(),
+    };
+    tokio::spawn(manager.run(pressure_tx, stop.clone()));
+    let heartbeats = tokio::spawn(heartbeat(
+        client.clone(),
+        facts.clone(),
+        pressure_rx,
+        stop.clone(),
+    ));
     metrics.register(Arc::new(usage.clone()));
     tokio::spawn(super::stats::run(
         cfg.node_name.clone(),
@@ -190,6 +211,7 @@ pub async fn run(
         },
         mounter: Box::new(super::volumes::mount::System),
         services,
+        evictions,
     });
     pods::run(shared, stop.clone()).await;
     let _ = heartbeats.await;
@@ -202,7 +224,12 @@ pub async fn run(
 }
 
 /// Renews the Lease every 10 s and posts the status every minute.
-async fn heartbeat(client: Client, facts: node::Facts, mut stop: watch::Receiver<bool>) {
+async fn heartbeat(
+    client: Client,
+    facts: node::Facts,
+    mut pressure: watch::Receiver<super::eviction::Pressure>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut lease_tick = tokio::time::interval(lease::RENEW_EVERY);
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     status_tick.tick().await;
@@ -214,6 +241,12 @@ async fn heartbeat(client: Client, facts: node::Facts, mut stop: watch::Receiver
                 }
             }
             _ = status_tick.tick() => {
+                if let Err(e) = node::post_status(&client, &facts).await {
+                    tracing::warn!(node = %facts.name, "posting the node status: {e}");
+                }
+            }
+            // New pressure conditions are posted at once.
+            Ok(()) = pressure.changed() => {
                 if let Err(e) = node::post_status(&client, &facts).await {
                     tracing::warn!(node = %facts.name, "posting the node status: {e}");
                 }

@@ -36,6 +36,8 @@ pub struct Shared {
     pub runtime: Arc<dyn Runtime>,
     pub env: Env,
     pub mounter: Box<dyn volumes::mount::Mounter>,
+    /// Pods the eviction manager chose, by uid, with their status message.
+    pub evictions: crate::kubelet::eviction::Evictions,
     /// The cluster's Services, for pods' service variables.
     pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
 }
@@ -72,7 +74,7 @@ pub struct State {
     /// Exited containers' statuses never change: kept by container id.
     exited: HashMap<String, api::ContainerStatus>,
     ips: HashMap<String, String>,
-    posted: Option<Value>,
+    pub(super) posted: Option<Value>,
     volumes: volumes::State,
     hosts: Option<HashMap<String, volumes::HostVolume>>,
     /// Probe tallies by container id.
@@ -222,6 +224,10 @@ impl Shared {
 
     /// Removes the pod's files on this node (volumes, managed files).
     pub fn forget_pod(&self, uid: &str) {
+        self.evictions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
         volumes::remove_pod(&self.env.pods_dir, uid, self.mounter.as_ref());
     }
 
@@ -272,6 +278,15 @@ impl Shared {
                 }
             }
             return Duration::from_secs(30);
+        }
+        let evicted = self
+            .evictions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&uid)
+            .cloned();
+        if let Some(msg) = evicted {
+            return self.evict(pod, st, &msg).await;
         }
         match self.converge(pod, st).await {
             Ok(()) => {}
@@ -651,7 +666,11 @@ impl Shared {
     }
 
     /// What the runtime shows of the pod now.
-    async fn observe(&self, pod: &Pod, st: &mut State) -> Result<Observed, RuntimeError> {
+    pub(super) async fn observe(
+        &self,
+        pod: &Pod,
+        st: &mut State,
+    ) -> Result<Observed, RuntimeError> {
         let uid = pod.uid().unwrap_or_default();
         let mut sandboxes = self.runtime.list_pod_sandboxes(Some(&uid)).await?;
         sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
