@@ -10,6 +10,8 @@ mod common;
 mod debugging;
 #[path = "kubelet/eviction.rs"]
 mod eviction;
+#[path = "kubelet/kubelet_api.rs"]
+mod kubelet_api;
 #[path = "kubelet/security.rs"]
 mod security;
 #[path = "kubelet/volumes.rs"]
@@ -470,6 +472,7 @@ fn the_kubelet_runs_pods_on_containerd() {
         &["get", "--raw", "/api/v1/nodes/edge-1/proxy/stats/summary"],
     );
     assert!(summary.contains("\"nodeName\":\"edge-1\""), "{summary}");
+    kubelet_api::bearer_tokens(&s, tmp.path());
 
     // Restarts, finished pods, a missing image.
     ok(

@@ -1,6 +1,8 @@
 //! The kubelet's own HTTPS API (`--kubelet-port`, 10250), which the API server proxies
 //! `pods/log` to: callers present a client certificate of the cluster CA (the API server's
-//! kubelet client certificate), and each request is authorized with a SubjectAccessReview as
+//! kubelet client certificate) or a bearer token the API server's TokenReview vouches for (a
+//! ServiceAccount's, as metrics-server and Prometheus scrape with), and each request is
+//! authorized with a SubjectAccessReview as
 //! the upstream kubelet's webhook authorizer does (`nodes/proxy`, `nodes/log`, `nodes/stats`,
 //! `nodes/metrics` of this node). The serving certificate is the kubelet's own, self-signed,
 //! which kube-apiserver does not verify unless told to. So far: `/healthz` and
@@ -34,6 +36,8 @@ use super::cri::Runtime;
 
 /// How long an authorization decision is reused.
 const AUTHZ_TTL: Duration = Duration::from_secs(60);
+/// How long a TokenReview's answer is reused (upstream's authentication cache: 2 minutes).
+const AUTHN_TTL: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletApiError {
@@ -69,6 +73,8 @@ pub struct ApiState {
     /// The latest usage sample.
     pub usage: super::stats::Latest,
     decisions: Mutex<HashMap<Asked, (bool, Instant)>>,
+    /// TokenReview answers by a hash of the token.
+    tokens: Mutex<HashMap<u64, (Option<Caller>, Instant)>>,
 }
 
 impl ApiState {
@@ -84,6 +90,7 @@ impl ApiState {
             client,
             usage,
             decisions: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -136,10 +143,12 @@ fn tls_config(
         roots.add(ca)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // A certificate is optional: callers without one bring a bearer token.
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
     )
+    .allow_unauthenticated()
     .build()
     .map_err(|e| KubeletApiError::Ca(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -177,7 +186,18 @@ async fn authorize(State(state): State<Arc<ApiState>>, req: Request, next: Next)
     if req.uri().path() == "/healthz" {
         return next.run(req).await;
     }
-    let Some(caller) = req.extensions().get::<Caller>().cloned() else {
+    let from_cert = req.extensions().get::<Caller>().cloned();
+    let caller = match from_cert {
+        Some(c) => Some(c),
+        None => match bearer(&req) {
+            Some(token) => match token_review(&state, &token).await {
+                Ok(c) => c,
+                Err(r) => return r,
+            },
+            None => None,
+        },
+    };
+    let Some(caller) = caller else {
         return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
     };
     let sub = subresource(req.uri().path());
@@ -233,6 +253,58 @@ async fn authorize(State(state): State<Arc<ApiState>>, req: Request, next: Next)
         return (StatusCode::FORBIDDEN, msg).into_response();
     }
     next.run(req).await
+}
+
+fn bearer(req: &Request) -> Option<String> {
+    req.headers()
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// Who a bearer token is, as the API server's TokenReview says (None: nobody).
+async fn token_review(state: &ApiState, token: &str) -> Result<Option<Caller>, Response> {
+    use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    token.hash(&mut h);
+    let key = h.finish();
+    if let Some((c, at)) = state.tokens.lock().ok().and_then(|t| t.get(&key).cloned()) {
+        if at.elapsed() < AUTHN_TTL {
+            return Ok(c);
+        }
+    }
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: token.to_string(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<TokenReview> = Api::all(state.client.clone());
+    let r = api
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| {
+            tracing::warn!("authenticating a kubelet API request: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "authentication failed").into_response()
+        })?;
+    let caller = r
+        .status
+        .filter(|s| s.authenticated == Some(true))
+        .and_then(|s| s.user)
+        .map(|u| Caller {
+            name: u.username.unwrap_or_default(),
+            groups: u.groups.unwrap_or_default(),
+        });
+    if let Ok(mut t) = state.tokens.lock() {
+        t.retain(|_, (_, at)| at.elapsed() < AUTHN_TTL);
+        t.insert(key, (caller.clone(), Instant::now()));
+    }
+    Ok(caller)
 }
 
 async fn metrics_resource(State(state): State<Arc<ApiState>>) -> Response {

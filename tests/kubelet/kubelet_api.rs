@@ -1,0 +1,80 @@
+//! The kubelet API directly, as metrics-server and Prometheus reach it: a ServiceAccount's
+//! bearer token is authenticated by TokenReview and authorized by SubjectAccessReview
+//! (`nodes/stats`); no credentials is 401, a token without the right is 403.
+
+use std::process::Command;
+
+use super::common::server::{ok, write, Server};
+use super::jsonpath;
+
+const SCRAPER: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: scraper, namespace: default}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: node-stats-reader}
+rules:
+- {apiGroups: [""], resources: [nodes/stats, nodes/metrics], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: scraper-reads-stats}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: node-stats-reader}
+subjects: [{kind: ServiceAccount, name: scraper, namespace: default}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: nobody, namespace: default}
+"#;
+
+/// The HTTP status of GET `url` with `token` (if any), without verifying the kubelet's
+/// self-signed certificate.
+fn status(url: &str, token: Option<&str>) -> String {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sk",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ]);
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = c.arg(url).output().expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn bearer_tokens(s: &Server, tmp: &std::path::Path) {
+    ok(s, &["apply", "-f", &write(tmp, "scraper.yaml", SCRAPER)]);
+    let port = jsonpath(
+        s,
+        "node/edge-1",
+        "{.status.daemonEndpoints.kubeletEndpoint.Port}",
+    );
+    let ip = jsonpath(
+        s,
+        "node/edge-1",
+        "{.status.addresses[?(@.type==\"InternalIP\")].address}",
+    );
+    let url = format!("https://{ip}:{port}/stats/summary");
+    let token = ok(s, &["create", "token", "scraper"]);
+    let token = token.trim();
+    assert_eq!(status(&url, Some(token)), "200", "{url}");
+    let metrics = format!("https://{ip}:{port}/metrics/resource");
+    assert_eq!(status(&metrics, Some(token)), "200");
+    assert_eq!(status(&url, None), "401");
+    assert_eq!(status(&url, Some("not-a-token")), "401");
+    let other = ok(s, &["create", "token", "nobody"]);
+    assert_eq!(status(&url, Some(other.trim())), "403");
+    let logs = format!("https://{ip}:{port}/containerLogs/default/x/c");
+    assert_eq!(
+        status(&logs, Some(token)),
+        "403",
+        "nodes/proxy is not granted"
+    );
+}
