@@ -128,6 +128,40 @@ fn shims(socket: &str) -> usize {
         .count()
 }
 
+/// After the server is gone: the shims of its containerd (which outlive it by design) and
+/// the mounts they left under the data dir, so a failed run leaves nothing behind.
+fn clean_runtime(dir: &std::path::Path) {
+    let socket = dir
+        .join("agent/containerd/containerd.sock")
+        .to_string_lossy()
+        .into_owned();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.filter_map(Result::ok) {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains("containerd-shim") && cmdline.contains(&socket) {
+                // SAFETY: kill(2) on a shim the benchmark's own containerd started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let prefix = dir.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in points {
+        let _ = std::process::Command::new("umount").args(["-l", m]).status();
+    }
+}
+
 /// Creates `n` pods and times each from its create request to Ready.
 async fn burst(
     api: &Api<Pod>,
@@ -296,6 +330,7 @@ pub async fn run(args: PodsBenchArgs) -> Result<(), BenchError> {
     let pid = child.0.id();
     let result = measure(&args, pid, &kubeconfig, dir.path(), started).await;
     drop(child);
+    clean_runtime(dir.path());
     let _ = std::process::Command::new("ip")
         .args(["link", "del", "k1sbench0"])
         .status();
