@@ -158,7 +158,9 @@ fn clean_runtime(dir: &std::path::Path) {
         .collect();
     points.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in points {
-        let _ = std::process::Command::new("umount").args(["-l", m]).status();
+        let _ = std::process::Command::new("umount")
+            .args(["-l", m])
+            .status();
     }
 }
 
