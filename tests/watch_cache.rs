@@ -123,12 +123,22 @@ mod cases {
         .await;
         let mut slow = c.watch("/c/", 0).await.expect("watch");
         let mut fast = c.watch("/c/", 0).await.expect("watch");
-        let reader = tokio::spawn(async move { take(&mut fast, 30).await.len() });
+        // The reading watcher says how far it got; each write waits for it, so on a loaded
+        // machine it is never the one behind.
+        let (seen_tx, mut seen) = tokio::sync::watch::channel(0usize);
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            while got < 30 {
+                got += take(&mut fast, 1).await.len();
+                let _ = seen_tx.send(got);
+            }
+            got
+        });
         for i in 0..30 {
             s.create(&format!("/c/s{i:02}"), v("x"))
                 .await
                 .expect("create");
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|n| *n > i)).await;
         }
         assert_eq!(
             reader.await.expect("join"),
