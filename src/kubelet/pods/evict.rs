@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams};
 use kube::ResourceExt;
 use serde_json::json;
 
@@ -59,22 +58,7 @@ impl Shared {
                 "message": message, "lastTransitionTime": now, "lastProbeTime": null,
             }));
         }
-        if st.posted.as_ref() == Some(&body) {
-            return Duration::from_secs(1);
-        }
-        let api: Api<Pod> =
-            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-        match api
-            .patch_status(
-                &pod.name_any(),
-                &PatchParams::default(),
-                &Patch::Strategic(&body),
-            )
-            .await
-        {
-            Ok(_) => st.posted = Some(body),
-            Err(e) => tracing::warn!(pod = %pod.name_any(), "posting an evicted pod's status: {e}"),
-        }
+        self.post_status(pod, st, body).await;
         Duration::from_secs(1)
     }
 }

@@ -16,6 +16,7 @@ pub mod services;
 pub mod setup;
 pub mod spec;
 pub mod status;
+mod terminate;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};

@@ -161,18 +161,7 @@ mod tests {
         .expect("pod")
     }
 
-    fn env() -> Env {
-        Env {
-            pod_log_dir: "/var/log/pods".into(),
-            memory_bytes: 1 << 30,
-            min_oom_score_adj: 0,
-            node_name: "n1".into(),
-            host_ip: "10.0.0.1".into(),
-            cpus: 2,
-            pods_dir: "/var/lib/k1s/agent/pods".into(),
-            dns: Default::default(),
-        }
-    }
+    use super::super::spec::tests::env;
 
     #[test]
     fn pod_settings_apply_under_the_containers() {

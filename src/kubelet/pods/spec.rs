@@ -407,7 +407,7 @@ pub fn container(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -433,7 +433,7 @@ mod tests {
         .expect("pod")
     }
 
-    fn env() -> Env {
+    pub(crate) fn env() -> Env {
         Env {
             pod_log_dir: "/var/log/pods".into(),
             memory_bytes: 1 << 30,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
@@ -83,7 +83,7 @@ pub struct State {
     pub(super) running: Vec<(String, String, i64)>,
 }
 
-fn grace_seconds(pod: &Pod) -> i64 {
+pub(super) fn grace_seconds(pod: &Pod) -> i64 {
     pod.metadata
         .deletion_grace_period_seconds
         .or(pod
@@ -108,7 +108,7 @@ fn terminal(pod: &Pod) -> bool {
     )
 }
 
-fn is(state: i32, s: api::ContainerState) -> bool {
+pub(super) fn is(state: i32, s: api::ContainerState) -> bool {
     state == s as i32
 }
 
@@ -116,7 +116,7 @@ fn attempt(c: &api::Container) -> u32 {
     c.metadata.as_ref().map_or(0, |m| m.attempt)
 }
 
-fn name_of(c: &api::Container) -> &str {
+pub(super) fn name_of(c: &api::Container) -> &str {
     c.metadata.as_ref().map_or("", |m| m.name.as_str())
 }
 
@@ -146,124 +146,6 @@ impl Backoff {
 }
 
 impl Shared {
-    /// Stops and removes everything the runtime holds for the pod `uid`.
-    pub async fn kill_pod(&self, uid: &str, grace: i64) -> Result<(), RuntimeError> {
-        let containers = self.runtime.list_containers(Some(uid)).await?;
-        let running: Vec<_> = containers
-            .iter()
-            .filter(|c| !is(c.state, api::ContainerState::ContainerExited))
-            .collect();
-        let stops = running
-            .iter()
-            .map(|c| self.runtime.stop_container(&c.id, grace));
-        for r in futures::future::join_all(stops).await {
-            if let Err(e) = r {
-                if !e.is_not_found() {
-                    return Err(e);
-                }
-            }
-        }
-        for c in &containers {
-            match self.runtime.remove_container(&c.id).await {
-                Err(e) if !e.is_not_found() => return Err(e),
-                _ => {}
-            }
-        }
-        for s in self.runtime.list_pod_sandboxes(Some(uid)).await? {
-            for r in [
-                self.runtime.stop_pod_sandbox(&s.id).await,
-                self.runtime.remove_pod_sandbox(&s.id).await,
-            ] {
-                match r {
-                    Err(e) if !e.is_not_found() => return Err(e),
-                    _ => {}
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs the preStop hooks of the pod's running containers, all at once, within `limit`.
-    async fn pre_stop(&self, pod: &Pod, limit: Duration) {
-        let uid = pod.uid().unwrap_or_default();
-        let Ok(containers) = self.runtime.list_containers(Some(&uid)).await else {
-            return;
-        };
-        let spec = pod.spec.clone().unwrap_or_default();
-        let ip = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .unwrap_or_default();
-        let hooks = containers
-            .iter()
-            .filter(|x| is(x.state, api::ContainerState::ContainerRunning))
-            .filter_map(|x| {
-                let c = spec
-                    .containers
-                    .iter()
-                    .chain(spec.init_containers.iter().flatten())
-                    .find(|c| c.name == name_of(x))?;
-                let h = c.lifecycle.as_ref()?.pre_stop.clone()?;
-                Some((x.id.clone(), c.clone(), h))
-            })
-            .collect::<Vec<_>>();
-        let runs = hooks
-            .iter()
-            .map(|(id, c, h)| super::hooks::run(self.runtime.as_ref(), id, &ip, c, h, limit));
-        for (r, (_, c, _)) in futures::future::join_all(runs)
-            .await
-            .into_iter()
-            .zip(&hooks)
-        {
-            if let Err(e) = r {
-                tracing::warn!(pod = %pod.name_any(), container = %c.name, "PreStop hook failed: {e}");
-            }
-        }
-    }
-
-    /// Removes the pod's files on this node (volumes, managed files).
-    pub fn forget_pod(&self, uid: &str) {
-        self.evictions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(uid);
-        volumes::remove_pod(&self.env.pods_dir, uid, self.mounter.as_ref());
-    }
-
-    /// A pod being deleted: its containers stop within the grace period, then it is gone.
-    pub async fn terminate(&self, pod: &Pod) -> bool {
-        let uid = pod.uid().unwrap_or_default();
-        let started = Instant::now();
-        let grace = grace_seconds(pod);
-        self.pre_stop(pod, Duration::from_secs(grace as u64)).await;
-        // What the hooks took comes off the grace period; at least 2 s remain, as upstream.
-        let left = (grace - started.elapsed().as_secs() as i64).max(2.min(grace));
-        if let Err(e) = self.kill_pod(&uid, left).await {
-            tracing::warn!(pod = %pod.name_any(), "stopping the pod: {e}");
-            return false;
-        }
-        self.forget_pod(&uid);
-        let api: Api<Pod> =
-            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match api.delete(&pod.name_any(), &dp).await {
-            Ok(_) => true,
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => true,
-            Err(e) => {
-                tracing::warn!(pod = %pod.name_any(), "deleting the pod: {e}");
-                false
-            }
-        }
-    }
-
     /// One pass over a live pod; how long until the next.
     pub async fn sync(&self, pod: &Pod, st: &mut State) -> Duration {
         let uid = pod.uid().unwrap_or_default();
@@ -302,23 +184,29 @@ impl Shared {
                 return Duration::from_secs(2);
             }
         };
-        let body = status::pod_status(pod, &obs);
-        if st.posted.as_ref() != Some(&body) {
-            let api: Api<Pod> =
-                Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-            match api
-                .patch_status(
-                    &pod.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Strategic(&body),
-                )
-                .await
-            {
-                Ok(_) => st.posted = Some(body),
-                Err(e) => tracing::warn!(pod = %pod.name_any(), "posting the pod's status: {e}"),
-            }
-        }
+        self.post_status(pod, st, status::pod_status(pod, &obs))
+            .await;
         Duration::from_secs(1)
+    }
+
+    /// Posts `body` as the pod's status unless it is what was posted last.
+    pub(super) async fn post_status(&self, pod: &Pod, st: &mut State, body: Value) {
+        if st.posted.as_ref() == Some(&body) {
+            return;
+        }
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        match api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Strategic(&body),
+            )
+            .await
+        {
+            Ok(_) => st.posted = Some(body),
+            Err(e) => tracing::warn!(pod = %pod.name_any(), "posting the pod's status: {e}"),
+        }
     }
 
     /// The newest ready sandbox, made when there is none; its id and IP.
