@@ -145,13 +145,21 @@ async fn pods_run_on_supervised_containerd_and_outlive_its_restart() {
         "docker.io/library/busybox:latest",
         "docker.io/library/savedbox:1",
     ] {
-        assert!(
-            cri.image_status(image)
+        // The CRI plugin learns of imported images from containerd's events, a moment later.
+        let mut seen = false;
+        for _ in 0..50 {
+            if cri
+                .image_status(image)
                 .await
                 .expect("image status")
-                .is_some(),
-            "CRI sees {image}"
-        );
+                .is_some()
+            {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(seen, "CRI sees {image}");
     }
     // Importing again is harmless.
     images::import::import_file(&channel, &img_dir.join("busybox.tar"))
