@@ -55,18 +55,40 @@ impl std::fmt::Debug for Sources {
 }
 
 impl Sources {
-    /// Adds a source; it reports until the process ends.
-    pub fn register(&self, source: Arc<dyn Source>) {
+    /// Adds a source; it reports until the returned guard is dropped (a kubelet that stops and
+    /// starts again registers anew, so its node is not counted twice).
+    pub fn register(&self, source: Arc<dyn Source>) -> Registered {
         self.0
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .push(source);
+            .push(source.clone());
+        Registered {
+            sources: self.clone(),
+            source,
+        }
     }
 
     /// Every node's latest sample.
     pub fn samples(&self) -> Vec<NodeUsage> {
         let sources = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
         sources.iter().flat_map(|s| s.samples()).collect()
+    }
+}
+
+/// A registered [`Source`]; dropping it removes the source.
+#[must_use = "the source is removed when this is dropped"]
+pub struct Registered {
+    sources: Sources,
+    source: Arc<dyn Source>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.sources
+            .0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| !Arc::ptr_eq(s, &self.source));
     }
 }
 
@@ -102,9 +124,13 @@ mod tests {
     fn sources_report_every_registered_node() {
         let s = Sources::default();
         assert!(s.samples().is_empty());
-        s.register(Arc::new(Fixed));
-        s.register(Arc::new(Fixed));
+        let a = s.register(Arc::new(Fixed));
+        let b = s.register(Arc::new(Fixed));
         assert_eq!(s.samples().len(), 2);
+        drop(a);
+        assert_eq!(s.samples().len(), 1);
+        drop(b);
+        assert!(s.samples().is_empty());
         assert_eq!(format_cpu(250_000_000), "250000000n");
         assert_eq!(format_memory(1_048_576 + 100), "1024Ki");
     }

@@ -532,16 +532,36 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
         kcfg.client_ca = Some(api.ca_cert.clone());
         let stop = stop_rx.clone();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::kubelet::run::run(kcfg, client, metrics, stop).await {
-                tracing::error!("the kubelet stopped: {e}");
-            }
-        })
+        tokio::spawn(crate::kubelet::run::run(kcfg, client, metrics, stop))
     });
     tracing::info!(parts = ?cfg.enabled_parts(), api_ready = api_ready.is_open(), "k1s server running");
 
-    let signal = signals.wait().await;
-    tracing::info!(signal, "shutting down");
+    // A kubelet that cannot run (no containerd, say) ends the server, as it ends k3s: a
+    // service manager restarts it, and nobody is left with a node that never comes.
+    #[cfg(all(feature = "apiserver", feature = "kubelet"))]
+    let (mut kubelet, mut failed) = (kubelet, None);
+    #[cfg(all(feature = "apiserver", feature = "kubelet"))]
+    let kubelet_failed = async {
+        match kubelet.as_mut() {
+            Some(k) => match k.await {
+                Ok(Err(e)) => e,
+                _ => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    };
+    #[cfg(not(all(feature = "apiserver", feature = "kubelet")))]
+    let kubelet_failed = std::future::pending::<std::convert::Infallible>();
+    tokio::select! {
+        signal = signals.wait() => tracing::info!(signal, "shutting down"),
+        e = kubelet_failed => {
+            tracing::error!("the kubelet stopped: {e}; shutting down");
+            #[cfg(all(feature = "apiserver", feature = "kubelet"))]
+            {
+                failed = Some(e);
+            }
+        }
+    }
     stop_tx.send_replace(true);
     #[cfg(all(feature = "apiserver", feature = "controllers"))]
     if let Some(c) = controllers {
@@ -556,13 +576,17 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
         let _ = s.await;
     }
     #[cfg(all(feature = "apiserver", feature = "kubelet"))]
-    if let Some(k) = kubelet {
+    if let Some(k) = kubelet.take().filter(|_| failed.is_none()) {
         let _ = k.await;
     }
     #[cfg(feature = "apiserver")]
     api.stopped().await;
     let _ = compactor.await;
     store.shutdown().await?;
+    #[cfg(all(feature = "apiserver", feature = "kubelet"))]
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -81,6 +81,17 @@ impl KubeletArgs {
             .clone()
             .or(hostname)
             .unwrap_or_else(|| "k1s-node".into());
+        if !is_subdomain(&node_name) {
+            let from = if self.node_name.is_some() {
+                "--node-name"
+            } else {
+                "the hostname (set --node-name)"
+            };
+            return Err(SupervisorError::Flag(format!(
+                "node name {node_name:?} from {from} is not a lowercase RFC 1123 subdomain: \
+                 lower case letters, digits, '-' and '.', at most 253 characters"
+            )));
+        }
         if self.pod_bridge.is_empty() || self.pod_bridge.len() > 15 {
             return Err(SupervisorError::Flag(format!(
                 "--pod-bridge {:?}: a Linux interface name is 1 to 15 characters",
@@ -183,4 +194,39 @@ pub fn images_command(cmd: ImagesCommand) -> i32 {
 pub fn images_command(_: ImagesCommand) -> i32 {
     eprintln!("k1s: images: the kubelet is not built into this binary");
     1
+}
+
+/// Whether `name` is a lowercase RFC 1123 subdomain, as a Node's name must be.
+fn is_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|p| {
+            !p.is_empty()
+                && p.len() <= 63
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !p.starts_with('-')
+                && !p.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_subdomain;
+
+    #[test]
+    fn node_names_are_subdomains() {
+        assert!(is_subdomain("edge-1"));
+        assert!(is_subdomain("edge-1.site.example"));
+        for bad in [
+            "",
+            "Edge",
+            "edge_1",
+            "-edge",
+            "edge-",
+            "a..b",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_subdomain(bad), "{bad:?}");
+        }
+    }
 }

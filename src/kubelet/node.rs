@@ -43,6 +43,8 @@ pub struct Facts {
     pub kubelet_port: u16,
     /// The eviction manager's conditions.
     pub pressure: std::sync::Arc<std::sync::RwLock<super::eviction::Pressure>>,
+    /// Each condition's last status and when it took it, for `lastTransitionTime`.
+    transitions: std::sync::Arc<std::sync::Mutex<BTreeMap<String, (String, Timestamp)>>>,
 }
 
 fn read_trim(path: &str) -> String {
@@ -107,6 +109,7 @@ impl Facts {
             reserved,
             kubelet_port,
             pressure: Default::default(),
+            transitions: Default::default(),
         }
     }
 
@@ -149,13 +152,23 @@ impl Facts {
     /// The node's status as of now.
     pub fn status(&self) -> NodeStatus {
         let now = Timestamp::now();
-        let cond = |ty: &str, status: &str, reason: &str, message: &str| NodeCondition {
-            type_: ty.into(),
-            status: status.into(),
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            last_heartbeat_time: Some(Time(now)),
-            last_transition_time: None,
+        let mut transitions = self.transitions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cond = |ty: &str, status: &str, reason: &str, message: &str| {
+            let since = match transitions.get(ty) {
+                Some((was, at)) if was == status => *at,
+                _ => {
+                    transitions.insert(ty.to_string(), (status.to_string(), now));
+                    now
+                }
+            };
+            NodeCondition {
+                type_: ty.into(),
+                status: status.into(),
+                reason: Some(reason.into()),
+                message: Some(message.into()),
+                last_heartbeat_time: Some(Time(now)),
+                last_transition_time: Some(Time(since)),
+            }
         };
         let p = *self.pressure.read().unwrap_or_else(|e| e.into_inner());
         NodeStatus {
@@ -341,10 +354,29 @@ mod tests {
             reserved,
             kubelet_port: 10250,
             pressure: Default::default(),
+            transitions: Default::default(),
         };
         let a = f.allocatable();
         assert_eq!(a["cpu"].0, "1750m");
         assert_eq!(a["memory"].0, format!("{}Ki", (768u64 << 20) / 1024));
         assert_eq!(f.capacity()["cpu"].0, "2");
+
+        // A condition keeps its transition time until its status changes.
+        let since = |f: &Facts, ty: &str| {
+            f.status()
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == ty)
+                .and_then(|c| c.last_transition_time)
+                .map(|t| t.0)
+        };
+        let first = since(&f, "DiskPressure");
+        assert!(first.is_some());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(since(&f, "DiskPressure"), first);
+        f.pressure.write().expect("lock").disk = true;
+        assert!(since(&f, "DiskPressure") > first);
+        assert_eq!(since(&f, "Ready"), since(&f, "Ready"));
     }
 }

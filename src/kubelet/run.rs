@@ -145,7 +145,7 @@ pub async fn run(
         pressure_rx,
         stop.clone(),
     ));
-    metrics.register(Arc::new(usage.clone()));
+    let _registered = metrics.register(Arc::new(usage.clone()));
     tokio::spawn(super::stats::run(
         cfg.node_name.clone(),
         runtime.clone(),

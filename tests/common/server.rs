@@ -2,11 +2,16 @@
 //!
 //! `K1S_TEST_DATASTORE=etcd` puts the server on a throwaway etcd instead of the embedded store.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How many of the server's log lines a test keeps.
+const LOG_LINES: usize = 2000;
 
 /// The stock kubectl that `make deps` unpacks into `.cache/`.
 pub fn kubectl() -> PathBuf {
@@ -17,6 +22,8 @@ pub fn kubectl() -> PathBuf {
 
 pub struct Server {
     child: Child,
+    /// The last [`LOG_LINES`] lines the server logged, for failure reports.
+    log: Arc<Mutex<VecDeque<String>>>,
     /// The etcd this server stores in, when `K1S_TEST_DATASTORE=etcd`.
     _etcd: Option<k1s::testing::etcd::EtcdServer>,
     pub _dir: tempfile::TempDir,
@@ -85,8 +92,16 @@ impl Server {
             .expect("start k1s");
         let err = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(VecDeque::new()));
+        let keep = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(mut l) = keep.lock() {
+                    if l.len() == LOG_LINES {
+                        l.pop_front();
+                    }
+                    l.push_back(line.clone());
+                }
                 let _ = tx.send(line);
             }
         });
@@ -99,11 +114,28 @@ impl Server {
         }
         Server {
             child,
+            log,
             _etcd: etcd,
             _dir: dir,
             kubeconfig,
             port,
         }
+    }
+
+    /// The server's last log lines at WARN or ERROR, at most `n` of them.
+    #[allow(dead_code)]
+    pub fn warnings(&self, n: usize) -> Vec<String> {
+        let Ok(log) = self.log.lock() else {
+            return Vec::new();
+        };
+        let bad: Vec<&String> = log
+            .iter()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        bad[bad.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
     }
 
     /// Kills the server with SIGKILL, as a power cut would.

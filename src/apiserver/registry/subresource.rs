@@ -121,59 +121,100 @@ pub async fn bind(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response
     let Some(node) = binding["target"]["name"].as_str().filter(|n| !n.is_empty()) else {
         return object::invalid(call.def, call.name(), "target.name", "Required value");
     };
-    let (kv, mut pod) = match current(call).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    if let Some(uid) = binding["metadata"]["uid"]
-        .as_str()
-        .filter(|u| !u.is_empty())
-    {
-        if pod["metadata"]["uid"].as_str() != Some(uid) {
-            return object::conflict(call.def, call.name());
+    // As upstream's GuaranteedUpdate: a concurrent write (the scheduler's own status update,
+    // say) makes the compare fail; read again and re-check rather than answer 409.
+    for _ in 0..RETRIES {
+        let (kv, mut pod) = match current(call).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        if let Err(r) = assignable(call, &binding, &pod) {
+            return r;
         }
-    }
-    if pod["metadata"]["deletionTimestamp"].is_string() {
-        return object::error(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!("Operation cannot be fulfilled on pods/binding \"{}\": pod {} is being deleted, cannot be assigned to a host", call.name(), call.name()),
-            call.name(),
-            call.def,
-        );
-    }
-    if let Some(existing) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
-        return object::error(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!("Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{existing}\"", call.name(), call.name()),
-            call.name(),
-            call.def,
-        );
-    }
-    pod["spec"]["nodeName"] = json!(node);
-    for (k, v) in binding["metadata"]["annotations"]
-        .as_object()
-        .into_iter()
-        .flatten()
-    {
-        pod["metadata"]["annotations"][k] = v.clone();
-    }
-    if !call.query.dry_run {
+        pod["spec"]["nodeName"] = json!(node);
+        for (k, v) in binding["metadata"]["annotations"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            pod["metadata"]["annotations"][k] = v.clone();
+        }
+        set_scheduled(&mut pod);
+        if call.query.dry_run {
+            break;
+        }
         let key = object::key(call.def, call.ns(), call.name());
-        if let Err(e) = call
+        match call
             .reg
             .store
             .update(&key, to_stored(call.def, &pod), kv.mod_revision)
             .await
         {
-            return store_error(call.def, call.name(), e);
+            Ok(_) => break,
+            Err(store::Error::Conflict { .. }) => continue,
+            Err(e) => return store_error(call.def, call.name(), e),
         }
     }
     json(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
     )
+}
+
+/// Refuses a binding for another pod (uid precondition), a pod being deleted, or one already
+/// on a node, in upstream's words.
+fn assignable(call: &Call<'_>, binding: &Value, pod: &Value) -> Result<(), Response> {
+    if let Some(uid) = binding["metadata"]["uid"]
+        .as_str()
+        .filter(|u| !u.is_empty())
+    {
+        if pod["metadata"]["uid"].as_str() != Some(uid) {
+            return Err(object::conflict(call.def, call.name()));
+        }
+    }
+    let name = call.name();
+    if pod["metadata"]["deletionTimestamp"].is_string() {
+        return Err(object::error(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is being deleted, cannot be assigned to a host"),
+            name,
+            call.def,
+        ));
+    }
+    if let Some(existing) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+        return Err(object::error(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{existing}\""),
+            name,
+            call.def,
+        ));
+    }
+    Ok(())
+}
+
+/// Sets the pod's PodScheduled condition to True, as upstream's binding does.
+fn set_scheduled(pod: &mut Value) {
+    if !pod["status"].is_object() {
+        pod["status"] = json!({});
+    }
+    if !pod["status"]["conditions"].is_array() {
+        pod["status"]["conditions"] = json!([]);
+    }
+    let Some(conds) = pod["status"]["conditions"].as_array_mut() else {
+        return;
+    };
+    let now = object::now_rfc3339();
+    match conds.iter_mut().find(|c| c["type"] == "PodScheduled") {
+        Some(c) if c["status"] == "True" => {}
+        Some(c) => {
+            *c = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
+        }
+        None => conds.push(
+            json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}),
+        ),
+    }
 }
 
 /// Whether a PodDisruptionBudget's selector selects the pod's labels.

@@ -103,7 +103,7 @@ pub async fn run(
         names.clone(),
         usage::defaults(&cfg.usage),
     ));
-    metrics.register(usage.clone());
+    let _registered = metrics.register(usage.clone());
     let nodes: Vec<node::SimNode> = names
         .iter()
         .enumerate()
