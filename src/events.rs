@@ -233,6 +233,7 @@ struct Pending {
 /// Records the events of one component. Recording never waits for the API: events go to a
 /// queue that one background task writes, deduplicating repeats, as upstream's event
 /// broadcaster and correlator do.
+#[derive(Clone)]
 pub struct Recorder {
     queue: mpsc::Sender<Pending>,
 }

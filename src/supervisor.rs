@@ -534,6 +534,29 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
         let metrics = metrics.clone();
         tokio::spawn(crate::kubelet::run::run(kcfg, client, metrics, stop))
     });
+    // metrics-server's part: the kubelets of agents are scraped, this process's report directly.
+    #[cfg(all(feature = "apiserver", feature = "controllers"))]
+    let _scraped = api.kubelets.clone().map(|kubelets| {
+        use crate::apiserver::{local_client, scraper};
+        let client = local_client::client(
+            api.app.clone(),
+            local_client::controller_user("metrics-server"),
+        );
+        let local = cfg
+            .runs_real_kubelet()
+            .then(|| cfg.kubelet.node_name.clone())
+            .into_iter()
+            .collect();
+        let scraped = scraper::Scraped::default();
+        tokio::spawn(scraper::run(
+            client,
+            kubelets,
+            local,
+            scraped.clone(),
+            stop_rx.clone(),
+        ));
+        metrics.register(std::sync::Arc::new(scraped))
+    });
     tracing::info!(parts = ?cfg.enabled_parts(), api_ready = api_ready.is_open(), "k1s server running");
 
     // A kubelet that cannot run (no containerd, say) ends the server, as it ends k3s: a

@@ -1,7 +1,9 @@
 //! `k1s agent --simulate N` joins a server as k3s agents do: the join token from
 //! `k1s token create --join` pins the server's CA, each simulated node gets its own kubelet
 //! certificate, registers, and runs the pods scheduled to it; a token pinning another CA is
-//! refused, and SIGTERM stops the agent cleanly.
+//! refused, and SIGTERM stops the agent cleanly. `k1s agent` without `--simulate` runs a real
+//! kubelet on a containerd of its own: its pods run, their logs and exec go through the server,
+//! and `kubectl top` sees them from the server's scrapes of the agent's kubelet.
 
 mod common;
 
@@ -100,6 +102,141 @@ fn a_simulating_agent_joins_registers_its_nodes_and_runs_their_pods() {
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let status = wait_exit(&mut good, "the agent did not stop");
     assert!(status.success(), "{status:?}");
+}
+
+/// The agent's log, printed when the test fails.
+struct AgentLog(std::path::PathBuf);
+
+impl Drop for AgentLog {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("the agent's last log lines:");
+            for l in tail.iter().rev() {
+                eprintln!("  {l}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_real_agent_runs_pods_on_its_own_containerd_and_reports_usage() {
+    use common::node::{busybox_image, network, Cleanup};
+    let (bridge, pods_cidr) = network(3);
+    let (_, service_cidr) = network(23);
+    let s = Server::start_with(&[
+        "--disable-kubelet",
+        "--cluster-cidr",
+        &pods_cidr,
+        "--service-cidr",
+        &service_cidr,
+    ]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cleanup = Cleanup {
+        data_dir: dir.path().to_path_buf(),
+        bridge: bridge.clone(),
+        blackhole: None,
+    };
+    cleanup.blackhole(&service_cidr);
+    let images = dir.path().join("agent/images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    std::fs::write(
+        images.join("busybox.tar"),
+        busybox_image("k1s.local/busybox:1"),
+    )
+    .expect("image");
+    let log_path = dir.path().join("agent.log");
+    let _log = AgentLog(log_path.clone());
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_k1s"))
+        .args(["agent", "--data-dir"])
+        .arg(dir.path())
+        .args(["--server", &format!("https://127.0.0.1:{}", s.port)])
+        .args(["--token", &token(&s)])
+        .args(["--node-name", "edge-2", "--node-ip", "127.0.0.1"])
+        .args(["--pod-bridge", &bridge, "--kubelet-port", "0"])
+        .arg("--pod-log-dir")
+        .arg(dir.path().join("pod-logs"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log file"))
+        .spawn()
+        .expect("start the agent");
+
+    eventually(&s, &["get", "nodes", "-o", "name"], |o| {
+        o.contains("node/edge-2")
+    });
+    ok(
+        &s,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "node/edge-2",
+            "--timeout=60s",
+        ],
+    );
+    let manifest = common::server::write(
+        dir.path(),
+        "busy.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: busy}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: busy
+    image: k1s.local/busybox:1
+    command: [sh, -c, 'echo started on $(hostname); while :; do :; done']
+"#,
+    );
+    ok(&s, &["apply", "-f", &manifest]);
+    ok(
+        &s,
+        &["wait", "--for=condition=Ready", "pod/busy", "--timeout=60s"],
+    );
+    assert_eq!(
+        ok(
+            &s,
+            &["get", "pod", "busy", "-o", "jsonpath={.spec.nodeName}"]
+        ),
+        "edge-2"
+    );
+    // Logs and exec go through the server to the agent's kubelet.
+    eventually(&s, &["logs", "busy"], |o| o.starts_with("started on busy"));
+    assert_eq!(ok(&s, &["exec", "busy", "--", "echo", "hi"]).trim(), "hi");
+
+    // The server scrapes the agent's kubelet: two scrapes (15 s apart) give the rates.
+    let start = Instant::now();
+    let top = loop {
+        let o = common::server::text(&s.kubectl(&["top", "pod", "busy", "--no-headers"]));
+        if o.starts_with("busy") {
+            break o;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "kubectl top pod never answered: {o}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    // The pod spins: it uses a good part of a core.
+    let millicores: u64 = top
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.trim_end_matches('m').parse().ok())
+        .unwrap_or(0);
+    assert!(millicores > 100, "{top}");
+    let node = ok(&s, &["top", "node", "edge-2", "--no-headers"]);
+    assert!(node.starts_with("edge-2") && node.contains('%'), "{node}");
+    ok(
+        &s,
+        &["delete", "pod", "busy", "--wait=true", "--timeout=60s"],
+    );
+
+    let pid = agent.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let status = wait_exit(&mut agent, "the agent did not stop");
+    assert!(status.success(), "{status:?}");
+    drop(cleanup);
 }
 
 /// Waits up to 20 s for `child` to exit; panics with `what` if it does not.

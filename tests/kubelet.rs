@@ -188,6 +188,25 @@ fn probes(s: &Server, tmp: &std::path::Path) {
         |o| !o.is_empty(),
     );
     assert_eq!(field("{.status.containerStatuses[0].ready}"), "false");
+    // Failed probes are Unhealthy events; the failed liveness probe's restart is Killing.
+    let events = ok(
+        s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=probed",
+            "-o",
+            "jsonpath={range .items[*]}{.type} {.reason}: {.message}{\"\\n\"}{end}",
+        ],
+    );
+    for want in [
+        "Warning Unhealthy: Readiness probe failed: HTTP probe failed with statuscode: 404",
+        "Warning Unhealthy: Liveness probe failed: ",
+        "Normal Killing: Container web failed liveness probe, will be restarted",
+    ] {
+        assert!(events.contains(want), "{want} in\n{events}");
+    }
     ok(s, &["delete", "pod", "probed", "--wait=false"]);
 }
 
@@ -401,6 +420,43 @@ fn the_kubelet_runs_pods_on_containerd() {
     let phase = jsonpath(&s, &format!("pod/{}", names[0]), "{.status.phase}");
     assert_eq!(phase, "Running");
 
+    // The kubelet's events, as `kubectl describe pod` shows them, and the node's.
+    let about = format!("involvedObject.name={}", names[0]);
+    let events = eventually(
+        &s,
+        &[
+            "get", "events", "--field-selector", &about, "-o",
+            "jsonpath={range .items[*]}{.reason}|{.source.component}|{.involvedObject.fieldPath}|{.message}{\"\\n\"}{end}",
+        ],
+        |o| o.contains("Started|"),
+    );
+    for want in [
+        "Pulled|kubelet|spec.containers{httpd}|Container image \"k1s.local/busybox:1\" already present on machine",
+        "Created|kubelet|spec.containers{httpd}|Container created",
+        "Started|kubelet|spec.containers{httpd}|Container started",
+    ] {
+        assert!(events.contains(want), "{want} in\n{events}");
+    }
+    let node_events = ok(
+        &s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=Node,involvedObject.name=edge-1",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+        ],
+    );
+    assert!(
+        node_events.contains("Starting: Starting kubelet."),
+        "{node_events}"
+    );
+    assert!(
+        node_events.contains("NodeReady: Node edge-1 status is now: NodeReady"),
+        "{node_events}"
+    );
+
     // exec (kubectl's WebSocket, or its SPDY fallback), with stdin and exit codes; port-forward.
     let web = first[0].0.clone();
     let served = ok(&s, &["exec", &web, "--", "cat", "/www/index.html"]);
@@ -584,6 +640,24 @@ fn the_kubelet_runs_pods_on_containerd() {
         ],
         |o| o == "ImagePullBackOff",
     );
+    // Their events: a pull that failed, its back-off; a container that crashes, its back-off.
+    let events = eventually(
+        &s,
+        &[
+            "get", "events", "-o",
+            "jsonpath={range .items[*]}{.involvedObject.name} {.type} {.reason}: {.message}{\"\\n\"}{end}",
+        ],
+        |o| o.contains("missing Warning Failed: Error: ImagePullBackOff"),
+    );
+    for want in [
+        "missing Normal Pulling: Pulling image \"127.0.0.1:1/nothing/here:1\"",
+        "missing Warning Failed: Failed to pull image \"127.0.0.1:1/nothing/here:1\": ",
+        "missing Warning Failed: Error: ErrImagePull",
+        "missing Normal BackOff: Back-off pulling image \"127.0.0.1:1/nothing/here:1\"",
+        "crash Warning BackOff: Back-off restarting failed container c in pod crash_default(",
+    ] {
+        assert!(events.contains(want), "{want} in\n{events}");
+    }
 
     // The server restarts; its kubelet adopts the running pods as they are.
     let dir = s.stop();

@@ -29,6 +29,9 @@ pub mod pki;
 pub mod portalloc;
 pub mod protobuf;
 pub mod registry;
+// It lists nodes as an in-process client, as the controllers do.
+#[cfg(feature = "controllers")]
+pub mod scraper;
 pub mod status;
 pub mod strategy;
 pub mod table;
@@ -117,6 +120,8 @@ pub struct ApiServer {
     pub ca_cert: String,
     /// The service-account token signer.
     pub tokens: Option<Arc<token::TokenSigner>>,
+    /// The client for kubelets (logs, exec, metrics scrapes), when the PKI allows one.
+    pub kubelets: Option<Arc<kubelet_client::KubeletClient>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -206,6 +211,15 @@ pub async fn start(
     .await?;
     let rbac = auth::rbac::Rbac::start(store.clone(), &cache).await?;
     let store_for_endpoints = store.clone();
+    let kubelets =
+        match kubelet_client::KubeletClient::new(&pki.kubelet_client_cert, &pki.kubelet_client_key)
+        {
+            Ok(c) => Some(std::sync::Arc::new(c)),
+            Err(e) => {
+                tracing::error!("the API server cannot reach kubelets: {e}");
+                None
+            }
+        };
     let app = http::router(
         health::Health {
             store: store.clone(),
@@ -218,16 +232,7 @@ pub async fn start(
             rbac: rbac.clone(),
             admission,
             metrics: cfg.metrics.clone(),
-            kubelets: match kubelet_client::KubeletClient::new(
-                &pki.kubelet_client_cert,
-                &pki.kubelet_client_key,
-            ) {
-                Ok(c) => Some(std::sync::Arc::new(c)),
-                Err(e) => {
-                    tracing::error!("the API server cannot reach kubelets: {e}");
-                    None
-                }
-            },
+            kubelets: kubelets.clone(),
         },
         discovery::Discovery {
             server_address: format!("{host}:{}", addr.port()),
@@ -257,6 +262,7 @@ pub async fn start(
         app,
         ca_cert: pki.ca_cert.clone(),
         tokens: signer,
+        kubelets,
         task,
     })
 }

@@ -122,6 +122,9 @@ pub async fn run(
         }
     }
     tracing::info!(node = %cfg.node_name, runtime = %runtime_version, "node registered");
+    let recorder = crate::events::Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name));
+    let mut seen = std::collections::HashMap::new();
+    node_events(&recorder, &facts, &mut seen, true).await;
     let usage = super::stats::Latest::default();
     let evictions: super::eviction::Evictions = Default::default();
     let (pressure_tx, pressure_rx) = watch::channel(super::eviction::Pressure::default());
@@ -143,6 +146,8 @@ pub async fn run(
         client.clone(),
         facts.clone(),
         pressure_rx,
+        recorder.clone(),
+        seen,
         stop.clone(),
     ));
     let _registered = metrics.register(Arc::new(usage.clone()));
@@ -212,6 +217,7 @@ pub async fn run(
         mounter: Box::new(super::volumes::mount::System),
         services,
         evictions,
+        events: recorder.clone(),
     });
     pods::run(shared, stop.clone()).await;
     let _ = heartbeats.await;
@@ -228,6 +234,8 @@ async fn heartbeat(
     client: Client,
     facts: node::Facts,
     mut pressure: watch::Receiver<super::eviction::Pressure>,
+    recorder: crate::events::Recorder,
+    mut seen: std::collections::HashMap<String, String>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut lease_tick = tokio::time::interval(lease::RENEW_EVERY);
@@ -245,14 +253,53 @@ async fn heartbeat(
                     tracing::warn!(node = %facts.name, "posting the node status: {e}");
                 }
             }
-            // New pressure conditions are posted at once.
+            // New pressure conditions are posted at once, with their events.
             Ok(()) = pressure.changed() => {
+                node_events(&recorder, &facts, &mut seen, false).await;
                 if let Err(e) = node::post_status(&client, &facts).await {
                     tracing::warn!(node = %facts.name, "posting the node status: {e}");
                 }
             }
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// The node's events for its conditions that changed since `seen` (`NodeHasSufficientMemory`,
+/// `NodeHasDiskPressure`, ..., `NodeReady`), after `Starting` when the kubelet starts, as the
+/// upstream kubelet records them.
+async fn node_events(
+    recorder: &crate::events::Recorder,
+    facts: &node::Facts,
+    seen: &mut std::collections::HashMap<String, String>,
+    starting: bool,
+) {
+    use crate::events::Type;
+    let name = &facts.name;
+    let node = k8s_openapi::api::core::v1::ObjectReference {
+        kind: Some("Node".into()),
+        name: Some(name.clone()),
+        uid: Some(name.clone()),
+        ..Default::default()
+    };
+    if starting {
+        recorder
+            .record(&node, Type::Normal, "Starting", "Starting kubelet.")
+            .await;
+    }
+    for c in facts.status().conditions.unwrap_or_default() {
+        let Some(reason) = c.reason.filter(|r| r.starts_with("Kubelet")) else {
+            continue;
+        };
+        let event = match reason.as_str() {
+            "KubeletReady" => "NodeReady".to_string(),
+            r => r.replacen("Kubelet", "Node", 1),
+        };
+        if seen.insert(c.type_.clone(), event.clone()).as_ref() == Some(&event) {
+            continue;
+        }
+        let msg = format!("Node {name} status is now: {event}");
+        recorder.record(&node, Type::Normal, &event, &msg).await;
     }
 }
 

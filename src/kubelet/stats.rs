@@ -2,8 +2,8 @@
 //! analyzer does: container CPU as the rate of CRI's cumulative `usage_core_nano_seconds`
 //! between samples and memory as the working set; the node's CPU from /proc/stat and memory
 //! as MemTotal less MemAvailable. The last sample feeds `metrics.k8s.io` in this process
-//! ([`crate::resource_metrics::Source`]) and the kubelet API's `/metrics/resource` and
-//! `/stats/summary`.
+//! ([`crate::resource_metrics::Source`]) and the kubelet API's `/metrics/resource` (written by
+//! [`crate::resource_metrics::prometheus`]) and `/stats/summary`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -141,6 +141,7 @@ pub async fn run(
                     name,
                     cpu_nanocores: nanocores,
                     memory_bytes: memory,
+                    cpu_usage_ns: used,
                 });
         }
         prev = seen;
@@ -153,6 +154,7 @@ pub async fn run(
             window: PERIOD,
             cpu_nanocores: node_nanocores,
             memory_bytes: memory,
+            cpu_usage_ns: node_cpu.map_or(0, |busy| busy * (1_000_000_000 / ticks.max(1))),
             pods: pods
                 .into_iter()
                 .map(|((namespace, name), containers)| PodUsage {
@@ -163,31 +165,6 @@ pub async fn run(
                 .collect(),
         });
     }
-}
-
-/// `/metrics/resource` in the Prometheus text format the upstream kubelet writes.
-pub fn prometheus(u: &NodeUsage) -> String {
-    let ms = u
-        .timestamp
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let mut out = String::new();
-    out.push_str("# HELP node_memory_working_set_bytes [STABLE] Current working set of the node in bytes\n# TYPE node_memory_working_set_bytes gauge\n");
-    out.push_str(&format!(
-        "node_memory_working_set_bytes {} {ms}\n",
-        u.memory_bytes
-    ));
-    out.push_str("# HELP container_memory_working_set_bytes [STABLE] Current working set of the container in bytes\n# TYPE container_memory_working_set_bytes gauge\n");
-    for p in &u.pods {
-        for c in &p.containers {
-            out.push_str(&format!(
-                "container_memory_working_set_bytes{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {ms}\n",
-                c.name, p.namespace, p.name, c.memory_bytes
-            ));
-        }
-    }
-    out
 }
 
 /// `/stats/summary`: the node's and each pod's CPU and memory, as the summary API shapes them.

@@ -15,7 +15,7 @@ mod metrics;
 pub(crate) mod object;
 mod patches;
 mod pick;
-mod proxy;
+pub(crate) mod proxy;
 mod rawjson;
 pub(crate) mod request;
 pub(crate) mod selector;

@@ -175,7 +175,7 @@ pub async fn pod_stream(
 
 /// The kubelet address of a node: its InternalIP (else ExternalIP, Hostname) and the port its
 /// status advertises.
-fn kubelet_address(node: &Value) -> Option<(String, u16)> {
+pub(crate) fn kubelet_address(node: &Value) -> Option<(String, u16)> {
     let addresses = node["status"]["addresses"].as_array()?;
     let host = ["InternalIP", "ExternalIP", "Hostname"]
         .iter()

@@ -311,7 +311,7 @@ async fn metrics_resource(State(state): State<Arc<ApiState>>) -> Response {
     let body = state
         .usage
         .get()
-        .map(|u| super::stats::prometheus(&u))
+        .map(|u| crate::resource_metrics::prometheus::write(&u))
         .unwrap_or_default();
     (
         [(

@@ -17,6 +17,10 @@ impl Shared {
     /// Evicts `pod` with `message`; how long until the worker looks again.
     pub(super) async fn evict(&self, pod: &Pod, st: &mut State, message: &str) -> Duration {
         let uid = pod.uid().unwrap_or_default();
+        if pod.status.as_ref().and_then(|s| s.reason.as_deref()) != Some("Evicted") {
+            self.event(pod, None, crate::events::Type::Warning, "Evicted", message)
+                .await;
+        }
         if let Ok(containers) = self.runtime.list_containers(Some(&uid)).await {
             let stops = containers
                 .iter()

@@ -7,6 +7,7 @@
 pub mod credentials;
 pub mod dns;
 pub mod ephemeral;
+pub mod events;
 mod evict;
 pub mod hooks;
 pub mod probes;

@@ -91,17 +91,25 @@ pub struct Target<'a> {
     pub pod_ip: &'a str,
 }
 
-/// Runs the container's due probes; whether it must be killed.
+/// Runs the container's due probes; whether it must be killed. Each failed probe adds its
+/// `Unhealthy` message ("Liveness probe failed: ...") to `unhealthy`.
 pub async fn run(
     target: &Target<'_>,
     c: &Container,
     probes: &mut ContainerProbes,
     running_for: Duration,
+    unhealthy: &mut Vec<String>,
 ) -> Verdict {
+    let mut failed = |kind: &str, ok: bool, msg: &str| {
+        if !ok {
+            unhealthy.push(format!("{kind} probe failed: {msg}"));
+        }
+    };
     if let Some(p) = &c.startup_probe {
         if probes.startup.result != Some(true) {
             if due(p, &probes.startup, running_for) {
                 let (ok, msg) = probe(target, c, p).await;
+                failed("Startup", ok, &msg);
                 record(p, &mut probes.startup, ok, msg);
                 if probes.startup.result == Some(false) {
                     return Verdict::Kill(format!(
@@ -116,6 +124,7 @@ pub async fn run(
     if let Some(p) = &c.liveness_probe {
         if due(p, &probes.liveness, running_for) {
             let (ok, msg) = probe(target, c, p).await;
+            failed("Liveness", ok, &msg);
             record(p, &mut probes.liveness, ok, msg);
             if probes.liveness.result == Some(false) {
                 return Verdict::Kill(format!(
@@ -128,6 +137,7 @@ pub async fn run(
     if let Some(p) = &c.readiness_probe {
         if due(p, &probes.readiness, running_for) {
             let (ok, msg) = probe(target, c, p).await;
+            failed("Readiness", ok, &msg);
             record(p, &mut probes.readiness, ok, msg);
         }
     }

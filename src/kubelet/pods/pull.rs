@@ -9,6 +9,7 @@ use kube::ResourceExt;
 
 use super::spec;
 use super::worker::{Backoff, Shared, State};
+use crate::events::Type;
 use crate::kubelet::cri::RuntimeError;
 
 impl Shared {
@@ -34,6 +35,9 @@ impl Shared {
         });
         let present = matches!(self.runtime.image_status(image).await, Ok(Some(_)));
         if present && policy != "Always" {
+            let msg = format!("Container image \"{image}\" already present on machine");
+            self.event(pod, Some(c.name.as_str()), Type::Normal, "Pulled", &msg)
+                .await;
             return Ok(());
         }
         if policy == "Never" {
@@ -59,9 +63,23 @@ impl Shared {
             }
         }
         let sandbox = spec::sandbox(&self.env, pod, 0);
+        let msg = format!("Pulling image \"{image}\"");
+        self.event(pod, Some(c.name.as_str()), Type::Normal, "Pulling", &msg)
+            .await;
+        let started = Instant::now();
         match self.pull(pod, image, sandbox).await {
             Ok(_) => {
                 st.backoff.remove(&key);
+                let took = super::events::go_duration(started.elapsed());
+                let size = match self.runtime.image_status(image).await {
+                    Ok(Some(i)) => i.size,
+                    _ => 0,
+                };
+                let msg = format!(
+                    "Successfully pulled image \"{image}\" in {took} ({took} including waiting). Image size: {size} bytes."
+                );
+                self.event(pod, Some(c.name.as_str()), Type::Normal, "Pulled", &msg)
+                    .await;
                 Ok(())
             }
             Err(e) => {

@@ -9,6 +9,7 @@ use kube::api::{Api, DeleteParams, Preconditions};
 use kube::ResourceExt;
 
 use super::worker::{grace_seconds, is, name_of, Shared};
+use crate::events::Type;
 use crate::kubelet::cri::{api, RuntimeError};
 use crate::kubelet::volumes;
 
@@ -85,6 +86,15 @@ impl Shared {
         {
             if let Err(e) = r {
                 tracing::warn!(pod = %pod.name_any(), container = %c.name, "PreStop hook failed: {e}");
+                let msg = format!("PreStopHook failed: {e}");
+                self.event(
+                    pod,
+                    Some(c.name.as_str()),
+                    Type::Warning,
+                    "FailedPreStopHook",
+                    &msg,
+                )
+                .await;
             }
         }
     }
@@ -103,6 +113,16 @@ impl Shared {
         let uid = pod.uid().unwrap_or_default();
         let started = Instant::now();
         let grace = grace_seconds(pod);
+        if let Ok(containers) = self.runtime.list_containers(Some(&uid)).await {
+            for x in containers
+                .iter()
+                .filter(|x| is(x.state, api::ContainerState::ContainerRunning))
+            {
+                let msg = format!("Stopping container {}", name_of(x));
+                self.event(pod, Some(name_of(x)), Type::Normal, "Killing", &msg)
+                    .await;
+            }
+        }
         self.pre_stop(pod, Duration::from_secs(grace as u64)).await;
         // What the hooks took comes off the grace period; at least 2 s remain, as upstream.
         let left = (grace - started.elapsed().as_secs() as i64).max(2.min(grace));

@@ -19,6 +19,7 @@ use super::probes;
 use super::setup;
 use super::spec::{self, Env};
 use super::status::{self, Observed, Runs};
+use crate::events::Type;
 use crate::kubelet::cri::{api, Runtime, RuntimeError};
 use crate::kubelet::volumes;
 
@@ -40,6 +41,8 @@ pub struct Shared {
     pub evictions: crate::kubelet::eviction::Evictions,
     /// The cluster's Services, for pods' service variables.
     pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
+    /// Events about pods, from `kubelet` on this node.
+    pub events: crate::events::Recorder,
 }
 
 /// A restart delay and when it was last used.
@@ -170,12 +173,14 @@ impl Shared {
         if let Some(msg) = evicted {
             return self.evict(pod, st, &msg).await;
         }
+        let before = st.waiting.clone();
         match self.converge(pod, st).await {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(pod = %pod.name_any(), namespace = ?pod.namespace(), "syncing the pod: {e}")
             }
         }
+        self.waiting_events(pod, &before, &st.waiting).await;
         self.probe(pod, &ip_of(st), st).await;
         let obs = match self.observe(pod, st).await {
             Ok(o) => o,
@@ -228,6 +233,14 @@ impl Shared {
         }
         // None is ready: whatever ran in the old ones goes, and a new sandbox starts.
         if !sandboxes.is_empty() {
+            self.event(
+                pod,
+                None,
+                Type::Normal,
+                "SandboxChanged",
+                "Pod sandbox changed, it will be killed and re-created.",
+            )
+            .await;
             self.kill_pod(&uid, 0).await?;
             st.ips.clear();
         }
@@ -238,10 +251,19 @@ impl Shared {
             .unwrap_or(0);
         let dir = spec::log_dir(&self.env, pod);
         let _ = std::fs::create_dir_all(&dir);
-        let id = self
+        let id = match self
             .runtime
             .run_pod_sandbox(spec::sandbox(&self.env, pod, next))
-            .await?;
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                let msg = format!("Failed to create pod sandbox: {e}");
+                self.event(pod, None, Type::Warning, "FailedCreatePodSandBox", &msg)
+                    .await;
+                return Err(e);
+            }
+        };
         let status = self.runtime.pod_sandbox_status(&id).await?;
         let ip = status.network.map(|n| n.ip).unwrap_or_default();
         st.ips.insert(id.clone(), ip.clone());
@@ -277,6 +299,9 @@ impl Shared {
                 Ok(h) => st.hosts = Some(h),
                 Err(e) if st.hosts.is_none() => {
                     tracing::warn!(pod = %pod.name_any(), "setting up volumes: {e}");
+                    let msg = format!("MountVolume.SetUp failed: {e}");
+                    self.event(pod, None, Type::Warning, "FailedMount", &msg)
+                        .await;
                     for c in &spec.containers {
                         st.waiting
                             .insert(c.name.clone(), ("ContainerCreating".into(), e.to_string()));
@@ -517,7 +542,17 @@ impl Shared {
             .create_container(sandbox_id, config, sandbox_config)
             .await
         {
-            Ok(id) => id,
+            Ok(id) => {
+                self.event(
+                    pod,
+                    Some(c.name.as_str()),
+                    Type::Normal,
+                    "Created",
+                    "Container created",
+                )
+                .await;
+                id
+            }
             Err(e) => {
                 st.waiting.insert(
                     c.name.clone(),
@@ -528,6 +563,14 @@ impl Shared {
         };
         match self.runtime.start_container(&id).await {
             Ok(()) => {
+                self.event(
+                    pod,
+                    Some(c.name.as_str()),
+                    Type::Normal,
+                    "Started",
+                    "Container started",
+                )
+                .await;
                 st.waiting.remove(&c.name);
                 if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
                     let limit = Duration::from_secs(grace_seconds(pod).max(30) as u64);
@@ -643,8 +686,22 @@ impl Shared {
                 pod_ip: ip,
             };
             let tally = st.probes.entry(id.clone()).or_default();
-            if let probes::Verdict::Kill(why) = probes::run(&target, c, tally, running_for).await {
+            let mut unhealthy = Vec::new();
+            let verdict = probes::run(&target, c, tally, running_for, &mut unhealthy).await;
+            for m in &unhealthy {
+                self.event(pod, Some(name.as_str()), Type::Warning, "Unhealthy", m)
+                    .await;
+            }
+            if let probes::Verdict::Kill(why) = verdict {
                 tracing::info!(pod = %pod.name_any(), container = %name, "{why}; killing the container");
+                let probe = if why.starts_with("Startup") {
+                    "startup"
+                } else {
+                    "liveness"
+                };
+                let msg = format!("Container {name} failed {probe} probe, will be restarted");
+                self.event(pod, Some(name.as_str()), Type::Normal, "Killing", &msg)
+                    .await;
                 let grace = c
                     .liveness_probe
                     .as_ref()

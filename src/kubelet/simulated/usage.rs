@@ -81,6 +81,7 @@ impl Usage {
                 name: c.name.clone(),
                 cpu_nanocores: cpu,
                 memory_bytes: memory,
+                cpu_usage_ns: 0,
             })
             .collect();
         let usage = PodUsage {
@@ -113,6 +114,7 @@ impl Source for Usage {
                     window: WINDOW,
                     cpu_nanocores: 0,
                     memory_bytes: 0,
+                    cpu_usage_ns: 0,
                     pods: Vec::new(),
                 };
                 (n.as_str(), sample)

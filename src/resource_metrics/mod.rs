@@ -2,9 +2,12 @@
 //! `metrics.k8s.io`: CPU in nanocores and memory working set in bytes, per node and per
 //! container, with the time and window of the sample.
 //!
-//! k1s serves `metrics.k8s.io` itself. Kubelets in this process (the simulated nodes now, the
-//! real kubelet of `k1s server` later) register a [`Source`] with the process's [`Sources`],
-//! which the API server reads at request time, as metrics-server reads its last scrape.
+//! k1s serves `metrics.k8s.io` itself. Kubelets in this process (the simulated nodes and the
+//! real kubelet of `k1s server`) register a [`Source`] with the process's [`Sources`], which the
+//! API server reads at request time; the kubelets of agents are scraped on `/metrics/resource`
+//! as metrics-server does ([`prometheus`] is that format, written and read).
+
+pub mod prometheus;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -15,6 +18,8 @@ pub struct ContainerUsage {
     pub name: String,
     pub cpu_nanocores: u64,
     pub memory_bytes: u64,
+    /// Cumulative CPU time in nanoseconds (0 when not known).
+    pub cpu_usage_ns: u64,
 }
 
 /// One pod's usage, by container.
@@ -34,6 +39,8 @@ pub struct NodeUsage {
     pub window: Duration,
     pub cpu_nanocores: u64,
     pub memory_bytes: u64,
+    /// Cumulative CPU time in nanoseconds (0 when not known).
+    pub cpu_usage_ns: u64,
     pub pods: Vec<PodUsage>,
 }
 
@@ -115,6 +122,7 @@ mod tests {
                 window: Duration::from_secs(10),
                 cpu_nanocores: 5,
                 memory_bytes: 4096,
+                cpu_usage_ns: 0,
                 pods: vec![],
             }]
         }
