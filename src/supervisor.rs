@@ -128,6 +128,8 @@ pub struct KubeletConfig {
     /// `--eviction-hard` and `--eviction-pressure-transition-period`.
     pub eviction_hard: String,
     pub eviction_transition: std::time::Duration,
+    /// `--image-gc-high-threshold`, `--image-gc-low-threshold`, `--minimum-image-gc-age`.
+    pub image_gc: (u8, u8, std::time::Duration),
     /// `--cluster-dns`, `--cluster-domain`, `--resolv-conf`.
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,

@@ -51,6 +51,15 @@ pub struct KubeletArgs {
     /// How long a pressure condition stays after its signal recovers.
     #[arg(long, default_value = "5m", value_parser = super::parse_duration, value_name = "DURATION")]
     pub eviction_pressure_transition_period: std::time::Duration,
+    /// Percent of the image filesystem used at which unused images are removed (100: never).
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100), value_name = "PERCENT")]
+    pub image_gc_high_threshold: u8,
+    /// Percent of the image filesystem used that image collection frees down to.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100), value_name = "PERCENT")]
+    pub image_gc_low_threshold: u8,
+    /// How long an unused image is kept after it is first seen.
+    #[arg(long, default_value = "2m", value_parser = super::parse_duration, value_name = "DURATION")]
+    pub minimum_image_gc_age: std::time::Duration,
 }
 
 /// Upstream's `--eviction-hard` defaults on Linux.
@@ -98,6 +107,14 @@ impl KubeletArgs {
                 self.pod_bridge
             )));
         }
+        if self.image_gc_low_threshold >= self.image_gc_high_threshold
+            && self.image_gc_high_threshold < 100
+        {
+            return Err(SupervisorError::Flag(format!(
+                "--image-gc-low-threshold ({}) must be less than --image-gc-high-threshold ({})",
+                self.image_gc_low_threshold, self.image_gc_high_threshold
+            )));
+        }
         #[cfg(feature = "kubelet")]
         crate::kubelet::eviction::parse(&self.eviction_hard)
             .map_err(|e| SupervisorError::Flag(e.to_string()))?;
@@ -113,6 +130,11 @@ impl KubeletArgs {
             client_ca: None,
             eviction_hard: self.eviction_hard.clone(),
             eviction_transition: self.eviction_pressure_transition_period,
+            image_gc: (
+                self.image_gc_high_threshold,
+                self.image_gc_low_threshold,
+                self.minimum_image_gc_age,
+            ),
             cluster_dns: self.cluster_dns.clone(),
             cluster_domain: self.cluster_domain.clone(),
             resolv_conf: self.resolv_conf.clone(),

@@ -367,6 +367,8 @@ pub struct Manager {
     pub usage: Latest,
     pub pressure: Arc<RwLock<Pressure>>,
     pub evictions: Evictions,
+    /// Node-level reclaim under disk pressure: unused images go before any pod.
+    pub images: Option<Arc<crate::kubelet::images::gc::Collector>>,
 }
 
 impl Manager {
@@ -419,8 +421,38 @@ impl Manager {
             else {
                 continue;
             };
+            if self.reclaimed(t).await {
+                continue;
+            }
             self.evict_one(t, o).await;
         }
+    }
+
+    /// Under disk pressure, removes every unused image first, as upstream's node-level
+    /// reclaim does; whether that was enough for `t`.
+    async fn reclaimed(&self, t: &Threshold) -> bool {
+        let disk = matches!(
+            t.signal,
+            Signal::NodefsAvailable
+                | Signal::NodefsInodesFree
+                | Signal::ImagefsAvailable
+                | Signal::ImagefsInodesFree
+        );
+        let Some(images) = self.images.as_ref().filter(|_| disk) else {
+            return false;
+        };
+        match images.free(u64::MAX).await {
+            Ok(freed) => tracing::info!(freed, "eviction manager: reclaimed unused images"),
+            Err(e) => tracing::warn!("eviction manager: reclaiming images: {e}"),
+        }
+        let again = crossed(&self.thresholds, &self.probe.observe());
+        let relieved = !again.iter().any(|(x, _)| x.signal == t.signal);
+        if relieved {
+            tracing::info!(
+                "eviction manager: able to reduce resource pressure without evicting pods"
+            );
+        }
+        relieved
     }
 
     async fn evict_one(&self, t: &Threshold, o: &Observation) {

@@ -95,7 +95,20 @@ pub async fn run(
         source,
     })?;
     images::ensure_pause(&channel, config::PAUSE_IMAGE, &tmp).await?;
-    images::import_dir(&channel, &images::images_dir(&cfg.data_dir)).await;
+    // The pause image and the air-gapped ones are never collected: nothing could pull them.
+    let mut pinned: std::collections::HashSet<String> =
+        images::import_dir(&channel, &images::images_dir(&cfg.data_dir))
+            .await
+            .into_iter()
+            .collect();
+    pinned.insert(config::PAUSE_IMAGE.to_string());
+    let (high, low, min_age) = cfg.image_gc;
+    let images_gc = Arc::new(images::gc::Collector::new(
+        runtime.clone(),
+        images::gc::Policy { high, low, min_age },
+        layout.root(),
+        pinned,
+    ));
 
     // The kubelet API's port first: the node reports it.
     let listener = api::bind(std::net::SocketAddr::from(([0, 0, 0, 0], cfg.kubelet_port))).await?;
@@ -125,6 +138,24 @@ pub async fn run(
     let recorder = crate::events::Recorder::new(client.clone(), "kubelet", Some(&cfg.node_name));
     let mut seen = std::collections::HashMap::new();
     node_events(&recorder, &facts, &mut seen, true).await;
+    {
+        let recorder = recorder.clone();
+        let node = node_reference(&cfg.node_name);
+        let failed = move |e: &images::gc::GcError| {
+            let (recorder, node, msg) = (recorder.clone(), node.clone(), e.to_string());
+            tokio::spawn(async move {
+                recorder
+                    .record(
+                        &node,
+                        crate::events::Type::Warning,
+                        "FreeDiskSpaceFailed",
+                        &msg,
+                    )
+                    .await;
+            });
+        };
+        tokio::spawn(images_gc.clone().run(failed, stop.clone()));
+    }
     let usage = super::stats::Latest::default();
     let evictions: super::eviction::Evictions = Default::default();
     let (pressure_tx, pressure_rx) = watch::channel(super::eviction::Pressure::default());
@@ -140,6 +171,7 @@ pub async fn run(
         usage: usage.clone(),
         pressure: facts.pressure.clone(),
         evictions: evictions.clone(),
+        images: Some(images_gc.clone()),
     };
     tokio::spawn(manager.run(pressure_tx, stop.clone()));
     let heartbeats = tokio::spawn(heartbeat(
@@ -265,6 +297,16 @@ async fn heartbeat(
     }
 }
 
+/// The node as its events name it (upstream's kubelet uses the name as the uid).
+fn node_reference(name: &str) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        kind: Some("Node".into()),
+        name: Some(name.to_string()),
+        uid: Some(name.to_string()),
+        ..Default::default()
+    }
+}
+
 /// The node's events for its conditions that changed since `seen` (`NodeHasSufficientMemory`,
 /// `NodeHasDiskPressure`, ..., `NodeReady`), after `Starting` when the kubelet starts, as the
 /// upstream kubelet records them.
@@ -276,12 +318,7 @@ async fn node_events(
 ) {
     use crate::events::Type;
     let name = &facts.name;
-    let node = k8s_openapi::api::core::v1::ObjectReference {
-        kind: Some("Node".into()),
-        name: Some(name.clone()),
-        uid: Some(name.clone()),
-        ..Default::default()
-    };
+    let node = node_reference(name);
     if starting {
         recorder
             .record(&node, Type::Normal, "Starting", "Starting kubelet.")

@@ -1,6 +1,9 @@
 //! Eviction under memory pressure: a server whose hard threshold cannot be met
 //! (`memory.available<1000Ti`) reports MemoryPressure and evicts its pods one per pass,
-//! the BestEffort pod (using more than it requests) before the Guaranteed one.
+//! the BestEffort pod (using more than it requests) before the Guaranteed one. The restarted
+//! kubelet's image collector (thresholds at 1 % / 0 %, no minimum age) removes an unused image
+//! that was imported by hand, keeps the pinned ones (pause, the air-gapped busybox), and
+//! reports that it could not free all it wanted.
 
 use super::common::server::{eventually, ok, write, Server};
 use super::jsonpath;
@@ -35,10 +38,71 @@ pub fn eviction(s: Server, tmp: &std::path::Path, flags: &[&str]) -> Server {
     for p in ["pod/besteffort", "pod/guaranteed"] {
         ok(&s, &["wait", "--for=condition=Ready", p, "--timeout=60s"]);
     }
+    // An image imported by hand, which no container uses (its own config, so its own id).
+    let spare = tmp.join("spare.tar");
+    let layer = k1s::kubelet::images::oci::busybox_layer(
+        std::path::Path::new("/bin/busybox"),
+        &["sh".to_string()],
+    )
+    .expect("layer");
+    let run = k1s::kubelet::images::oci::RunConfig {
+        cmd: vec!["sh".into(), "-c".into(), "echo spare".into()],
+        ..Default::default()
+    };
+    let tar = k1s::kubelet::images::oci::image_layout("k1s.local/spare:1", &run, &layer)
+        .expect("spare image");
+    std::fs::write(&spare, tar).expect("spare image");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_k1s"))
+        .args(["images", "import", "--data-dir"])
+        .arg(s._dir.path())
+        .arg(&spare)
+        .output()
+        .expect("k1s images import");
+    assert!(o.status.success(), "{o:?}");
+    let socket = s._dir.path().join("agent/containerd/containerd.sock");
+    let images = || {
+        let o = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&socket)
+            .args(["-n", "k8s.io", "images", "ls", "-q"])
+            .output()
+            .expect("ctr images ls");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(images().contains("k1s.local/spare:1"), "{}", images());
     let dir = s.stop();
     let mut flags = flags.to_vec();
-    flags.extend(["--eviction-hard", "memory.available<1000Ti"]);
+    flags.extend([
+        "--eviction-hard",
+        "memory.available<1000Ti",
+        "--image-gc-high-threshold",
+        "1",
+        "--image-gc-low-threshold",
+        "0",
+        "--minimum-image-gc-age",
+        "0s",
+    ]);
     let s = Server::with_kubelet_in(dir, &flags);
+    super::common::server::within(30, "the unused image collected", || {
+        !images().contains("k1s.local/spare:1")
+    });
+    let left = images();
+    assert!(left.contains("k1s.local/busybox:1"), "{left}");
+    assert!(left.contains("pause"), "{left}");
+    eventually(
+        &s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=Node,reason=FreeDiskSpaceFailed",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        |o| {
+            o.starts_with("Failed to garbage collect required amount of images. Attempted to free ")
+        },
+    );
     eventually(
         &s,
         &[

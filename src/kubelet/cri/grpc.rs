@@ -256,6 +256,30 @@ impl Runtime for Cri {
         Ok(r.map_err(status("image status"))?.into_inner().image)
     }
 
+    async fn list_images(&self) -> Result<Vec<api::Image>, RuntimeError> {
+        let r = self
+            .images
+            .clone()
+            .list_images(api::ListImagesRequest { filter: None })
+            .await;
+        Ok(r.map_err(status("list images"))?.into_inner().images)
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+        let req = api::RemoveImageRequest {
+            image: Some(api::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+        };
+        self.images
+            .clone()
+            .remove_image(req)
+            .await
+            .map_err(status("remove image"))?;
+        Ok(())
+    }
+
     async fn pull_image(
         &self,
         image: &str,

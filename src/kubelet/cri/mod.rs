@@ -91,6 +91,10 @@ pub trait Runtime: Send + Sync {
     async fn list_container_stats(&self) -> Result<Vec<api::ContainerStats>, RuntimeError>;
     /// The image's record if the runtime has it.
     async fn image_status(&self, image: &str) -> Result<Option<api::Image>, RuntimeError>;
+    /// Every image the runtime holds.
+    async fn list_images(&self) -> Result<Vec<api::Image>, RuntimeError>;
+    /// Removes an image (by id, tag or digest).
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError>;
     /// Pulls an image; its reference.
     async fn pull_image(
         &self,

@@ -3,6 +3,7 @@
 //! every `*.tar` in `DATA_DIR/agent/images/` on start, as k3s does for air-gapped sites, and
 //! `k1s images import FILE` by hand.
 
+pub mod gc;
 pub mod import;
 pub mod oci;
 pub mod pause;
