@@ -128,6 +128,8 @@ pub struct KubeletConfig {
     /// `--eviction-hard` and `--eviction-pressure-transition-period`.
     pub eviction_hard: String,
     pub eviction_transition: std::time::Duration,
+    /// `--eviction-soft`, `--eviction-soft-grace-period`, `--eviction-max-pod-grace-period`.
+    pub eviction_soft: (String, String, i64),
     /// `--image-gc-high-threshold`, `--image-gc-low-threshold`, `--minimum-image-gc-age`.
     pub image_gc: (u8, u8, std::time::Duration),
     /// `--cluster-dns`, `--cluster-domain`, `--resolv-conf`.

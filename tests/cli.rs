@@ -43,6 +43,36 @@ fn bad_flag_is_one_line_and_exit_2() {
     let o = run(&["server", "--https-listen-port", "http"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("https-listen-port"), "{}", stderr(&o));
+    // The kubelet's flags are checked before anything starts.
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().to_str().expect("utf8");
+    for (args, want) in [
+        (
+            &["--eviction-soft", "memory.available<1Gi"][..],
+            "--eviction-soft-grace-period: grace period must be specified",
+        ),
+        (
+            &[
+                "--image-gc-high-threshold",
+                "50",
+                "--image-gc-low-threshold",
+                "60",
+            ],
+            "--image-gc-low-threshold (60) must be less than --image-gc-high-threshold (50)",
+        ),
+        (
+            &["--node-name", "Edge_1"],
+            "node name \"Edge_1\" from --node-name",
+        ),
+    ] {
+        let mut all = vec!["server", "--data-dir", data];
+        all.extend(args);
+        let o = run(&all);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
 }
 
 #[test]

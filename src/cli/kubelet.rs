@@ -48,6 +48,23 @@ pub struct KubeletArgs {
     /// imagefs.inodesFree, pid.available).
     #[arg(long, default_value = DEFAULT_EVICTION_HARD, value_name = "THRESHOLDS")]
     pub eviction_hard: String,
+    /// Soft eviction thresholds, as --eviction-hard; each acts once crossed for its grace
+    /// period.
+    #[arg(long, default_value = "", value_name = "THRESHOLDS")]
+    pub eviction_soft: String,
+    /// Each soft threshold's grace period (SIGNAL=DURATION, comma-separated, e.g.
+    /// memory.available=1m30s).
+    #[arg(long, default_value = "", value_name = "SIGNAL=DURATION")]
+    pub eviction_soft_grace_period: String,
+    /// The longest grace period (seconds) a pod evicted for a soft threshold gets; negative:
+    /// the pod's own.
+    #[arg(
+        long,
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        value_name = "SECONDS"
+    )]
+    pub eviction_max_pod_grace_period: i64,
     /// How long a pressure condition stays after its signal recovers.
     #[arg(long, default_value = "5m", value_parser = super::parse_duration, value_name = "DURATION")]
     pub eviction_pressure_transition_period: std::time::Duration,
@@ -118,6 +135,9 @@ impl KubeletArgs {
         #[cfg(feature = "kubelet")]
         crate::kubelet::eviction::parse(&self.eviction_hard)
             .map_err(|e| SupervisorError::Flag(e.to_string()))?;
+        #[cfg(feature = "kubelet")]
+        crate::kubelet::eviction::parse_soft(&self.eviction_soft, &self.eviction_soft_grace_period)
+            .map_err(|e| SupervisorError::Flag(e.to_string()))?;
         Ok(KubeletConfig {
             node_name,
             node_ip: self.node_ip.unwrap_or(default_ip),
@@ -130,6 +150,11 @@ impl KubeletArgs {
             client_ca: None,
             eviction_hard: self.eviction_hard.clone(),
             eviction_transition: self.eviction_pressure_transition_period,
+            eviction_soft: (
+                self.eviction_soft.clone(),
+                self.eviction_soft_grace_period.clone(),
+                self.eviction_max_pod_grace_period,
+            ),
             image_gc: (
                 self.image_gc_high_threshold,
                 self.image_gc_low_threshold,

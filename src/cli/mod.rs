@@ -352,7 +352,17 @@ pub fn main() -> i32 {
             }
         },
         Command::Images(cmd) => kubelet::images_command(cmd),
-        Command::Server(args) => run_async(&args.common.clone(), server(*args)),
+        Command::Server(args) => {
+            // Flags that parse but make no sense: one line and exit code 2, as bad flags.
+            let common = args.common.clone();
+            match server_config(*args).and_then(|cfg| cfg.validate().map(|()| cfg)) {
+                Ok(cfg) => run_async(&common, supervisor::run_server(cfg)),
+                Err(e) => {
+                    eprintln!("k1s: {e}");
+                    2
+                }
+            }
+        }
         Command::Agent(args) => run_async(&args.common.clone(), supervisor::run_agent(*args)),
         Command::Bench(BenchCommand::Store(args)) => {
             let common = CommonArgs {
@@ -387,12 +397,6 @@ pub fn main() -> i32 {
             run_async(&common, crate::bench::run_scale(args))
         }
     }
-}
-
-async fn server(args: ServerArgs) -> Result<(), supervisor::SupervisorError> {
-    let cfg = server_config(args)?;
-    cfg.validate()?;
-    supervisor::run_server(cfg).await
 }
 
 /// Turns parsed server flags into the supervisor's configuration.

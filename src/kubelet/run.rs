@@ -162,7 +162,13 @@ pub async fn run(
     let manager = super::eviction::Manager {
         client: client.clone(),
         node: cfg.node_name.clone(),
-        thresholds: super::eviction::parse(&cfg.eviction_hard).unwrap_or_default(),
+        thresholds: {
+            let (soft, graces, _) = &cfg.eviction_soft;
+            let mut t = super::eviction::parse(&cfg.eviction_hard).unwrap_or_default();
+            t.extend(super::eviction::parse_soft(soft, graces).unwrap_or_default());
+            t
+        },
+        max_pod_grace: cfg.eviction_soft.2,
         transition: cfg.eviction_transition,
         probe: Box::new(super::eviction::System {
             nodefs: cfg.data_dir.clone(),

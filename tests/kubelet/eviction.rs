@@ -1,5 +1,6 @@
-//! Eviction under memory pressure: a server whose hard threshold cannot be met
-//! (`memory.available<1000Ti`) reports MemoryPressure and evicts its pods one per pass,
+//! Eviction under memory pressure: a server whose soft threshold cannot be met
+//! (`memory.available<1000Ti`, grace period 5 s) reports MemoryPressure at once and then
+//! evicts its pods one per pass,
 //! the BestEffort pod (using more than it requests) before the Guaranteed one. The restarted
 //! kubelet's image collector (thresholds at 1 % / 0 %, no minimum age) removes an unused image
 //! that was imported by hand, keeps the pinned ones (pause, the air-gapped busybox), and
@@ -73,8 +74,12 @@ pub fn eviction(s: Server, tmp: &std::path::Path, flags: &[&str]) -> Server {
     let dir = s.stop();
     let mut flags = flags.to_vec();
     flags.extend([
-        "--eviction-hard",
+        "--eviction-soft",
         "memory.available<1000Ti",
+        "--eviction-soft-grace-period",
+        "memory.available=5s",
+        "--eviction-max-pod-grace-period",
+        "1",
         "--image-gc-high-threshold",
         "1",
         "--image-gc-low-threshold",

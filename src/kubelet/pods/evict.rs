@@ -1,5 +1,5 @@
-//! A pod the eviction manager chose: its containers are stopped at once (a hard threshold
-//! grants no grace period), its sandbox stopped, and its status set as upstream's kubelet
+//! A pod the eviction manager chose: its containers are stopped (at once for a hard
+//! threshold, within the grace period the manager gave for a soft one), its sandbox stopped, and its status set as upstream's kubelet
 //! leaves an evicted pod: phase Failed, reason Evicted, the manager's message, and the
 //! DisruptionTarget condition. The pod object stays, for its owner to replace.
 
@@ -15,7 +15,13 @@ use crate::kubelet::cri::api;
 
 impl Shared {
     /// Evicts `pod` with `message`; how long until the worker looks again.
-    pub(super) async fn evict(&self, pod: &Pod, st: &mut State, message: &str) -> Duration {
+    pub(super) async fn evict(
+        &self,
+        pod: &Pod,
+        st: &mut State,
+        eviction: &crate::kubelet::eviction::Eviction,
+    ) -> Duration {
+        let message = eviction.message.as_str();
         let uid = pod.uid().unwrap_or_default();
         if pod.status.as_ref().and_then(|s| s.reason.as_deref()) != Some("Evicted") {
             self.event(pod, None, crate::events::Type::Warning, "Evicted", message)
@@ -25,7 +31,7 @@ impl Shared {
             let stops = containers
                 .iter()
                 .filter(|c| c.state != api::ContainerState::ContainerExited as i32)
-                .map(|c| self.runtime.stop_container(&c.id, 0));
+                .map(|c| self.runtime.stop_container(&c.id, eviction.grace));
             for r in futures::future::join_all(stops).await {
                 if let Err(e) = r {
                     tracing::warn!(pod = %pod.name_any(), "stopping an evicted pod's container: {e}");

@@ -170,8 +170,8 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .get(&uid)
             .cloned();
-        if let Some(msg) = evicted {
-            return self.evict(pod, st, &msg).await;
+        if let Some(eviction) = evicted {
+            return self.evict(pod, st, &eviction).await;
         }
         let before = st.waiting.clone();
         match self.converge(pod, st).await {

@@ -1,0 +1,338 @@
+//! Eviction signals and thresholds: what the node has left of memory, disk bytes and inodes
+//! (nodefs: the data dir; imagefs: containerd's root) and PIDs, observed from /proc and
+//! statvfs, against `--eviction-hard` and `--eviction-soft` thresholds (`SIGNAL<QUANTITY` or
+//! `SIGNAL<PERCENT%`), a soft one with its `--eviction-soft-grace-period`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvictionError {
+    #[error("{flag}: {message}")]
+    Threshold { flag: &'static str, message: String },
+}
+
+fn bad(flag: &'static str, message: String) -> EvictionError {
+    EvictionError::Threshold { flag, message }
+}
+
+/// What a threshold watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    MemoryAvailable,
+    NodefsAvailable,
+    NodefsInodesFree,
+    ImagefsAvailable,
+    ImagefsInodesFree,
+    PidAvailable,
+}
+
+impl Signal {
+    pub(super) fn parse(s: &str) -> Option<Signal> {
+        Some(match s {
+            "memory.available" => Signal::MemoryAvailable,
+            "nodefs.available" => Signal::NodefsAvailable,
+            "nodefs.inodesFree" => Signal::NodefsInodesFree,
+            "imagefs.available" => Signal::ImagefsAvailable,
+            "imagefs.inodesFree" => Signal::ImagefsInodesFree,
+            "pid.available" => Signal::PidAvailable,
+            _ => return None,
+        })
+    }
+
+    /// The signal as the flags name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::MemoryAvailable => "memory.available",
+            Signal::NodefsAvailable => "nodefs.available",
+            Signal::NodefsInodesFree => "nodefs.inodesFree",
+            Signal::ImagefsAvailable => "imagefs.available",
+            Signal::ImagefsInodesFree => "imagefs.inodesFree",
+            Signal::PidAvailable => "pid.available",
+        }
+    }
+
+    /// The resource named in an eviction message.
+    pub(super) fn resource(self) -> &'static str {
+        match self {
+            Signal::MemoryAvailable => "memory",
+            Signal::NodefsAvailable | Signal::ImagefsAvailable => "ephemeral-storage",
+            Signal::NodefsInodesFree | Signal::ImagefsInodesFree => "inodes",
+            Signal::PidAvailable => "pids",
+        }
+    }
+}
+
+/// A level: an absolute quantity or a share of the capacity.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Level {
+    Quantity(u64, String),
+    Percent(f64),
+}
+
+/// One threshold: `signal<level`; a soft one is acted on only once it has held for its grace
+/// period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    pub signal: Signal,
+    pub level: Level,
+    /// None: hard.
+    pub grace: Option<Duration>,
+}
+
+impl Threshold {
+    pub(super) fn limit(&self, capacity: u64) -> u64 {
+        match &self.level {
+            Level::Quantity(q, _) => *q,
+            Level::Percent(p) => (capacity as f64 * p / 100.0) as u64,
+        }
+    }
+
+    pub(super) fn shown(&self) -> String {
+        match &self.level {
+            Level::Quantity(_, text) => text.clone(),
+            Level::Percent(p) => format!("{p}%"),
+        }
+    }
+}
+
+/// Parses `--eviction-hard` (`signal<quantity` or `signal<percent%`, comma-separated).
+pub fn parse(spec: &str) -> Result<Vec<Threshold>, EvictionError> {
+    parse_as(spec, "--eviction-hard")
+}
+
+/// Parses `--eviction-soft` with `--eviction-soft-grace-period` (`signal=duration`,
+/// comma-separated): every soft threshold needs a grace period, and every grace period a
+/// threshold, as the upstream kubelet checks.
+pub fn parse_soft(spec: &str, graces: &str) -> Result<Vec<Threshold>, EvictionError> {
+    const GRACE: &str = "--eviction-soft-grace-period";
+    let mut periods = HashMap::new();
+    for item in graces.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| bad(GRACE, format!("{item:?}: want SIGNAL=DURATION")))?;
+        let signal = Signal::parse(name.trim())
+            .ok_or_else(|| bad(GRACE, format!("{name:?} is not an eviction signal")))?;
+        let d = crate::cli::parse_duration(value.trim())
+            .map_err(|e| bad(GRACE, format!("{value:?}: {e}")))?;
+        periods.insert(signal, d);
+    }
+    let mut soft = parse_as(spec, "--eviction-soft")?;
+    for t in &mut soft {
+        let Some(d) = periods.remove(&t.signal) else {
+            return Err(bad(
+                GRACE,
+                format!(
+                    "grace period must be specified for the soft eviction threshold {:?}",
+                    t.signal.name()
+                ),
+            ));
+        };
+        t.grace = Some(d);
+    }
+    if let Some(s) = periods.keys().next() {
+        return Err(bad(
+            GRACE,
+            format!(
+                "grace period specified for {:?}, which has no soft eviction threshold",
+                s.name()
+            ),
+        ));
+    }
+    Ok(soft)
+}
+
+fn parse_as(spec: &str, flag: &'static str) -> Result<Vec<Threshold>, EvictionError> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (name, value) = item
+                .split_once('<')
+                .ok_or_else(|| bad(flag, format!("{item:?}: want SIGNAL<VALUE")))?;
+            let signal = Signal::parse(name.trim())
+                .ok_or_else(|| bad(flag, format!("{name:?} is not an eviction signal")))?;
+            let value = value.trim();
+            let level = if let Some(p) = value.strip_suffix('%') {
+                let p: f64 = p
+                    .parse()
+                    .ok()
+                    .filter(|p| (0.0..=100.0).contains(p))
+                    .ok_or_else(|| bad(flag, format!("{value:?} is not a percentage")))?;
+                Level::Percent(p)
+            } else {
+                let milli = crate::quantity::milli(value)
+                    .filter(|m| *m >= 0)
+                    .ok_or_else(|| bad(flag, format!("{value:?} is not a quantity")))?;
+                Level::Quantity(
+                    u64::try_from(milli / 1000).unwrap_or(u64::MAX),
+                    value.to_string(),
+                )
+            };
+            Ok(Threshold {
+                signal,
+                level,
+                grace: None,
+            })
+        })
+        .collect()
+}
+
+/// One signal's observation: what is available of what capacity.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Observation {
+    pub available: u64,
+    pub capacity: u64,
+}
+
+/// Reads the node's signals; [`System`] from /proc and the filesystems, fakes in tests.
+pub trait Probe: Send + Sync {
+    fn observe(&self) -> HashMap<Signal, Observation>;
+}
+
+/// This machine: /proc/meminfo, statvfs of the data dir (nodefs) and of containerd's root
+/// (imagefs), the kernel's pid_max and its count of tasks.
+pub struct System {
+    pub nodefs: PathBuf,
+    pub imagefs: PathBuf,
+}
+
+fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn statvfs(path: &std::path::Path) -> Option<(Observation, Observation)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        st
+    };
+    Some((
+        Observation {
+            available: st.f_bavail * st.f_frsize,
+            capacity: st.f_blocks * st.f_frsize,
+        },
+        Observation {
+            available: st.f_favail,
+            capacity: st.f_files,
+        },
+    ))
+}
+
+impl Probe for System {
+    fn observe(&self) -> HashMap<Signal, Observation> {
+        let mut out = HashMap::new();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        if let (Some(total), Some(avail)) = (
+            meminfo_kib(&meminfo, "MemTotal:"),
+            meminfo_kib(&meminfo, "MemAvailable:"),
+        ) {
+            out.insert(
+                Signal::MemoryAvailable,
+                Observation {
+                    available: avail * 1024,
+                    capacity: total * 1024,
+                },
+            );
+        }
+        for (path, bytes, inodes) in [
+            (
+                &self.nodefs,
+                Signal::NodefsAvailable,
+                Signal::NodefsInodesFree,
+            ),
+            (
+                &self.imagefs,
+                Signal::ImagefsAvailable,
+                Signal::ImagefsInodesFree,
+            ),
+        ] {
+            if let Some((b, i)) = statvfs(path) {
+                out.insert(bytes, b);
+                // Filesystems without inode limits (btrfs) report none.
+                if i.capacity > 0 {
+                    out.insert(inodes, i);
+                }
+            }
+        }
+        let max: Option<u64> = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let tasks: Option<u64> = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(3)?.split('/').nth(1)?.parse().ok());
+        if let (Some(max), Some(tasks)) = (max, tasks) {
+            out.insert(
+                Signal::PidAvailable,
+                Observation {
+                    available: max.saturating_sub(tasks),
+                    capacity: max,
+                },
+            );
+        }
+        out
+    }
+}
+
+/// The thresholds crossed now, each with its observation.
+pub fn crossed(
+    thresholds: &[Threshold],
+    obs: &HashMap<Signal, Observation>,
+) -> Vec<(Threshold, Observation)> {
+    thresholds
+        .iter()
+        .filter_map(|t| {
+            let o = obs.get(&t.signal)?;
+            (o.available < t.limit(o.capacity)).then(|| (t.clone(), *o))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT_HARD: &str = crate::cli::kubelet::DEFAULT_EVICTION_HARD;
+
+    #[test]
+    fn thresholds_parse_as_the_kubelet_flag() {
+        let t = parse(DEFAULT_HARD).expect("defaults");
+        assert_eq!(t.len(), 5);
+        assert_eq!(t[0].signal, Signal::MemoryAvailable);
+        assert_eq!(t[0].limit(0), 100 * 1024 * 1024);
+        assert_eq!(t[1].limit(1000), 100, "10% of the capacity");
+        assert!(parse("memory.available>1Gi").is_err());
+        assert!(parse("cpu.available<1").is_err());
+        assert!(parse("nodefs.available<120%").is_err());
+    }
+
+    #[test]
+    fn soft_thresholds_need_grace_periods() {
+        let t = parse_soft(
+            "memory.available<1Gi,nodefs.available<15%",
+            "memory.available=1m30s,nodefs.available=2m",
+        )
+        .expect("soft");
+        assert_eq!(t[0].grace, Some(Duration::from_secs(90)));
+        assert_eq!(t[1].grace, Some(Duration::from_secs(120)));
+        let e = parse_soft("memory.available<1Gi", "").expect_err("no grace");
+        assert!(
+            e.to_string()
+                .starts_with("--eviction-soft-grace-period: grace period must be specified"),
+            "{e}"
+        );
+        assert!(parse_soft("", "memory.available=1m").is_err());
+        assert!(parse_soft("", "").expect("none").is_empty());
+    }
+}
