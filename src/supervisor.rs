@@ -45,6 +45,8 @@ pub enum SupervisorError {
     #[cfg(feature = "kubelet")]
     #[error("kubelet: {0}")]
     Kubelet(#[from] crate::kubelet::run::KubeletError),
+    #[error("the kubelet stopped: {0}")]
+    KubeletStopped(String),
     #[cfg(feature = "controllers")]
     #[error("--cluster-cidr: {0}")]
     BadClusterCidr(crate::controllers::node_ipam::IpamError),
@@ -566,14 +568,20 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
     // A kubelet that cannot run (no containerd, say) ends the server, as it ends k3s: a
     // service manager restarts it, and nobody is left with a node that never comes.
     #[cfg(all(feature = "apiserver", feature = "kubelet"))]
-    let (mut kubelet, mut failed) = (kubelet, None);
+    let (mut kubelet, mut failed, mut kubelet_done) = (kubelet, None::<String>, false);
     #[cfg(all(feature = "apiserver", feature = "kubelet"))]
     let kubelet_failed = async {
         match kubelet.as_mut() {
-            Some(k) => match k.await {
-                Ok(Err(e)) => e,
-                _ => std::future::pending().await,
-            },
+            Some(k) => {
+                let ended = k.await;
+                // A JoinHandle is awaited once: shutdown must not wait on it again.
+                kubelet_done = true;
+                match ended {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => format!("the kubelet task ended: {e}"),
+                    Ok(Ok(())) => std::future::pending().await,
+                }
+            }
             None => std::future::pending().await,
         }
     };
@@ -603,7 +611,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
         let _ = s.await;
     }
     #[cfg(all(feature = "apiserver", feature = "kubelet"))]
-    if let Some(k) = kubelet.take().filter(|_| failed.is_none()) {
+    if let Some(k) = kubelet.take().filter(|_| !kubelet_done) {
         let _ = k.await;
     }
     #[cfg(feature = "apiserver")]
@@ -612,7 +620,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
     store.shutdown().await?;
     #[cfg(all(feature = "apiserver", feature = "kubelet"))]
     if let Some(e) = failed {
-        return Err(e.into());
+        return Err(SupervisorError::KubeletStopped(e));
     }
     tracing::info!("stopped cleanly");
     Ok(())

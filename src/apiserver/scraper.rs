@@ -69,10 +69,13 @@ impl Scraped {
         entry.last = scrape;
     }
 
-    /// A node that could not be scraped reports nothing until it can again.
+    /// A node that could not be scraped reports nothing until it can again; its last good
+    /// scrape stays, so the next one gives a rate at once.
     fn failed(&self, node: &str) {
         let mut nodes = self.0.write().unwrap_or_else(|p| p.into_inner());
-        nodes.remove(node);
+        if let Some(e) = nodes.get_mut(node) {
+            e.usage = None;
+        }
     }
 
     /// Forgets the nodes not in `keep`.

@@ -141,7 +141,7 @@ pub async fn bind(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response
         }
         set_scheduled(&mut pod);
         if call.query.dry_run {
-            break;
+            return bound();
         }
         let key = object::key(call.def, call.ns(), call.name());
         match call
@@ -150,11 +150,16 @@ pub async fn bind(call: &Call<'_>, body: &Bytes, content_type: &str) -> Response
             .update(&key, to_stored(call.def, &pod), kv.mod_revision)
             .await
         {
-            Ok(_) => break,
+            Ok(_) => return bound(),
             Err(store::Error::Conflict { .. }) => continue,
             Err(e) => return store_error(call.def, call.name(), e),
         }
     }
+    object::conflict(call.def, call.name())
+}
+
+/// The answer to a binding that took.
+fn bound() -> Response {
     json(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

@@ -85,11 +85,12 @@ fn grace_met(
         .collect()
 }
 
-/// The grace period of a pod evicted for `t`: none for a hard threshold; for a soft one the
-/// pod's own (default 30 s), at most `max` unless `max` is negative, as upstream's.
+/// The grace period of a pod evicted for `t`: 1 s for a hard threshold (upstream's
+/// immediateEvictionGracePeriodSeconds); for a soft one the pod's own (default 30 s), at most
+/// `max` unless `max` is negative, as upstream's.
 fn pod_grace(t: &Threshold, own: Option<i64>, max: i64) -> i64 {
     if t.grace.is_none() {
-        return 0;
+        return 1;
     }
     let own = own.unwrap_or(30).max(0);
     if max < 0 {
@@ -231,6 +232,18 @@ impl Manager {
             .keys()
             .cloned()
             .collect();
+        // One at a time, as upstream waits for its victim's cleanup: while a pod chosen before is
+        // still stopping (a soft eviction's grace period), nobody else goes.
+        let stopping = pods.iter().any(|p| {
+            pending.contains(&p.uid().unwrap_or_default())
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Failed" | "Succeeded")
+                )
+        });
+        if stopping {
+            return;
+        }
         let candidates: Vec<Pod> = pods
             .into_iter()
             .filter(|p| !pending.contains(&p.uid().unwrap_or_default()))
@@ -328,6 +341,6 @@ mod tests {
         assert_eq!(pod_grace(&t[1], Some(60), 30), 30);
         assert_eq!(pod_grace(&t[1], Some(10), 30), 10);
         assert_eq!(pod_grace(&t[1], None, -1), 30, "negative: the pod's own");
-        assert_eq!(pod_grace(&t[0], Some(60), 30), 0, "hard: none");
+        assert_eq!(pod_grace(&t[0], Some(60), 30), 1, "hard: at once");
     }
 }

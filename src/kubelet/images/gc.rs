@@ -230,8 +230,8 @@ impl Collector {
         Ok(freed)
     }
 
-    /// Collects every [`PERIOD`] (the first time at once) until `stop`; a short collection
-    /// is reported through `failed` (the node's FreeDiskSpaceFailed event).
+    /// Collects every [`PERIOD`] (the first time at once) until `stop`; a collection that
+    /// fell short is reported through `failed` (the node's FreeDiskSpaceFailed event).
     pub async fn run(
         self: Arc<Self>,
         failed: impl Fn(&GcError) + Send,
@@ -243,9 +243,13 @@ impl Collector {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            if let Err(e) = self.collect().await {
-                tracing::warn!("{e}");
-                failed(&e);
+            match self.collect().await {
+                Ok(_) => {}
+                Err(e @ GcError::Short { .. }) => {
+                    tracing::warn!("{e}");
+                    failed(&e);
+                }
+                Err(e) => tracing::warn!("{e}"),
             }
         }
     }

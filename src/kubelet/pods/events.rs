@@ -7,12 +7,12 @@
 //! [`crate::events`].
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::ResourceExt;
 
-use super::worker::Shared;
+use super::worker::{Shared, State};
 use crate::events::{self, Type};
 
 /// The reference of `pod`, or of one of its containers.
@@ -70,7 +70,12 @@ pub fn for_waiting(
                 pod.uid().unwrap_or_default()
             ),
         )],
-        "PostStartHookError" => vec![(Type::Warning, "FailedPostStartHook", message.to_string())],
+        // Only that it failed: a hook's output may hold secrets (upstream's words and reason).
+        "PostStartHookError" => vec![(
+            Type::Warning,
+            "FailedPostStartHook",
+            "PostStartHook failed".to_string(),
+        )],
         _ => Vec::new(),
     }
 }
@@ -95,7 +100,33 @@ pub fn go_duration(d: Duration) -> String {
     }
 }
 
+/// How long a worker keeps from repeating an event of its retries (upstream's pod workers
+/// retry a failed sync about this often, not every pass).
+const REPEAT_AFTER: Duration = Duration::from_secs(10);
+
 impl Shared {
+    /// Records an event of something a pass retries (a failed mount, sandbox or container
+    /// start), at most once per [`REPEAT_AFTER`] for the same container, reason and message.
+    pub(super) async fn event_once(
+        &self,
+        st: &mut State,
+        pod: &Pod,
+        container: Option<&str>,
+        ty: Type,
+        reason: &str,
+        message: &str,
+    ) {
+        let now = Instant::now();
+        st.recent_events
+            .retain(|_, at| now.duration_since(*at) < REPEAT_AFTER);
+        let key = format!("{}\n{reason}\n{message}", container.unwrap_or_default());
+        if st.recent_events.contains_key(&key) {
+            return;
+        }
+        st.recent_events.insert(key, now);
+        self.event(pod, container, ty, reason, message).await;
+    }
+
     /// Records an event about `pod` (or one of its containers).
     pub(super) async fn event(
         &self,

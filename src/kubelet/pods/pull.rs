@@ -36,7 +36,7 @@ impl Shared {
         let present = matches!(self.runtime.image_status(image).await, Ok(Some(_)));
         if present && policy != "Always" {
             let msg = format!("Container image \"{image}\" already present on machine");
-            self.event(pod, Some(c.name.as_str()), Type::Normal, "Pulled", &msg)
+            self.event_once(st, pod, Some(c.name.as_str()), Type::Normal, "Pulled", &msg)
                 .await;
             return Ok(());
         }

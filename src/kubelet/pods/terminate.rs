@@ -86,13 +86,13 @@ impl Shared {
         {
             if let Err(e) = r {
                 tracing::warn!(pod = %pod.name_any(), container = %c.name, "PreStop hook failed: {e}");
-                let msg = format!("PreStopHook failed: {e}");
+                // Only that it failed: a hook's output may hold secrets (as upstream).
                 self.event(
                     pod,
                     Some(c.name.as_str()),
                     Type::Warning,
                     "FailedPreStopHook",
-                    &msg,
+                    "PreStopHook failed",
                 )
                 .await;
             }

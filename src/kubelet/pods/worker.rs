@@ -72,6 +72,8 @@ enum Run {
 /// What a worker remembers between passes.
 #[derive(Default)]
 pub struct State {
+    /// Events recorded lately, by container, reason and message, for [`Shared::event_once`].
+    pub(super) recent_events: HashMap<String, Instant>,
     pub(super) backoff: HashMap<String, Backoff>,
     pub(super) waiting: HashMap<String, (String, String)>,
     /// Exited containers' statuses never change: kept by container id.
@@ -233,7 +235,8 @@ impl Shared {
         }
         // None is ready: whatever ran in the old ones goes, and a new sandbox starts.
         if !sandboxes.is_empty() {
-            self.event(
+            self.event_once(
+                st,
                 pod,
                 None,
                 Type::Normal,
@@ -259,7 +262,7 @@ impl Shared {
             Ok(id) => id,
             Err(e) => {
                 let msg = format!("Failed to create pod sandbox: {e}");
-                self.event(pod, None, Type::Warning, "FailedCreatePodSandBox", &msg)
+                self.event_once(st, pod, None, Type::Warning, "FailedCreatePodSandBox", &msg)
                     .await;
                 return Err(e);
             }
@@ -300,7 +303,7 @@ impl Shared {
                 Err(e) if st.hosts.is_none() => {
                     tracing::warn!(pod = %pod.name_any(), "setting up volumes: {e}");
                     let msg = format!("MountVolume.SetUp failed: {e}");
-                    self.event(pod, None, Type::Warning, "FailedMount", &msg)
+                    self.event_once(st, pod, None, Type::Warning, "FailedMount", &msg)
                         .await;
                     for c in &spec.containers {
                         st.waiting
