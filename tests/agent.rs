@@ -122,7 +122,7 @@ impl Drop for AgentLog {
 
 #[test]
 fn a_real_agent_runs_pods_on_its_own_containerd_and_reports_usage() {
-    use common::node::{busybox_image, network, Cleanup};
+    use common::node::{network, node_dir};
     let (bridge, pods_cidr) = network(3);
     let (_, service_cidr) = network(23);
     let s = Server::start_with(&[
@@ -133,19 +133,7 @@ fn a_real_agent_runs_pods_on_its_own_containerd_and_reports_usage() {
         &service_cidr,
     ]);
     let dir = tempfile::tempdir().expect("tmp");
-    let mut cleanup = Cleanup {
-        data_dir: dir.path().to_path_buf(),
-        bridge: bridge.clone(),
-        blackhole: None,
-    };
-    cleanup.blackhole(&service_cidr);
-    let images = dir.path().join("agent/images");
-    std::fs::create_dir_all(&images).expect("images dir");
-    std::fs::write(
-        images.join("busybox.tar"),
-        busybox_image("k1s.local/busybox:1"),
-    )
-    .expect("image");
+    let cleanup = node_dir(dir.path(), &bridge, &service_cidr);
     let log_path = dir.path().join("agent.log");
     let _log = AgentLog(log_path.clone());
     let mut agent = Command::new(env!("CARGO_BIN_EXE_k1s"))

@@ -20,7 +20,7 @@ mod volumes;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::node::{busybox_image, network, Cleanup};
+use common::node::{network, node_dir};
 use common::server::{eventually, ok, within, write, Server};
 
 fn get(ip: &str, path: &str) -> String {
@@ -333,19 +333,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     let dir = tempfile::tempdir().expect("tmp");
     let (bridge, pods_cidr) = network(0);
     let (_, service_cidr) = network(20);
-    let mut cleanup = Cleanup {
-        data_dir: dir.path().to_path_buf(),
-        bridge: bridge.clone(),
-        blackhole: None,
-    };
-    cleanup.blackhole(&service_cidr);
-    let images = dir.path().join("agent/images");
-    std::fs::create_dir_all(&images).expect("images dir");
-    std::fs::write(
-        images.join("busybox.tar"),
-        busybox_image("k1s.local/busybox:1"),
-    )
-    .expect("image");
+    let cleanup = node_dir(dir.path(), &bridge, &service_cidr);
     let logs = dir.path().join("pod-logs");
     let logs = logs.to_str().expect("utf8").to_string();
     let cluster_dns = service_cidr.replace(".0.0/16", ".0.10");

@@ -219,23 +219,11 @@ fn indent(lines: &[String]) -> String {
 /// on the containerd it supervises), on a bridge, ranges and data dir of its own, with the
 /// busybox image `k1s.local/busybox:1` in `DATA_DIR/agent/images/`.
 fn with_kubelet(f: &Path) -> Vec<String> {
-    use common::node::{busybox_image, network, Cleanup};
+    use common::node::{network, node_dir};
     let dir = tempfile::tempdir().expect("tmp");
     let (bridge, pods_cidr) = network(7);
     let (_, service_cidr) = network(27);
-    let mut cleanup = Cleanup {
-        data_dir: dir.path().to_path_buf(),
-        bridge: bridge.clone(),
-        blackhole: None,
-    };
-    cleanup.blackhole(&service_cidr);
-    let images = dir.path().join("agent/images");
-    std::fs::create_dir_all(&images).expect("images dir");
-    std::fs::write(
-        images.join("busybox.tar"),
-        busybox_image("k1s.local/busybox:1"),
-    )
-    .expect("image");
+    let cleanup = node_dir(dir.path(), &bridge, &service_cidr);
     let logs = dir.path().join("pod-logs");
     let logs = logs.to_str().expect("utf8").to_string();
     let flags = [

@@ -35,6 +35,26 @@ pub fn network(salt: u32) -> (String, String) {
     (format!("k1st{n}"), format!("10.{n}.0.0/16"))
 }
 
+/// Readies `dir` as a test node's data dir: its guard (which also drops the service range,
+/// `service_cidr`, locally), and the busybox image `k1s.local/busybox:1` in
+/// `DATA_DIR/agent/images/`.
+pub fn node_dir(dir: &Path, bridge: &str, service_cidr: &str) -> Cleanup {
+    let mut cleanup = Cleanup {
+        data_dir: dir.to_path_buf(),
+        bridge: bridge.to_string(),
+        blackhole: None,
+    };
+    cleanup.blackhole(service_cidr);
+    let images = dir.join("agent/images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    std::fs::write(
+        images.join("busybox.tar"),
+        busybox_image("k1s.local/busybox:1"),
+    )
+    .expect("image");
+    cleanup
+}
+
 /// Cleans up after a test's supervised containerd when dropped.
 pub struct Cleanup {
     pub data_dir: PathBuf,
