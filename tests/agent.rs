@@ -143,6 +143,7 @@ fn a_real_agent_runs_pods_on_its_own_containerd_and_reports_usage() {
         .args(["--token", &token(&s)])
         .args(["--node-name", "edge-2", "--node-ip", "127.0.0.1"])
         .args(["--pod-bridge", &bridge, "--kubelet-port", "0"])
+        .args(common::server::TEST_EVICTION_HARD)
         .arg("--pod-log-dir")
         .arg(dir.path().join("pod-logs"))
         .env("RUST_LOG", "info")
@@ -178,9 +179,12 @@ spec:
 "#,
     );
     ok(&s, &["apply", "-f", &manifest]);
-    ok(
-        &s,
-        &["wait", "--for=condition=Ready", "pod/busy", "--timeout=60s"],
+    let ready = s.kubectl(&["wait", "--for=condition=Ready", "pod/busy", "--timeout=60s"]);
+    assert!(
+        ready.status.success(),
+        "pod/busy never got Ready: {}\n{}",
+        common::server::text(&ready),
+        s.diagnose()
     );
     assert_eq!(
         ok(

@@ -241,39 +241,11 @@ fn with_kubelet(f: &Path) -> Vec<String> {
     let server = Server::with_kubelet_in(dir, &flags);
     let mut out = run(&server, f);
     if !out.is_empty() {
-        out.push(diagnose(&server));
+        out.push(server.diagnose());
     }
     drop(server);
     drop(cleanup);
     out
-}
-
-/// What a failed kubelet scenario's report ends with: the nodes (conditions and taints), the
-/// pods, the events, and the server's last warnings.
-fn diagnose(server: &Server) -> String {
-    let mut report = String::from("the server after the failures:");
-    for args in [
-        &["get", "nodes", "-o", "wide"][..],
-        &["describe", "nodes"],
-        &["get", "pods", "-A", "-o", "wide"],
-        &["get", "events", "-A"],
-    ] {
-        let o = server.kubectl(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
-        report.push_str(&format!(
-            "\n  kubectl {}:\n{}",
-            args.join(" "),
-            indent(&lines)
-        ));
-    }
-    let warnings = server.warnings(60);
-    report.push_str(&format!("\n  server warnings:\n{}", indent(&warnings)));
-    report
 }
 
 /// The server's `--token-auth-file` (upstream's CSV).

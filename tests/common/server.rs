@@ -13,6 +13,15 @@ use std::time::{Duration, Instant};
 /// How many of the server's log lines a test keeps.
 const LOG_LINES: usize = 2000;
 
+/// Hard eviction thresholds for test kubelets that only a full disk or memory crosses
+/// (kind does the same): upstream's defaults (nodefs.available<10%, imagefs.available<15%)
+/// would put a node on a busy build machine under DiskPressure, taint it and leave every
+/// test pod Pending.
+pub const TEST_EVICTION_HARD: [&str; 2] = [
+    "--eviction-hard",
+    "memory.available<1Mi,nodefs.available<1Mi,imagefs.available<1Mi,nodefs.inodesFree<1",
+];
+
 /// The stock kubectl that `make deps` unpacks into `.cache/`.
 pub fn kubectl() -> PathBuf {
     std::env::var_os("K1S_KUBECTL")
@@ -77,6 +86,9 @@ impl Server {
         if !kubelet && !extra.contains(&"--disable-kubelet") {
             cmd.arg("--disable-kubelet");
         }
+        if kubelet && !extra.contains(&"--eviction-hard") {
+            cmd.args(TEST_EVICTION_HARD);
+        }
         let mut child = cmd
             .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
             .arg(port.to_string())
@@ -136,6 +148,34 @@ impl Server {
             .iter()
             .map(|l| l.to_string())
             .collect()
+    }
+
+    /// What a failed test with a kubelet reports: the nodes (conditions and taints), the
+    /// pods, the events, and the server's last warnings.
+    #[allow(dead_code)]
+    pub fn diagnose(&self) -> String {
+        let indent = |text: &str| {
+            text.lines()
+                .map(|l| format!("    | {l}\n"))
+                .collect::<String>()
+        };
+        let mut report = String::from("the server after the failures:");
+        for args in [
+            &["get", "nodes", "-o", "wide"][..],
+            &["describe", "nodes"],
+            &["get", "pods", "-A", "-o", "wide"],
+            &["get", "events", "-A"],
+        ] {
+            let out = text(&self.kubectl(args));
+            report.push_str(&format!(
+                "\n  kubectl {}:\n{}",
+                args.join(" "),
+                indent(&out)
+            ));
+        }
+        let warnings = self.warnings(60).join("\n");
+        report.push_str(&format!("\n  server warnings:\n{}", indent(&warnings)));
+        report
     }
 
     /// Kills the server with SIGKILL, as a power cut would.
