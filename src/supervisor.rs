@@ -29,8 +29,6 @@ pub enum SupervisorError {
     Store(#[from] store::Error),
     #[error("waiting for signals: {0}")]
     Signals(#[source] std::io::Error),
-    #[error("`k1s agent` without --simulate runs a kubelet on containerd, which this version of k1s does not have yet")]
-    AgentNeedsKubelet,
     #[cfg(feature = "kubelet")]
     #[error("joining {server}: {source}")]
     Join {
@@ -84,6 +82,8 @@ pub struct ServerConfig {
     pub node_startup_grace_period: Duration,
     /// `--horizontal-pod-autoscaler-sync-period`.
     pub hpa_sync_period: Duration,
+    /// How often agents' kubelets are scraped for `metrics.k8s.io`.
+    pub metric_resolution: Duration,
     /// `--horizontal-pod-autoscaler-downscale-stabilization`.
     pub hpa_downscale_stabilization: Duration,
     /// Simulated nodes (`--simulated-nodes`).
@@ -524,6 +524,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             sim,
             clients,
             metrics.clone(),
+            None,
             stop_rx.clone(),
         ))
     });
@@ -559,6 +560,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             kubelets,
             local,
             scraped.clone(),
+            cfg.metric_resolution,
             stop_rx.clone(),
         ));
         metrics.register(std::sync::Arc::new(scraped))
@@ -674,7 +676,36 @@ pub async fn run_agent(args: AgentArgs) -> Result<(), SupervisorError> {
         }
         let sim = simulated::SimConfig::from_flags(&args.simulated.to_config(args.simulate));
         let names = sim.names();
+        // The nodes' kubelet API, bound before joining so a taken port fails at once.
+        let ip = args
+            .kubelet
+            .node_ip
+            .unwrap_or_else(|| default_advertise_address(IpAddr::from([0, 0, 0, 0])));
+        let listener = crate::kubelet::api::bind(std::net::SocketAddr::from((
+            [0, 0, 0, 0],
+            args.kubelet.kubelet_port,
+        )))
+        .await
+        .map_err(|e| SupervisorError::Kubelet(e.into()))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| SupervisorError::Flag(format!("--kubelet-port: {e}")))?
+            .port();
         let clients = join_server(&args, &names, &dir).await?;
+        let ca_path = dir.join("server-ca.crt");
+        let client_ca = std::fs::read_to_string(&ca_path)
+            .map_err(|e| SupervisorError::Flag(format!("reading {}: {e}", ca_path.display())))?;
+        let kubelet_api = simulated::KubeletApi {
+            listener,
+            advertise: std::net::SocketAddr::new(ip, port),
+            cert: crate::kubelet::api::serving_cert(
+                &hostname().unwrap_or_else(|| "localhost".into()),
+                ip,
+            )
+            .map_err(|e| SupervisorError::Kubelet(e.into()))?,
+            client_ca,
+        };
+        tracing::info!(%ip, port, "simulated nodes' kubelet API listening");
         tracing::info!(
             nodes = clients.len(),
             "joined; node certificates under {}",
@@ -694,11 +725,12 @@ pub async fn run_agent(args: AgentArgs) -> Result<(), SupervisorError> {
             }),
         };
         let (stop_tx, stop_rx) = watch::channel(false);
-        // Usage stays in this process: metrics.k8s.io on the server does not see agents' nodes yet.
+        // The server scrapes the nodes' usage from the kubelet API.
         let task = tokio::spawn(simulated::run(
             sim,
             sim_clients,
             crate::resource_metrics::Sources::default(),
+            Some(kubelet_api),
             stop_rx,
         ));
         let signal = signals.wait().await;

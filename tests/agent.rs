@@ -24,6 +24,10 @@ fn agent(dir: &std::path::Path, server: &Server, token: &str) -> Child {
             "2",
             "--simulated-node-prefix",
             "edge-",
+            "--kubelet-port",
+            "0",
+            "--node-ip",
+            "127.0.0.1",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -43,7 +47,7 @@ fn token(s: &Server) -> String {
 
 #[test]
 fn a_simulating_agent_joins_registers_its_nodes_and_runs_their_pods() {
-    let s = Server::start_with(&["--disable-kubelet"]);
+    let s = Server::start_with(&["--disable-kubelet", "--metric-resolution", "2s"]);
     let dir = tempfile::tempdir().expect("tmp");
     let token = token(&s);
     assert!(token.starts_with("K10") && token.contains("::"), "{token}");
@@ -98,6 +102,59 @@ fn a_simulating_agent_joins_registers_its_nodes_and_runs_their_pods() {
     // Each node acts as itself.
     assert!(dir.path().join("agent/nodes/edge-0001.crt").exists());
 
+    // The agent serves its nodes' usage as KWOK does; the server scrapes it for metrics.k8s.io.
+    let path = ok(
+        &s,
+        &[
+            "get",
+            "node",
+            "edge-0000",
+            "-o",
+            r"jsonpath={.metadata.annotations.metrics\.k8s\.io/resource-metrics-path}",
+        ],
+    );
+    assert_eq!(path, "/metrics/nodes/edge-0000/metrics/resource");
+    ok(
+        &s,
+        &[
+            "annotate",
+            "pods",
+            "-l",
+            "app=web",
+            "simulated.k1s.io/cpu-usage=250m",
+            "simulated.k1s.io/memory-usage=64Mi",
+        ],
+    );
+    // Through the API server's nodes/proxy, as any kubelet's metrics.
+    let text = ok(
+        &s,
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/edge-0000/proxy{path}"),
+        ],
+    );
+    assert!(text.contains("node_cpu_usage_seconds_total "), "{text}");
+    let start = Instant::now();
+    let top = loop {
+        let o = common::server::text(&s.kubectl(&["top", "pod", "-l", "app=web", "--no-headers"]));
+        if o.lines().count() == 4
+            && o.lines()
+                .all(|l| l.contains(" 250m ") && l.contains("64Mi"))
+        {
+            break o;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "kubectl top never showed the simulated usage: {o}\n{}",
+            s.diagnose()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert_eq!(top.lines().count(), 4, "{top}");
+    let node = ok(&s, &["top", "node", "edge-0000", "--no-headers"]);
+    assert!(node.starts_with("edge-0000"), "{node}");
+
     let pid = good.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let status = wait_exit(&mut good, "the agent did not stop");
@@ -127,6 +184,8 @@ fn a_real_agent_runs_pods_on_its_own_containerd_and_reports_usage() {
     let (_, service_cidr) = network(23);
     let s = Server::start_with(&[
         "--disable-kubelet",
+        "--metric-resolution",
+        "2s",
         "--cluster-cidr",
         &pods_cidr,
         "--service-cidr",
@@ -197,7 +256,7 @@ spec:
     eventually(&s, &["logs", "busy"], |o| o.starts_with("started on busy"));
     assert_eq!(ok(&s, &["exec", "busy", "--", "echo", "hi"]).trim(), "hi");
 
-    // The server scrapes the agent's kubelet: two scrapes (15 s apart) give the rates.
+    // The server scrapes the agent's kubelet: two scrapes (2 s apart here) give the rates.
     let start = Instant::now();
     let top = loop {
         let o = common::server::text(&s.kubectl(&["top", "pod", "busy", "--no-headers"]));

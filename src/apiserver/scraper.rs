@@ -1,9 +1,11 @@
 //! metrics-server's part for the kubelets of agents. Kubelets in this process report their
 //! usage directly ([`crate::resource_metrics::Sources`]); every other Ready node is scraped on
-//! its kubelet's `/metrics/resource` every [`RESOLUTION`] (metrics-server's default
-//! `--metric-resolution`) through the API server's kubelet client, and two scrapes of a node
+//! its kubelet's `/metrics/resource` every `--metric-resolution` (15 s, as metrics-server is
+//! deployed) through the API server's kubelet client, and two scrapes of a node
 //! give its usage over the window between their samples, which `metrics.k8s.io` then serves.
-//! Simulated nodes are never scraped: their addresses are made up.
+//! A node's `metrics.k8s.io/resource-metrics-path` annotation names another path on its kubelet
+//! port, as metrics-server 0.7+ honours: a simulating agent serves its nodes' usage that way.
+//! Other simulated nodes are not scraped: their addresses are made up.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -17,8 +19,6 @@ use super::kubelet_client::KubeletClient;
 use crate::resource_metrics::prometheus::{self, Scrape};
 use crate::resource_metrics::{NodeUsage, Source};
 
-/// How often nodes are scraped.
-pub const RESOLUTION: Duration = Duration::from_secs(15);
 /// How long one scrape may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// Nodes scraped at once.
@@ -85,13 +85,29 @@ impl Scraped {
     }
 }
 
-/// Whether a node is worth scraping: not one of this process's own kubelets, not simulated,
-/// Ready, with an address; the kubelet's host and port.
-fn target(node: &Node, local: &HashSet<String>) -> Option<(String, String, u16)> {
+/// A node to scrape: its name, its kubelet's host and port, and the path of its metrics.
+#[derive(Debug, PartialEq)]
+struct Target {
+    node: String,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+/// Whether a node is worth scraping: not one of this process's own kubelets, Ready, with an
+/// address, and, if simulated, served by an agent that says where its metrics are.
+fn target(node: &Node, local: &HashSet<String>) -> Option<Target> {
     let name = node.metadata.name.clone()?;
     if local.contains(&name) {
         return None;
     }
+    let path = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::resource_metrics::RESOURCE_METRICS_PATH))
+        .filter(|p| p.starts_with('/'))
+        .cloned();
     let status = node.status.as_ref()?;
     let simulated = status
         .node_info
@@ -102,18 +118,23 @@ fn target(node: &Node, local: &HashSet<String>) -> Option<(String, String, u16)>
         .iter()
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True");
-    if simulated || !ready {
+    if (simulated && path.is_none()) || !ready {
         return None;
     }
     let value = serde_json::to_value(node).ok()?;
     let (host, port) = super::registry::proxy::kubelet_address(&value)?;
-    Some((name, host, port))
+    Some(Target {
+        node: name,
+        host,
+        port,
+        path: path.unwrap_or_else(|| "/metrics/resource".into()),
+    })
 }
 
-async fn scrape(kubelets: &KubeletClient, host: &str, port: u16) -> Result<Scrape, ScrapeError> {
-    let addr = format!("{host}:{port}");
+async fn scrape(kubelets: &KubeletClient, t: &Target) -> Result<Scrape, ScrapeError> {
+    let addr = format!("{}:{}{}", t.host, t.port, t.path);
     let read = async {
-        let resp = kubelets.get(host, port, "/metrics/resource").await?;
+        let resp = kubelets.get(&t.host, t.port, &t.path).await?;
         if !resp.status().is_success() {
             return Err(ScrapeError::Status {
                 addr: addr.clone(),
@@ -139,10 +160,11 @@ pub async fn run(
     kubelets: Arc<KubeletClient>,
     local: HashSet<String>,
     scraped: Scraped,
+    resolution: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let nodes: kube::Api<Node> = kube::Api::all(client);
-    let mut tick = tokio::time::interval(RESOLUTION);
+    let mut tick = tokio::time::interval(resolution.max(Duration::from_secs(1)));
     // A node's failure is logged when it starts, not every round.
     let mut failing: HashSet<String> = HashSet::new();
     loop {
@@ -157,16 +179,19 @@ pub async fn run(
                 continue;
             }
         };
-        let targets: Vec<(String, String, u16)> = list
+        let targets: Vec<Target> = list
             .items
             .iter()
             .filter_map(|n| target(n, &local))
             .collect();
-        scraped.retain(&targets.iter().map(|(n, _, _)| n.as_str()).collect());
+        scraped.retain(&targets.iter().map(|t| t.node.as_str()).collect());
         let results: Vec<(String, Result<Scrape, ScrapeError>)> = futures::stream::iter(targets)
-            .map(|(name, host, port)| {
+            .map(|t| {
                 let kubelets = kubelets.clone();
-                async move { (name, scrape(&kubelets, &host, port).await) }
+                async move {
+                    let r = scrape(&kubelets, &t).await;
+                    (t.node, r)
+                }
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
@@ -211,14 +236,20 @@ mod tests {
         .expect("node")
     }
 
+    fn at(node: &str, path: &str) -> Option<Target> {
+        Some(Target {
+            node: node.into(),
+            host: "127.0.0.1".into(),
+            port: 10260,
+            path: path.into(),
+        })
+    }
+
     #[test]
-    fn only_other_ready_real_nodes_are_scraped() {
+    fn only_other_ready_nodes_that_say_where_are_scraped() {
         let local: HashSet<String> = ["edge-1".to_string()].into();
         let agent = node("edge-2", "containerd://1.6.20", "True");
-        assert_eq!(
-            target(&agent, &local),
-            Some(("edge-2".into(), "127.0.0.1".into(), 10260))
-        );
+        assert_eq!(target(&agent, &local), at("edge-2", "/metrics/resource"));
         assert_eq!(
             target(&node("edge-1", "containerd://1.6.20", "True"), &local),
             None
@@ -227,10 +258,17 @@ mod tests {
             target(&node("edge-3", "containerd://1.6.20", "Unknown"), &local),
             None
         );
-        assert_eq!(
-            target(&node("sim-1", "k1s-sim://0.1.0", "True"), &local),
-            None
+        let mut sim = node("sim-1", "k1s-sim://0.1.0", "True");
+        assert_eq!(target(&sim, &local), None);
+        let path = "/metrics/nodes/sim-1/metrics/resource";
+        sim.metadata.annotations = Some(
+            [(
+                crate::resource_metrics::RESOURCE_METRICS_PATH.to_string(),
+                path.to_string(),
+            )]
+            .into(),
         );
+        assert_eq!(target(&sim, &local), at("sim-1", path));
     }
 
     #[test]

@@ -141,6 +141,10 @@ pub struct ServerArgs {
     /// How often the HorizontalPodAutoscalers are evaluated.
     #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     pub horizontal_pod_autoscaler_sync_period: Duration,
+    /// How often the kubelets of agents are scraped for `metrics.k8s.io` (metrics-server's
+    /// `--metric-resolution`).
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    pub metric_resolution: Duration,
     /// How long an autoscaler without `behavior` waits before scaling down.
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub horizontal_pod_autoscaler_downscale_stabilization: Duration,
@@ -434,6 +438,7 @@ pub fn server_config(args: ServerArgs) -> Result<ServerConfig, supervisor::Super
         node_monitor_grace_period: args.node_monitor_grace_period,
         node_startup_grace_period: args.node_startup_grace_period,
         hpa_sync_period: args.horizontal_pod_autoscaler_sync_period,
+        metric_resolution: args.metric_resolution,
         hpa_downscale_stabilization: args.horizontal_pod_autoscaler_downscale_stabilization,
         simulated: args.simulated.to_config(args.simulated_nodes),
         https_listen_port: args.https_listen_port,

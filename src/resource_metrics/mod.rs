@@ -12,6 +12,11 @@ pub mod prometheus;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+/// The Node annotation naming the path of the node's `/metrics/resource` on its kubelet port,
+/// which metrics-server 0.7+ honours (KWOK's fake nodes use it; so do k1s agents' simulated
+/// nodes).
+pub const RESOURCE_METRICS_PATH: &str = "metrics.k8s.io/resource-metrics-path";
+
 /// One container's usage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerUsage {

@@ -1,20 +1,17 @@
 //! The kubelet's own HTTPS API (`--kubelet-port`, 10250), which the API server proxies
-//! `pods/log` to: callers present a client certificate of the cluster CA (the API server's
-//! kubelet client certificate) or a bearer token the API server's TokenReview vouches for (a
-//! ServiceAccount's, as metrics-server and Prometheus scrape with), and each request is
-//! authorized with a SubjectAccessReview as
-//! the upstream kubelet's webhook authorizer does (`nodes/proxy`, `nodes/log`, `nodes/stats`,
-//! `nodes/metrics` of this node). The serving certificate is the kubelet's own, self-signed,
-//! which kube-apiserver does not verify unless told to. So far: `/healthz` and
-//! `/containerLogs` ([`logs`]).
+//! `pods/log`, `pods/exec`, `pods/attach`, `pods/portforward` and `nodes/proxy` to and the
+//! metrics scraper reads: each request is authenticated and authorized through the API server
+//! as the upstream kubelet's webhook mode does ([`auth`]). The serving certificate is the
+//! kubelet's own, self-signed, which kube-apiserver does not verify unless told to. Routes:
+//! `/healthz`, `/metrics/resource`, `/stats/summary`, `/containerLogs` ([`logs`]), `/exec`,
+//! `/attach`, `/portForward` ([`stream`]).
 
+pub mod auth;
 pub mod logs;
 pub mod stream;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -23,21 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
-use kube::api::{Api, PostParams};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
 use super::cri::Runtime;
-
-/// How long an authorization decision is reused.
-const AUTHZ_TTL: Duration = Duration::from_secs(60);
-/// How long a TokenReview's answer is reused (upstream's authentication cache: 2 minutes).
-const AUTHN_TTL: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletApiError {
@@ -54,27 +42,14 @@ pub enum KubeletApiError {
     },
 }
 
-/// Who called, from the client certificate.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    pub name: String,
-    pub groups: Vec<String>,
-}
-
-/// An authorization question: user, verb, subresource.
-type Asked = (String, String, String);
-
 /// What the handlers share.
 pub struct ApiState {
     pub node: String,
     pub runtime: Arc<dyn Runtime>,
-    /// Asks the API server's SubjectAccessReview, as this node.
-    pub client: kube::Client,
     /// The latest usage sample.
     pub usage: super::stats::Latest,
-    decisions: Mutex<HashMap<Asked, (bool, Instant)>>,
-    /// TokenReview answers by a hash of the token.
-    tokens: Mutex<HashMap<u64, (Option<Caller>, Instant)>>,
+    /// Asks the API server who callers are and what they may do, as this node.
+    auth: auth::Authorizer,
 }
 
 impl ApiState {
@@ -87,28 +62,10 @@ impl ApiState {
         ApiState {
             node,
             runtime,
-            client,
             usage,
-            decisions: Mutex::new(HashMap::new()),
-            tokens: Mutex::new(HashMap::new()),
+            auth: auth::Authorizer::new(client),
         }
     }
-}
-
-fn caller_from_cert(der: &[u8]) -> Option<Caller> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let name = subject
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())?
-        .to_string();
-    let mut groups: Vec<String> = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
-    groups.push("system:authenticated".into());
-    Some(Caller { name, groups })
 }
 
 /// The kubelet's serving certificate and key (PEM), self-signed for its name and address.
@@ -159,159 +116,20 @@ fn tls_config(
     Ok(config)
 }
 
-/// The subresource of `nodes` a path needs, as the upstream kubelet maps them.
-fn subresource(path: &str) -> &'static str {
-    if path.starts_with("/stats") {
-        "stats"
-    } else if path.starts_with("/metrics") {
-        "metrics"
-    } else if path.starts_with("/logs") {
-        "log"
-    } else {
-        "proxy"
-    }
-}
-
-fn verb(method: &axum::http::Method) -> &'static str {
-    match *method {
-        axum::http::Method::POST => "create",
-        axum::http::Method::PUT => "update",
-        axum::http::Method::PATCH => "patch",
-        axum::http::Method::DELETE => "delete",
-        _ => "get",
-    }
-}
-
 async fn authorize(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
     if req.uri().path() == "/healthz" {
         return next.run(req).await;
     }
-    let from_cert = req.extensions().get::<Caller>().cloned();
-    let caller = match from_cert {
-        Some(c) => Some(c),
-        None => match bearer(&req) {
-            Some(token) => match token_review(&state, &token).await {
-                Ok(c) => c,
-                Err(r) => return r,
-            },
-            None => None,
-        },
-    };
-    let Some(caller) = caller else {
-        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
-    };
-    let sub = subresource(req.uri().path());
-    let verb = verb(req.method());
-    let key = (caller.name.clone(), verb.to_string(), sub.to_string());
-    let cached = state
-        .decisions
-        .lock()
-        .ok()
-        .and_then(|d| d.get(&key).copied())
-        .filter(|(_, at)| at.elapsed() < AUTHZ_TTL)
-        .map(|(ok, _)| ok);
-    let allowed = match cached {
-        Some(ok) => ok,
-        None => {
-            let review = SubjectAccessReview {
-                spec: SubjectAccessReviewSpec {
-                    user: Some(caller.name.clone()),
-                    groups: Some(caller.groups.clone()),
-                    resource_attributes: Some(ResourceAttributes {
-                        verb: Some(verb.into()),
-                        resource: Some("nodes".into()),
-                        subresource: Some(sub.into()),
-                        name: Some(state.node.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            let api: Api<SubjectAccessReview> = Api::all(state.client.clone());
-            match api.create(&PostParams::default(), &review).await {
-                Ok(r) => {
-                    let ok = r.status.is_some_and(|s| s.allowed);
-                    if let Ok(mut d) = state.decisions.lock() {
-                        d.insert(key, (ok, Instant::now()));
-                    }
-                    ok
-                }
-                Err(e) => {
-                    tracing::warn!("authorizing a kubelet API request: {e}");
-                    return (StatusCode::INTERNAL_SERVER_ERROR, "authorization failed")
-                        .into_response();
-                }
-            }
-        }
-    };
-    if !allowed {
-        let msg = format!(
-            "Forbidden (user={}, verb={verb}, resource=nodes, subresource={sub})",
-            caller.name
-        );
-        return (StatusCode::FORBIDDEN, msg).into_response();
+    match state.auth.check(auth::Asking::of(&req), &state.node).await {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused,
     }
-    next.run(req).await
 }
 
-fn bearer(req: &Request) -> Option<String> {
-    req.headers()
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-}
-
-/// Who a bearer token is, as the API server's TokenReview says (None: nobody).
-async fn token_review(state: &ApiState, token: &str) -> Result<Option<Caller>, Response> {
-    use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    token.hash(&mut h);
-    let key = h.finish();
-    if let Some((c, at)) = state.tokens.lock().ok().and_then(|t| t.get(&key).cloned()) {
-        if at.elapsed() < AUTHN_TTL {
-            return Ok(c);
-        }
-    }
-    let review = TokenReview {
-        spec: TokenReviewSpec {
-            token: token.to_string(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let api: Api<TokenReview> = Api::all(state.client.clone());
-    let r = api
-        .create(&PostParams::default(), &review)
-        .await
-        .map_err(|e| {
-            tracing::warn!("authenticating a kubelet API request: {e}");
-            (StatusCode::INTERNAL_SERVER_ERROR, "authentication failed").into_response()
-        })?;
-    let caller = r
-        .status
-        .filter(|s| s.authenticated == Some(true))
-        .and_then(|s| s.user)
-        .map(|u| Caller {
-            name: u.username.unwrap_or_default(),
-            groups: u.groups.unwrap_or_default(),
-        });
-    if let Ok(mut t) = state.tokens.lock() {
-        t.retain(|_, (_, at)| at.elapsed() < AUTHN_TTL);
-        t.insert(key, (caller.clone(), Instant::now()));
-    }
-    Ok(caller)
-}
-
-async fn metrics_resource(State(state): State<Arc<ApiState>>) -> Response {
-    let body = state
-        .usage
-        .get()
-        .map(|u| crate::resource_metrics::prometheus::write(&u))
+/// A `/metrics/resource` body of `usage` (empty before the first sample).
+pub fn metrics_text(usage: Option<&crate::resource_metrics::NodeUsage>) -> Response {
+    let body = usage
+        .map(crate::resource_metrics::prometheus::write)
         .unwrap_or_default();
     (
         [(
@@ -321,6 +139,10 @@ async fn metrics_resource(State(state): State<Arc<ApiState>>) -> Response {
         body,
     )
         .into_response()
+}
+
+async fn metrics_resource(State(state): State<Arc<ApiState>>) -> Response {
+    metrics_text(state.usage.get().as_ref())
 }
 
 async fn stats_summary(State(state): State<Arc<ApiState>>) -> Response {
@@ -394,11 +216,22 @@ pub async fn serve(
     cert: (String, String),
     client_ca: &str,
     state: Arc<ApiState>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), KubeletApiError> {
+    serve_router(listener, cert, client_ca, router(state), stop).await
+}
+
+/// Serves `app` over TLS on `listener` until `stop` turns true; a verified client certificate
+/// becomes the request's [`auth::Caller`].
+pub async fn serve_router(
+    listener: TcpListener,
+    cert: (String, String),
+    client_ca: &str,
+    app: Router,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), KubeletApiError> {
     let config = tls_config(&cert.0, &cert.1, client_ca)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let app = router(state);
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -425,7 +258,7 @@ pub async fn serve(
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .and_then(|c| caller_from_cert(c));
+                .and_then(|c| auth::caller_from_cert(c));
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     if let Some(c) = &caller {
@@ -442,19 +275,5 @@ pub async fn serve(
                 tracing::debug!(%peer, "kubelet API connection: {e}");
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_map_to_node_subresources_as_upstream() {
-        assert_eq!(subresource("/containerLogs/ns/p/c"), "proxy");
-        assert_eq!(subresource("/exec/ns/p/c"), "proxy");
-        assert_eq!(subresource("/stats/summary"), "stats");
-        assert_eq!(subresource("/metrics/resource"), "metrics");
-        assert_eq!(subresource("/logs/syslog"), "log");
     }
 }

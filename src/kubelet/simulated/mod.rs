@@ -7,6 +7,7 @@
 //! Node authorizer and NodeRestriction check the simulation as they check a real kubelet; pods
 //! are watched once for all nodes.
 
+pub mod api;
 mod node;
 pub mod pods;
 pub mod usage;
@@ -90,12 +91,23 @@ pub struct Clients {
     pub for_node: Arc<dyn Fn(&str) -> Client + Send + Sync>,
 }
 
+/// A simulating agent's kubelet API ([`api`]): where it listens, the address and port its nodes
+/// advertise, its serving certificate and key (PEM), and the CA of client certificates.
+pub struct KubeletApi {
+    pub listener: tokio::net::TcpListener,
+    pub advertise: std::net::SocketAddr,
+    pub cert: (String, String),
+    pub client_ca: String,
+}
+
 /// Registers the nodes, then keeps their Leases fresh and their pods moving until `stop`; their
-/// usage goes to `metrics`.
+/// usage goes to `metrics`, and to `kubelet_api` when there is one (agents: the server scrapes
+/// it).
 pub async fn run(
     cfg: SimConfig,
     clients: Clients,
     metrics: crate::resource_metrics::Sources,
+    kubelet_api: Option<KubeletApi>,
     stop: watch::Receiver<bool>,
 ) {
     let names = cfg.names();
@@ -104,10 +116,22 @@ pub async fn run(
         usage::defaults(&cfg.usage),
     ));
     let _registered = metrics.register(usage.clone());
+    let advertise = kubelet_api.as_ref().map(|a| a.advertise);
+    if let (Some(a), Some(first)) = (kubelet_api, names.first()) {
+        let app = api::router(&names, usage.clone(), (clients.for_node)(first));
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let served =
+                crate::kubelet::api::serve_router(a.listener, a.cert, &a.client_ca, app, stop);
+            if let Err(e) = served.await {
+                tracing::error!("the simulated nodes' kubelet API stopped: {e}");
+            }
+        });
+    }
     let nodes: Vec<node::SimNode> = names
         .iter()
         .enumerate()
-        .map(|(i, name)| node::SimNode::new(name, i, (clients.for_node)(name)))
+        .map(|(i, name)| node::SimNode::new(name, i, (clients.for_node)(name), advertise))
         .collect();
     let nodes = Arc::new(nodes);
     futures::stream::iter(nodes.iter())

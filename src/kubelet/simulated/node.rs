@@ -1,7 +1,10 @@
 //! One simulated node: its Node object, its Lease, and the addresses of its pods. Node `i` owns
 //! `100.64.0.0/10`'s `i`-th /24 as its pod CIDR; nothing ever sends traffic to these addresses.
+//! A node of a simulating agent has the agent's address and kubelet port, and the annotation
+//! that says where its `/metrics/resource` is ([`super::api`]); other simulated nodes have the
+//! first address of their /24.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use k8s_openapi::api::core::v1::{
@@ -25,6 +28,8 @@ pub struct SimNode {
     index: u32,
     pub client: Client,
     next_ip: AtomicU32,
+    /// Where the node's kubelet API is served, if anywhere.
+    kubelet: Option<SocketAddr>,
 }
 
 fn condition(ty: &str, status: &str, reason: &str, message: &str, now: Timestamp) -> NodeCondition {
@@ -39,12 +44,13 @@ fn condition(ty: &str, status: &str, reason: &str, message: &str, now: Timestamp
 }
 
 impl SimNode {
-    pub fn new(name: &str, index: usize, client: Client) -> SimNode {
+    pub fn new(name: &str, index: usize, client: Client, kubelet: Option<SocketAddr>) -> SimNode {
         SimNode {
             name: name.to_string(),
             index: index as u32,
             client,
             next_ip: AtomicU32::new(0),
+            kubelet,
         }
     }
 
@@ -52,9 +58,12 @@ impl SimNode {
         u32::from(Ipv4Addr::new(100, 64, 0, 0)) + (self.index << 8)
     }
 
-    /// The node's address (the first of its /24).
-    pub fn address(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.cidr_base() + 1)
+    /// The node's address: its kubelet API's, else the first of its /24.
+    pub fn address(&self) -> IpAddr {
+        match self.kubelet {
+            Some(a) => a.ip(),
+            None => IpAddr::V4(Ipv4Addr::from(self.cidr_base() + 1)),
+        }
     }
 
     /// The next pod address (`.2` to `.254`, wrapping).
@@ -114,7 +123,9 @@ impl SimNode {
                 },
             ]),
             daemon_endpoints: Some(NodeDaemonEndpoints {
-                kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }),
+                kubelet_endpoint: Some(DaemonEndpoint {
+                    port: self.kubelet.map_or(10250, |a| i32::from(a.port())),
+                }),
             }),
             node_info: Some(NodeSystemInfo {
                 architecture: std::env::consts::ARCH
@@ -143,10 +154,18 @@ impl SimNode {
         labels.insert("kubernetes.io/arch".into(), "amd64".into());
         labels.insert(SIMULATED_LABEL.into(), "true".into());
         let cidr = format!("{}/24", Ipv4Addr::from(self.cidr_base()));
+        let annotations = self.kubelet.map(|_| {
+            [(
+                crate::resource_metrics::RESOURCE_METRICS_PATH.to_string(),
+                super::api::metrics_path(&self.name),
+            )]
+            .into()
+        });
         let node = Node {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 labels: Some(labels),
+                annotations: annotations.clone(),
                 ..Default::default()
             },
             spec: Some(NodeSpec {
@@ -159,7 +178,14 @@ impl SimNode {
         let api: Api<Node> = Api::all(self.client.clone());
         match api.create(&PostParams::default(), &node).await {
             Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                // An adopted node: where its metrics are may have changed (or be new).
+                if let Some(a) = annotations {
+                    let patch = json!({"metadata": {"annotations": a}});
+                    api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await?;
+                }
+            }
             Err(e) => return Err(e),
         }
         self.post_status(cfg).await?;
