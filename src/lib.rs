@@ -25,6 +25,7 @@ pub mod labels;
 #[cfg(any(feature = "scheduler", feature = "controllers"))]
 pub mod leader;
 pub mod metrics;
+pub mod names;
 pub mod parts;
 #[cfg(any(feature = "scheduler", feature = "controllers"))]
 pub mod placement;

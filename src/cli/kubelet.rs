@@ -107,7 +107,7 @@ impl KubeletArgs {
             .clone()
             .or(hostname)
             .unwrap_or_else(|| "k1s-node".into());
-        if !is_subdomain(&node_name) {
+        if !crate::names::is_subdomain(&node_name) {
             let from = if self.node_name.is_some() {
                 "--node-name"
             } else {
@@ -241,39 +241,4 @@ pub fn images_command(cmd: ImagesCommand) -> i32 {
 pub fn images_command(_: ImagesCommand) -> i32 {
     eprintln!("k1s: images: the kubelet is not built into this binary");
     1
-}
-
-/// Whether `name` is a lowercase RFC 1123 subdomain, as a Node's name must be.
-fn is_subdomain(name: &str) -> bool {
-    name.len() <= 253
-        && name.split('.').all(|p| {
-            !p.is_empty()
-                && p.len() <= 63
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !p.starts_with('-')
-                && !p.ends_with('-')
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_subdomain;
-
-    #[test]
-    fn node_names_are_subdomains() {
-        assert!(is_subdomain("edge-1"));
-        assert!(is_subdomain("edge-1.site.example"));
-        for bad in [
-            "",
-            "Edge",
-            "edge_1",
-            "-edge",
-            "edge-",
-            "a..b",
-            &"a".repeat(64),
-        ] {
-            assert!(!is_subdomain(bad), "{bad:?}");
-        }
-    }
 }

@@ -174,59 +174,7 @@ impl Facts {
         NodeStatus {
             capacity: Some(self.capacity()),
             allocatable: Some(self.allocatable()),
-            conditions: Some(vec![
-                if p.memory {
-                    cond(
-                        "MemoryPressure",
-                        "True",
-                        "KubeletHasInsufficientMemory",
-                        "kubelet has insufficient memory available",
-                    )
-                } else {
-                    cond(
-                        "MemoryPressure",
-                        "False",
-                        "KubeletHasSufficientMemory",
-                        "kubelet has sufficient memory available",
-                    )
-                },
-                if p.disk {
-                    cond(
-                        "DiskPressure",
-                        "True",
-                        "KubeletHasDiskPressure",
-                        "kubelet has disk pressure",
-                    )
-                } else {
-                    cond(
-                        "DiskPressure",
-                        "False",
-                        "KubeletHasNoDiskPressure",
-                        "kubelet has no disk pressure",
-                    )
-                },
-                if p.pid {
-                    cond(
-                        "PIDPressure",
-                        "True",
-                        "KubeletHasInsufficientPID",
-                        "kubelet has insufficient PID available",
-                    )
-                } else {
-                    cond(
-                        "PIDPressure",
-                        "False",
-                        "KubeletHasSufficientPID",
-                        "kubelet has sufficient PID available",
-                    )
-                },
-                cond(
-                    "Ready",
-                    "True",
-                    "KubeletReady",
-                    "kubelet is posting ready status",
-                ),
-            ]),
+            conditions: Some(conditions(p, &mut cond)),
             addresses: Some(vec![
                 NodeAddress {
                     type_: "InternalIP".into(),
@@ -317,6 +265,61 @@ pub async fn pod_cidr(
             _ = stop.changed() => return None,
         }
     }
+}
+
+/// The conditions a kubelet posts under pressure `p`, with upstream's reasons and messages;
+/// `cond` makes each one from its type, status, reason and message (and sets its times).
+pub fn conditions(
+    p: super::eviction::Pressure,
+    mut cond: impl FnMut(&str, &str, &str, &str) -> NodeCondition,
+) -> Vec<NodeCondition> {
+    type Words = (&'static str, &'static str);
+    let table: [(&str, bool, Words, Words); 3] = [
+        (
+            "MemoryPressure",
+            p.memory,
+            (
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+            ),
+            (
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            ),
+        ),
+        (
+            "DiskPressure",
+            p.disk,
+            ("KubeletHasDiskPressure", "kubelet has disk pressure"),
+            ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        ),
+        (
+            "PIDPressure",
+            p.pid,
+            (
+                "KubeletHasInsufficientPID",
+                "kubelet has insufficient PID available",
+            ),
+            (
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            ),
+        ),
+    ];
+    let mut out: Vec<NodeCondition> = table
+        .iter()
+        .map(|(ty, on, yes, no)| match on {
+            true => cond(ty, "True", yes.0, yes.1),
+            false => cond(ty, "False", no.0, no.1),
+        })
+        .collect();
+    out.push(cond(
+        "Ready",
+        "True",
+        "KubeletReady",
+        "kubelet is posting ready status",
+    ));
+    out
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use super::cri::{Runtime, LABEL_POD_NAME, LABEL_POD_NAMESPACE};
-use crate::resource_metrics::{ContainerUsage, NodeUsage, PodUsage, Source};
+use crate::resource_metrics::{group_pods, ContainerUsage, NodeUsage, Source};
 
 /// How often usage is sampled (the kubelet's housekeeping interval for metrics).
 pub const PERIOD: Duration = Duration::from_secs(10);
@@ -110,7 +110,7 @@ pub async fn run(
                 continue;
             }
         };
-        let mut pods: HashMap<(String, String), Vec<ContainerUsage>> = HashMap::new();
+        let mut containers = Vec::new();
         let mut seen = HashMap::new();
         for s in stats {
             let Some(a) = s.attributes else { continue };
@@ -135,14 +135,15 @@ pub async fn run(
                 .memory
                 .and_then(|m| m.working_set_bytes)
                 .map_or(0, |v| v.value);
-            pods.entry((ns.clone(), pod.clone()))
-                .or_default()
-                .push(ContainerUsage {
+            containers.push((
+                (ns.clone(), pod.clone()),
+                ContainerUsage {
                     name,
                     cpu_nanocores: nanocores,
                     memory_bytes: memory,
                     cpu_usage_ns: used,
-                });
+                },
+            ));
         }
         prev = seen;
         let memory = std::fs::read_to_string("/proc/meminfo")
@@ -155,14 +156,7 @@ pub async fn run(
             cpu_nanocores: node_nanocores,
             memory_bytes: memory,
             cpu_usage_ns: node_cpu.map_or(0, |busy| busy * (1_000_000_000 / ticks.max(1))),
-            pods: pods
-                .into_iter()
-                .map(|((namespace, name), containers)| PodUsage {
-                    namespace,
-                    name,
-                    containers,
-                })
-                .collect(),
+            pods: group_pods(containers),
         });
     }
 }

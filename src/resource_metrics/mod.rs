@@ -49,6 +49,24 @@ pub struct NodeUsage {
     pub pods: Vec<PodUsage>,
 }
 
+/// Containers gathered into their pods (by namespace and name), pods in name order.
+pub fn group_pods(
+    containers: impl IntoIterator<Item = ((String, String), ContainerUsage)>,
+) -> Vec<PodUsage> {
+    let mut pods: std::collections::BTreeMap<(String, String), Vec<ContainerUsage>> =
+        std::collections::BTreeMap::new();
+    for (pod, c) in containers {
+        pods.entry(pod).or_default().push(c);
+    }
+    pods.into_iter()
+        .map(|((namespace, name), containers)| PodUsage {
+            namespace,
+            name,
+            containers,
+        })
+        .collect()
+}
+
 /// A kubelet that reports its node's usage.
 pub trait Source: Send + Sync {
     /// The latest sample of every node this source runs.

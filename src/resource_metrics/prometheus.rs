@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use super::{ContainerUsage, NodeUsage, PodUsage};
+use super::{ContainerUsage, NodeUsage};
 
 /// `/metrics/resource` of one sample, metrics sorted by name as a Prometheus registry writes them.
 pub fn write(u: &NodeUsage) -> String {
@@ -195,7 +195,7 @@ fn rate(prev: (u64, i64), cur: (u64, i64)) -> Option<(u64, Duration)> {
 pub fn usage(node: &str, prev: &Scrape, cur: &Scrape) -> Option<NodeUsage> {
     let (cpu_nanocores, window) = rate(prev.node.cpu?, cur.node.cpu?)?;
     let at = cur.node.cpu?.1;
-    let mut pods: BTreeMap<(String, String), Vec<ContainerUsage>> = BTreeMap::new();
+    let mut containers = Vec::new();
     for ((ns, pod, name), point) in &cur.containers {
         let key = (ns.clone(), pod.clone(), name.clone());
         let Some(before) = prev.containers.get(&key).and_then(|p| p.cpu) else {
@@ -207,14 +207,15 @@ pub fn usage(node: &str, prev: &Scrape, cur: &Scrape) -> Option<NodeUsage> {
         let Some((nanocores, _)) = rate(before, now) else {
             continue;
         };
-        pods.entry((ns.clone(), pod.clone()))
-            .or_default()
-            .push(ContainerUsage {
+        containers.push((
+            (ns.clone(), pod.clone()),
+            ContainerUsage {
                 name: name.clone(),
                 cpu_nanocores: nanocores,
                 memory_bytes: memory,
                 cpu_usage_ns: now.0,
-            });
+            },
+        ));
     }
     Some(NodeUsage {
         node: node.to_string(),
@@ -223,14 +224,7 @@ pub fn usage(node: &str, prev: &Scrape, cur: &Scrape) -> Option<NodeUsage> {
         cpu_nanocores,
         memory_bytes: cur.node.memory_bytes.unwrap_or(0),
         cpu_usage_ns: cur.node.cpu?.0,
-        pods: pods
-            .into_iter()
-            .map(|((namespace, name), containers)| PodUsage {
-                namespace,
-                name,
-                containers,
-            })
-            .collect(),
+        pods: super::group_pods(containers),
     })
 }
 
@@ -246,7 +240,7 @@ mod tests {
             cpu_nanocores: 0,
             memory_bytes: 3 << 30,
             cpu_usage_ns: node_cpu_ns,
-            pods: vec![PodUsage {
+            pods: vec![super::super::PodUsage {
                 namespace: "default".into(),
                 name: "web \"1\"".into(),
                 containers: vec![ContainerUsage {

@@ -82,36 +82,10 @@ impl SimNode {
         NodeStatus {
             capacity: Some(capacity.clone()),
             allocatable: Some(capacity),
-            conditions: Some(vec![
-                condition(
-                    "MemoryPressure",
-                    "False",
-                    "KubeletHasSufficientMemory",
-                    "kubelet has sufficient memory available",
-                    now,
-                ),
-                condition(
-                    "DiskPressure",
-                    "False",
-                    "KubeletHasNoDiskPressure",
-                    "kubelet has no disk pressure",
-                    now,
-                ),
-                condition(
-                    "PIDPressure",
-                    "False",
-                    "KubeletHasSufficientPID",
-                    "kubelet has sufficient PID available",
-                    now,
-                ),
-                condition(
-                    "Ready",
-                    "True",
-                    "KubeletReady",
-                    "kubelet is posting ready status",
-                    now,
-                ),
-            ]),
+            conditions: Some(crate::kubelet::node::conditions(
+                Default::default(),
+                |ty, status, reason, message| condition(ty, status, reason, message, now),
+            )),
             addresses: Some(vec![
                 NodeAddress {
                     type_: "InternalIP".into(),
