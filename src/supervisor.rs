@@ -130,6 +130,8 @@ pub struct KubeletConfig {
     /// `--eviction-hard` and `--eviction-pressure-transition-period`.
     pub eviction_hard: String,
     pub eviction_transition: std::time::Duration,
+    /// `--eviction-minimum-reclaim`.
+    pub eviction_minimum_reclaim: String,
     /// `--eviction-soft`, `--eviction-soft-grace-period`, `--eviction-max-pod-grace-period`.
     pub eviction_soft: (String, String, i64),
     /// `--image-gc-high-threshold`, `--image-gc-low-threshold`, `--minimum-image-gc-age`.

@@ -64,6 +64,10 @@ fn bad_flag_is_one_line_and_exit_2() {
             &["--node-name", "Edge_1"],
             "node name \"Edge_1\" from --node-name",
         ),
+        (
+            &["--eviction-minimum-reclaim", "cpu=1"],
+            "--eviction-minimum-reclaim: \"cpu\" is not an eviction signal",
+        ),
     ] {
         let mut all = vec!["server", "--data-dir", data];
         all.extend(args);

@@ -65,6 +65,11 @@ pub struct KubeletArgs {
         value_name = "SECONDS"
     )]
     pub eviction_max_pod_grace_period: i64,
+    /// How much more than a threshold must be available again before a met threshold is
+    /// resolved (SIGNAL=QUANTITY or SIGNAL=PERCENT%, comma-separated, e.g.
+    /// imagefs.available=2Gi).
+    #[arg(long, default_value = "", value_name = "SIGNAL=QUANTITY")]
+    pub eviction_minimum_reclaim: String,
     /// How long a pressure condition stays after its signal recovers.
     #[arg(long, default_value = "5m", value_parser = super::parse_duration, value_name = "DURATION")]
     pub eviction_pressure_transition_period: std::time::Duration,
@@ -138,6 +143,9 @@ impl KubeletArgs {
         #[cfg(feature = "kubelet")]
         crate::kubelet::eviction::parse_soft(&self.eviction_soft, &self.eviction_soft_grace_period)
             .map_err(|e| SupervisorError::Flag(e.to_string()))?;
+        #[cfg(feature = "kubelet")]
+        crate::kubelet::eviction::with_min_reclaim(Vec::new(), &self.eviction_minimum_reclaim)
+            .map_err(|e| SupervisorError::Flag(e.to_string()))?;
         Ok(KubeletConfig {
             node_name,
             node_ip: self.node_ip.unwrap_or(default_ip),
@@ -150,6 +158,7 @@ impl KubeletArgs {
             client_ca: None,
             eviction_hard: self.eviction_hard.clone(),
             eviction_transition: self.eviction_pressure_transition_period,
+            eviction_minimum_reclaim: self.eviction_minimum_reclaim.clone(),
             eviction_soft: (
                 self.eviction_soft.clone(),
                 self.eviction_soft_grace_period.clone(),

@@ -166,7 +166,7 @@ pub async fn run(
             let (soft, graces, _) = &cfg.eviction_soft;
             let mut t = super::eviction::parse(&cfg.eviction_hard).unwrap_or_default();
             t.extend(super::eviction::parse_soft(soft, graces).unwrap_or_default());
-            t
+            super::eviction::with_min_reclaim(t.clone(), &cfg.eviction_minimum_reclaim).unwrap_or(t)
         },
         max_pod_grace: cfg.eviction_soft.2,
         transition: cfg.eviction_transition,
@@ -178,6 +178,7 @@ pub async fn run(
         pressure: facts.pressure.clone(),
         evictions: evictions.clone(),
         images: Some(images_gc.clone()),
+        events: Some((recorder.clone(), node_reference(&cfg.node_name))),
     };
     tokio::spawn(manager.run(pressure_tx, stop.clone()));
     let heartbeats = tokio::spawn(heartbeat(

@@ -80,6 +80,8 @@ pub fn eviction(s: Server, tmp: &std::path::Path, flags: &[&str]) -> Server {
         "memory.available=5s",
         "--eviction-max-pod-grace-period",
         "1",
+        "--eviction-minimum-reclaim",
+        "memory.available=1Mi",
         "--image-gc-high-threshold",
         "1",
         "--image-gc-low-threshold",
@@ -158,6 +160,18 @@ pub fn eviction(s: Server, tmp: &std::path::Path, flags: &[&str]) -> Server {
         ],
         |o| o == "Evicted",
     );
+    let met = ok(
+        &s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=Node,reason=EvictionThresholdMet",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+    );
+    assert!(met.contains("Attempting to reclaim memory"), "{met}");
     let taints = jsonpath(&s, "node/edge-1", "{.spec.taints[*].key}");
     assert!(
         taints.contains("node.kubernetes.io/memory-pressure"),

@@ -5,8 +5,9 @@
 //! MemoryPressure, DiskPressure and PIDPressure on the node as soon as one is crossed (held for
 //! `--eviction-pressure-transition-period` after the signal recovers), and while a memory or
 //! disk threshold is met (a soft one: crossed for its whole grace period) evicts one pod per
-//! pass, ranked as upstream ranks them ([`rank`]): never a critical one. Under disk pressure
-//! unused images go first. The pod's worker stops it (hard: at once; soft: within
+//! pass, ranked as upstream ranks them ([`rank`]): never a critical one. A met threshold holds
+//! until `--eviction-minimum-reclaim` more than its level is available. Each pass that acts
+//! records EvictionThresholdMet on the node. Under disk pressure unused images go first. The pod's worker stops it (hard: at once; soft: within
 //! `--eviction-max-pod-grace-period`) and reports it Failed with reason `Evicted`.
 
 use std::collections::HashMap;
@@ -26,7 +27,8 @@ pub mod signals;
 use rank::message;
 pub use rank::rank;
 pub use signals::{
-    crossed, parse, parse_soft, EvictionError, Observation, Probe, Signal, System, Threshold,
+    crossed, parse, parse_soft, unresolved, with_min_reclaim, EvictionError, Observation, Probe,
+    Signal, System, Threshold,
 };
 
 /// How often signals are observed (upstream's eviction monitoring interval).
@@ -114,6 +116,11 @@ pub struct Manager {
     pub images: Option<Arc<crate::kubelet::images::gc::Collector>>,
     /// `--eviction-max-pod-grace-period`, for soft evictions.
     pub max_pod_grace: i64,
+    /// Records the node's EvictionThresholdMet events, about the node.
+    pub events: Option<(
+        crate::events::Recorder,
+        k8s_openapi::api::core::v1::ObjectReference,
+    )>,
 }
 
 impl Manager {
@@ -121,13 +128,21 @@ impl Manager {
     pub async fn run(self, changed: watch::Sender<Pressure>, mut stop: watch::Receiver<bool>) {
         let mut last_seen: HashMap<&'static str, Instant> = HashMap::new();
         let mut first_crossed: HashMap<(Signal, bool), Instant> = HashMap::new();
+        // The thresholds met on the last pass: they hold until their minimum reclaim is back.
+        let mut met_before: Vec<Threshold> = Vec::new();
         let mut tick = tokio::time::interval(PERIOD);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            let crossed = crossed(&self.thresholds, &self.probe.observe());
+            let obs = self.probe.observe();
+            let mut crossed = crossed(&self.thresholds, &obs);
+            for (t, o) in unresolved(&met_before, &obs) {
+                if !crossed.iter().any(|(x, _)| *x == t) {
+                    crossed.push((t, o));
+                }
+            }
             let now_p = pressure_of(&crossed);
             let now = Instant::now();
             for (name, on) in [
@@ -157,6 +172,7 @@ impl Manager {
             }
             // Memory first, then disk; PID pressure only taints the node.
             let met = grace_met(&crossed, &mut first_crossed, now);
+            met_before = met.iter().map(|(t, _)| t.clone()).collect();
             let Some((t, o)) = met
                 .iter()
                 .find(|(t, _)| t.signal == Signal::MemoryAvailable)
@@ -164,6 +180,17 @@ impl Manager {
             else {
                 continue;
             };
+            if let Some((recorder, node)) = &self.events {
+                let message = format!("Attempting to reclaim {}", t.signal.resource());
+                recorder
+                    .record(
+                        node,
+                        crate::events::Type::Warning,
+                        "EvictionThresholdMet",
+                        &message,
+                    )
+                    .await;
+            }
             if self.reclaimed(t).await {
                 continue;
             }
@@ -188,10 +215,8 @@ impl Manager {
             Ok(freed) => tracing::info!(freed, "eviction manager: reclaimed unused images"),
             Err(e) => tracing::warn!("eviction manager: reclaiming images: {e}"),
         }
-        let again = crossed(&self.thresholds, &self.probe.observe());
-        let relieved = !again
-            .iter()
-            .any(|(x, _)| x.signal == t.signal && x.grace == t.grace);
+        // Relieved once the threshold's minimum reclaim is available too.
+        let relieved = unresolved(std::slice::from_ref(t), &self.probe.observe()).is_empty();
         if relieved {
             tracing::info!(
                 "eviction manager: able to reduce resource pressure without evicting pods"

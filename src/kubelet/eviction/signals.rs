@@ -79,6 +79,9 @@ pub struct Threshold {
     pub level: Level,
     /// None: hard.
     pub grace: Option<Duration>,
+    /// `--eviction-minimum-reclaim`: once met, the threshold holds until this much more than
+    /// its level is available again.
+    pub min_reclaim: Option<Level>,
 }
 
 impl Threshold {
@@ -87,6 +90,16 @@ impl Threshold {
             Level::Quantity(q, _) => *q,
             Level::Percent(p) => (capacity as f64 * p / 100.0) as u64,
         }
+    }
+
+    /// The level plus the minimum reclaim, which resolves a met threshold.
+    pub(super) fn resolved_at(&self, capacity: u64) -> u64 {
+        let extra = match &self.min_reclaim {
+            None => 0,
+            Some(Level::Quantity(q, _)) => *q,
+            Some(Level::Percent(p)) => (capacity as f64 * p / 100.0) as u64,
+        };
+        self.limit(capacity).saturating_add(extra)
     }
 
     pub(super) fn shown(&self) -> String {
@@ -143,6 +156,45 @@ pub fn parse_soft(spec: &str, graces: &str) -> Result<Vec<Threshold>, EvictionEr
     Ok(soft)
 }
 
+/// Applies `--eviction-minimum-reclaim` (`SIGNAL=QUANTITY` or `SIGNAL=PERCENT%`,
+/// comma-separated) to `thresholds`.
+pub fn with_min_reclaim(
+    mut thresholds: Vec<Threshold>,
+    spec: &str,
+) -> Result<Vec<Threshold>, EvictionError> {
+    const FLAG: &str = "--eviction-minimum-reclaim";
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| bad(FLAG, format!("{item:?}: want SIGNAL=QUANTITY")))?;
+        let signal = Signal::parse(name.trim())
+            .ok_or_else(|| bad(FLAG, format!("{name:?} is not an eviction signal")))?;
+        let level = level(FLAG, value.trim())?;
+        for t in thresholds.iter_mut().filter(|t| t.signal == signal) {
+            t.min_reclaim = Some(level.clone());
+        }
+    }
+    Ok(thresholds)
+}
+
+fn level(flag: &'static str, value: &str) -> Result<Level, EvictionError> {
+    if let Some(p) = value.strip_suffix('%') {
+        let p: f64 = p
+            .parse()
+            .ok()
+            .filter(|p| (0.0..=100.0).contains(p))
+            .ok_or_else(|| bad(flag, format!("{value:?} is not a percentage")))?;
+        return Ok(Level::Percent(p));
+    }
+    let milli = crate::quantity::milli(value)
+        .filter(|m| *m >= 0)
+        .ok_or_else(|| bad(flag, format!("{value:?} is not a quantity")))?;
+    Ok(Level::Quantity(
+        u64::try_from(milli / 1000).unwrap_or(u64::MAX),
+        value.to_string(),
+    ))
+}
+
 fn parse_as(spec: &str, flag: &'static str) -> Result<Vec<Threshold>, EvictionError> {
     spec.split(',')
         .map(str::trim)
@@ -153,27 +205,12 @@ fn parse_as(spec: &str, flag: &'static str) -> Result<Vec<Threshold>, EvictionEr
                 .ok_or_else(|| bad(flag, format!("{item:?}: want SIGNAL<VALUE")))?;
             let signal = Signal::parse(name.trim())
                 .ok_or_else(|| bad(flag, format!("{name:?} is not an eviction signal")))?;
-            let value = value.trim();
-            let level = if let Some(p) = value.strip_suffix('%') {
-                let p: f64 = p
-                    .parse()
-                    .ok()
-                    .filter(|p| (0.0..=100.0).contains(p))
-                    .ok_or_else(|| bad(flag, format!("{value:?} is not a percentage")))?;
-                Level::Percent(p)
-            } else {
-                let milli = crate::quantity::milli(value)
-                    .filter(|m| *m >= 0)
-                    .ok_or_else(|| bad(flag, format!("{value:?} is not a quantity")))?;
-                Level::Quantity(
-                    u64::try_from(milli / 1000).unwrap_or(u64::MAX),
-                    value.to_string(),
-                )
-            };
+            let level = level(flag, value.trim())?;
             Ok(Threshold {
                 signal,
                 level,
                 grace: None,
+                min_reclaim: None,
             })
         })
         .collect()
@@ -299,6 +336,20 @@ pub fn crossed(
         .collect()
 }
 
+/// Of thresholds that were met, those not yet resolved: less than their level plus their
+/// minimum reclaim is available.
+pub fn unresolved(
+    met: &[Threshold],
+    obs: &HashMap<Signal, Observation>,
+) -> Vec<(Threshold, Observation)> {
+    met.iter()
+        .filter_map(|t| {
+            let o = obs.get(&t.signal)?;
+            (o.available < t.resolved_at(o.capacity)).then(|| (t.clone(), *o))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,5 +385,37 @@ mod tests {
         );
         assert!(parse_soft("", "memory.available=1m").is_err());
         assert!(parse_soft("", "").expect("none").is_empty());
+    }
+
+    #[test]
+    fn a_met_threshold_holds_until_its_minimum_reclaim_is_available() {
+        let t = with_min_reclaim(
+            parse("memory.available<100,nodefs.available<10%").expect("hard"),
+            "memory.available=50,nodefs.available=5%",
+        )
+        .expect("reclaim");
+        let obs = |mem: u64, disk: u64| {
+            HashMap::from([
+                (
+                    Signal::MemoryAvailable,
+                    Observation {
+                        available: mem,
+                        capacity: 1000,
+                    },
+                ),
+                (
+                    Signal::NodefsAvailable,
+                    Observation {
+                        available: disk,
+                        capacity: 1000,
+                    },
+                ),
+            ])
+        };
+        assert_eq!(crossed(&t, &obs(120, 120)).len(), 0);
+        assert_eq!(unresolved(&t, &obs(120, 120)).len(), 2, "120 < 150");
+        assert_eq!(unresolved(&t, &obs(150, 150)).len(), 0);
+        assert!(with_min_reclaim(t.clone(), "memory.available").is_err());
+        assert!(with_min_reclaim(t, "cpu=1").is_err());
     }
 }
