@@ -90,6 +90,19 @@ spec:
     command: [sleep, "3600"]
     env:
     - {name: X, valueFrom: {configMapKeyRef: {name: absent, key: x}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: needs-volume}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: k1s.local/busybox:1
+    command: [sleep, "3600"]
+    volumeMounts: [{name: cfg, mountPath: /cfg}]
+  volumes:
+  - {name: cfg, configMap: {name: absent-too}}
 "#;
 
 /// Volumes, env from ConfigMaps and Secrets, service variables, DNS settings, termination
@@ -215,6 +228,35 @@ pub fn volumes_and_config(s: &Server, tmp: &std::path::Path, cluster_dns: &str) 
                 && o.contains("configmap \\\"absent\\\" not found")
         },
     );
+    // A volume whose ConfigMap is missing: the pod waits in ContainerCreating, with upstream's
+    // FailedMount event.
+    eventually(
+        s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=needs-volume,reason=FailedMount",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        |o| {
+            o.contains(
+                "MountVolume.SetUp failed for volume \"cfg\" : configmap \"absent-too\" not found",
+            )
+        },
+    );
+    let waiting = ok(
+        s,
+        &[
+            "get",
+            "pod",
+            "needs-volume",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+        ],
+    );
+    assert_eq!(waiting, "ContainerCreating");
     ok(
         s,
         &[
@@ -223,6 +265,7 @@ pub fn volumes_and_config(s: &Server, tmp: &std::path::Path, cluster_dns: &str) 
             "volumes",
             "last-words",
             "needs-config",
+            "needs-volume",
             "--wait=false",
         ],
     );

@@ -302,7 +302,7 @@ impl Shared {
                 Ok(h) => st.hosts = Some(h),
                 Err(e) if st.hosts.is_none() => {
                     tracing::warn!(pod = %pod.name_any(), "setting up volumes: {e}");
-                    let msg = format!("MountVolume.SetUp failed: {e}");
+                    let msg = e.to_string();
                     self.event_once(st, pod, None, Type::Warning, "FailedMount", &msg)
                         .await;
                     for c in &spec.containers {

@@ -35,6 +35,12 @@ pub enum VolumeError {
     Missing(String),
     #[error("{0}")]
     Api(#[from] kube::Error),
+    /// One volume could not be set up; upstream's FailedMount words.
+    #[error("MountVolume.SetUp failed for volume \"{name}\" : {source}")]
+    SetUp {
+        name: String,
+        source: Box<VolumeError>,
+    },
 }
 
 /// Where a volume is on the host, and whether containers get it read-only.
@@ -305,7 +311,12 @@ pub async fn prepare(
         .and_then(|s| s.volumes.clone())
         .unwrap_or_default();
     for v in &volumes {
-        let hv = volume(ctx, pod, v, &base, &mut sources, st).await?;
+        let hv = volume(ctx, pod, v, &base, &mut sources, st)
+            .await
+            .map_err(|e| VolumeError::SetUp {
+                name: v.name.clone(),
+                source: Box::new(e),
+            })?;
         out.insert(v.name.clone(), hv);
     }
     st.last_refresh = Some(Instant::now());
