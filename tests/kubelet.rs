@@ -359,6 +359,16 @@ fn the_kubelet_runs_pods_on_containerd() {
         &["get", "node", "edge-1", "-o", "jsonpath={.spec.podCIDR}"],
         |o| o.ends_with(".0/24"),
     );
+    // Outbound NAT for the node's pods: one chain for the node, none per pod.
+    let pod_cidr = jsonpath(&s, "node/edge-1", "{.spec.podCIDR}");
+    within(10, "the node's masquerade chain", || {
+        let o = std::process::Command::new("iptables")
+            .args(["-w", "-t", "nat", "-S", &format!("K1S-MASQ-{bridge}")])
+            .output()
+            .expect("iptables");
+        let rules = String::from_utf8_lossy(&o.stdout);
+        rules.contains(&format!("-d {pod_cidr} -j RETURN")) && rules.contains("-j MASQUERADE")
+    });
     let info = jsonpath(
         &s,
         "node/edge-1",

@@ -333,6 +333,10 @@ pub async fn run(args: PodsBenchArgs) -> Result<(), BenchError> {
     let result = measure(&args, pid, &kubeconfig, dir.path(), started).await;
     drop(child);
     clean_runtime(dir.path());
+    use crate::kubelet::masquerade;
+    if let Err(e) = masquerade::remove(&masquerade::System, "k1sbench0") {
+        eprintln!("removing the benchmark node's NAT rules: {e}");
+    }
     let _ = std::process::Command::new("ip")
         .args(["link", "del", "k1sbench0"])
         .status();

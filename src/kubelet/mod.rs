@@ -11,6 +11,7 @@ pub mod eviction;
 pub mod images;
 pub mod join;
 pub mod lease;
+pub mod masquerade;
 pub mod node;
 pub mod pods;
 pub mod run;

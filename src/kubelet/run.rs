@@ -232,6 +232,19 @@ pub async fn run(
             context: format!("writing {}", conf.display()),
             source,
         })?;
+        let bridge = cfg.pod_bridge.clone();
+        let nat_cidr = cidr.clone();
+        let nat = tokio::task::spawn_blocking(move || {
+            super::masquerade::ensure(&super::masquerade::System, &bridge, &nat_cidr)
+        })
+        .await;
+        match nat {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!("pods get no outbound NAT (install iptables): {e}")
+            }
+            Err(e) => tracing::warn!("pods get no outbound NAT: {e}"),
+        }
         tracing::info!(%cidr, bridge = %cfg.pod_bridge, "pod network configured");
     }
 

@@ -106,6 +106,10 @@ impl Drop for Cleanup {
                 }
             }
         }
+        use k1s::kubelet::masquerade;
+        if let Err(e) = masquerade::remove(&masquerade::System, &self.bridge) {
+            eprintln!("removing the test node's NAT rules: {e}");
+        }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .status();

@@ -158,8 +158,10 @@ oom_score = 0
     )
 }
 
-/// The pod network: a bridge with host-local addresses from the node's pod CIDR, port mappings
-/// and loopback, as k3s's default (flannel aside) sets up.
+/// The pod network: a bridge with host-local addresses from the node's pod CIDR and port
+/// mappings, as k3s's default (flannel aside) sets up. Outbound NAT is one chain per node
+/// ([`crate::kubelet::masquerade`]), not the bridge's per-pod `ipMasq`; containerd brings up
+/// each pod's loopback itself.
 pub fn cni_conflist(bridge: &str, pod_cidr: &str, ipam_dir: &Path) -> String {
     let conf = serde_json::json!({
         "cniVersion": "1.0.0",
@@ -169,7 +171,7 @@ pub fn cni_conflist(bridge: &str, pod_cidr: &str, ipam_dir: &Path) -> String {
                 "type": "bridge",
                 "bridge": bridge,
                 "isGateway": true,
-                "ipMasq": true,
+                "ipMasq": false,
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
@@ -179,7 +181,6 @@ pub fn cni_conflist(bridge: &str, pod_cidr: &str, ipam_dir: &Path) -> String {
                 },
             },
             { "type": "portmap", "capabilities": { "portMappings": true } },
-            { "type": "loopback" },
         ],
     });
     serde_json::to_string_pretty(&conf).unwrap_or_default()
@@ -217,7 +218,7 @@ mod tests {
     }
 
     #[test]
-    fn the_conflist_is_bridge_host_local_portmap_loopback() {
+    fn the_conflist_is_bridge_host_local_and_portmap() {
         let text = cni_conflist("k1s0", "10.42.0.0/24", Path::new("/d/ipam"));
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         let types: Vec<&str> = v["plugins"]
@@ -226,7 +227,7 @@ mod tests {
             .iter()
             .filter_map(|p| p["type"].as_str())
             .collect();
-        assert_eq!(types, ["bridge", "portmap", "loopback"]);
+        assert_eq!(types, ["bridge", "portmap"]);
         assert_eq!(
             v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
             "10.42.0.0/24"
