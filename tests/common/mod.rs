@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod registry;
 pub mod server;
 
 use std::sync::Arc;

@@ -107,37 +107,7 @@ pub fn oci_arch() -> &'static str {
 /// An OCI image layout tarball holding one image named `name` (a full reference such as
 /// `docker.io/library/busybox:latest`) with one layer.
 pub fn image_layout(name: &str, run: &RunConfig, layer: &[u8]) -> Result<Vec<u8>, ImageError> {
-    let layer_digest = digest(layer);
-    let mut config = json!({
-        "architecture": oci_arch(),
-        "os": "linux",
-        "config": {
-            "Env": if run.env.is_empty() {
-                vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()]
-            } else {
-                run.env.clone()
-            },
-        },
-        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
-        "history": [{ "created_by": "k1s" }],
-    });
-    if !run.entrypoint.is_empty() {
-        config["config"]["Entrypoint"] = json!(run.entrypoint);
-    }
-    if !run.cmd.is_empty() {
-        config["config"]["Cmd"] = json!(run.cmd);
-    }
-    if !run.working_dir.is_empty() {
-        config["config"]["WorkingDir"] = json!(run.working_dir);
-    }
-    let config = serde_json::to_vec(&config).map_err(ImageError::Json)?;
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_MANIFEST,
-        "config": { "mediaType": MEDIA_CONFIG, "digest": digest(&config), "size": config.len() },
-        "layers": [{ "mediaType": MEDIA_LAYER, "digest": layer_digest, "size": layer.len() }],
-    }))
-    .map_err(ImageError::Json)?;
+    let (config, manifest) = image_parts(run, layer)?;
     let tag = name.rsplit_once(':').map(|(_, t)| t).unwrap_or("latest");
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
@@ -169,6 +139,43 @@ pub fn image_layout(name: &str, run: &RunConfig, layer: &[u8]) -> Result<Vec<u8>
         add(&format!("blobs/sha256/{hex}"), blob)?;
     }
     b.into_inner().map_err(tar_err("writing an image layout"))
+}
+
+/// The config and the manifest (JSON) of a one-layer image running `run` on `layer`: what a
+/// registry serves for it.
+pub fn image_parts(run: &RunConfig, layer: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ImageError> {
+    let layer_digest = digest(layer);
+    let mut config = json!({
+        "architecture": oci_arch(),
+        "os": "linux",
+        "config": {
+            "Env": if run.env.is_empty() {
+                vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()]
+            } else {
+                run.env.clone()
+            },
+        },
+        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
+        "history": [{ "created_by": "k1s" }],
+    });
+    if !run.entrypoint.is_empty() {
+        config["config"]["Entrypoint"] = json!(run.entrypoint);
+    }
+    if !run.cmd.is_empty() {
+        config["config"]["Cmd"] = json!(run.cmd);
+    }
+    if !run.working_dir.is_empty() {
+        config["config"]["WorkingDir"] = json!(run.working_dir);
+    }
+    let config = serde_json::to_vec(&config).map_err(ImageError::Json)?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": { "mediaType": MEDIA_CONFIG, "digest": digest(&config), "size": config.len() },
+        "layers": [{ "mediaType": MEDIA_LAYER, "digest": layer_digest, "size": layer.len() }],
+    }))
+    .map_err(ImageError::Json)?;
+    Ok((config, manifest))
 }
 
 /// A layer holding a static busybox (`/bin/busybox` and a link per applet) plus the few files

@@ -54,7 +54,10 @@ pub fn from_secret(entries: &BTreeMap<String, Vec<u8>>) -> Vec<Credential> {
                     username,
                     password,
                     auth,
-                    server_address: key.clone(),
+                    // Left empty, as upstream's keyring leaves it: the key is already
+                    // matched, and containerd would read it as a URL (a bare
+                    // `host:port` does not parse).
+                    server_address: String::new(),
                     identity_token: text("identitytoken"),
                     registry_token: text("registrytoken"),
                 },
