@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs the container runtime k1s's kubelet supervises, only where it is missing (Debian 12, as
-# root): containerd, runc and the CNI plugins. Debian's own containerd service is stopped and
+# root): containerd, runc, the CNI plugins and iptables (the pods' outbound NAT). Debian's own containerd service is stopped and
 # disabled: k1s runs its own containerd with its own configuration, sockets and state under
 # the data dir.
 set -euo pipefail
 need=()
-for pkg in containerd runc containernetworking-plugins; do
+for pkg in containerd runc containernetworking-plugins iptables; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
   [ "$status" = "install ok installed" ] || need+=("$pkg")
 done
