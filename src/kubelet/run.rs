@@ -173,6 +173,8 @@ pub async fn run(
         probe: Box::new(super::eviction::System {
             nodefs: cfg.data_dir.clone(),
             imagefs: layout.root(),
+            pods_dir: cfg.data_dir.join("agent").join("pods"),
+            log_dir: cfg.pod_log_dir.clone(),
         }),
         usage: usage.clone(),
         pressure: facts.pressure.clone(),

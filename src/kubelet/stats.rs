@@ -131,6 +131,12 @@ pub async fn run(
                 _ => 0,
             };
             seen.insert(a.id.clone(), (used, cpu.timestamp));
+            let layer = s.writable_layer.as_ref().map_or((0, 0), |w| {
+                (
+                    w.used_bytes.as_ref().map_or(0, |v| v.value),
+                    w.inodes_used.as_ref().map_or(0, |v| v.value),
+                )
+            });
             let memory = s
                 .memory
                 .and_then(|m| m.working_set_bytes)
@@ -142,6 +148,8 @@ pub async fn run(
                     cpu_nanocores: nanocores,
                     memory_bytes: memory,
                     cpu_usage_ns: used,
+                    rootfs_bytes: layer.0,
+                    rootfs_inodes: layer.1,
                 },
             ));
         }

@@ -18,13 +18,16 @@ use std::time::{Duration, SystemTime};
 pub const RESOURCE_METRICS_PATH: &str = "metrics.k8s.io/resource-metrics-path";
 
 /// One container's usage.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContainerUsage {
     pub name: String,
     pub cpu_nanocores: u64,
     pub memory_bytes: u64,
     /// Cumulative CPU time in nanoseconds (0 when not known).
     pub cpu_usage_ns: u64,
+    /// The writable layer's bytes and inodes (0 when not known).
+    pub rootfs_bytes: u64,
+    pub rootfs_inodes: u64,
 }
 
 /// One pod's usage, by container.

@@ -214,6 +214,7 @@ pub fn usage(node: &str, prev: &Scrape, cur: &Scrape) -> Option<NodeUsage> {
                 cpu_nanocores: nanocores,
                 memory_bytes: memory,
                 cpu_usage_ns: now.0,
+                ..Default::default()
             },
         ));
     }
@@ -248,6 +249,7 @@ mod tests {
                     cpu_nanocores: 0,
                     memory_bytes: 5 << 20,
                     cpu_usage_ns: c_cpu_ns,
+                    ..Default::default()
                 }],
             }],
         }

@@ -5,7 +5,8 @@
 //! MemoryPressure, DiskPressure and PIDPressure on the node as soon as one is crossed (held for
 //! `--eviction-pressure-transition-period` after the signal recovers), and while a memory or
 //! disk threshold is met (a soft one: crossed for its whole grace period) evicts one pod per
-//! pass, ranked as upstream ranks them ([`rank`]): never a critical one. A met threshold holds
+//! pass, ranked as upstream ranks them ([`rank`]; memory by working sets, disk by writable
+//! layers, logs and disk-backed emptyDirs): never a critical one. A met threshold holds
 //! until `--eviction-minimum-reclaim` more than its level is available. Each pass that acts
 //! records EvictionThresholdMet on the node. Under disk pressure unused images go first. The pod's worker stops it (hard: at once; soft: within
 //! `--eviction-max-pod-grace-period`) and reports it Failed with reason `Evicted`.
@@ -225,6 +226,40 @@ impl Manager {
         relieved
     }
 
+    /// What each pod uses of the resource `signal` measures, by `namespace/name`: memory
+    /// working sets; bytes or inodes of writable layers, logs and disk-backed emptyDirs.
+    fn usage_of(&self, pods: &[Pod], signal: Signal) -> HashMap<String, u64> {
+        let latest = self.usage.get();
+        let stats: HashMap<String, &crate::resource_metrics::PodUsage> = latest
+            .iter()
+            .flat_map(|u| u.pods.iter())
+            .map(|p| (format!("{}/{}", p.namespace, p.name), p))
+            .collect();
+        pods.iter()
+            .map(|p| {
+                let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
+                let containers = stats
+                    .get(&key)
+                    .map(|u| u.containers.as_slice())
+                    .unwrap_or(&[]);
+                let sum = |f: fn(&crate::resource_metrics::ContainerUsage) -> u64| {
+                    containers.iter().map(f).sum::<u64>()
+                };
+                let used = match signal {
+                    Signal::MemoryAvailable => sum(|c| c.memory_bytes),
+                    Signal::NodefsAvailable | Signal::ImagefsAvailable => {
+                        sum(|c| c.rootfs_bytes) + self.probe.pod_disk(p).0
+                    }
+                    Signal::NodefsInodesFree | Signal::ImagefsInodesFree => {
+                        sum(|c| c.rootfs_inodes) + self.probe.pod_disk(p).1
+                    }
+                    Signal::PidAvailable => 0,
+                };
+                (key, used)
+            })
+            .collect()
+    }
+
     async fn evict_one(&self, t: &Threshold, o: &Observation) {
         let api: Api<Pod> = Api::all(self.client.clone());
         let lp = ListParams::default().fields(&format!("spec.nodeName={}", self.node));
@@ -235,21 +270,7 @@ impl Manager {
                 return;
             }
         };
-        let usage: HashMap<String, u64> = self
-            .usage
-            .get()
-            .map(|u| {
-                u.pods
-                    .iter()
-                    .map(|p| {
-                        (
-                            format!("{}/{}", p.namespace, p.name),
-                            p.containers.iter().map(|c| c.memory_bytes).sum(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let usage = self.usage_of(&pods, t.signal);
         let pending: Vec<String> = self
             .evictions
             .lock()

@@ -16,14 +16,14 @@ pub(super) fn priority(p: &Pod) -> i32 {
     p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
 }
 
-/// The pod's memory request (all containers), in bytes.
-pub(super) fn memory_request(p: &Pod) -> u64 {
+/// The pod's request of `resource` (all containers), in bytes.
+fn request(p: &Pod, resource: &str) -> u64 {
     p.spec
         .as_ref()
         .map(|s| {
             s.containers
                 .iter()
-                .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get("memory"))
+                .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get(resource))
                 .filter_map(|q| crate::quantity::milli(&q.0))
                 .map(|m| u64::try_from(m / 1000).unwrap_or(0))
                 .sum()
@@ -31,9 +31,22 @@ pub(super) fn memory_request(p: &Pod) -> u64 {
         .unwrap_or(0)
 }
 
-/// The pods to evict for `signal`, first first: upstream's `rankMemoryPressure` (usage over
-/// requests, then priority, then usage above requests); for the other signals, by priority.
-/// `usage`: memory in bytes by `namespace/name`.
+/// What a pod may use of the resource `signal` measures before it is a bigger consumer than
+/// it asked for: memory and ephemeral-storage requests; nothing for inodes; none for PIDs
+/// (ranked by priority alone).
+fn allowance(p: &Pod, signal: Signal) -> Option<u64> {
+    match signal {
+        Signal::MemoryAvailable => Some(request(p, "memory")),
+        Signal::NodefsAvailable | Signal::ImagefsAvailable => Some(request(p, "ephemeral-storage")),
+        Signal::NodefsInodesFree | Signal::ImagefsInodesFree => Some(0),
+        Signal::PidAvailable => None,
+    }
+}
+
+/// The pods to evict for `signal`, first first, as upstream's rank functions: pods using more
+/// than they request (memory, ephemeral-storage; any inodes), then lower priority, then the
+/// larger use above requests; for PIDs by priority. `usage`: what each pod uses of the
+/// signal's resource (bytes or inodes) by `namespace/name`.
 pub fn rank<'a>(pods: &'a [Pod], usage: &HashMap<String, u64>, signal: Signal) -> Vec<&'a Pod> {
     let mut out: Vec<&Pod> = pods
         .iter()
@@ -55,13 +68,12 @@ pub fn rank<'a>(pods: &'a [Pod], usage: &HashMap<String, u64>, signal: Signal) -
             .copied()
             .unwrap_or(0)
     };
-    out.sort_by_key(|p| {
-        let (u, r) = (used(p) as i128, memory_request(p) as i128);
-        if signal == Signal::MemoryAvailable {
+    out.sort_by_key(|p| match allowance(p, signal) {
+        Some(r) => {
+            let (u, r) = (used(p) as i128, r as i128);
             (u <= r, priority(p), std::cmp::Reverse(u - r))
-        } else {
-            (false, priority(p), std::cmp::Reverse(0))
         }
+        None => (false, priority(p), std::cmp::Reverse(0)),
     });
     out
 }
@@ -79,7 +91,11 @@ pub(super) fn message(
         t.shown(),
         o.available / 1024
     );
-    if t.signal == Signal::MemoryAvailable {
+    let bytes = matches!(
+        t.signal,
+        Signal::MemoryAvailable | Signal::NodefsAvailable | Signal::ImagefsAvailable
+    );
+    if let (true, Some(asked)) = (bytes, allowance(pod, t.signal)) {
         let used = usage
             .get(&format!(
                 "{}/{}",
@@ -89,9 +105,10 @@ pub(super) fn message(
             .copied()
             .unwrap_or(0);
         m.push_str(&format!(
-            "Pod was using {}Ki, request is {}Ki, has larger consumption of memory. ",
+            "Pod was using {}Ki, request is {}Ki, has larger consumption of {}. ",
             used / 1024,
-            memory_request(pod) / 1024
+            asked / 1024,
+            t.signal.resource()
         ));
     }
     m
@@ -148,5 +165,61 @@ mod tests {
             &usage,
         );
         assert!(msg.starts_with("The node was low on resource: memory. Threshold quantity: 100Mi, available: 51200Ki. Pod was using 102400Ki, request is 10240Ki"), "{msg}");
+    }
+
+    #[test]
+    fn disk_ranking_follows_ephemeral_storage_requests_then_priority_then_use() {
+        let disk = |name: &str, priority: i32, request: Option<&str>| {
+            let mut p = pod(name, priority, None);
+            if let (Some(r), Some(spec)) = (request, p.spec.as_mut()) {
+                spec.containers[0].resources = serde_json::from_value(
+                    serde_json::json!({"requests": {"ephemeral-storage": r}}),
+                )
+                .ok();
+            }
+            p
+        };
+        let pods = vec![
+            disk("within-request", 0, Some("1Gi")),
+            disk("small", 0, None),
+            disk("writer", 0, None),
+            disk("important-writer", 100, None),
+        ];
+        let usage: HashMap<String, u64> = [
+            ("ns/within-request", 500 << 20),
+            ("ns/small", 1 << 20),
+            ("ns/writer", 300 << 20),
+            ("ns/important-writer", 900 << 20),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let order: Vec<String> = rank(&pods, &usage, Signal::NodefsAvailable)
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        assert_eq!(
+            order,
+            ["writer", "small", "important-writer", "within-request"]
+        );
+        let msg = message(
+            &parse("nodefs.available<10%").expect("t")[1 - 1],
+            &Observation {
+                available: 1 << 30,
+                capacity: 20 << 30,
+            },
+            &pods[2],
+            &usage,
+        );
+        assert!(
+            msg.ends_with("Pod was using 307200Ki, request is 0Ki, has larger consumption of ephemeral-storage. "),
+            "{msg}"
+        );
+        // PIDs: priority alone.
+        let order: Vec<String> = rank(&pods, &usage, Signal::PidAvailable)
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        assert_eq!(order[3], "important-writer");
     }
 }

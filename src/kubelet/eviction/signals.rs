@@ -4,8 +4,11 @@
 //! `SIGNAL<PERCENT%`), a soft one with its `--eviction-soft-grace-period`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvictionError {
@@ -226,13 +229,35 @@ pub struct Observation {
 /// Reads the node's signals; [`System`] from /proc and the filesystems, fakes in tests.
 pub trait Probe: Send + Sync {
     fn observe(&self) -> HashMap<Signal, Observation>;
+    /// Bytes and inodes a pod's logs and disk-backed emptyDir volumes use (its containers'
+    /// writable layers come from the runtime's stats).
+    fn pod_disk(&self, pod: &Pod) -> (u64, u64);
 }
 
 /// This machine: /proc/meminfo, statvfs of the data dir (nodefs) and of containerd's root
-/// (imagefs), the kernel's pid_max and its count of tasks.
+/// (imagefs), the kernel's pid_max and its count of tasks; pods' files under `pods_dir` and
+/// their logs under `log_dir`.
 pub struct System {
     pub nodefs: PathBuf,
     pub imagefs: PathBuf,
+    pub pods_dir: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+/// Disk bytes (allocated blocks) and inodes under `path`, symlinks not followed.
+fn disk_usage(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return (0, 0);
+    };
+    let mut total = (meta.blocks() * 512, 1);
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            let (b, i) = disk_usage(&e.path());
+            total = (total.0 + b, total.1 + i);
+        }
+    }
+    total
 }
 
 fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
@@ -320,6 +345,32 @@ impl Probe for System {
         }
         out
     }
+
+    fn pod_disk(&self, pod: &Pod) -> (u64, u64) {
+        let uid = pod.uid().unwrap_or_default();
+        let mut dirs = vec![self.log_dir.join(format!(
+            "{}_{}_{uid}",
+            pod.namespace().unwrap_or_default(),
+            pod.name_any()
+        ))];
+        let empty = self
+            .pods_dir
+            .join(&uid)
+            .join("volumes")
+            .join("kubernetes.io~empty-dir");
+        for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            // Memory-backed emptyDirs count as memory, not disk.
+            if v.empty_dir
+                .as_ref()
+                .is_some_and(|e| e.medium.as_deref() != Some("Memory"))
+            {
+                dirs.push(empty.join(&v.name));
+            }
+        }
+        dirs.iter()
+            .map(|d| disk_usage(d))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
 }
 
 /// The thresholds crossed now, each with its observation.
@@ -385,6 +436,38 @@ mod tests {
         );
         assert!(parse_soft("", "memory.available=1m").is_err());
         assert!(parse_soft("", "").expect("none").is_empty());
+    }
+
+    #[test]
+    fn a_pods_disk_is_its_logs_and_disk_backed_empty_dirs() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let sys = System {
+            nodefs: tmp.path().into(),
+            imagefs: tmp.path().into(),
+            pods_dir: tmp.path().join("pods"),
+            log_dir: tmp.path().join("logs"),
+        };
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"containers": [], "volumes": [
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "ram", "emptyDir": {"medium": "Memory"}},
+            ]},
+        }))
+        .expect("pod");
+        let vols = tmp.path().join("pods/u1/volumes/kubernetes.io~empty-dir");
+        for (dir, size) in [
+            (tmp.path().join("logs/ns_p_u1/c"), 64 << 10),
+            (vols.join("scratch"), 256 << 10),
+            (vols.join("ram"), 1 << 20),
+        ] {
+            std::fs::create_dir_all(&dir).expect("dir");
+            std::fs::write(dir.join("f"), vec![1u8; size]).expect("file");
+        }
+        let (bytes, inodes) = sys.pod_disk(&pod);
+        assert!((320 << 10..(1 << 20)).contains(&bytes), "{bytes}");
+        // The log dir, its container dir and file; the emptyDir and its file.
+        assert_eq!(inodes, 5);
     }
 
     #[test]

@@ -198,6 +198,7 @@ impl Usage {
                     cpu_nanocores: c.nanocores,
                     memory_bytes: c.memory_bytes,
                     cpu_usage_ns: c.used_at(now),
+                    ..Default::default()
                 })
                 .collect();
             for c in &containers {
