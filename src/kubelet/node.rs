@@ -149,6 +149,17 @@ impl Facts {
         .collect()
     }
 
+    /// Takes the conditions' statuses and transition times from the stored Node.
+    pub fn adopt_transitions(&self, node: &Node) {
+        let mut transitions = self.transitions.lock().unwrap_or_else(|e| e.into_inner());
+        let conditions = node.status.iter().flat_map(|s| s.conditions.iter().flatten());
+        for c in conditions {
+            if let Some(at) = &c.last_transition_time {
+                transitions.insert(c.type_.clone(), (c.status.clone(), at.0));
+            }
+        }
+    }
+
     /// The node's status as of now.
     pub fn status(&self) -> NodeStatus {
         let now = Timestamp::now();
@@ -229,7 +240,13 @@ pub async fn register(client: &Client, facts: &Facts) -> Result<(), kube::Error>
     let api: Api<Node> = Api::all(client.clone());
     match api.create(&PostParams::default(), &node).await {
         Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            // A node registered before (a restarted kubelet): conditions that have not changed
+            // keep their lastTransitionTime, as upstream's status setters keep them.
+            if let Some(existing) = api.get_opt(&facts.name).await? {
+                facts.adopt_transitions(&existing);
+            }
+        }
         Err(e) => return Err(e),
     }
     post_status(client, facts).await
@@ -381,5 +398,20 @@ mod tests {
         f.pressure.write().expect("lock").disk = true;
         assert!(since(&f, "DiskPressure") > first);
         assert_eq!(since(&f, "Ready"), since(&f, "Ready"));
+
+        // A restarted kubelet keeps the stored times of conditions that did not change.
+        let stored: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n"},
+            "status": {"conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-02T03:04:05Z"},
+                {"type": "MemoryPressure", "status": "True",
+                 "lastTransitionTime": "2026-01-02T03:04:05Z"},
+            ]},
+        }))
+        .expect("node");
+        f.adopt_transitions(&stored);
+        let then: Timestamp = "2026-01-02T03:04:05Z".parse().expect("time");
+        assert_eq!(since(&f, "Ready"), Some(then));
+        assert!(since(&f, "MemoryPressure") > Some(then), "False now: a new transition");
     }
 }
