@@ -102,11 +102,22 @@ pub async fn run(
             .into_iter()
             .collect();
     pinned.insert(config::PAUSE_IMAGE.to_string());
+    // The image filesystem, as the runtime reports it (CRI ImageFsInfo): a runtime of the
+    // user's own keeps its images elsewhere.
+    let imagefs = match runtime.image_fs_mountpoints().await {
+        Ok(m) => m.into_iter().map(std::path::PathBuf::from).find(|p| p.exists()),
+        Err(e) => {
+            tracing::warn!("asking the runtime where its images are: {e}");
+            None
+        }
+    }
+    .unwrap_or_else(|| layout.root());
+    tracing::debug!(imagefs = %imagefs.display(), "image filesystem");
     let (high, low, min_age) = cfg.image_gc;
     let images_gc = Arc::new(images::gc::Collector::new(
         runtime.clone(),
         images::gc::Policy { high, low, min_age },
-        layout.root(),
+        imagefs.clone(),
         pinned,
     ));
 
@@ -172,7 +183,7 @@ pub async fn run(
         transition: cfg.eviction_transition,
         probe: Box::new(super::eviction::System {
             nodefs: cfg.data_dir.clone(),
-            imagefs: layout.root(),
+            imagefs,
             pods_dir: cfg.data_dir.join("agent").join("pods"),
             log_dir: cfg.pod_log_dir.clone(),
         }),

@@ -265,6 +265,21 @@ impl Runtime for Cri {
         Ok(r.map_err(status("list images"))?.into_inner().images)
     }
 
+    async fn image_fs_mountpoints(&self) -> Result<Vec<String>, RuntimeError> {
+        let r = self
+            .images
+            .clone()
+            .image_fs_info(api::ImageFsInfoRequest {})
+            .await;
+        let info = r.map_err(status("image filesystem info"))?.into_inner();
+        Ok(info
+            .image_filesystems
+            .into_iter()
+            .filter_map(|f| f.fs_id.map(|id| id.mountpoint))
+            .filter(|m| !m.is_empty())
+            .collect())
+    }
+
     async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
         let req = api::RemoveImageRequest {
             image: Some(api::ImageSpec {

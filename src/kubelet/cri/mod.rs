@@ -93,6 +93,8 @@ pub trait Runtime: Send + Sync {
     async fn image_status(&self, image: &str) -> Result<Option<api::Image>, RuntimeError>;
     /// Every image the runtime holds.
     async fn list_images(&self) -> Result<Vec<api::Image>, RuntimeError>;
+    /// Where the runtime keeps images: the mountpoints of its image filesystems.
+    async fn image_fs_mountpoints(&self) -> Result<Vec<String>, RuntimeError>;
     /// Removes an image (by id, tag or digest).
     async fn remove_image(&self, image: &str) -> Result<(), RuntimeError>;
     /// Pulls an image; its reference.
