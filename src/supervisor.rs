@@ -688,7 +688,11 @@ pub async fn run_agent(args: AgentArgs) -> Result<(), SupervisorError> {
             args.kubelet.kubelet_port,
         )))
         .await
-        .map_err(|e| SupervisorError::Kubelet(e.into()))?;
+        .map_err(|e| {
+            SupervisorError::Flag(format!(
+                "the simulated nodes' kubelet API: {e} (choose another --kubelet-port; 0: any free one)"
+            ))
+        })?;
         let port = listener
             .local_addr()
             .map_err(|e| SupervisorError::Flag(format!("--kubelet-port: {e}")))?
