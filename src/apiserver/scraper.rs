@@ -106,7 +106,12 @@ fn target(node: &Node, local: &HashSet<String>) -> Option<Target> {
         .annotations
         .as_ref()
         .and_then(|a| a.get(crate::resource_metrics::RESOURCE_METRICS_PATH))
-        .filter(|p| p.starts_with('/'))
+        // Only the two shapes kubelets and KWOK-style agents serve: the scraper's client
+        // certificate must not be pointed at any other path.
+        .filter(|p| {
+            p.as_str() == "/metrics/resource"
+                || p.as_str() == format!("/metrics/nodes/{name}/metrics/resource")
+        })
         .cloned();
     let status = node.status.as_ref()?;
     let simulated = status
@@ -269,6 +274,20 @@ mod tests {
             .into(),
         );
         assert_eq!(target(&sim, &local), at("sim-1", path));
+        for other in [
+            "/api/v1/secrets",
+            "/metrics/nodes/sim-2/metrics/resource",
+            "/metrics/resource?x",
+        ] {
+            sim.metadata.annotations = Some(
+                [(
+                    crate::resource_metrics::RESOURCE_METRICS_PATH.to_string(),
+                    other.to_string(),
+                )]
+                .into(),
+            );
+            assert_eq!(target(&sim, &local), None, "{other}");
+        }
     }
 
     #[test]

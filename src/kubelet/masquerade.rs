@@ -89,9 +89,36 @@ pub fn remove(ipt: &dyn Iptables, bridge: &str) -> Result<(), MasqueradeError> {
     Ok(())
 }
 
-/// Sets the rules for the pods of `pod_cidr` on `bridge`, replacing what an earlier start (or
-/// another pod CIDR) left.
-pub fn ensure(ipt: &dyn Iptables, bridge: &str, pod_cidr: &str) -> Result<(), MasqueradeError> {
+/// Whether the rules for `pod_cidr` on `bridge` are all there, and nothing else.
+fn in_place(ipt: &dyn Iptables, bridge: &str, pod_cidr: &str) -> Result<bool, MasqueradeError> {
+    let chain = chain(bridge);
+    let Ok(rules) = ipt.run(&["-t", "nat", "-S", &chain]) else {
+        return Ok(false);
+    };
+    let rules: Vec<&str> = rules
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| l.starts_with("-A "))
+        .collect();
+    let want = [
+        format!("-A {chain} -d {pod_cidr} -j RETURN"),
+        format!("-A {chain} ! -d 224.0.0.0/4 -j MASQUERADE"),
+    ];
+    if rules != want {
+        return Ok(false);
+    }
+    let listing = ipt.run(&["-t", "nat", "-S", "POSTROUTING"])?;
+    let jumps = jumps(&listing, &chain);
+    Ok(jumps.len() == 1 && jumps[0].starts_with(&format!("-A POSTROUTING -s {pod_cidr} ")))
+}
+
+/// Sets the rules for the pods of `pod_cidr` on `bridge`; rules already in place are left
+/// alone (a restarted kubelet never drops NAT), others (an earlier pod CIDR, a flushed table)
+/// are replaced. Whether anything changed.
+pub fn ensure(ipt: &dyn Iptables, bridge: &str, pod_cidr: &str) -> Result<bool, MasqueradeError> {
+    if in_place(ipt, bridge, pod_cidr)? {
+        return Ok(false);
+    }
     remove(ipt, bridge)?;
     let chain = chain(bridge);
     let comment = format!("k1s: masquerade pods on {bridge}");
@@ -122,7 +149,7 @@ pub fn ensure(ipt: &dyn Iptables, bridge: &str, pod_cidr: &str) -> Result<(), Ma
         "-j",
         &chain,
     ])?;
-    Ok(())
+    Ok(true)
 }
 
 /// Splits an `iptables -S` rule into arguments, keeping quoted comments whole.
@@ -155,12 +182,25 @@ mod tests {
         chains: String,
     }
 
+    impl Fake {
+        fn chain_rules(&self, chain: &str) -> String {
+            match chain {
+                "K1S-MASQ-k1s0" => "-N K1S-MASQ-k1s0\n\
+                    -A K1S-MASQ-k1s0 -d 10.42.0.0/24 -j RETURN\n\
+                    -A K1S-MASQ-k1s0 ! -d 224.0.0.0/4 -j MASQUERADE\n"
+                    .into(),
+                _ => String::new(),
+            }
+        }
+    }
+
     impl Iptables for Fake {
         fn run(&self, args: &[&str]) -> Result<String, MasqueradeError> {
             self.ran.lock().expect("lock").push(args.join(" "));
             Ok(match args {
                 ["-t", "nat", "-S", "POSTROUTING"] => self.postrouting.clone(),
                 ["-t", "nat", "-S"] => self.chains.clone(),
+                ["-t", "nat", "-S", chain] => self.chain_rules(chain),
                 _ => String::new(),
             })
         }
@@ -176,11 +216,12 @@ mod tests {
                 .into(),
             chains: "-P PREROUTING ACCEPT\n-N K1S-MASQ-k1s0\n-N K1S-MASQ-k1s9\n".into(),
         };
-        ensure(&fake, "k1s0", "10.42.1.0/24").expect("ensure");
+        assert!(ensure(&fake, "k1s0", "10.42.1.0/24").expect("ensure"));
         let ran = fake.ran.into_inner().expect("lock");
         assert_eq!(
             ran,
             [
+                "-t nat -S K1S-MASQ-k1s0",
                 "-t nat -S POSTROUTING",
                 "-t nat -D POSTROUTING -s 10.42.0.0/24 -m comment --comment k1s: masquerade pods on k1s0 -j K1S-MASQ-k1s0",
                 "-t nat -S",
@@ -192,6 +233,18 @@ mod tests {
                 "-t nat -A POSTROUTING -s 10.42.1.0/24 -m comment --comment k1s: masquerade pods on k1s0 -j K1S-MASQ-k1s0",
             ]
         );
+    }
+
+    #[test]
+    fn rules_in_place_are_left_alone() {
+        let fake = Fake {
+            ran: Mutex::new(Vec::new()),
+            postrouting: "-A POSTROUTING -s 10.42.0.0/24 -m comment --comment \"k1s: masquerade pods on k1s0\" -j K1S-MASQ-k1s0\n".into(),
+            chains: String::new(),
+        };
+        assert!(!ensure(&fake, "k1s0", "10.42.0.0/24").expect("ensure"));
+        let ran = fake.ran.into_inner().expect("lock");
+        assert_eq!(ran, ["-t nat -S K1S-MASQ-k1s0", "-t nat -S POSTROUTING"]);
     }
 
     #[test]

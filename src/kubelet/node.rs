@@ -152,7 +152,10 @@ impl Facts {
     /// Takes the conditions' statuses and transition times from the stored Node.
     pub fn adopt_transitions(&self, node: &Node) {
         let mut transitions = self.transitions.lock().unwrap_or_else(|e| e.into_inner());
-        let conditions = node.status.iter().flat_map(|s| s.conditions.iter().flatten());
+        let conditions = node
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten());
         for c in conditions {
             if let Some(at) = &c.last_transition_time {
                 transitions.insert(c.type_.clone(), (c.status.clone(), at.0));
@@ -412,6 +415,9 @@ mod tests {
         f.adopt_transitions(&stored);
         let then: Timestamp = "2026-01-02T03:04:05Z".parse().expect("time");
         assert_eq!(since(&f, "Ready"), Some(then));
-        assert!(since(&f, "MemoryPressure") > Some(then), "False now: a new transition");
+        assert!(
+            since(&f, "MemoryPressure") > Some(then),
+            "False now: a new transition"
+        );
     }
 }

@@ -105,7 +105,10 @@ pub async fn run(
     // The image filesystem, as the runtime reports it (CRI ImageFsInfo): a runtime of the
     // user's own keeps its images elsewhere.
     let imagefs = match runtime.image_fs_mountpoints().await {
-        Ok(m) => m.into_iter().map(std::path::PathBuf::from).find(|p| p.exists()),
+        Ok(m) => m
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists()),
         Err(e) => {
             tracing::warn!("asking the runtime where its images are: {e}");
             None
@@ -181,7 +184,7 @@ pub async fn run(
         },
         max_pod_grace: cfg.eviction_soft.2,
         transition: cfg.eviction_transition,
-        probe: Box::new(super::eviction::System {
+        probe: Arc::new(super::eviction::System {
             nodefs: cfg.data_dir.clone(),
             imagefs,
             pods_dir: cfg.data_dir.join("agent").join("pods"),
@@ -245,19 +248,7 @@ pub async fn run(
             context: format!("writing {}", conf.display()),
             source,
         })?;
-        let bridge = cfg.pod_bridge.clone();
-        let nat_cidr = cidr.clone();
-        let nat = tokio::task::spawn_blocking(move || {
-            super::masquerade::ensure(&super::masquerade::System, &bridge, &nat_cidr)
-        })
-        .await;
-        match nat {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!("pods get no outbound NAT (install iptables): {e}")
-            }
-            Err(e) => tracing::warn!("pods get no outbound NAT: {e}"),
-        }
+        tokio::spawn(keep_nat(cfg.pod_bridge.clone(), cidr.clone(), stop.clone()));
         tracing::info!(%cidr, bridge = %cfg.pod_bridge, "pod network configured");
     }
 
@@ -331,6 +322,38 @@ async fn heartbeat(
 }
 
 /// The node as its events name it (upstream's kubelet uses the name as the uid).
+/// Keeps the pods' outbound NAT in place: set at once, checked every minute (a firewall
+/// reload or `iptables -F` would take it away).
+async fn keep_nat(bridge: String, cidr: String, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let (b, c) = (bridge.clone(), cidr.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            super::masquerade::ensure(&super::masquerade::System, &b, &c)
+        })
+        .await;
+        match done {
+            Ok(Ok(changed)) => {
+                if changed {
+                    tracing::info!(%bridge, %cidr, "pods' outbound NAT set");
+                }
+                failing = false;
+            }
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::warn!("pods get no outbound NAT (is iptables installed?): {e}");
+            }
+            Ok(Err(_)) => {}
+            Err(e) => tracing::warn!("setting the pods' outbound NAT: {e}"),
+        }
+    }
+}
+
 fn node_reference(name: &str) -> k8s_openapi::api::core::v1::ObjectReference {
     k8s_openapi::api::core::v1::ObjectReference {
         kind: Some("Node".into()),

@@ -109,7 +109,7 @@ pub struct Manager {
     pub node: String,
     pub thresholds: Vec<Threshold>,
     pub transition: Duration,
-    pub probe: Box<dyn Probe>,
+    pub probe: Arc<dyn Probe>,
     pub usage: Latest,
     pub pressure: Arc<RwLock<Pressure>>,
     pub evictions: Evictions,
@@ -227,35 +227,80 @@ impl Manager {
     }
 
     /// What each pod uses of the resource `signal` measures, by `namespace/name`: memory
-    /// working sets; bytes or inodes of writable layers, logs and disk-backed emptyDirs.
-    fn usage_of(&self, pods: &[Pod], signal: Signal) -> HashMap<String, u64> {
+    /// working sets; bytes or inodes of writable layers, logs and disk-backed emptyDirs. As
+    /// upstream's, a dedicated image filesystem counts only writable layers, and the node's
+    /// filesystem then only logs and volumes.
+    async fn usage_of(&self, pods: &[Pod], signal: Signal) -> HashMap<String, u64> {
+        let key = |p: &Pod| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
         let latest = self.usage.get();
         let stats: HashMap<String, &crate::resource_metrics::PodUsage> = latest
             .iter()
             .flat_map(|u| u.pods.iter())
             .map(|p| (format!("{}/{}", p.namespace, p.name), p))
             .collect();
+        let rootfs = |p: &Pod, inodes: bool| -> u64 {
+            stats
+                .get(&key(p))
+                .map(|u| {
+                    u.containers
+                        .iter()
+                        .map(|c| {
+                            if inodes {
+                                c.rootfs_inodes
+                            } else {
+                                c.rootfs_bytes
+                            }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        };
+        let (nodefs, imagefs, inodes) = match signal {
+            Signal::MemoryAvailable | Signal::PidAvailable => {
+                let memory = signal == Signal::MemoryAvailable;
+                return pods
+                    .iter()
+                    .map(|p| {
+                        let used = stats
+                            .get(&key(p))
+                            .filter(|_| memory)
+                            .map(|u| u.containers.iter().map(|c| c.memory_bytes).sum())
+                            .unwrap_or(0);
+                        (key(p), used)
+                    })
+                    .collect();
+            }
+            Signal::NodefsAvailable => (true, false, false),
+            Signal::NodefsInodesFree => (true, false, true),
+            Signal::ImagefsAvailable => (false, true, false),
+            Signal::ImagefsInodesFree => (false, true, true),
+        };
+        let probe = self.probe.clone();
+        let owned: Vec<Pod> = pods.to_vec();
+        let (dedicated, files) = tokio::task::spawn_blocking(move || {
+            let dedicated = probe.dedicated_imagefs();
+            let files: Vec<(u64, u64)> = if dedicated && imagefs {
+                Vec::new()
+            } else {
+                owned.iter().map(|p| probe.pod_disk(p)).collect()
+            };
+            (dedicated, files)
+        })
+        .await
+        .unwrap_or_default();
         pods.iter()
-            .map(|p| {
-                let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
-                let containers = stats
-                    .get(&key)
-                    .map(|u| u.containers.as_slice())
-                    .unwrap_or(&[]);
-                let sum = |f: fn(&crate::resource_metrics::ContainerUsage) -> u64| {
-                    containers.iter().map(f).sum::<u64>()
+            .enumerate()
+            .map(|(i, p)| {
+                let file = files
+                    .get(i)
+                    .map_or(0, |(b, n)| if inodes { *n } else { *b });
+                let layer = rootfs(p, inodes);
+                let used = match (dedicated, nodefs) {
+                    (false, _) => layer + file,
+                    (true, true) => file,
+                    (true, false) => layer,
                 };
-                let used = match signal {
-                    Signal::MemoryAvailable => sum(|c| c.memory_bytes),
-                    Signal::NodefsAvailable | Signal::ImagefsAvailable => {
-                        sum(|c| c.rootfs_bytes) + self.probe.pod_disk(p).0
-                    }
-                    Signal::NodefsInodesFree | Signal::ImagefsInodesFree => {
-                        sum(|c| c.rootfs_inodes) + self.probe.pod_disk(p).1
-                    }
-                    Signal::PidAvailable => 0,
-                };
-                (key, used)
+                (key(p), used)
             })
             .collect()
     }
@@ -270,7 +315,7 @@ impl Manager {
                 return;
             }
         };
-        let usage = self.usage_of(&pods, t.signal);
+        let usage = self.usage_of(&pods, t.signal).await;
         let pending: Vec<String> = self
             .evictions
             .lock()

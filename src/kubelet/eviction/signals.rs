@@ -230,8 +230,11 @@ pub struct Observation {
 pub trait Probe: Send + Sync {
     fn observe(&self) -> HashMap<Signal, Observation>;
     /// Bytes and inodes a pod's logs and disk-backed emptyDir volumes use (its containers'
-    /// writable layers come from the runtime's stats).
+    /// writable layers come from the runtime's stats). May take a while: call it off the
+    /// async workers.
     fn pod_disk(&self, pod: &Pod) -> (u64, u64);
+    /// Whether images live on a filesystem of their own (not the node's).
+    fn dedicated_imagefs(&self) -> bool;
 }
 
 /// This machine: /proc/meminfo, statvfs of the data dir (nodefs) and of containerd's root
@@ -244,17 +247,25 @@ pub struct System {
     pub log_dir: PathBuf,
 }
 
-/// Disk bytes (allocated blocks) and inodes under `path`, symlinks not followed.
+/// Disk bytes (allocated blocks) and inodes under `path`, symlinks not followed; iterative, so
+/// a deep tree cannot exhaust the stack.
 fn disk_usage(path: &Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return (0, 0);
-    };
-    let mut total = (meta.blocks() * 512, 1);
-    if meta.is_dir() {
-        for e in std::fs::read_dir(path).into_iter().flatten().flatten() {
-            let (b, i) = disk_usage(&e.path());
-            total = (total.0 + b, total.1 + i);
+    let mut total = (0u64, 0u64);
+    let mut todo = vec![path.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        total = (total.0 + meta.blocks() * 512, total.1 + 1);
+        if meta.is_dir() {
+            todo.extend(
+                std::fs::read_dir(&p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
         }
     }
     total
@@ -344,6 +355,15 @@ impl Probe for System {
             );
         }
         out
+    }
+
+    fn dedicated_imagefs(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        match (dev(&self.nodefs), dev(&self.imagefs)) {
+            (Some(a), Some(b)) => a != b,
+            _ => false,
+        }
     }
 
     fn pod_disk(&self, pod: &Pod) -> (u64, u64) {
@@ -464,6 +484,7 @@ mod tests {
             std::fs::create_dir_all(&dir).expect("dir");
             std::fs::write(dir.join("f"), vec![1u8; size]).expect("file");
         }
+        assert!(!sys.dedicated_imagefs());
         let (bytes, inodes) = sys.pod_disk(&pod);
         assert!((320 << 10..(1 << 20)).contains(&bytes), "{bytes}");
         // The log dir, its container dir and file; the emptyDir and its file.

@@ -33,15 +33,16 @@ async fn node_metrics(
     Path(node): Path<String>,
     req: Request,
 ) -> Response {
+    // Callers first, as a kubelet answers 401/403 before anything else.
+    if let Err(refused) = shared.auth.check(Asking::of(&req), &node).await {
+        return refused;
+    }
     if !shared.nodes.contains(&node) {
         return (
             StatusCode::NOT_FOUND,
             format!("no simulated node {node:?} here"),
         )
             .into_response();
-    }
-    if let Err(refused) = shared.auth.check(Asking::of(&req), &node).await {
-        return refused;
     }
     crate::kubelet::api::metrics_text(shared.usage.sample(&node).as_ref())
 }
