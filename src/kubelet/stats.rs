@@ -110,6 +110,12 @@ pub async fn run(
                 continue;
             }
         };
+        // Start times, as upstream's CRI stats provider takes them: the containers' creation.
+        let started: HashMap<String, i64> = runtime
+            .list_containers(None)
+            .await
+            .map(|cs| cs.into_iter().map(|c| (c.id, c.created_at)).collect())
+            .unwrap_or_default();
         let mut containers = Vec::new();
         let mut seen = HashMap::new();
         for s in stats {
@@ -150,6 +156,7 @@ pub async fn run(
                     cpu_usage_ns: used,
                     rootfs_bytes: layer.0,
                     rootfs_inodes: layer.1,
+                    start_unix_ns: started.get(&a.id).copied().unwrap_or(0),
                 },
             ));
         }

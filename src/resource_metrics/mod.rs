@@ -28,6 +28,8 @@ pub struct ContainerUsage {
     /// The writable layer's bytes and inodes (0 when not known).
     pub rootfs_bytes: u64,
     pub rootfs_inodes: u64,
+    /// When the container started, in nanoseconds since the Unix epoch (0 when not known).
+    pub start_unix_ns: i64,
 }
 
 /// One pod's usage, by container.

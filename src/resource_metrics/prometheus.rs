@@ -34,6 +34,15 @@ pub fn write(u: &NodeUsage) -> String {
             ));
         }
     }
+    out.push_str("# HELP container_start_time_seconds [STABLE] Start time of the container since unix epoch in seconds\n# TYPE container_start_time_seconds gauge\n");
+    for p in &u.pods {
+        for c in p.containers.iter().filter(|c| c.start_unix_ns > 0) {
+            out.push_str(&format!(
+                "container_start_time_seconds{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {ms}\n",
+                escape(&c.name), escape(&p.namespace), escape(&p.name), c.start_unix_ns as f64 / 1e9
+            ));
+        }
+    }
     out.push_str("# HELP node_cpu_usage_seconds_total [STABLE] Cumulative cpu time consumed by the node in core-seconds\n# TYPE node_cpu_usage_seconds_total counter\n");
     out.push_str(&format!(
         "node_cpu_usage_seconds_total {} {ms}\n",
@@ -275,6 +284,15 @@ mod tests {
         // The same sample twice, or one scrape alone: no rate yet.
         assert!(usage("edge-2", &b, &b).is_none());
         assert!(usage("edge-2", &Scrape::default(), &b).is_none());
+        // Start times are written for the containers whose start is known.
+        let mut started = sample_at(1_000, 1, 1);
+        started.pods[0].containers[0].start_unix_ns = 1_700_000_000_500_000_000;
+        let text = write(&started);
+        assert!(
+            text.contains("container_start_time_seconds{container=\"httpd\",namespace=\"default\",pod=\"web \\\"1\\\"\"} 1700000000.5 1000000\n"),
+            "{text}"
+        );
+        assert!(!write(&sample_at(1_000, 1, 1)).contains("container_start_time_seconds{"));
     }
 
     #[test]

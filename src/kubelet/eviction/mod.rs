@@ -216,8 +216,9 @@ impl Manager {
             Ok(freed) => tracing::info!(freed, "eviction manager: reclaimed unused images"),
             Err(e) => tracing::warn!("eviction manager: reclaiming images: {e}"),
         }
-        // Relieved once the threshold's minimum reclaim is available too.
-        let relieved = unresolved(std::slice::from_ref(t), &self.probe.observe()).is_empty();
+        // Relieved once no threshold is met any more, minimum reclaims included, as upstream
+        // checks after node-level reclaim.
+        let relieved = unresolved(&self.thresholds, &self.probe.observe()).is_empty();
         if relieved {
             tracing::info!(
                 "eviction manager: able to reduce resource pressure without evicting pods"
