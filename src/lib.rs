@@ -7,6 +7,8 @@
 #[cfg(feature = "apiserver")]
 pub mod apiserver;
 pub mod bench;
+#[cfg(any(feature = "apiserver", feature = "kubelet"))]
+pub mod certs;
 pub mod cli;
 #[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
 pub mod conditions;

@@ -4,6 +4,7 @@
 //! containerd: the supervised containerd ([`containerd`]), images without a registry
 //! ([`images`]) and the CRI runtime ([`cri`]).
 
+pub mod agent;
 pub mod api;
 pub mod containerd;
 pub mod cri;

@@ -60,18 +60,7 @@ pub struct Caller(pub Option<User>);
 
 /// The user a client certificate names.
 pub fn user_from_cert(der: &[u8]) -> Option<User> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let name = subject
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())?
-        .to_string();
-    let mut groups: Vec<String> = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
-    groups.push("system:authenticated".into());
+    let (name, groups) = crate::certs::subject(der)?;
     Some(User { name, groups })
 }
 
