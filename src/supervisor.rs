@@ -140,6 +140,10 @@ pub struct KubeletConfig {
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,
     pub resolv_conf: PathBuf,
+    /// `--cgroups-per-qos`, `--cgroup-root`, `--pod-max-pids`.
+    pub cgroups_per_qos: bool,
+    pub cgroup_root: String,
+    pub pod_max_pids: i64,
 }
 
 /// The simulated nodes' flags (`--simulated-node*`).

@@ -202,6 +202,7 @@ fn a_real_agent_runs_pods_on_its_own_containerd_and_reports_usage() {
         .args(["--token", &token(&s)])
         .args(["--node-name", "edge-2", "--node-ip", "127.0.0.1"])
         .args(["--pod-bridge", &bridge, "--kubelet-port", "0"])
+        .args(["--cgroup-root", &cleanup.cgroup_root()])
         .args(common::server::TEST_EVICTION_HARD)
         .arg("--pod-log-dir")
         .arg(dir.path().join("pod-logs"))

@@ -3,8 +3,11 @@
 //! `DATA_DIR/agent/images/` serves a Deployment of busybox httpd reached at every pod's IP on the
 //! node's bridge; containers restart with CrashLoopBackOff, pods finish Succeeded or Failed by
 //! their restart policy, a missing image is ErrImagePull then ImagePullBackOff; a restarted
-//! server adopts the running pods without restarting them; deleted pods are stopped and gone.
+//! server adopts the running pods without restarting them; deleted pods are stopped and gone;
+//! pods live in cgroups by QoS class with their limits.
 
+#[path = "kubelet/cgroups.rs"]
+mod cgroups;
 mod common;
 #[path = "kubelet/debugging.rs"]
 mod debugging;
@@ -339,7 +342,10 @@ fn the_kubelet_runs_pods_on_containerd() {
     let logs = dir.path().join("pod-logs");
     let logs = logs.to_str().expect("utf8").to_string();
     let cluster_dns = service_cidr.replace(".0.0/16", ".0.10");
+    let cgroup_root = cleanup.cgroup_root();
     let flags = [
+        "--cgroup-root",
+        &cgroup_root,
         "--cluster-dns",
         &cluster_dns,
         "--node-name",
@@ -419,6 +425,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     }
     let phase = jsonpath(&s, &format!("pod/{}", names[0]), "{.status.phase}");
     assert_eq!(phase, "Running");
+    cgroups::cgroups(&s, tmp.path(), &cgroup_root, names[0]);
 
     // The kubelet's events, as `kubectl describe pod` shows them, and the node's.
     let about = format!("involvedObject.name={}", names[0]);

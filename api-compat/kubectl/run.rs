@@ -226,7 +226,10 @@ fn with_kubelet(f: &Path) -> Vec<String> {
     let cleanup = node_dir(dir.path(), &bridge, &service_cidr);
     let logs = dir.path().join("pod-logs");
     let logs = logs.to_str().expect("utf8").to_string();
+    let cgroup_root = cleanup.cgroup_root();
     let flags = [
+        "--cgroup-root",
+        &cgroup_root,
         "--cluster-cidr",
         &pods_cidr,
         "--service-cidr",

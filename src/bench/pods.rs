@@ -21,6 +21,9 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
 use super::scale::{client, memory, percentile, Child};
+
+/// The benchmark node's own cgroup root, removed afterwards.
+const BENCH_CGROUP: &str = "/k1sbench";
 use super::{BenchError, PodsBenchArgs};
 
 /// The upstream pod startup SLO: p99 <= 5 s.
@@ -316,6 +319,7 @@ pub async fn run(args: PodsBenchArgs) -> Result<(), BenchError> {
                 service_cidr,
             ])
             .args(["--pod-bridge", "k1sbench0", "--kubelet-port", "0"])
+            .args(["--cgroup-root", BENCH_CGROUP])
             .arg("--pod-log-dir")
             .arg(dir.path().join("pod-logs"))
             .arg("--https-listen-port")
@@ -333,6 +337,14 @@ pub async fn run(args: PodsBenchArgs) -> Result<(), BenchError> {
     let result = measure(&args, pid, &kubeconfig, dir.path(), started).await;
     drop(child);
     clean_runtime(dir.path());
+    let cgroups = crate::kubelet::cgroups::Options {
+        root: BENCH_CGROUP.into(),
+        pod_max_pids: -1,
+    };
+    if let Err(e) = crate::kubelet::cgroups::Manager::detect(&cgroups).and_then(|m| m.remove_all())
+    {
+        eprintln!("removing the benchmark node's cgroups: {e}");
+    }
     use crate::kubelet::masquerade;
     if let Err(e) = masquerade::remove(&masquerade::System, "k1sbench0") {
         eprintln!("removing the benchmark node's NAT rules: {e}");

@@ -82,6 +82,16 @@ pub struct KubeletArgs {
     /// How long an unused image is kept after it is first seen.
     #[arg(long, default_value = "2m", value_parser = super::parse_duration, value_name = "DURATION")]
     pub minimum_image_gc_age: std::time::Duration,
+    /// Puts pods in cgroups by QoS class under `kubepods` (limited to the node's allocatable),
+    /// each pod in its own with the pod's limits; false: the runtime's default cgroups.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub cgroups_per_qos: bool,
+    /// The cgroup `kubepods` is made under.
+    #[arg(long, default_value = "/", value_name = "CGROUP")]
+    pub cgroup_root: String,
+    /// The most processes each pod may run (-1: no limit).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_name = "N")]
+    pub pod_max_pids: i64,
 }
 
 /// Upstream's `--eviction-hard` defaults on Linux.
@@ -129,6 +139,14 @@ impl KubeletArgs {
                 self.pod_bridge
             )));
         }
+        if !self.cgroup_root.starts_with('/')
+            || self.cgroup_root.split('/').any(|p| p == "." || p == "..")
+        {
+            return Err(SupervisorError::Flag(format!(
+                "--cgroup-root {:?}: an absolute cgroup path such as / or /edge is expected",
+                self.cgroup_root
+            )));
+        }
         if self.image_gc_low_threshold >= self.image_gc_high_threshold
             && self.image_gc_high_threshold < 100
         {
@@ -172,6 +190,9 @@ impl KubeletArgs {
             cluster_dns: self.cluster_dns.clone(),
             cluster_domain: self.cluster_domain.clone(),
             resolv_conf: self.resolv_conf.clone(),
+            cgroups_per_qos: self.cgroups_per_qos,
+            cgroup_root: self.cgroup_root.clone(),
+            pod_max_pids: self.pod_max_pids,
         })
     }
 }

@@ -2,10 +2,11 @@
 //! register, renew their Leases and move the pods bound to them through their lifecycle, as
 //! KWOK does, so the control plane can be tested at scale; and the pieces of the kubelet on real
 //! containerd: the supervised containerd ([`containerd`]), images without a registry
-//! ([`images`]) and the CRI runtime ([`cri`]).
+//! ([`images`]), the CRI runtime ([`cri`]) and the pods' cgroups ([`cgroups`]).
 
 pub mod agent;
 pub mod api;
+pub mod cgroups;
 pub mod containerd;
 pub mod cri;
 pub mod eviction;

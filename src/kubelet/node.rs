@@ -128,6 +128,18 @@ impl Facts {
         .collect()
     }
 
+    /// Allocatable CPU (millicores) and memory (bytes): what the pods' cgroup is limited to.
+    pub fn allocatable_cpu_memory(&self) -> (i64, i64) {
+        let less =
+            |k: &str, total: u64| total.saturating_sub(self.reserved.get(k).copied().unwrap_or(0));
+        let cpu = less("cpu", u64::from(self.cpus) * 1000);
+        let memory = less("memory", self.memory_bytes);
+        (
+            i64::try_from(cpu).unwrap_or(i64::MAX),
+            i64::try_from(memory).unwrap_or(i64::MAX),
+        )
+    }
+
     fn allocatable(&self) -> BTreeMap<String, Quantity> {
         let less =
             |k: &str, total: u64| total.saturating_sub(self.reserved.get(k).copied().unwrap_or(0));

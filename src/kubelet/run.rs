@@ -37,6 +37,8 @@ pub enum KubeletError {
     },
     #[error("kubelet API: {0}")]
     Api(#[from] api::KubeletApiError),
+    #[error("pod cgroups: {0}")]
+    Cgroups(#[from] super::cgroups::CgroupError),
     #[error("containerd is not installed ({0} not found in PATH): install Debian's containerd, runc and containernetworking-plugins, or pass --disable-kubelet")]
     NoContainerd(String),
 }
@@ -138,6 +140,19 @@ pub async fn run(
         cfg.reserved.clone(),
         kubelet_port,
     );
+    // The pods' cgroups before any pod starts, as upstream's container manager.
+    let cgroups = if cfg.cgroups_per_qos {
+        let m = super::cgroups::Manager::detect(&super::cgroups::Options {
+            root: cfg.cgroup_root.clone(),
+            pod_max_pids: cfg.pod_max_pids,
+        })?;
+        let (cpu, memory) = facts.allocatable_cpu_memory();
+        m.setup(cpu, memory)?;
+        tracing::info!(root = %cfg.cgroup_root, "pod cgroups ready");
+        Some(Arc::new(m))
+    } else {
+        None
+    };
     loop {
         match node::register(&client, &facts).await {
             Ok(()) => break,
@@ -248,7 +263,13 @@ pub async fn run(
             context: format!("writing {}", conf.display()),
             source,
         })?;
-        tokio::spawn(keep_nat(cfg.pod_bridge.clone(), cidr.clone(), stop.clone()));
+        tokio::spawn(keep_nat(
+            cfg.pod_bridge.clone(),
+            cidr.clone(),
+            recorder.clone(),
+            node_reference(&cfg.node_name),
+            stop.clone(),
+        ));
         tracing::info!(%cidr, bridge = %cfg.pod_bridge, "pod network configured");
     }
 
@@ -274,6 +295,7 @@ pub async fn run(
         services,
         evictions,
         events: recorder.clone(),
+        cgroups,
     });
     pods::run(shared, stop.clone()).await;
     let _ = heartbeats.await;
@@ -324,7 +346,15 @@ async fn heartbeat(
 /// The node as its events name it (upstream's kubelet uses the name as the uid).
 /// Keeps the pods' outbound NAT in place: set at once, checked every minute (a firewall
 /// reload or `iptables -F` would take it away).
-async fn keep_nat(bridge: String, cidr: String, mut stop: watch::Receiver<bool>) {
+/// Keeps the pods' outbound NAT in place (checked every minute); a failure is logged and
+/// recorded on the node once, until it works again.
+async fn keep_nat(
+    bridge: String,
+    cidr: String,
+    recorder: crate::events::Recorder,
+    node: k8s_openapi::api::core::v1::ObjectReference,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     let mut failing = false;
     loop {
@@ -346,7 +376,16 @@ async fn keep_nat(bridge: String, cidr: String, mut stop: watch::Receiver<bool>)
             }
             Ok(Err(e)) if !failing => {
                 failing = true;
-                tracing::warn!("pods get no outbound NAT (is iptables installed?): {e}");
+                let msg = format!("pods get no outbound NAT (is iptables installed?): {e}");
+                tracing::warn!("{msg}");
+                recorder
+                    .record(
+                        &node,
+                        crate::events::Type::Warning,
+                        "FailedOutboundNAT",
+                        &msg,
+                    )
+                    .await;
             }
             Ok(Err(_)) => {}
             Err(e) => tracing::warn!("setting the pods' outbound NAT: {e}"),

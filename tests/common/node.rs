@@ -7,8 +7,8 @@ use std::process::Command;
 
 use k1s::kubelet::images::oci;
 
-/// An OCI layout tarball of Debian's static busybox named `name`.
-pub fn busybox_image(name: &str) -> Vec<u8> {
+/// A layer of Debian's static busybox with a link for each of its applets.
+pub fn busybox_layer() -> Vec<u8> {
     let list = Command::new("/bin/busybox")
         .arg("--list")
         .output()
@@ -17,7 +17,12 @@ pub fn busybox_image(name: &str) -> Vec<u8> {
         .lines()
         .map(str::to_string)
         .collect();
-    let layer = oci::busybox_layer(Path::new("/bin/busybox"), &applets).expect("layer");
+    oci::busybox_layer(Path::new("/bin/busybox"), &applets).expect("layer")
+}
+
+/// An OCI layout tarball of Debian's static busybox named `name`.
+pub fn busybox_image(name: &str) -> Vec<u8> {
+    let layer = busybox_layer();
     oci::image_layout(
         name,
         &oci::RunConfig {
@@ -63,6 +68,11 @@ pub struct Cleanup {
 }
 
 impl Cleanup {
+    /// The test node's `--cgroup-root` (its own, so test runs and a real node never meet).
+    pub fn cgroup_root(&self) -> String {
+        format!("/{}", self.bridge)
+    }
+
     /// Drops traffic to `cidr` (the service range) locally, as the tests' safety rule asks.
     pub fn blackhole(&mut self, cidr: &str) {
         let _ = Command::new("ip")
@@ -109,6 +119,16 @@ impl Drop for Cleanup {
         use k1s::kubelet::masquerade;
         if let Err(e) = masquerade::remove(&masquerade::System, &self.bridge) {
             eprintln!("removing the test node's NAT rules: {e}");
+        }
+        // The node's cgroups (its --cgroup-root), now that nothing runs in them.
+        let cgroups = k1s::kubelet::cgroups::Options {
+            root: self.cgroup_root(),
+            pod_max_pids: -1,
+        };
+        if let Err(e) =
+            k1s::kubelet::cgroups::Manager::detect(&cgroups).and_then(|m| m.remove_all())
+        {
+            eprintln!("removing the test node's cgroups: {e}");
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])

@@ -31,15 +31,7 @@ fn write(path: &Path, data: &[u8]) {
 
 /// Lays `repo:tag` (busybox, its command `sh`) out as distribution's filesystem driver keeps it.
 fn store_image(root: &Path, repo: &str, tag: &str) {
-    let list = Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .expect("busybox-static");
-    let applets: Vec<String> = String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let layer = oci::busybox_layer(Path::new("/bin/busybox"), &applets).expect("layer");
+    let layer = super::node::busybox_layer();
     let run = oci::RunConfig {
         cmd: vec!["sh".into()],
         ..Default::default()

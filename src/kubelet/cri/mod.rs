@@ -27,6 +27,9 @@ pub enum RuntimeError {
         op: &'static str,
         what: &'static str,
     },
+    /// What the node had to ready before asking the runtime failed (the pod's cgroup).
+    #[error("{0}")]
+    Node(String),
 }
 
 impl RuntimeError {

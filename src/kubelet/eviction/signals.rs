@@ -124,14 +124,9 @@ pub fn parse(spec: &str) -> Result<Vec<Threshold>, EvictionError> {
 pub fn parse_soft(spec: &str, graces: &str) -> Result<Vec<Threshold>, EvictionError> {
     const GRACE: &str = "--eviction-soft-grace-period";
     let mut periods = HashMap::new();
-    for item in graces.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (name, value) = item
-            .split_once('=')
-            .ok_or_else(|| bad(GRACE, format!("{item:?}: want SIGNAL=DURATION")))?;
-        let signal = Signal::parse(name.trim())
-            .ok_or_else(|| bad(GRACE, format!("{name:?} is not an eviction signal")))?;
-        let d = crate::cli::parse_duration(value.trim())
-            .map_err(|e| bad(GRACE, format!("{value:?}: {e}")))?;
+    for (signal, value) in per_signal(graces, GRACE, "DURATION")? {
+        let d =
+            crate::cli::parse_duration(value).map_err(|e| bad(GRACE, format!("{value:?}: {e}")))?;
         periods.insert(signal, d);
     }
     let mut soft = parse_as(spec, "--eviction-soft")?;
@@ -166,18 +161,33 @@ pub fn with_min_reclaim(
     spec: &str,
 ) -> Result<Vec<Threshold>, EvictionError> {
     const FLAG: &str = "--eviction-minimum-reclaim";
-    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (name, value) = item
-            .split_once('=')
-            .ok_or_else(|| bad(FLAG, format!("{item:?}: want SIGNAL=QUANTITY")))?;
-        let signal = Signal::parse(name.trim())
-            .ok_or_else(|| bad(FLAG, format!("{name:?} is not an eviction signal")))?;
-        let level = level(FLAG, value.trim())?;
+    for (signal, value) in per_signal(spec, FLAG, "QUANTITY")? {
+        let level = level(FLAG, value)?;
         for t in thresholds.iter_mut().filter(|t| t.signal == signal) {
             t.min_reclaim = Some(level.clone());
         }
     }
     Ok(thresholds)
+}
+
+/// A flag's comma-separated `SIGNAL=VALUE` items, `want` naming what VALUE is.
+fn per_signal<'a>(
+    spec: &'a str,
+    flag: &'static str,
+    want: &str,
+) -> Result<Vec<(Signal, &'a str)>, EvictionError> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (name, value) = item
+                .split_once('=')
+                .ok_or_else(|| bad(flag, format!("{item:?}: want SIGNAL={want}")))?;
+            let signal = Signal::parse(name.trim())
+                .ok_or_else(|| bad(flag, format!("{name:?} is not an eviction signal")))?;
+            Ok((signal, value.trim()))
+        })
+        .collect()
 }
 
 fn level(flag: &'static str, value: &str) -> Result<Level, EvictionError> {

@@ -189,4 +189,8 @@ async fn remove_orphans(shared: &Shared, workers: &HashMap<String, Handle>) {
         }
         shared.forget_pod(&uid);
     }
+    // Cgroups of pods that are gone (or whose removal found processes still there).
+    if let Some(cgroups) = &shared.cgroups {
+        cgroups.sweep(&workers.keys().cloned().collect());
+    }
 }

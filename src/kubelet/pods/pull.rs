@@ -62,7 +62,7 @@ impl Shared {
                 }
             }
         }
-        let sandbox = spec::sandbox(&self.env, pod, 0);
+        let sandbox = spec::sandbox(&self.env, pod, 0, &self.cgroup_parent(pod));
         let msg = format!("Pulling image \"{image}\"");
         self.event(pod, Some(c.name.as_str()), Type::Normal, "Pulling", &msg)
             .await;

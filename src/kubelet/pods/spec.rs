@@ -83,8 +83,9 @@ pub fn namespace_options(pod: &Pod) -> api::NamespaceOption {
     }
 }
 
-/// The pod sandbox's configuration for its `attempt`-th sandbox.
-pub fn sandbox(env: &Env, pod: &Pod, attempt: u32) -> api::PodSandboxConfig {
+/// The pod sandbox's configuration for its `attempt`-th sandbox, in the cgroup `cgroup_parent`
+/// (empty: the runtime's default).
+pub fn sandbox(env: &Env, pod: &Pod, attempt: u32, cgroup_parent: &str) -> api::PodSandboxConfig {
     let spec = pod.spec.clone().unwrap_or_default();
     let hostname = spec
         .hostname
@@ -132,8 +133,10 @@ pub fn sandbox(env: &Env, pod: &Pod, attempt: u32) -> api::PodSandboxConfig {
         annotations: pod.annotations().clone().into_iter().collect(),
         dns_config: Some(super::dns::config(pod, &env.dns)),
         linux: Some(api::LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent.to_string(),
             security_context: Some(super::security::sandbox(pod, namespace_options(pod))),
             sysctls: super::security::sysctls(pod),
+            resources: Some(pod_resources(pod)),
             ..Default::default()
         }),
         ..Default::default()
@@ -344,6 +347,23 @@ fn resources(pod: &Pod, c: &Container, env: &Env) -> api::LinuxContainerResource
         cpu_shares: shares,
         memory_limit_in_bytes: memory,
         oom_score_adj: oom_score_adj(pod, c, env),
+        ..Default::default()
+    }
+}
+
+/// The pod's resources as a whole (upstream tells the runtime, for NRI plugins and the like).
+fn pod_resources(pod: &Pod) -> api::LinuxContainerResources {
+    use crate::kubelet::cgroups::limits;
+    let l = limits::pod_limits(pod, -1);
+    api::LinuxContainerResources {
+        cpu_period: if l.cpu_quota.is_some() {
+            limits::CPU_PERIOD
+        } else {
+            0
+        },
+        cpu_quota: l.cpu_quota.unwrap_or(0),
+        cpu_shares: l.cpu_shares.unwrap_or(0),
+        memory_limit_in_bytes: l.memory_bytes.unwrap_or(0),
         ..Default::default()
     }
 }

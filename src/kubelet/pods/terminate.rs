@@ -99,8 +99,19 @@ impl Shared {
         }
     }
 
-    /// Removes the pod's files on this node (volumes, managed files).
+    /// Removes the pod's cgroup, when its containers have stopped (or retries on a later
+    /// sweep).
+    pub fn remove_cgroup(&self, uid: &str) {
+        if let Some(cgroups) = &self.cgroups {
+            if let Err(e) = cgroups.remove_pod(uid) {
+                tracing::debug!(uid, "removing the pod's cgroup: {e}");
+            }
+        }
+    }
+
+    /// Removes the pod's files on this node (volumes, managed files) and its cgroup.
     pub fn forget_pod(&self, uid: &str) {
+        self.remove_cgroup(uid);
         self.evictions
             .lock()
             .unwrap_or_else(|p| p.into_inner())

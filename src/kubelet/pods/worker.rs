@@ -43,6 +43,8 @@ pub struct Shared {
     pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
     /// Events about pods, from `kubelet` on this node.
     pub events: crate::events::Recorder,
+    /// The pods' cgroups (`--cgroups-per-qos`); none: the runtime's default parent.
+    pub cgroups: Option<Arc<crate::kubelet::cgroups::Manager>>,
 }
 
 /// A restart delay and when it was last used.
@@ -164,6 +166,7 @@ impl Shared {
                     let _ = self.runtime.stop_pod_sandbox(&s.id).await;
                 }
             }
+            self.remove_cgroup(&uid);
             return Duration::from_secs(30);
         }
         let evicted = self
@@ -231,6 +234,10 @@ impl Shared {
             let status = self.runtime.pod_sandbox_status(&s.id).await?;
             let ip = status.network.map(|n| n.ip).unwrap_or_default();
             st.ips.insert(s.id.clone(), ip.clone());
+            // A running pod adopted: its cgroup counts towards its class's again.
+            if let Err(e) = self.pod_cgroup(pod, st).await {
+                tracing::warn!(pod = %pod.name_any(), "{e}");
+            }
             return Ok((s.id.clone(), ip));
         }
         // None is ready: whatever ran in the old ones goes, and a new sandbox starts.
@@ -254,9 +261,10 @@ impl Shared {
             .unwrap_or(0);
         let dir = spec::log_dir(&self.env, pod);
         let _ = std::fs::create_dir_all(&dir);
+        let parent = self.pod_cgroup(pod, st).await?;
         let id = match self
             .runtime
-            .run_pod_sandbox(spec::sandbox(&self.env, pod, next))
+            .run_pod_sandbox(spec::sandbox(&self.env, pod, next, &parent))
             .await
         {
             Ok(id) => id,
@@ -271,6 +279,38 @@ impl Shared {
         let ip = status.network.map(|n| n.ip).unwrap_or_default();
         st.ips.insert(id.clone(), ip.clone());
         Ok((id, ip))
+    }
+
+    /// The pod's cgroup (the runtime puts each container of the pod under it), or empty.
+    pub(super) fn cgroup_parent(&self, pod: &Pod) -> String {
+        self.cgroups
+            .as_ref()
+            .map(|c| c.pod_cgroup(pod))
+            .unwrap_or_default()
+    }
+
+    /// Makes the pod's cgroup (as upstream, before its sandbox); its name, or empty without
+    /// pod cgroups.
+    async fn pod_cgroup(&self, pod: &Pod, st: &mut State) -> Result<String, RuntimeError> {
+        let Some(cgroups) = &self.cgroups else {
+            return Ok(String::new());
+        };
+        match cgroups.ensure_pod(pod) {
+            Ok(name) => Ok(name),
+            Err(e) => {
+                let msg = format!("unable to ensure pod container exists: {e}");
+                self.event_once(
+                    st,
+                    pod,
+                    None,
+                    Type::Warning,
+                    "FailedCreatePodContainer",
+                    &msg,
+                )
+                .await;
+                Err(RuntimeError::Node(msg))
+            }
+        }
     }
 
     /// Brings the runtime towards the pod's spec.
@@ -539,7 +579,7 @@ impl Shared {
         };
         let mut config = spec::container(pod, c, &self.env, attempt, ip, &resolved, mounts);
         super::ephemeral::target(pod, c, &st.running, &mut config);
-        let sandbox_config = spec::sandbox(&self.env, pod, 0);
+        let sandbox_config = spec::sandbox(&self.env, pod, 0, &self.cgroup_parent(pod));
         let id = match self
             .runtime
             .create_container(sandbox_id, config, sandbox_config)
