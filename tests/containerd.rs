@@ -170,7 +170,10 @@ async fn pods_run_on_supervised_containerd_and_outlive_its_restart() {
     let logs = dir.path().join("pods").join("uid-1");
     std::fs::create_dir_all(&logs).expect("log dir");
     let sandbox = sandbox_config("uid-1", &logs);
-    let sandbox_id = cri.run_pod_sandbox(sandbox.clone()).await.expect("sandbox");
+    let sandbox_id = cri
+        .run_pod_sandbox(sandbox.clone(), "")
+        .await
+        .expect("sandbox");
     let status = cri.pod_sandbox_status(&sandbox_id).await.expect("status");
     let ip = status.network.expect("network").ip;
     assert!(ip.starts_with("10.213."), "pod IP {ip} from {subnet}");

@@ -4,7 +4,7 @@
 //! node's bridge; containers restart with CrashLoopBackOff, pods finish Succeeded or Failed by
 //! their restart policy, a missing image is ErrImagePull then ImagePullBackOff; a restarted
 //! server adopts the running pods without restarting them; deleted pods are stopped and gone;
-//! pods live in cgroups by QoS class with their limits.
+//! pods live in cgroups by QoS class with their limits; RuntimeClasses pick the OCI runtime.
 
 #[path = "kubelet/cgroups.rs"]
 mod cgroups;
@@ -17,6 +17,8 @@ mod eviction;
 mod kubelet_api;
 #[path = "kubelet/pull.rs"]
 mod pull;
+#[path = "kubelet/runtime_class.rs"]
+mod runtime_class;
 #[path = "kubelet/security.rs"]
 mod security;
 #[path = "kubelet/volumes.rs"]
@@ -426,6 +428,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     let phase = jsonpath(&s, &format!("pod/{}", names[0]), "{.status.phase}");
     assert_eq!(phase, "Running");
     cgroups::cgroups(&s, tmp.path(), &cgroup_root, names[0]);
+    runtime_class::runtime_classes(&s, tmp.path(), &cgroup_root);
 
     // The kubelet's events, as `kubectl describe pod` shows them, and the node's.
     let about = format!("involvedObject.name={}", names[0]);

@@ -123,6 +123,9 @@ pub struct PodsBenchArgs {
     /// Pods running while the memory is measured.
     #[arg(long, default_value_t = 20)]
     pub steady_pods: usize,
+    /// The OCI runtime the pods run on (the server's `--default-runtime`: runc, crun).
+    #[arg(long, default_value = "runc")]
+    pub runtime: String,
 }
 
 /// Runs the pod start benchmark (every part is needed, and root for containerd).

@@ -320,6 +320,7 @@ pub async fn run(args: PodsBenchArgs) -> Result<(), BenchError> {
             ])
             .args(["--pod-bridge", "k1sbench0", "--kubelet-port", "0"])
             .args(["--cgroup-root", BENCH_CGROUP])
+            .args(["--default-runtime", &args.runtime])
             .arg("--pod-log-dir")
             .arg(dir.path().join("pod-logs"))
             .arg("--https-listen-port")
@@ -429,7 +430,10 @@ async fn measure(
     let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
     let s = |d: Duration| format!("{:.2}", d.as_secs_f64());
     println!();
-    println!("k1s bench pods: k1s server with its kubelet on the containerd it supervises");
+    println!(
+        "k1s bench pods: k1s server with its kubelet on the containerd it supervises ({})",
+        args.runtime
+    );
     println!(
         "node Ready after {} s (containerd started, images imported)",
         s(node_ready)

@@ -82,6 +82,10 @@ pub struct KubeletArgs {
     /// How long an unused image is kept after it is first seen.
     #[arg(long, default_value = "2m", value_parser = super::parse_duration, value_name = "DURATION")]
     pub minimum_image_gc_age: std::time::Duration,
+    /// The OCI runtime pods without a RuntimeClass run on, in the containerd k1s supervises
+    /// (runc; crun or youki when installed, each also a RuntimeClass handler of that name).
+    #[arg(long, default_value = "runc", value_name = "NAME")]
+    pub default_runtime: String,
     /// Puts pods in cgroups by QoS class under `kubepods` (limited to the node's allocatable),
     /// each pod in its own with the pod's limits; false: the runtime's default cgroups.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -190,6 +194,7 @@ impl KubeletArgs {
             cluster_dns: self.cluster_dns.clone(),
             cluster_domain: self.cluster_domain.clone(),
             resolv_conf: self.resolv_conf.clone(),
+            default_runtime: self.default_runtime.clone(),
             cgroups_per_qos: self.cgroups_per_qos,
             cgroup_root: self.cgroup_root.clone(),
             pod_max_pids: self.pod_max_pids,

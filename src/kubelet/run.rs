@@ -37,6 +37,8 @@ pub enum KubeletError {
     },
     #[error("kubelet API: {0}")]
     Api(#[from] api::KubeletApiError),
+    #[error("--default-runtime {0}: no such OCI runtime in PATH (runc, or one of {others:?})", others = config::OTHER_RUNTIMES)]
+    NoRuntime(String),
     #[error("pod cgroups: {0}")]
     Cgroups(#[from] super::cgroups::CgroupError),
     #[error("containerd is not installed ({0} not found in PATH): install Debian's containerd, runc and containernetworking-plugins, or pass --disable-kubelet")]
@@ -74,11 +76,15 @@ pub async fn run(
             if !in_path("containerd") {
                 return Err(KubeletError::NoContainerd("containerd".into()));
             }
-            let cd = Containerd::start(
-                layout.clone(),
-                &Options::default(),
-                &PathBuf::from("containerd"),
-            )?;
+            let opts = Options {
+                default_runtime: cfg.default_runtime.clone(),
+                ..Options::default()
+            };
+            if !opts.handlers().contains(&opts.default_runtime) {
+                return Err(KubeletError::NoRuntime(opts.default_runtime));
+            }
+            tracing::info!(handlers = ?opts.handlers(), default = %opts.default_runtime, "OCI runtimes");
+            let cd = Containerd::start(layout.clone(), &opts, &PathBuf::from("containerd"))?;
             let channel = cd.ready(RUNTIME_READY).await?;
             supervised = Some(cd);
             channel

@@ -84,19 +84,30 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        // Containers still running: runc under the private state dir kills and deletes them.
-        let runc_root = self.data_dir.join("agent/containerd/state/runc/k8s.io");
-        if let Ok(out) = Command::new("runc")
-            .arg("--root")
-            .arg(&runc_root)
-            .args(["list", "-q"])
-            .output()
-        {
+        // Containers still running: each OCI runtime under its private state dir kills and
+        // deletes them.
+        for runtime in ["runc", "crun"] {
+            let root = self
+                .data_dir
+                .join("agent/containerd/state")
+                .join(runtime)
+                .join("k8s.io");
+            if !root.is_dir() {
+                continue;
+            }
+            let Ok(out) = Command::new(runtime)
+                .arg("--root")
+                .arg(&root)
+                .args(["list", "-q"])
+                .output()
+            else {
+                continue;
+            };
             for id in String::from_utf8_lossy(&out.stdout).lines() {
-                let _ = Command::new("runc")
+                let _ = Command::new(runtime)
                     .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "-f", id])
+                    .arg(&root)
+                    .args(["delete", "-f", id.trim()])
                     .status();
             }
         }

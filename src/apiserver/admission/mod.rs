@@ -6,7 +6,8 @@
 //! ([`node_restriction`]), PodSecurity ([`pod_security`]), LimitRanger
 //! ([`limit_ranger`]), ServiceAccount ([`service_account`]), TaintNodesByCondition,
 //! Priority ([`priority`]), DefaultTolerationSeconds, DefaultStorageClass and
-//! StorageObjectInUseProtection ([`defaults`]), and last ResourceQuota ([`resource_quota`]).
+//! StorageObjectInUseProtection ([`defaults`]), RuntimeClass ([`runtime_class`]), and last
+//! ResourceQuota ([`resource_quota`]).
 //!
 //! Refusals are 403 Forbidden worded as upstream: `pods "web" is forbidden: ...`.
 
@@ -20,6 +21,7 @@ pub mod node_restriction;
 pub mod pod_security;
 pub mod priority;
 pub mod resource_quota;
+pub mod runtime_class;
 pub mod service_account;
 
 use axum::http::StatusCode;
@@ -95,6 +97,7 @@ pub async fn admit(
     defaults::default_toleration_seconds(a, obj);
     defaults::default_storage_class(a, obj).await;
     defaults::storage_object_in_use_protection(a, obj);
+    runtime_class::admit(a, obj).await?;
     Ok(())
 }
 
@@ -109,6 +112,7 @@ pub async fn validate(
     node_restriction::validate(a, obj, old)?;
     let warnings = pod_security::validate(a, obj, old).await?;
     limit_ranger::validate(a, obj).await?;
+    runtime_class::validate(a, obj).await?;
     resource_quota::validate(a, obj, old).await?;
     Ok(warnings)
 }

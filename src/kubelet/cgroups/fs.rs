@@ -18,6 +18,8 @@ pub trait CgroupFs: Send + Sync {
     /// Names of the cgroups directly under `dir` (none when it does not exist).
     fn children(&self, dir: &Path) -> Vec<String>;
     fn exists(&self, dir: &Path) -> bool;
+    /// SIGKILLs the processes in the cgroup `dir`; how many there were.
+    fn kill_all(&self, dir: &Path) -> usize;
 }
 
 /// The kernel's cgroup filesystems.
@@ -58,7 +60,38 @@ impl CgroupFs for System {
     fn exists(&self, dir: &Path) -> bool {
         dir.is_dir()
     }
+
+    fn kill_all(&self, dir: &Path) -> usize {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let mut n = 0;
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            if pid > 1 {
+                // SAFETY: kill(2) on a process of a pod cgroup this kubelet made and no pod
+                // it knows of owns.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                n += 1;
+            }
+        }
+        n
+    }
 }
+
+/// cgroup v1's controllers (the other mount options are flags or names).
+const V1_CONTROLLERS: [&str; 13] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "pids",
+    "blkio",
+    "devices",
+    "freezer",
+    "hugetlb",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "rdma",
+];
 
 /// This machine's cgroup hierarchies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,10 +131,8 @@ impl Layout {
                 "cgroup2" => unified = Some(point),
                 "cgroup" => {
                     let options = right.get(2).copied().unwrap_or_default();
-                    for opt in options.split(',') {
-                        if !matches!(opt, "rw" | "ro") && !opt.starts_with("name=") {
-                            controllers.entry(opt.to_string()).or_insert(point.clone());
-                        }
+                    for opt in options.split(',').filter(|o| V1_CONTROLLERS.contains(o)) {
+                        controllers.entry(opt.to_string()).or_insert(point.clone());
                     }
                     if !hierarchies.contains(&point) {
                         hierarchies.push(point);
@@ -110,7 +141,9 @@ impl Layout {
                 _ => {}
             }
         }
-        if !controllers.is_empty() {
+        // v1 only where its cpu and memory controllers are (a v2 machine may keep a named v1
+        // hierarchy for old systemd).
+        if controllers.contains_key("cpu") && controllers.contains_key("memory") {
             hierarchies.extend(unified);
             return Some(Layout::V1 {
                 controllers,
@@ -123,6 +156,21 @@ impl Layout {
     /// This machine's layout.
     pub fn detect() -> Option<Layout> {
         Layout::from_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+    }
+
+    /// On a hybrid machine, the controllers its v2 hierarchy offers (crun and youki refuse to
+    /// run containers when there are any); empty elsewhere.
+    pub fn hybrid_v2_controllers(&self) -> String {
+        let Layout::V1 { hierarchies, .. } = self else {
+            return String::new();
+        };
+        hierarchies
+            .iter()
+            .map(|h| h.join("cgroup.controllers"))
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .map(|c| c.trim().to_string())
+            .find(|c| !c.is_empty())
+            .unwrap_or_default()
     }
 
     /// Every directory a cgroup named `name` (`/kubepods/...`) has.
@@ -208,5 +256,12 @@ mod tests {
             None
         );
         assert_eq!(unescape("/a\\040b"), "/a b");
+        let with_named = format!(
+            "{text}31 30 0:27 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n"
+        );
+        assert!(
+            matches!(Layout::from_mountinfo(&with_named), Some(Layout::V2 { .. })),
+            "a named v1 hierarchy does not make a v2 machine v1"
+        );
     }
 }

@@ -32,7 +32,7 @@ pub fn shares(millicpu: i64) -> i64 {
     if millicpu <= 0 {
         return MIN_SHARES;
     }
-    (millicpu * 1024 / 1000).clamp(MIN_SHARES, MAX_SHARES)
+    (millicpu.saturating_mul(1024) / 1000).clamp(MIN_SHARES, MAX_SHARES)
 }
 
 /// Millicores to a CFS quota per [`CPU_PERIOD`].
@@ -40,7 +40,7 @@ pub fn quota(millicpu: i64) -> i64 {
     if millicpu <= 0 {
         return 0;
     }
-    (millicpu * CPU_PERIOD / 1000).max(MIN_QUOTA)
+    (millicpu.saturating_mul(CPU_PERIOD) / 1000).max(MIN_QUOTA)
 }
 
 /// cgroup v1 shares to cgroup v2's cpu.weight, as runc and the kubelet convert them.
@@ -90,20 +90,20 @@ fn effective(pod: &Pod, each: impl Fn(&Container) -> Option<i64>) -> Option<i64>
     let spec = pod.spec.as_ref()?;
     let mut total = Some(0i64);
     for c in &spec.containers {
-        total = total.zip(each(c)).map(|(a, b)| a + b);
+        total = total.zip(each(c)).map(|(a, b)| a.saturating_add(b));
     }
     let mut sidecars = Some(0i64);
     let mut init_max = Some(0i64);
     for c in spec.init_containers.iter().flatten() {
         let v = each(c);
         if sidecar(c) {
-            sidecars = sidecars.zip(v).map(|(a, b)| a + b);
-            total = total.zip(v).map(|(a, b)| a + b);
+            sidecars = sidecars.zip(v).map(|(a, b)| a.saturating_add(b));
+            total = total.zip(v).map(|(a, b)| a.saturating_add(b));
             // A sidecar runs beside the init containers after it.
             init_max = init_max.zip(sidecars).map(|(a, b)| a.max(b));
         } else {
             init_max = init_max
-                .zip(v.zip(sidecars).map(|(a, b)| a + b))
+                .zip(v.zip(sidecars).map(|(a, b)| a.saturating_add(b)))
                 .map(|(a, b)| a.max(b));
         }
     }
@@ -122,13 +122,28 @@ fn overhead(pod: &Pod, name: &str) -> i64 {
         })
 }
 
-/// The pod's requests and limits as its cgroup sees them.
+/// The pod's requests and limits as its cgroup sees them (overhead included).
 pub fn pod_totals(pod: &Pod) -> PodTotals {
-    let req = |name: &'static str| {
-        effective(pod, |c| Some(request(c, name))).unwrap_or(0) + overhead(pod, name)
+    totals(pod, true)
+}
+
+/// The pod's requests and limits, its overhead included or not.
+pub fn totals(pod: &Pod, with_overhead: bool) -> PodTotals {
+    let extra = |name: &str| {
+        if with_overhead {
+            overhead(pod, name)
+        } else {
+            0
+        }
     };
-    let lim =
-        |name: &'static str| effective(pod, |c| limit(c, name)).map(|v| v + overhead(pod, name));
+    let req = |name: &'static str| {
+        effective(pod, |c| Some(request(c, name)))
+            .unwrap_or(0)
+            .saturating_add(extra(name))
+    };
+    let lim = |name: &'static str| {
+        effective(pod, |c| limit(c, name)).map(|v| v.saturating_add(extra(name)))
+    };
     PodTotals {
         cpu_request: req("cpu"),
         memory_request: req("memory"),
@@ -140,7 +155,11 @@ pub fn pod_totals(pod: &Pod) -> PodTotals {
 /// The pod cgroup's limits by the pod's QoS class; `pids` is `--pod-max-pids` (negative:
 /// none).
 pub fn pod_limits(pod: &Pod, pids: i64) -> Limits {
-    let t = pod_totals(pod);
+    limits_of(pod, pod_totals(pod), pids)
+}
+
+/// [`pod_limits`] from totals of the caller's choosing.
+pub fn limits_of(pod: &Pod, t: PodTotals, pids: i64) -> Limits {
     let pids = (pids > 0).then_some(pids);
     match qos(pod) {
         "BestEffort" => Limits {

@@ -96,7 +96,7 @@ impl Manager {
         };
         self.create(&format!("{}/besteffort", self.base), &least)?;
         self.create(&format!("{}/burstable", self.base), &least)?;
-        self.burstable_shares()
+        self.burstable_shares(&self.tally())
     }
 
     /// Removes every cgroup under `--cgroup-root` (for tests and benchmarks, after their
@@ -128,26 +128,35 @@ impl Manager {
         if qos(pod) == "Burstable" {
             let cpu = limits::pod_totals(pod).cpu_request;
             let uid = pod.uid().unwrap_or_default();
-            let changed = self.tally().insert(uid, cpu) != Some(cpu);
-            if changed {
-                self.burstable_shares()?;
+            let mut tally = self.tally();
+            if tally.insert(uid, cpu) != Some(cpu) {
+                self.burstable_shares(&tally)?;
             }
         }
         Ok(name)
     }
 
-    /// Removes the cgroup of the pod `uid` (its containers must have stopped).
+    /// Removes the cgroup of the pod `uid` (its containers must have stopped); the pod no
+    /// longer counts towards its class's shares either way.
     pub fn remove_pod(&self, uid: &str) -> Result<(), CgroupError> {
-        for class in ["", "/burstable", "/besteffort"] {
-            let name = format!("{}{class}/pod{uid}", self.base);
-            for dir in self.layout.dirs(&name) {
-                self.remove_tree(&dir)?;
+        {
+            let mut tally = self.tally();
+            if tally.remove(uid).is_some() {
+                self.burstable_shares(&tally)?;
             }
         }
-        if self.tally().remove(uid).is_some() {
-            self.burstable_shares()?;
+        for dir in self.pod_dirs(uid) {
+            self.remove_tree(&dir)?;
         }
         Ok(())
+    }
+
+    /// Every directory the pod `uid`'s cgroup may have, whatever its class.
+    fn pod_dirs(&self, uid: &str) -> Vec<std::path::PathBuf> {
+        ["", "/burstable", "/besteffort"]
+            .iter()
+            .flat_map(|class| self.layout.dirs(&format!("{}{class}/pod{uid}", self.base)))
+            .collect()
     }
 
     /// Removes the cgroups of pods not in `live` (uids), as the kubelet's housekeeping does.
@@ -168,7 +177,15 @@ impl Manager {
         for uid in gone {
             match self.remove_pod(&uid) {
                 Ok(()) => tracing::info!(uid, "removed the cgroup of a pod that is gone"),
-                Err(e) => tracing::debug!(uid, "removing an orphaned pod cgroup: {e}"),
+                Err(e) => {
+                    // Processes the runtime lost track of: killed, as upstream's pod cgroup
+                    // manager does, and the cgroup goes on the next sweep.
+                    let mut killed = 0;
+                    for dir in self.pod_dirs(&uid) {
+                        killed += self.kill_tree(&dir);
+                    }
+                    tracing::warn!(uid, killed, "removing an orphaned pod cgroup: {e}");
+                }
             }
         }
     }
@@ -177,9 +194,22 @@ impl Manager {
         self.burstable.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The burstable cgroup's shares: its pods' CPU requests together.
-    fn burstable_shares(&self) -> Result<(), CgroupError> {
-        let total: i64 = self.tally().values().sum();
+    /// Kills the processes in `dir` and the cgroups under it; how many.
+    fn kill_tree(&self, dir: &Path) -> usize {
+        if !self.fs.exists(dir) {
+            return 0;
+        }
+        let mut n = self.fs.kill_all(dir);
+        for child in self.fs.children(dir) {
+            n += self.kill_tree(&dir.join(child));
+        }
+        n
+    }
+
+    /// The burstable cgroup's shares: its pods' CPU requests together (`tally` held, so
+    /// writes land in order).
+    fn burstable_shares(&self, tally: &BTreeMap<String, i64>) -> Result<(), CgroupError> {
+        let total = tally.values().fold(0i64, |a, b| a.saturating_add(*b));
         let l = Limits {
             cpu_shares: Some(limits::shares(total)),
             ..Default::default()

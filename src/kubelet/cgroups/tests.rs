@@ -75,6 +75,10 @@ impl CgroupFs for Arc<Fake> {
     fn exists(&self, dir: &Path) -> bool {
         self.dirs.lock().expect("lock").contains(dir)
     }
+
+    fn kill_all(&self, dir: &Path) -> usize {
+        usize::from(self.busy.lock().expect("lock").remove(dir))
+    }
 }
 
 impl Fake {
@@ -218,10 +222,20 @@ fn v1_nodes_get_kubepods_with_the_qos_classes_and_pods_under_them() {
         Some("2")
     );
 
-    // Housekeeping: pods this kubelet no longer has lose their cgroups.
-    m.sweep(&HashSet::from(["g1".to_string()]));
+    // Housekeeping: pods this kubelet no longer has lose their cgroups; processes left in
+    // one are killed, and it goes on the next sweep.
+    fs.busy
+        .lock()
+        .expect("lock")
+        .insert(PathBuf::from("/cg/memory/kubepods/besteffort/pode1"));
+    let live = HashSet::from(["g1".to_string()]);
+    m.sweep(&live);
+    assert!(fs.has("/cg/memory/kubepods/besteffort/pode1"), "busy");
+    assert!(fs.busy.lock().expect("lock").is_empty(), "killed");
+    m.sweep(&live);
     assert!(fs.has("/cg/cpu/kubepods/podg1"));
     assert!(!fs.has("/cg/cpu/kubepods/besteffort/pode1"));
+    assert!(!fs.has("/cg/memory/kubepods/besteffort/pode1"));
     assert!(fs.has("/cg/cpu/kubepods/besteffort"));
 }
 

@@ -54,6 +54,11 @@ pub struct Options {
     pub cni_bin_dir: PathBuf,
     /// Whether to ask containerd never to lower a process's `oom_score_adj`.
     pub restrict_oom_score_adj: bool,
+    /// OCI runtimes besides runc found on this machine, by handler name, each run by the runc
+    /// shim (as k3s configures crun).
+    pub runtimes: Vec<(String, PathBuf)>,
+    /// The handler pods without a RuntimeClass get (`--default-runtime`).
+    pub default_runtime: String,
 }
 
 impl Default for Options {
@@ -61,7 +66,48 @@ impl Default for Options {
         Options {
             cni_bin_dir: PathBuf::from("/usr/lib/cni"),
             restrict_oom_score_adj: !has_cap_sys_resource(),
+            runtimes: find_runtimes(),
+            default_runtime: "runc".into(),
         }
+    }
+}
+
+/// OCI runtimes other than runc that the runc shim can drive, as k3s looks for them.
+pub const OTHER_RUNTIMES: [&str; 2] = ["crun", "youki"];
+
+/// The [`OTHER_RUNTIMES`] in PATH that can run containers here: none on a hybrid cgroup
+/// machine whose v2 hierarchy offers controllers, which they refuse.
+pub fn find_runtimes() -> Vec<(String, PathBuf)> {
+    let Some(paths) = std::env::var_os("PATH") else {
+        return Vec::new();
+    };
+    let hybrid = crate::kubelet::cgroups::fs::Layout::detect()
+        .map(|l| l.hybrid_v2_controllers())
+        .unwrap_or_default();
+    if !hybrid.is_empty() {
+        tracing::info!(
+            v2_controllers = %hybrid,
+            "crun and youki are not offered: they refuse hybrid cgroups whose v2 hierarchy has controllers"
+        );
+        return Vec::new();
+    }
+    OTHER_RUNTIMES
+        .iter()
+        .filter_map(|name| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+                .map(|p| (name.to_string(), p))
+        })
+        .collect()
+}
+
+impl Options {
+    /// Every handler this configuration offers.
+    pub fn handlers(&self) -> Vec<String> {
+        std::iter::once("runc".to_string())
+            .chain(self.runtimes.iter().map(|(n, _)| n.clone()))
+            .collect()
     }
 }
 
@@ -139,13 +185,13 @@ oom_score = 0
       max_conf_num = 1
     [plugins."io.containerd.grpc.v1.cri".containerd]
       snapshotter = "overlayfs"
-      default_runtime_name = "runc"
+      default_runtime_name = "{default_runtime}"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           SystemdCgroup = false
           Root = {runc_root}
-"#,
+{others}"#,
         root = q(layout.root()),
         state = q(layout.state()),
         socket = q(layout.socket()),
@@ -155,7 +201,30 @@ oom_score = 0
         cni_bin = quoted(&opts.cni_bin_dir),
         cni_conf = q(layout.cni_conf_dir()),
         runc_root = q(layout.state().join("runc")),
+        default_runtime = opts.default_runtime,
+        others = others(layout, opts),
     )
+}
+
+/// The other runtimes' sections, each with a state directory of its own.
+fn others(layout: &Layout, opts: &Options) -> String {
+    let mut out = String::new();
+    for (name, binary) in &opts.runtimes {
+        let section = format!(r#"plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{name}"#);
+        let _ = write!(
+            out,
+            r#"      [{section}]
+        runtime_type = "io.containerd.runc.v2"
+        [{section}.options]
+          BinaryName = {binary}
+          SystemdCgroup = false
+          Root = {root}
+"#,
+            binary = quoted(binary),
+            root = quoted(&layout.state().join(name)),
+        );
+    }
+    out
 }
 
 /// The pod network: a bridge with host-local addresses from the node's pod CIDR and port
@@ -207,8 +276,13 @@ mod tests {
             &Options {
                 cni_bin_dir: "/usr/lib/cni".into(),
                 restrict_oom_score_adj: true,
+                runtimes: vec![("crun".into(), "/usr/bin/crun".into())],
+                default_runtime: "crun".into(),
             },
         );
+        assert!(text.contains(r#"default_runtime_name = "crun""#));
+        assert!(text.contains(r#"BinaryName = "/usr/bin/crun""#));
+        assert!(text.contains(r#"Root = "/var/lib/k1s/agent/containerd/state/crun""#));
         assert!(text.contains(r#"root = "/var/lib/k1s/agent/containerd/root""#));
         assert!(text.contains(r#"address = "/var/lib/k1s/agent/containerd/containerd.sock""#));
         assert!(text.contains("restrict_oom_score_adj = true"));

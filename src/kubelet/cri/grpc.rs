@@ -50,10 +50,14 @@ impl Runtime for Cri {
         Ok(r.map_err(status("version"))?.into_inner())
     }
 
-    async fn run_pod_sandbox(&self, config: api::PodSandboxConfig) -> Result<String, RuntimeError> {
+    async fn run_pod_sandbox(
+        &self,
+        config: api::PodSandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<String, RuntimeError> {
         let req = api::RunPodSandboxRequest {
             config: Some(config),
-            runtime_handler: String::new(),
+            runtime_handler: runtime_handler.to_string(),
         };
         let r = self.runtime.clone().run_pod_sandbox(req).await;
         Ok(r.map_err(status("run pod sandbox"))?

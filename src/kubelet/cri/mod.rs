@@ -51,7 +51,12 @@ pub trait Runtime: Send + Sync {
     /// The runtime's name and version (`containerd`, `v1.6.20`).
     async fn version(&self) -> Result<api::VersionResponse, RuntimeError>;
     /// Creates and starts a pod sandbox; its ID.
-    async fn run_pod_sandbox(&self, config: api::PodSandboxConfig) -> Result<String, RuntimeError>;
+    /// Runs a sandbox with the runtime's handler `runtime_handler` (empty: its default).
+    async fn run_pod_sandbox(
+        &self,
+        config: api::PodSandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<String, RuntimeError>;
     async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError>;
     async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError>;
     async fn pod_sandbox_status(&self, id: &str) -> Result<api::PodSandboxStatus, RuntimeError>;

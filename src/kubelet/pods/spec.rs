@@ -136,8 +136,12 @@ pub fn sandbox(env: &Env, pod: &Pod, attempt: u32, cgroup_parent: &str) -> api::
             cgroup_parent: cgroup_parent.to_string(),
             security_context: Some(super::security::sandbox(pod, namespace_options(pod))),
             sysctls: super::security::sysctls(pod),
-            resources: Some(pod_resources(pod)),
-            ..Default::default()
+            resources: Some(pod_resources(pod, false)),
+            overhead: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.overhead.as_ref())
+                .map(|_| pod_resources(pod, true)),
         }),
         ..Default::default()
     }
@@ -351,10 +355,22 @@ fn resources(pod: &Pod, c: &Container, env: &Env) -> api::LinuxContainerResource
     }
 }
 
-/// The pod's resources as a whole (upstream tells the runtime, for NRI plugins and the like).
-fn pod_resources(pod: &Pod) -> api::LinuxContainerResources {
+/// The pod's resources as a whole without its overhead, or (`overhead_only`) the overhead
+/// alone, as upstream tells the runtime (for NRI plugins and the like).
+fn pod_resources(pod: &Pod, overhead_only: bool) -> api::LinuxContainerResources {
     use crate::kubelet::cgroups::limits;
-    let l = limits::pod_limits(pod, -1);
+    let t = if overhead_only {
+        let (all, bare) = (limits::totals(pod, true), limits::totals(pod, false));
+        limits::PodTotals {
+            cpu_request: all.cpu_request - bare.cpu_request,
+            memory_request: all.memory_request - bare.memory_request,
+            cpu_limit: all.cpu_limit.zip(bare.cpu_limit).map(|(a, b)| a - b),
+            memory_limit: all.memory_limit.zip(bare.memory_limit).map(|(a, b)| a - b),
+        }
+    } else {
+        limits::totals(pod, false)
+    };
+    let l = limits::limits_of(pod, t, -1);
     api::LinuxContainerResources {
         cpu_period: if l.cpu_quota.is_some() {
             limits::CPU_PERIOD

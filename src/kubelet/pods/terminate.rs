@@ -111,12 +111,13 @@ impl Shared {
 
     /// Removes the pod's files on this node (volumes, managed files) and its cgroup.
     pub fn forget_pod(&self, uid: &str) {
-        self.remove_cgroup(uid);
         self.evictions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(uid);
         volumes::remove_pod(&self.env.pods_dir, uid, self.mounter.as_ref());
+        // After the volumes: a memory-backed emptyDir is charged to the pod's cgroup.
+        self.remove_cgroup(uid);
     }
 
     /// A pod being deleted: its containers stop within the grace period, then it is gone.

@@ -261,10 +261,19 @@ impl Shared {
             .unwrap_or(0);
         let dir = spec::log_dir(&self.env, pod);
         let _ = std::fs::create_dir_all(&dir);
+        let handler = match self.runtime_handler(pod).await {
+            Ok(h) => h,
+            Err(e) => {
+                let msg = format!("Failed to create pod sandbox: {e}");
+                self.event_once(st, pod, None, Type::Warning, "FailedCreatePodSandBox", &msg)
+                    .await;
+                return Err(RuntimeError::Node(e));
+            }
+        };
         let parent = self.pod_cgroup(pod, st).await?;
         let id = match self
             .runtime
-            .run_pod_sandbox(spec::sandbox(&self.env, pod, next, &parent))
+            .run_pod_sandbox(spec::sandbox(&self.env, pod, next, &parent), &handler)
             .await
         {
             Ok(id) => id,
@@ -279,6 +288,26 @@ impl Shared {
         let ip = status.network.map(|n| n.ip).unwrap_or_default();
         st.ips.insert(id.clone(), ip.clone());
         Ok((id, ip))
+    }
+
+    /// The runtime handler of the pod's RuntimeClass (empty: the runtime's default), as
+    /// upstream's RuntimeClass manager resolves it.
+    async fn runtime_handler(&self, pod: &Pod) -> Result<String, String> {
+        use k8s_openapi::api::node::v1::RuntimeClass;
+        let Some(name) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.as_deref())
+            .filter(|n| !n.is_empty())
+        else {
+            return Ok(String::new());
+        };
+        let api: Api<RuntimeClass> = Api::all(self.client.clone());
+        match api.get_opt(name).await {
+            Ok(Some(rc)) => Ok(rc.handler),
+            Ok(None) => Err(format!("runtimeclass.node.k8s.io {name:?} not found")),
+            Err(e) => Err(format!("failed to look up RuntimeClass {name}: {e}")),
+        }
     }
 
     /// The pod's cgroup (the runtime puts each container of the pod under it), or empty.
