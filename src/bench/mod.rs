@@ -126,6 +126,9 @@ pub struct PodsBenchArgs {
     /// The OCI runtime the pods run on (the server's `--default-runtime`: runc, crun).
     #[arg(long, default_value = "runc")]
     pub runtime: String,
+    /// The server's `--cgroups-per-qos` (pods in cgroups by QoS class).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub cgroups_per_qos: bool,
 }
 
 /// Runs the pod start benchmark (every part is needed, and root for containerd).

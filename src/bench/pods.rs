@@ -134,6 +134,32 @@ fn shims(socket: &str) -> usize {
 /// After the server is gone: the shims of its containerd (which outlive it by design) and
 /// the mounts they left under the data dir, so a failed run leaves nothing behind.
 fn clean_runtime(dir: &std::path::Path) {
+    // Containers still running: each OCI runtime kills and deletes its own (a shim killed
+    // alone would leave them behind).
+    for runtime in ["runc", "crun", "youki"] {
+        let root = dir
+            .join("agent/containerd/state")
+            .join(runtime)
+            .join("k8s.io");
+        if !root.is_dir() {
+            continue;
+        }
+        let Ok(out) = std::process::Command::new(runtime)
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output()
+        else {
+            continue;
+        };
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = std::process::Command::new(runtime)
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "-f", id.trim()])
+                .status();
+        }
+    }
     let socket = dir
         .join("agent/containerd/containerd.sock")
         .to_string_lossy()
@@ -321,6 +347,7 @@ pub async fn run(args: PodsBenchArgs) -> Result<(), BenchError> {
             .args(["--pod-bridge", "k1sbench0", "--kubelet-port", "0"])
             .args(["--cgroup-root", BENCH_CGROUP])
             .args(["--default-runtime", &args.runtime])
+            .arg(format!("--cgroups-per-qos={}", args.cgroups_per_qos))
             .arg("--pod-log-dir")
             .arg(dir.path().join("pod-logs"))
             .arg("--https-listen-port")
@@ -431,8 +458,9 @@ async fn measure(
     let s = |d: Duration| format!("{:.2}", d.as_secs_f64());
     println!();
     println!(
-        "k1s bench pods: k1s server with its kubelet on the containerd it supervises ({})",
-        args.runtime
+        "k1s bench pods: k1s server with its kubelet on the containerd it supervises ({}, \
+         cgroups per QoS {})",
+        args.runtime, args.cgroups_per_qos
     );
     println!(
         "node Ready after {} s (containerd started, images imported)",

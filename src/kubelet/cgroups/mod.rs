@@ -101,13 +101,23 @@ impl Manager {
 
     /// Removes every cgroup under `--cgroup-root` (for tests and benchmarks, after their
     /// containers are gone); the root itself too unless it is `/`.
+    /// Processes still there are killed first.
     pub fn remove_all(&self) -> Result<(), CgroupError> {
         let root = self.base.trim_end_matches("/kubepods");
         let name = if root.is_empty() { &self.base } else { root };
-        for dir in self.layout.dirs(name) {
-            self.remove_tree(&dir)?;
+        let dirs = self.layout.dirs(name);
+        let killed: usize = dirs.iter().map(|d| self.kill_tree(d)).sum();
+        // A killed process leaves its cgroup a moment later.
+        let tries = if killed > 0 { 20 } else { 1 };
+        let mut result = Ok(());
+        for _ in 0..tries {
+            result = dirs.iter().try_for_each(|d| self.remove_tree(d));
+            if result.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        Ok(())
+        result
     }
 
     /// The cgroup (`/kubepods/burstable/pod<UID>`) a pod of its QoS class lives in.
