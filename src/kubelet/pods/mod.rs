@@ -12,6 +12,7 @@ mod evict;
 pub mod hooks;
 pub mod probes;
 mod pull;
+mod sandbox;
 pub mod security;
 pub mod services;
 pub mod setup;
