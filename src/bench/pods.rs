@@ -134,32 +134,7 @@ fn shims(socket: &str) -> usize {
 /// After the server is gone: the shims of its containerd (which outlive it by design) and
 /// the mounts they left under the data dir, so a failed run leaves nothing behind.
 fn clean_runtime(dir: &std::path::Path) {
-    // Containers still running: each OCI runtime kills and deletes its own (a shim killed
-    // alone would leave them behind).
-    for runtime in ["runc", "crun", "youki"] {
-        let root = dir
-            .join("agent/containerd/state")
-            .join(runtime)
-            .join("k8s.io");
-        if !root.is_dir() {
-            continue;
-        }
-        let Ok(out) = std::process::Command::new(runtime)
-            .arg("--root")
-            .arg(&root)
-            .args(["list", "-q"])
-            .output()
-        else {
-            continue;
-        };
-        for id in String::from_utf8_lossy(&out.stdout).lines() {
-            let _ = std::process::Command::new(runtime)
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "-f", id.trim()])
-                .status();
-        }
-    }
+    crate::kubelet::containerd::delete_containers(&crate::kubelet::containerd::Layout::new(dir));
     let socket = dir
         .join("agent/containerd/containerd.sock")
         .to_string_lossy()

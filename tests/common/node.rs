@@ -84,33 +84,10 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        // Containers still running: each OCI runtime under its private state dir kills and
-        // deletes them.
-        for runtime in ["runc", "crun"] {
-            let root = self
-                .data_dir
-                .join("agent/containerd/state")
-                .join(runtime)
-                .join("k8s.io");
-            if !root.is_dir() {
-                continue;
-            }
-            let Ok(out) = Command::new(runtime)
-                .arg("--root")
-                .arg(&root)
-                .args(["list", "-q"])
-                .output()
-            else {
-                continue;
-            };
-            for id in String::from_utf8_lossy(&out.stdout).lines() {
-                let _ = Command::new(runtime)
-                    .arg("--root")
-                    .arg(&root)
-                    .args(["delete", "-f", id.trim()])
-                    .status();
-            }
-        }
+        // Containers still running: each OCI runtime kills and deletes its own.
+        k1s::kubelet::containerd::delete_containers(&k1s::kubelet::containerd::Layout::new(
+            &self.data_dir,
+        ));
         // Shims of this containerd (their command line names its socket).
         let socket = self.data_dir.join("agent/containerd/containerd.sock");
         let socket = socket.to_string_lossy().into_owned();

@@ -156,6 +156,34 @@ fn signal(shared: &Shared, sig: libc::c_int) {
 }
 
 /// Waits until the containerd at `socket` answers CRI's Version.
+/// Kills and deletes the containers a supervised containerd's OCI runtimes still run, each
+/// runtime under its own state root (for tests and benchmarks: a shim killed alone would leave
+/// its containers behind).
+pub fn delete_containers(layout: &Layout) {
+    let runtimes = std::iter::once("runc").chain(config::OTHER_RUNTIMES);
+    for runtime in runtimes {
+        let root = layout.state().join(runtime).join("k8s.io");
+        if !root.is_dir() {
+            continue;
+        }
+        let Ok(out) = std::process::Command::new(runtime)
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output()
+        else {
+            continue;
+        };
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = std::process::Command::new(runtime)
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "-f", id.trim()])
+                .status();
+        }
+    }
+}
+
 pub async fn wait_ready(
     socket: &Path,
     timeout: Duration,
