@@ -423,6 +423,7 @@ pub async fn run_server(cfg: ServerConfig) -> Result<(), SupervisorError> {
             admission_control_config_file: cfg.admission_control_config_file.clone(),
             audit: cfg.audit.clone(),
             local_storage: cfg.local_storage(),
+            runtime_classes: !cfg.disable_addons.iter().any(|a| a == "runtimes"),
         };
         match crate::apiserver::start(api_cfg, store.clone(), stop_rx.clone()).await {
             Ok(api) => {

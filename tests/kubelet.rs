@@ -17,6 +17,8 @@ mod eviction;
 mod kubelet_api;
 #[path = "kubelet/pull.rs"]
 mod pull;
+#[path = "kubelet/resize.rs"]
+mod resize;
 #[path = "kubelet/runtime_class.rs"]
 mod runtime_class;
 #[path = "kubelet/security.rs"]
@@ -385,6 +387,9 @@ fn the_kubelet_runs_pods_on_containerd() {
         "{.status.nodeInfo.containerRuntimeVersion}",
     );
     assert!(info.starts_with("containerd://"), "{info}");
+    // The handlers RuntimeClasses may name, runc first; "" is containerd's default.
+    let handlers = jsonpath(&s, "node/edge-1", "{.status.runtimeHandlers[*].name}");
+    assert!(handlers.starts_with("runc"), "{handlers}");
     let cpus = jsonpath(&s, "node/edge-1", "{.status.capacity.cpu}");
     assert_eq!(
         cpus,
@@ -429,6 +434,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     assert_eq!(phase, "Running");
     cgroups::cgroups(&s, tmp.path(), &cgroup_root, names[0]);
     runtime_class::runtime_classes(&s, tmp.path(), &cgroup_root);
+    resize::resize_in_place(&s, tmp.path(), &cgroup_root);
 
     // The kubelet's events, as `kubectl describe pod` shows them, and the node's.
     let about = format!("involvedObject.name={}", names[0]);

@@ -107,6 +107,9 @@ pub struct ApiConfig {
     pub audit: crate::supervisor::AuditOptions,
     /// Whether the default `local-path` StorageClass is created (not `--disable=local-storage`).
     pub local_storage: bool,
+    /// Whether RuntimeClasses for the OCI runtimes k1s can offer are created (not
+    /// `--disable=runtimes`).
+    pub runtime_classes: bool,
     /// The kubelets' usage reports `metrics.k8s.io` serves.
     pub metrics: crate::resource_metrics::Sources,
 }
@@ -188,7 +191,14 @@ pub async fn start(
     };
     let store: Arc<dyn Store> = Arc::new(crate::store::metered::MeteredStore::new(store));
     let range = ipalloc::ServiceRange::parse(&cfg.service_cidr)?;
-    registry::bootstrap(store.as_ref(), &range, addr.port(), cfg.local_storage).await?;
+    registry::bootstrap(
+        store.as_ref(),
+        &range,
+        addr.port(),
+        cfg.local_storage,
+        cfg.runtime_classes,
+    )
+    .await?;
     let (created, removed) = ipalloc::repair(store.as_ref()).await?;
     if created + removed > 0 {
         tracing::info!(created, removed, "repaired service IP allocations");

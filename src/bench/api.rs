@@ -242,6 +242,7 @@ async fn bench_backend(
             admission_control_config_file: None,
             audit: Default::default(),
             local_storage: false,
+            runtime_classes: false,
         },
         store,
         stop,

@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
-    NodeSystemInfo,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeRuntimeHandler,
+    NodeRuntimeHandlerFeatures, NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -37,6 +37,8 @@ pub struct Facts {
     pub boot_id: String,
     /// `containerd://1.6.20`.
     pub runtime_version: String,
+    /// The runtime's handlers (`status.runtimeHandlers`), as RuntimeClasses name them.
+    pub runtime_handlers: Vec<NodeRuntimeHandler>,
     /// Reserved for system daemons and k1s itself (`--kube-reserved`), by resource name.
     pub reserved: BTreeMap<String, u64>,
     /// The kubelet API's port.
@@ -106,6 +108,7 @@ impl Facts {
             machine_id: read_trim("/etc/machine-id"),
             boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
             runtime_version: runtime_version.to_string(),
+            runtime_handlers: Vec::new(),
             reserved,
             kubelet_port,
             pressure: Default::default(),
@@ -229,9 +232,45 @@ impl Facts {
                 system_uuid: self.machine_id.clone(),
                 ..Default::default()
             }),
+            runtime_handlers: (!self.runtime_handlers.is_empty())
+                .then(|| self.runtime_handlers.clone()),
             ..Default::default()
         }
     }
+}
+
+/// The Node's runtime handlers: those the runtime reports (CRI `Status`, containerd 2 and
+/// CRI-O), else, for the containerd k1s configured itself (1.6 and 1.7 report none), the
+/// handlers it was given and the default one, named `""` as containerd names it.
+pub fn runtime_handlers(
+    reported: &[crate::kubelet::cri::api::RuntimeHandler],
+    configured: &[String],
+) -> Vec<NodeRuntimeHandler> {
+    if !reported.is_empty() {
+        return reported
+            .iter()
+            .map(|h| NodeRuntimeHandler {
+                name: Some(h.name.clone()),
+                features: h.features.map(|f| NodeRuntimeHandlerFeatures {
+                    recursive_read_only_mounts: Some(f.recursive_read_only_mounts),
+                    user_namespaces: Some(f.user_namespaces),
+                }),
+            })
+            .collect();
+    }
+    configured
+        .iter()
+        .map(String::as_str)
+        .chain((!configured.is_empty()).then_some(""))
+        .map(|name| NodeRuntimeHandler {
+            name: Some(name.to_string()),
+            // Recursive read-only mounts need containerd 2; user namespaces are not offered.
+            features: Some(NodeRuntimeHandlerFeatures {
+                recursive_read_only_mounts: Some(false),
+                user_namespaces: Some(false),
+            }),
+        })
+        .collect()
 }
 
 /// Creates the Node (or takes over the existing one) and posts its status.
@@ -386,6 +425,7 @@ mod tests {
             machine_id: String::new(),
             boot_id: String::new(),
             runtime_version: String::new(),
+            runtime_handlers: Vec::new(),
             reserved,
             kubelet_port: 10250,
             pressure: Default::default(),
@@ -431,5 +471,32 @@ mod tests {
             since(&f, "MemoryPressure") > Some(then),
             "False now: a new transition"
         );
+    }
+
+    #[test]
+    fn runtime_handlers_are_the_runtimes_or_those_k1s_configured() {
+        use crate::kubelet::cri::api;
+        let names = |h: Vec<NodeRuntimeHandler>| -> Vec<String> {
+            h.into_iter().filter_map(|h| h.name).collect()
+        };
+        let configured = vec!["runc".to_string(), "crun".to_string()];
+        assert_eq!(
+            names(runtime_handlers(&[], &configured)),
+            ["runc", "crun", ""]
+        );
+        // A runtime of the user's own that reports none: none, as upstream.
+        assert!(runtime_handlers(&[], &[]).is_empty());
+        let reported = [api::RuntimeHandler {
+            name: "kata".into(),
+            features: Some(api::RuntimeHandlerFeatures {
+                recursive_read_only_mounts: true,
+                user_namespaces: true,
+            }),
+        }];
+        let h = runtime_handlers(&reported, &configured);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].name.as_deref(), Some("kata"));
+        let f = h[0].features.clone().unwrap_or_default();
+        assert_eq!(f.user_namespaces, Some(true));
     }
 }

@@ -70,6 +70,7 @@ pub async fn run(
 ) -> Result<(), KubeletError> {
     let layout = Layout::new(&cfg.data_dir);
     let mut supervised = None;
+    let mut configured = Vec::new();
     let channel = match &cfg.runtime_endpoint {
         Some(socket) => containerd::wait_ready(socket, RUNTIME_READY).await?,
         None => {
@@ -83,6 +84,7 @@ pub async fn run(
             if !opts.handlers().contains(&opts.default_runtime) {
                 return Err(KubeletError::NoRuntime(opts.default_runtime));
             }
+            configured = opts.handlers();
             tracing::info!(handlers = ?opts.handlers(), default = %opts.default_runtime, "OCI runtimes");
             let cd = Containerd::start(layout.clone(), &opts, &PathBuf::from("containerd"))?;
             let channel = cd.ready(RUNTIME_READY).await?;
@@ -138,7 +140,7 @@ pub async fn run(
         .local_addr()
         .map(|a| a.port())
         .unwrap_or(cfg.kubelet_port);
-    let facts = node::Facts::gather(
+    let mut facts = node::Facts::gather(
         &cfg.node_name,
         cfg.node_ip,
         &cfg.data_dir,
@@ -146,6 +148,14 @@ pub async fn run(
         cfg.reserved.clone(),
         kubelet_port,
     );
+    let reported = match runtime.status().await {
+        Ok(s) => s.runtime_handlers,
+        Err(e) => {
+            tracing::warn!("asking the runtime for its handlers: {e}");
+            Vec::new()
+        }
+    };
+    facts.runtime_handlers = node::runtime_handlers(&reported, &configured);
     // The pods' cgroups before any pod starts, as upstream's container manager.
     let cgroups = if cfg.cgroups_per_qos {
         let m = super::cgroups::Manager::detect(&super::cgroups::Options {
@@ -302,6 +312,10 @@ pub async fn run(
         evictions,
         events: recorder.clone(),
         cgroups,
+        allocations: pods::resize::Allocations::load(
+            &cfg.data_dir.join("agent").join("allocated_pods_state.json"),
+            facts.allocatable_cpu_memory(),
+        ),
     });
     pods::run(shared, stop.clone()).await;
     let _ = heartbeats.await;

@@ -72,14 +72,52 @@ pub fn group_of(ns: &str, labels: &BTreeMap<String, String>) -> u64 {
     h.finish()
 }
 
-fn container_requests(c: &k8s_openapi::api::core::v1::Container) -> Resources {
-    c.resources
-        .as_ref()
-        .and_then(|r| r.requests.as_ref())
-        .into_iter()
+fn quantities(
+    list: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+) -> Resources {
+    list.into_iter()
         .flatten()
         .filter_map(|(k, q)| milli(&q.0).map(|v| (k.clone(), v)))
         .collect()
+}
+
+/// A container's requests as upstream counts them once a resize may be under way: the most of
+/// its spec, what the kubelet allocated and what is applied (without the spec while the
+/// kubelet finds the resize infeasible).
+fn container_requests(
+    pod: &Pod,
+    c: &k8s_openapi::api::core::v1::Container,
+    init: bool,
+) -> Resources {
+    let spec = quantities(c.resources.as_ref().and_then(|r| r.requests.as_ref()));
+    let Some(status) = pod.status.as_ref() else {
+        return spec;
+    };
+    let statuses = if init {
+        status.init_container_statuses.as_ref()
+    } else {
+        status.container_statuses.as_ref()
+    };
+    let Some(s) = statuses
+        .into_iter()
+        .flatten()
+        .find(|s| s.name == c.name)
+        .filter(|s| s.resources.is_some() || s.allocated_resources.is_some())
+    else {
+        return spec;
+    };
+    let infeasible = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "PodResizePending" && c.reason.as_deref() == Some("Infeasible"));
+    let mut out = if infeasible { Resources::new() } else { spec };
+    max(&mut out, &quantities(s.allocated_resources.as_ref()));
+    max(
+        &mut out,
+        &quantities(s.resources.as_ref().and_then(|r| r.requests.as_ref())),
+    );
+    out
 }
 
 fn add(into: &mut Resources, r: &Resources) {
@@ -104,12 +142,12 @@ pub fn pod_requests(pod: &Pod) -> Resources {
     };
     let mut sum = Resources::new();
     for c in &spec.containers {
-        add(&mut sum, &container_requests(c));
+        add(&mut sum, &container_requests(pod, c, false));
     }
     let mut sidecars = Resources::new();
     let mut init_peak = Resources::new();
     for c in spec.init_containers.iter().flatten() {
-        let r = container_requests(c);
+        let r = container_requests(pod, c, true);
         if c.restart_policy.as_deref() == Some("Always") {
             add(&mut sidecars, &r);
             max(&mut init_peak, &sidecars);

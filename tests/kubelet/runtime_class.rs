@@ -21,11 +21,6 @@ scheduling:
 ---
 apiVersion: node.k8s.io/v1
 kind: RuntimeClass
-metadata: {name: crun}
-handler: crun
----
-apiVersion: node.k8s.io/v1
-kind: RuntimeClass
 metadata: {name: elsewhere}
 handler: nothing
 ---
@@ -129,6 +124,9 @@ fn ran_on(s: &Server, pod: &str, runtime: &str) -> bool {
 }
 
 pub fn runtime_classes(s: &Server, tmp: &std::path::Path, root: &str) {
+    // The server made a class for each runtime it can offer besides runc, as k3s does.
+    assert_eq!(jsonpath(s, "runtimeclass/crun", "{.handler}"), "crun");
+    assert_eq!(jsonpath(s, "runtimeclass/youki", "{.handler}"), "youki");
     ok(s, &["apply", "-f", &write(tmp, "classes.yaml", CLASSES)]);
     ready(s, "classed");
     // Admission: the class's overhead and node selector.

@@ -58,7 +58,10 @@ pub async fn validate(
     obj: &Value,
     old: Option<&Value>,
 ) -> Result<(), Response> {
-    if a.op == Operation::Delete || a.subresource.is_some_and(|s| s != "status") {
+    if a.op == Operation::Delete
+        || a.subresource
+            .is_some_and(|s| s != "status" && s != "resize")
+    {
         return Ok(());
     }
     let Some(ns) = a.namespace else {

@@ -212,6 +212,7 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
                 | "token"
                 | "finalize"
                 | "ephemeralcontainers"
+                | "resize"
         ) {
             return status::failure(
                 StatusCode::NOT_IMPLEMENTED,
@@ -360,13 +361,16 @@ async fn dispatch(call: Call<'_>, body: Bytes, content_type: String) -> Response
     }
 }
 
-/// Creates the system namespaces, the `kubernetes` Service, the system priority classes and
-/// (with `local_storage`) the default `local-path` StorageClass that do not exist yet.
+/// Creates the system namespaces, the `kubernetes` Service, the system priority classes,
+/// (with `local_storage`) the default `local-path` StorageClass and (with `runtime_classes`)
+/// a RuntimeClass for each OCI runtime besides runc that a k1s kubelet can offer, that do not
+/// exist yet.
 pub async fn bootstrap(
     store: &dyn Store,
     range: &crate::apiserver::ipalloc::ServiceRange,
     api_port: u16,
     local_storage: bool,
+    runtime_classes: bool,
 ) -> Result<(), crate::apiserver::ApiError> {
     let ignore_exists = |r: Result<crate::store::KeyValue, crate::store::Error>| match r {
         Ok(_) | Err(crate::store::Error::AlreadyExists { .. }) => Ok(()),
@@ -429,6 +433,28 @@ pub async fn bootstrap(
                 .await,
         )?;
     }
+    if let Some(def) =
+        catalog::find("node.k8s.io", "v1", "runtimeclasses").filter(|_| runtime_classes)
+    {
+        // As k3s's runtimes manifest: a class per runtime, named as its handler. A pod of a
+        // class its node lacks fails its sandbox there with the runtime's own message.
+        for name in RUNTIME_CLASSES {
+            let rc = serde_json::json!({
+                "apiVersion": "node.k8s.io/v1",
+                "kind": "RuntimeClass",
+                "metadata": {
+                    "name": name, "uid": object::new_uid(), "creationTimestamp": object::now_rfc3339(),
+                    "labels": {"app.kubernetes.io/managed-by": "k1s"},
+                },
+                "handler": name,
+            });
+            ignore_exists(
+                store
+                    .create(&object::key(def, None, name), object::to_stored(def, &rc))
+                    .await,
+            )?;
+        }
+    }
     if let Some(def) = catalog::find("scheduling.k8s.io", "v1", "priorityclasses") {
         for (name, value, description) in SYSTEM_PRIORITY_CLASSES {
             let pc = serde_json::json!({
@@ -448,6 +474,10 @@ pub async fn bootstrap(
     }
     Ok(())
 }
+
+/// The RuntimeClasses created at start: the handlers a k1s-supervised containerd offers besides
+/// runc when their runtime is installed (kept in step with the kubelet's `OTHER_RUNTIMES`).
+pub const RUNTIME_CLASSES: [&str; 2] = ["crun", "youki"];
 
 /// The priority classes upstream creates at start.
 const SYSTEM_PRIORITY_CLASSES: [(&str, i64, &str); 2] = [

@@ -380,7 +380,7 @@ fn prepare_update(call: &Call<'_>, old: &Value, mut new: Value) -> Value {
         return merged;
     }
     if call.info.subresource.as_deref() == Some("ephemeralcontainers") {
-        // Only spec.ephemeralContainers changes through /ephemeralcontainers.
+        // Only spec.ephemeralContainers changes through /ephemeralcontainers (a new generation).
         let mut merged = old.clone();
         merged["spec"]["ephemeralContainers"] = new["spec"]["ephemeralContainers"].clone();
         if merged["spec"]["ephemeralContainers"].is_null() {
@@ -388,7 +388,11 @@ fn prepare_update(call: &Call<'_>, old: &Value, mut new: Value) -> Value {
                 s.remove("ephemeralContainers");
             }
         }
-        return merged;
+        new = merged;
+    }
+    if call.info.subresource.as_deref() == Some("resize") {
+        // Only the containers' resources and resize policies change through /resize.
+        new = crate::apiserver::validation::resize_merge(old, &new);
     }
     let status_call = call.info.subresource.as_deref() == Some("status");
     if status_call {
@@ -635,6 +639,15 @@ async fn write_once(
         }
     } else if call.info.subresource.as_deref() == Some("ephemeralcontainers") {
         let errs = crate::apiserver::validation::validate_ephemeral(&old, &new);
+        if !errs.is_empty() {
+            return Outcome::Refused(crate::apiserver::validation::response(
+                call.def,
+                call.name(),
+                &errs,
+            ));
+        }
+    } else if call.info.subresource.as_deref() == Some("resize") {
+        let errs = crate::apiserver::validation::validate_resize(&old, &new);
         if !errs.is_empty() {
             return Outcome::Refused(crate::apiserver::validation::response(
                 call.def,

@@ -7,6 +7,7 @@
 mod kinds;
 mod meta;
 mod pod;
+mod resize;
 
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -212,6 +213,18 @@ pub fn validate_update(def: &ResourceDef, old: &Value, new: &Value) -> Vec<Field
 pub fn validate_ephemeral(old: &Value, new: &Value) -> Vec<FieldError> {
     let mut errs = Errors::default();
     pod::ephemeral_update(old, new, &mut errs);
+    errs.0
+}
+
+/// The stored pod with only what `pods/NAME/resize` may change taken from the request.
+pub fn resize_merge(old: &Value, new: &Value) -> Value {
+    resize::merge(old, new)
+}
+
+/// Checks a write through `pods/NAME/resize` (after defaulting).
+pub fn validate_resize(old: &Value, new: &Value) -> Vec<FieldError> {
+    let mut errs = Errors::default();
+    resize::update(old, new, &mut errs);
     errs.0
 }
 

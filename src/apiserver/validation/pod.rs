@@ -36,6 +36,12 @@ pub fn spec(spec: &Value, path: &str, owner: Owner, errs: &mut Errors) {
                 &mut names,
                 errs,
             );
+            resize_policy(
+                &c["resizePolicy"],
+                &format!("{path}.{field}[{i}].resizePolicy"),
+                spec["restartPolicy"].as_str() == Some("Never"),
+                errs,
+            );
         }
     }
     errs.one_of(
@@ -167,6 +173,7 @@ fn container(
             errs.required(&format!("{path}.env[{i}].name"), "");
         }
     }
+    resources(&c["resources"], &format!("{path}.resources"), errs);
     let mut mount_paths = HashSet::new();
     for (i, m) in items(&c["volumeMounts"]) {
         let mp = format!("{path}.volumeMounts[{i}]");
@@ -185,6 +192,68 @@ fn container(
                         "must be unique",
                     );
                 }
+            }
+        }
+    }
+}
+
+/// A container's resize policies, as upstream's `validateResizePolicy`: each of cpu and memory
+/// at most once, and only `NotRequired` in a pod that is never restarted.
+fn resize_policy(list: &Value, path: &str, never: bool, errs: &mut Errors) {
+    let mut seen = HashSet::new();
+    for (i, p) in items(list) {
+        let name = &p["resourceName"];
+        if !seen.insert(name.to_string()) {
+            errs.duplicate(&format!("{path}[{i}]"), name);
+        }
+        match name.as_str() {
+            None | Some("") => errs.required(path, ""),
+            _ => errs.one_of(path, name, &["cpu", "memory"]),
+        }
+        let policy = &p["restartPolicy"];
+        match policy.as_str() {
+            None | Some("") => errs.required(path, ""),
+            _ => errs.one_of(path, policy, &["NotRequired", "RestartContainer"]),
+        }
+        if never && policy.as_str().is_some_and(|p| p != "NotRequired") {
+            errs.invalid(
+                path,
+                policy,
+                "must be 'NotRequired' when `restartPolicy` is 'Never'",
+            );
+        }
+    }
+}
+
+/// A container's requests and limits, as upstream's `ValidateContainerResourceRequirements`:
+/// none negative, and no request above its limit.
+pub fn resources(r: &Value, path: &str, errs: &mut Errors) {
+    let quantity = |v: &Value| v.as_str().and_then(crate::quantity::milli);
+    for part in ["limits", "requests"] {
+        for (name, v) in r[part].as_object().into_iter().flatten() {
+            if quantity(v).is_some_and(|q| q < 0) {
+                errs.invalid(
+                    &format!("{path}.{part}[{name}]"),
+                    v,
+                    "must be greater than or equal to 0",
+                );
+            }
+        }
+    }
+    for (name, req) in r["requests"].as_object().into_iter().flatten() {
+        let Some(lim) = r["limits"].get(name) else {
+            continue;
+        };
+        if let (Some(rq), Some(lq)) = (quantity(req), quantity(lim)) {
+            if rq > lq {
+                errs.invalid(
+                    &format!("{path}.requests[{name}]"),
+                    req,
+                    &format!(
+                        "must be less than or equal to {name} limit of {}",
+                        lim.as_str().unwrap_or_default()
+                    ),
+                );
             }
         }
     }

@@ -259,6 +259,12 @@ pub fn cni_conflist(bridge: &str, pod_cidr: &str, ipam_dir: &Path) -> String {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "apiserver")]
+    #[test]
+    fn the_server_makes_a_runtime_class_for_every_other_runtime() {
+        assert_eq!(OTHER_RUNTIMES, crate::apiserver::registry::RUNTIME_CLASSES);
+    }
+
     #[test]
     fn cap_sys_resource_is_read_from_cap_eff() {
         let with = "Name:\tk1s\nCapEff:\t000001ffffffffff\n";

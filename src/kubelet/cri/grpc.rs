@@ -50,6 +50,15 @@ impl Runtime for Cri {
         Ok(r.map_err(status("version"))?.into_inner())
     }
 
+    async fn status(&self) -> Result<api::StatusResponse, RuntimeError> {
+        let r = self
+            .runtime
+            .clone()
+            .status(api::StatusRequest { verbose: false })
+            .await;
+        Ok(r.map_err(status("status"))?.into_inner())
+    }
+
     async fn run_pod_sandbox(
         &self,
         config: api::PodSandboxConfig,
@@ -205,6 +214,21 @@ impl Runtime for Cri {
                 op: "container status",
                 what: "a status",
             })
+    }
+
+    async fn update_container_resources(
+        &self,
+        id: &str,
+        resources: api::LinuxContainerResources,
+    ) -> Result<(), RuntimeError> {
+        let req = api::UpdateContainerResourcesRequest {
+            container_id: id.to_string(),
+            linux: Some(resources),
+            ..Default::default()
+        };
+        let r = self.runtime.clone().update_container_resources(req).await;
+        r.map_err(status("update container resources"))?;
+        Ok(())
     }
 
     async fn exec_sync(

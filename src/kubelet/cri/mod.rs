@@ -50,6 +50,8 @@ impl RuntimeError {
 pub trait Runtime: Send + Sync {
     /// The runtime's name and version (`containerd`, `v1.6.20`).
     async fn version(&self) -> Result<api::VersionResponse, RuntimeError>;
+    /// The runtime's conditions, and the handlers it offers when it says (CRI `Status`).
+    async fn status(&self) -> Result<api::StatusResponse, RuntimeError>;
     /// Creates and starts a pod sandbox; its ID.
     /// Runs a sandbox with the runtime's handler `runtime_handler` (empty: its default).
     async fn run_pod_sandbox(
@@ -82,6 +84,12 @@ pub trait Runtime: Send + Sync {
         pod_uid: Option<&str>,
     ) -> Result<Vec<api::Container>, RuntimeError>;
     async fn container_status(&self, id: &str) -> Result<api::ContainerStatus, RuntimeError>;
+    /// Changes a running container's cgroup limits in place (an in-place pod resize).
+    async fn update_container_resources(
+        &self,
+        id: &str,
+        resources: api::LinuxContainerResources,
+    ) -> Result<(), RuntimeError>;
     /// Runs a command in a container and waits for it.
     async fn exec_sync(
         &self,

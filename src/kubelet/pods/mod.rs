@@ -12,6 +12,7 @@ mod evict;
 pub mod hooks;
 pub mod probes;
 mod pull;
+pub mod resize;
 mod sandbox;
 pub mod security;
 pub mod services;
@@ -190,6 +191,9 @@ async fn remove_orphans(shared: &Shared, workers: &HashMap<String, Handle>) {
         }
         shared.forget_pod(&uid);
     }
+    shared
+        .allocations
+        .retain(&workers.keys().cloned().collect());
     // Cgroups of pods that are gone (or whose removal found processes still there).
     if let Some(cgroups) = &shared.cgroups {
         cgroups.sweep(&workers.keys().cloned().collect());

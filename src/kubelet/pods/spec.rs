@@ -336,7 +336,7 @@ pub fn oom_score_adj(pod: &Pod, c: &Container, env: &Env) -> i64 {
     adj.max(env.min_oom_score_adj)
 }
 
-fn resources(pod: &Pod, c: &Container, env: &Env) -> api::LinuxContainerResources {
+pub(super) fn resources(pod: &Pod, c: &Container, env: &Env) -> api::LinuxContainerResources {
     let r = c.resources.clone().unwrap_or_default();
     let req = r.requests.unwrap_or_default();
     let lim = r.limits.unwrap_or_default();

@@ -118,6 +118,7 @@ impl Shared {
         volumes::remove_pod(&self.env.pods_dir, uid, self.mounter.as_ref());
         // After the volumes: a memory-backed emptyDir is charged to the pod's cgroup.
         self.remove_cgroup(uid);
+        self.allocations.remove(uid);
     }
 
     /// A pod being deleted: its containers stop within the grace period, then it is gone.

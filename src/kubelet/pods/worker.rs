@@ -45,6 +45,8 @@ pub struct Shared {
     pub events: crate::events::Recorder,
     /// The pods' cgroups (`--cgroups-per-qos`); none: the runtime's default parent.
     pub cgroups: Option<Arc<crate::kubelet::cgroups::Manager>>,
+    /// What each pod's containers were given, for in-place resizes.
+    pub allocations: super::resize::Allocations,
 }
 
 /// A restart delay and when it was last used.
@@ -79,7 +81,7 @@ pub struct State {
     pub(super) backoff: HashMap<String, Backoff>,
     pub(super) waiting: HashMap<String, (String, String)>,
     /// Exited containers' statuses never change: kept by container id.
-    exited: HashMap<String, api::ContainerStatus>,
+    pub(super) exited: HashMap<String, api::ContainerStatus>,
     pub(super) ips: HashMap<String, String>,
     pub(super) posted: Option<Value>,
     volumes: volumes::State,
@@ -88,6 +90,7 @@ pub struct State {
     probes: HashMap<String, probes::ContainerProbes>,
     /// Container ids and names of the running containers, for the prober.
     pub(super) running: Vec<(String, String, i64)>,
+    pub(super) resize: super::resize::ResizeState,
 }
 
 pub(super) fn grace_seconds(pod: &Pod) -> i64 {
@@ -167,6 +170,7 @@ impl Shared {
                 }
             }
             self.remove_cgroup(&uid);
+            self.allocations.remove(&uid);
             return Duration::from_secs(30);
         }
         let evicted = self
@@ -179,12 +183,17 @@ impl Shared {
             return self.evict(pod, st, &eviction).await;
         }
         let before = st.waiting.clone();
+        // The containers run with what was allocated, which a pending resize leaves as it was.
+        let spec_pod = pod;
+        let allocated = self.allocate(spec_pod, st).await;
+        let pod: &Pod = &allocated;
         match self.converge(pod, st).await {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(pod = %pod.name_any(), namespace = ?pod.namespace(), "syncing the pod: {e}")
             }
         }
+        self.actuate(pod, st).await;
         self.waiting_events(pod, &before, &st.waiting).await;
         self.probe(pod, &ip_of(st), st).await;
         let obs = match self.observe(pod, st).await {
@@ -194,8 +203,9 @@ impl Shared {
                 return Duration::from_secs(2);
             }
         };
-        self.post_status(pod, st, status::pod_status(pod, &obs))
-            .await;
+        let mut body = status::pod_status(pod, &obs);
+        self.resize_status(spec_pod, st, &mut body).await;
+        self.post_status(pod, st, body).await;
         Duration::from_secs(1)
     }
 
@@ -500,6 +510,10 @@ impl Shared {
                     "Container created",
                 )
                 .await;
+                // Created with its allocation: nothing to resize.
+                st.resize
+                    .actuated
+                    .insert(id.clone(), super::resize::cpu_memory(c.resources.as_ref()));
                 id
             }
             Err(e) => {

@@ -1,0 +1,607 @@
+//! In-place pod resize, as upstream's allocation manager and resize actuation. Every pod's
+//! containers get an allocation (their cpu and memory requests and limits) when the kubelet
+//! first sees the pod; the allocations live in a checkpoint file, so a restarted kubelet knows
+//! what it gave. When the spec asks for other resources (`pods/NAME/resize`), the resize is
+//! allocated if the pod then fits the node's allocatable next to the other pods' allocations;
+//! else it waits under `PodResizePending` (`Infeasible` past the node's allocatable,
+//! `Deferred` past what is free) and the containers keep what they had. An allocated resize
+//! is applied in upstream's order (container decreases, the pod cgroup, container increases)
+//! through CRI UpdateContainerResources, or by restarting the containers whose resize policy
+//! says `RestartContainer`; `PodResizeInProgress` shows it until every running container has
+//! its allocation, with reason `Error` when applying failed (a memory limit below what the
+//! container uses is refused, as upstream does).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::{Container, Pod, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::worker::{grace_seconds, Shared, State};
+use crate::events::Type;
+use crate::kubelet::cgroups::limits;
+
+/// The resources a resize may change.
+const RESIZABLE: [&str; 2] = ["cpu", "memory"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResizeError {
+    #[error("writing the allocation checkpoint {path}: {source}")]
+    Checkpoint {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("encoding the allocation checkpoint: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// One pod's allocation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Cpu and memory requests and limits, by container name (init and app containers).
+    pub containers: BTreeMap<String, ResourceRequirements>,
+    /// The pod's effective requests (millicpu, bytes; overhead included), as upstream's
+    /// admission counts them.
+    pub cpu_request: i64,
+    pub memory_request: i64,
+}
+
+/// Why a resize waits: `Deferred` or `Infeasible`, and upstream's message.
+pub type Pending = (String, String);
+
+/// Every pod's allocation on this node, with the node's allocatable cpu and memory.
+pub struct Allocations {
+    path: PathBuf,
+    allocatable: (i64, i64),
+    pods: Mutex<HashMap<String, Allocation>>,
+}
+
+impl Allocations {
+    /// The allocations in the checkpoint at `path` (none when it is missing or unreadable).
+    pub fn load(path: &Path, allocatable: (i64, i64)) -> Allocations {
+        let pods = match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), "ignoring the allocation checkpoint: {e}");
+                HashMap::new()
+            }),
+            Err(_) => HashMap::new(),
+        };
+        Allocations {
+            path: path.to_path_buf(),
+            allocatable,
+            pods: Mutex::new(pods),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Allocation>> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the checkpoint durably: a new file, synced, renamed over the old.
+    fn save(&self, pods: &HashMap<String, Allocation>) -> Result<(), ResizeError> {
+        let body = serde_json::to_vec(pods)?;
+        let tmp = self.path.with_extension("tmp");
+        let err = |source| ResizeError::Checkpoint {
+            path: self.path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&body).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)
+    }
+
+    pub fn get(&self, uid: &str) -> Option<Allocation> {
+        self.lock().get(uid).cloned()
+    }
+
+    pub fn set(&self, uid: &str, a: Allocation) -> Result<(), ResizeError> {
+        let mut pods = self.lock();
+        pods.insert(uid.to_string(), a);
+        self.save(&pods)
+    }
+
+    /// Forgets the pod `uid` (finished or gone).
+    pub fn remove(&self, uid: &str) {
+        let mut pods = self.lock();
+        if pods.remove(uid).is_some() {
+            if let Err(e) = self.save(&pods) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    /// Forgets every pod not in `live`.
+    pub fn retain(&self, live: &HashSet<String>) {
+        let mut pods = self.lock();
+        let before = pods.len();
+        pods.retain(|uid, _| live.contains(uid));
+        if pods.len() != before {
+            if let Err(e) = self.save(&pods) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    /// Whether the pod `uid` fits with `want`: none, or why not, as upstream words it.
+    pub fn check(&self, uid: &str, want: &Allocation) -> Option<Pending> {
+        let (cpu_cap, mem_cap) = self.allocatable;
+        for (name, asked, cap) in [
+            ("memory", want.memory_request, mem_cap),
+            ("cpu", want.cpu_request, cpu_cap),
+        ] {
+            if asked > cap {
+                return Some((
+                    "Infeasible".into(),
+                    format!("Node didn't have enough capacity: {name}, requested: {asked}, capacity: {cap}"),
+                ));
+            }
+        }
+        let (mut cpu, mut mem) = (0i64, 0i64);
+        for (other, a) in self.lock().iter() {
+            if other != uid {
+                cpu = cpu.saturating_add(a.cpu_request);
+                mem = mem.saturating_add(a.memory_request);
+            }
+        }
+        for (name, asked, used, cap) in [
+            ("cpu", want.cpu_request, cpu, cpu_cap),
+            ("memory", want.memory_request, mem, mem_cap),
+        ] {
+            if asked.saturating_add(used) > cap {
+                return Some((
+                    "Deferred".into(),
+                    format!("Node didn't have enough resource: {name}, requested: {asked}, used: {used}, capacity: {cap}"),
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// Only the cpu and memory of `r`.
+pub(super) fn cpu_memory(r: Option<&ResourceRequirements>) -> ResourceRequirements {
+    let keep = |m: Option<&BTreeMap<String, Quantity>>| {
+        let out: BTreeMap<String, Quantity> = m
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| RESIZABLE.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        (!out.is_empty()).then_some(out)
+    };
+    ResourceRequirements {
+        requests: keep(r.and_then(|r| r.requests.as_ref())),
+        limits: keep(r.and_then(|r| r.limits.as_ref())),
+        claims: None,
+    }
+}
+
+fn containers(pod: &Pod) -> impl Iterator<Item = &Container> {
+    pod.spec.iter().flat_map(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+    })
+}
+
+/// What the pod's spec asks for.
+pub fn desired(pod: &Pod) -> Allocation {
+    let t = limits::totals(pod, true);
+    Allocation {
+        containers: containers(pod)
+            .map(|c| (c.name.clone(), cpu_memory(c.resources.as_ref())))
+            .collect(),
+        cpu_request: t.cpu_request,
+        memory_request: t.memory_request,
+    }
+}
+
+/// `c` with the cpu and memory of `r` (its other resources as they are).
+fn with_cpu_memory(c: &Container, r: &ResourceRequirements) -> Container {
+    let mut c = c.clone();
+    let res = c.resources.get_or_insert_with(Default::default);
+    for (part, from) in [
+        (&mut res.requests, &r.requests),
+        (&mut res.limits, &r.limits),
+    ] {
+        let m = part.get_or_insert_with(Default::default);
+        m.retain(|k, _| !RESIZABLE.contains(&k.as_str()));
+        m.extend(from.clone().into_iter().flatten());
+        if m.is_empty() {
+            *part = None;
+        }
+    }
+    c
+}
+
+/// The pod with its containers' cpu and memory as allocated.
+pub fn apply(pod: &Pod, a: &Allocation) -> Pod {
+    let mut p = pod.clone();
+    if let Some(spec) = p.spec.as_mut() {
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            if let Some(r) = a.containers.get(&c.name) {
+                *c = with_cpu_memory(c, r);
+            }
+        }
+    }
+    p
+}
+
+fn amount(r: &ResourceRequirements, limits: bool, name: &str) -> Option<i128> {
+    let list = if limits { &r.limits } else { &r.requests };
+    crate::quantity::milli(&list.as_ref()?.get(name)?.0)
+}
+
+/// Each of `a` and `b`'s amounts at its lower (an absent limit is no limit).
+fn lower(a: &ResourceRequirements, b: &ResourceRequirements) -> ResourceRequirements {
+    let mut out = b.clone();
+    for name in RESIZABLE {
+        let pick = |limits: bool| match (amount(a, limits, name), amount(b, limits, name)) {
+            (Some(x), Some(y)) if x < y => true,
+            (Some(_), None) => limits,
+            _ => false,
+        };
+        for limits in [false, true] {
+            if pick(limits) {
+                let from = if limits { &a.limits } else { &a.requests };
+                let to = if limits {
+                    &mut out.limits
+                } else {
+                    &mut out.requests
+                };
+                if let Some(q) = from.as_ref().and_then(|m| m.get(name)) {
+                    to.get_or_insert_with(Default::default)
+                        .insert(name.to_string(), q.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What a worker knows of its pod's resize.
+#[derive(Default)]
+pub struct ResizeState {
+    /// What each container (by id) runs with, as far as this kubelet applied or saw it.
+    pub(super) actuated: HashMap<String, ResourceRequirements>,
+    pending: Option<Pending>,
+    error: Option<String>,
+    in_progress: bool,
+}
+
+/// One running container whose resources differ from its allocation.
+struct Change {
+    id: String,
+    container: Container,
+    old: Option<ResourceRequirements>,
+    new: ResourceRequirements,
+}
+
+impl Shared {
+    /// The pod as allocated: a resize its spec asks for is allocated when it fits, else it
+    /// waits (and the pod keeps its allocation).
+    pub(super) async fn allocate<'a>(&self, pod: &'a Pod, st: &mut State) -> Cow<'a, Pod> {
+        let uid = pod.uid().unwrap_or_default();
+        let want = desired(pod);
+        let Some(current) = self.allocations.get(&uid) else {
+            // First sight: the scheduler found it room here.
+            if let Err(e) = self.allocations.set(&uid, want) {
+                tracing::warn!(pod = %pod.name_any(), "{e}");
+            }
+            st.resize.pending = None;
+            return Cow::Borrowed(pod);
+        };
+        if current.containers == want.containers {
+            st.resize.pending = None;
+            return Cow::Borrowed(pod);
+        }
+        match self.allocations.check(&uid, &want) {
+            None => {
+                if let Err(e) = self.allocations.set(&uid, want) {
+                    tracing::warn!(pod = %pod.name_any(), "{e}");
+                    return Cow::Owned(apply(pod, &current));
+                }
+                st.resize.pending = None;
+                Cow::Borrowed(pod)
+            }
+            Some(p) => {
+                if st.resize.pending.as_ref() != Some(&p) {
+                    let msg = format!("Pod resize {}: {}", p.0, summary(pod, Some(&p.1)));
+                    self.event(pod, None, Type::Warning, &format!("Resize{}", p.0), &msg)
+                        .await;
+                }
+                st.resize.pending = Some(p);
+                Cow::Owned(apply(pod, &current))
+            }
+        }
+    }
+
+    /// Whether CRI says the container runs with `c`'s resources.
+    async fn applied(&self, pod: &Pod, c: &Container, id: &str) -> bool {
+        let want = super::spec::resources(pod, c, &self.env);
+        match self.runtime.container_status(id).await {
+            Ok(s) => s.resources.and_then(|r| r.linux).is_some_and(|l| {
+                l.cpu_shares == want.cpu_shares
+                    && l.cpu_quota == want.cpu_quota
+                    && l.memory_limit_in_bytes == want.memory_limit_in_bytes
+            }),
+            Err(_) => false,
+        }
+    }
+
+    /// Brings the running containers (and the pod cgroup) to the allocated pod `pod`.
+    pub(super) async fn actuate(&self, pod: &Pod, st: &mut State) {
+        let running: Vec<(String, String)> = st
+            .running
+            .iter()
+            .map(|(id, name, _)| (id.clone(), name.clone()))
+            .collect();
+        st.resize
+            .actuated
+            .retain(|id, _| !st.exited.contains_key(id));
+        let mut changes = Vec::new();
+        for (id, name) in running {
+            let Some(c) = containers(pod).find(|c| c.name == name) else {
+                continue;
+            };
+            let new = cpu_memory(c.resources.as_ref());
+            let old = st.resize.actuated.get(&id).cloned();
+            if old.as_ref() == Some(&new) {
+                continue;
+            }
+            if old.is_none() && self.applied(pod, c, &id).await {
+                // Adopted after a restart, already as allocated.
+                st.resize.actuated.insert(id, new);
+                continue;
+            }
+            changes.push(Change {
+                id,
+                container: c.clone(),
+                old,
+                new,
+            });
+        }
+        st.resize.error = None;
+        if changes.is_empty() {
+            return;
+        }
+        // Containers whose policy says so restart with their new resources.
+        let mut updates = Vec::new();
+        for ch in changes {
+            let Some(old) = &ch.old else {
+                updates.push(ch);
+                continue;
+            };
+            let changed: Vec<&str> = RESIZABLE
+                .into_iter()
+                .filter(|n| {
+                    amount(old, false, n) != amount(&ch.new, false, n)
+                        || amount(old, true, n) != amount(&ch.new, true, n)
+                })
+                .collect();
+            let restart = ch.container.resize_policy.iter().flatten().any(|p| {
+                p.restart_policy == "RestartContainer"
+                    && changed.contains(&p.resource_name.as_str())
+            });
+            if !restart {
+                updates.push(ch);
+                continue;
+            }
+            let name = ch.container.name.clone();
+            let msg = format!("Container {name} resize requires restart");
+            self.event(pod, Some(&name), Type::Normal, "Killing", &msg)
+                .await;
+            if let Err(e) = self
+                .runtime
+                .stop_container(&ch.id, grace_seconds(pod))
+                .await
+            {
+                st.resize.error = Some(format!("restarting container {name:?}: {e}"));
+            }
+            st.backoff.remove(&name);
+            st.resize.actuated.remove(&ch.id);
+        }
+        if let Err(e) = self.update(pod, &updates, st).await {
+            st.resize.error = Some(e);
+        }
+    }
+
+    /// Applies `updates` in upstream's order; the first failure.
+    async fn update(&self, pod: &Pod, updates: &[Change], st: &mut State) -> Result<(), String> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let decreasing: Vec<(&Change, i128)> = updates
+            .iter()
+            .filter_map(|ch| {
+                let new = amount(&ch.new, true, "memory")?;
+                let old = ch.old.as_ref().map(|o| amount(o, true, "memory"));
+                match old {
+                    Some(Some(o)) if o <= new => None,
+                    Some(_) => Some((ch, new / 1000)),
+                    None => None,
+                }
+            })
+            .collect();
+        if !decreasing.is_empty() {
+            // A memory limit below what the container uses now is not set.
+            let stats = self
+                .runtime
+                .list_container_stats()
+                .await
+                .map_err(|e| e.to_string())?;
+            for (ch, limit) in decreasing {
+                let name = &ch.container.name;
+                let usage = stats
+                    .iter()
+                    .find(|s| s.attributes.as_ref().is_some_and(|a| a.id == ch.id))
+                    .and_then(|s| s.memory.as_ref())
+                    .and_then(|m| m.working_set_bytes.as_ref())
+                    .map(|v| i128::from(v.value))
+                    .ok_or_else(|| format!("missing container {name:?} memory usage"))?;
+                if usage >= limit {
+                    return Err(format!(
+                        "attempting to set container {name:?} memory limit ({limit}) below current usage ({usage})"
+                    ));
+                }
+            }
+        }
+        let set = |ch: &Change, r: &ResourceRequirements| {
+            let c = with_cpu_memory(&ch.container, r);
+            super::spec::resources(pod, &c, &self.env)
+        };
+        // Decreases first, so the pod cgroup can shrink; then the pod cgroup; then increases.
+        for ch in updates {
+            if let Some(old) = &ch.old {
+                let low = lower(old, &ch.new);
+                if low != *old {
+                    self.runtime
+                        .update_container_resources(&ch.id, set(ch, &low))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.ensure_pod(pod).map_err(|e| e.to_string())?;
+        }
+        for ch in updates {
+            self.runtime
+                .update_container_resources(&ch.id, set(ch, &ch.new))
+                .await
+                .map_err(|e| e.to_string())?;
+            st.resize.actuated.insert(ch.id.clone(), ch.new.clone());
+        }
+        Ok(())
+    }
+
+    /// Adds the resize's part to the status `body` of `pod` (the spec's, not the allocated):
+    /// each container's allocated and applied resources, `PodResizePending` and
+    /// `PodResizeInProgress`, and the generation observed.
+    pub(super) async fn resize_status(&self, pod: &Pod, st: &mut State, body: &mut Value) {
+        let uid = pod.uid().unwrap_or_default();
+        let generation = pod.metadata.generation;
+        body["status"]["observedGeneration"] = json!(generation);
+        let Some(a) = self.allocations.get(&uid) else {
+            return;
+        };
+        let mut in_progress = false;
+        for key in ["containerStatuses", "initContainerStatuses"] {
+            for s in body["status"][key].as_array_mut().into_iter().flatten() {
+                let name = s["name"].as_str().unwrap_or_default().to_string();
+                let Some(alloc) = a.containers.get(&name) else {
+                    continue;
+                };
+                if let Some(req) = &alloc.requests {
+                    s["allocatedResources"] = json!(req);
+                }
+                let running = st.running.iter().find(|(_, n, _)| *n == name);
+                let applied = match running {
+                    Some((id, _, _)) => {
+                        let applied = st.resize.actuated.get(id);
+                        in_progress |= applied != Some(alloc);
+                        applied.unwrap_or(alloc)
+                    }
+                    None => alloc,
+                };
+                if applied.requests.is_some() || applied.limits.is_some() {
+                    s["resources"] = json!(applied);
+                }
+            }
+        }
+        let old = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let had = |ty: &str| old.iter().any(|c| c.type_ == ty);
+        let since = |ty: &str, reason: &str| {
+            old.iter()
+                .find(|c| c.type_ == ty && c.reason.as_deref().unwrap_or_default() == reason)
+                .and_then(|c| c.last_transition_time.clone())
+                .map_or_else(|| json!(now), |t| json!(t))
+        };
+        let mut extra = Vec::new();
+        match &st.resize.pending {
+            Some((reason, message)) => extra.push(json!({
+                "type": "PodResizePending", "status": "True", "reason": reason,
+                "message": message, "observedGeneration": generation,
+                "lastProbeTime": null, "lastTransitionTime": since("PodResizePending", reason),
+            })),
+            None if had("PodResizePending") => {
+                extra.push(json!({"type": "PodResizePending", "$patch": "delete"}))
+            }
+            None => {}
+        }
+        let error = st.resize.error.clone();
+        if in_progress || error.is_some() {
+            let reason = if error.is_some() { "Error" } else { "" };
+            let mut c = json!({
+                "type": "PodResizeInProgress", "status": "True",
+                "observedGeneration": generation, "lastProbeTime": null,
+                "lastTransitionTime": since("PodResizeInProgress", reason),
+            });
+            if let Some(e) = &error {
+                c["reason"] = json!("Error");
+                c["message"] = json!(e);
+            }
+            extra.push(c);
+        } else if had("PodResizeInProgress") {
+            extra.push(json!({"type": "PodResizeInProgress", "$patch": "delete"}));
+        }
+        if let Some(list) = body["status"]["conditions"].as_array_mut() {
+            list.extend(extra);
+        }
+        let was = std::mem::replace(&mut st.resize.in_progress, in_progress || error.is_some());
+        if was && !st.resize.in_progress {
+            let msg = format!("Pod resize completed: {}", summary(pod, None));
+            self.event(pod, None, Type::Normal, "ResizeCompleted", &msg)
+                .await;
+        }
+        if let Some(e) = error {
+            let msg = format!("Pod resize error: {}", summary(pod, Some(&e)));
+            self.event_once(st, pod, None, Type::Warning, "ResizeError", &msg)
+                .await;
+        }
+    }
+}
+
+/// The resize as upstream's events show it: the containers' resources, the generation and
+/// the error if any.
+fn summary(pod: &Pod, error: Option<&str>) -> String {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let list = |cs: &[Container]| -> Vec<Value> {
+        cs.iter()
+            .map(|c| json!({"name": c.name, "resources": cpu_memory(c.resources.as_ref())}))
+            .collect()
+    };
+    let mut v = json!({
+        "containers": list(&spec.containers),
+        "generation": pod.metadata.generation,
+    });
+    if let Some(init) = spec.init_containers.as_deref().filter(|i| !i.is_empty()) {
+        v["initContainers"] = json!(list(init));
+    }
+    if let Some(e) = error {
+        v["error"] = json!(e);
+    }
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! In-place pod resize on the real machine, as `kubectl patch --subresource resize` drives it:
+//! the running container's cgroup changes without a restart, a container whose resize policy
+//! says RestartContainer restarts once with its new limit, the pod's cgroup follows, the status
+//! shows what was allocated and applied, a resize past the node waits as Infeasible, and the
+//! API refuses what upstream refuses.
+
+use std::path::PathBuf;
+
+use k1s::kubelet::cgroups::fs::Layout;
+
+use super::common::server::{eventually, ok, text, within, write, Server};
+use super::jsonpath;
+
+const RESIZABLE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: resizable}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: a
+    image: k1s.local/busybox:1
+    command: [sleep, "3600"]
+    resources:
+      requests: {cpu: 100m, memory: 16Mi}
+      limits: {cpu: 200m, memory: 32Mi}
+  - name: b
+    image: k1s.local/busybox:1
+    command: [sleep, "3600"]
+    resizePolicy:
+    - {resourceName: memory, restartPolicy: RestartContainer}
+    resources:
+      requests: {cpu: 50m, memory: 8Mi}
+      limits: {cpu: 100m, memory: 16Mi}
+"#;
+
+fn read(p: &PathBuf) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The memory limit file of the cgroup `name` (v1 or v2).
+fn memory_file(layout: &Layout, name: &str) -> PathBuf {
+    let rel = name.trim_start_matches('/');
+    match layout {
+        Layout::V1 { controllers, .. } => controllers["memory"]
+            .join(rel)
+            .join("memory.limit_in_bytes"),
+        Layout::V2 { root } => root.join(rel).join("memory.max"),
+    }
+}
+
+fn container(s: &Server, name: &str, path: &str) -> String {
+    jsonpath(
+        s,
+        "pod/resizable",
+        &format!("{{.status.containerStatuses[?(@.name==\"{name}\")]{path}}}"),
+    )
+}
+
+fn resize(s: &Server, patch: &str) -> std::process::Output {
+    s.kubectl(&[
+        "patch",
+        "pod",
+        "resizable",
+        "--subresource",
+        "resize",
+        "--patch",
+        patch,
+    ])
+}
+
+pub fn resize_in_place(s: &Server, tmp: &std::path::Path, root: &str) {
+    let layout = Layout::detect().expect("cgroups are mounted");
+    ok(
+        s,
+        &["apply", "-f", &write(tmp, "resizable.yaml", RESIZABLE)],
+    );
+    ok(
+        s,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/resizable",
+            "--timeout=60s",
+        ],
+    );
+    let uid = jsonpath(s, "pod/resizable", "{.metadata.uid}");
+    let pod_cgroup = format!("{root}/kubepods/burstable/pod{uid}");
+    let cgroup_of = |name: &str| {
+        let id = container(s, name, ".containerID");
+        let id = id.trim_start_matches("containerd://").to_string();
+        memory_file(&layout, &format!("{pod_cgroup}/{id}"))
+    };
+    let mib = |n: u64| (n << 20).to_string();
+    assert_eq!(read(&cgroup_of("a")), mib(32));
+    assert_eq!(read(&memory_file(&layout, &pod_cgroup)), mib(48));
+    assert_eq!(container(s, "a", ".allocatedResources.cpu"), "100m");
+    assert_eq!(container(s, "a", ".resources.limits.memory"), "32Mi");
+    assert_eq!(
+        jsonpath(s, "pod/resizable", "{.status.observedGeneration}"),
+        "1"
+    );
+
+    // The resize subresource reads as the pod.
+    let got = ok(
+        s,
+        &[
+            "get",
+            "pod",
+            "resizable",
+            "--subresource",
+            "resize",
+            "-o",
+            "jsonpath={.metadata.name}",
+        ],
+    );
+    assert_eq!(got, "resizable");
+
+    // What upstream refuses.
+    let o = resize(
+        s,
+        r#"{"spec":{"containers":[{"name":"a","resources":{"requests":{"cpu":"200m","memory":"32Mi"}}},{"name":"b","resources":{"requests":{"cpu":"100m","memory":"16Mi"}}}]}}"#,
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("Pod QOS Class may not change as a result of resizing"),
+        "{}",
+        text(&o)
+    );
+    let o = s.kubectl(&[
+        "patch",
+        "pod",
+        "resizable",
+        "--patch",
+        r#"{"spec":{"containers":[{"name":"a","resources":{"limits":{"memory":"64Mi"}}}]}}"#,
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("pod updates may not change fields other than"),
+        "{}",
+        text(&o)
+    );
+
+    // More memory and cpu for a, in place; more memory for b, by a restart.
+    let o = resize(
+        s,
+        r#"{"spec":{"containers":[{"name":"a","resources":{"requests":{"cpu":"150m"},"limits":{"cpu":"300m","memory":"64Mi"}}},{"name":"b","resources":{"limits":{"memory":"24Mi"}}}]}}"#,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(jsonpath(s, "pod/resizable", "{.metadata.generation}"), "2");
+    within(30, "a's cgroup to hold 64Mi", || {
+        read(&cgroup_of("a")) == mib(64)
+    });
+    within(30, "b to restart with 24Mi", || {
+        container(s, "b", ".restartCount") == "1" && read(&cgroup_of("b")) == mib(24)
+    });
+    assert_eq!(container(s, "a", ".restartCount"), "0");
+    assert_eq!(read(&memory_file(&layout, &pod_cgroup)), mib(88));
+    eventually(
+        s,
+        &[
+            "get",
+            "pod",
+            "resizable",
+            "-o",
+            "jsonpath={.status.observedGeneration}|{.status.conditions[*].type}|{.status.containerStatuses[?(@.name==\"a\")].resources.limits.memory}",
+        ],
+        |o| o.starts_with("2|") && !o.contains("PodResize") && o.ends_with("|64Mi"),
+    );
+    assert_eq!(container(s, "a", ".allocatedResources.cpu"), "150m");
+
+    // Past the node's allocatable: the resize waits, the containers keep what they have.
+    let o = resize(
+        s,
+        r#"{"spec":{"containers":[{"name":"a","resources":{"requests":{"cpu":"1000"},"limits":{"cpu":"1000"}}}]}}"#,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let pending = eventually(
+        s,
+        &[
+            "get",
+            "pod",
+            "resizable",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"PodResizePending\")].reason}|{.status.conditions[?(@.type==\"PodResizePending\")].message}",
+        ],
+        |o| o.starts_with("Infeasible|"),
+    );
+    assert!(
+        pending.contains("Node didn't have enough capacity: cpu, requested: 1000050"),
+        "{pending}"
+    );
+    assert_eq!(container(s, "a", ".allocatedResources.cpu"), "150m");
+    // Back within the node: allocated, and the condition goes.
+    let o = resize(
+        s,
+        r#"{"spec":{"containers":[{"name":"a","resources":{"requests":{"cpu":"100m"},"limits":{"cpu":"200m"}}}]}}"#,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    eventually(
+        s,
+        &[
+            "get",
+            "pod",
+            "resizable",
+            "-o",
+            "jsonpath={.status.conditions[*].type}|{.status.containerStatuses[?(@.name==\"a\")].allocatedResources.cpu}",
+        ],
+        |o| !o.contains("PodResize") && o.ends_with("|100m"),
+    );
+    ok(s, &["delete", "pod", "resizable", "--wait=true"]);
+}
