@@ -2,7 +2,7 @@
 //! the running container's cgroup changes without a restart, a container whose resize policy
 //! says RestartContainer restarts once with its new limit, the pod's cgroup follows, the status
 //! shows what was allocated and applied, a resize past the node waits as Infeasible, and the
-//! API refuses what upstream refuses.
+//! API refuses what upstream refuses. A pod bound by hand past what is free is rejected.
 
 use std::path::PathBuf;
 
@@ -32,6 +32,17 @@ spec:
     resources:
       requests: {cpu: 50m, memory: 8Mi}
       limits: {cpu: 100m, memory: 16Mi}
+"#;
+
+/// Bound to the node by hand past its allocatable: the kubelet rejects it.
+const TOO_BIG: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: too-big}
+spec:
+  nodeName: edge-1
+  containers:
+  - {name: c, image: k1s.local/busybox:1, command: [sleep, "3600"], resources: {requests: {cpu: "1000"}}}
 "#;
 
 fn read(p: &PathBuf) -> String {
@@ -172,6 +183,63 @@ pub fn resize_in_place(s: &Server, tmp: &std::path::Path, root: &str) {
     );
     assert_eq!(container(s, "a", ".allocatedResources.cpu"), "150m");
 
+    // A memory limit below what the container uses is not set: the resize stays in progress
+    // with upstream's error until the usage drops.
+    ok(
+        s,
+        &[
+            "exec",
+            "resizable",
+            "-c",
+            "a",
+            "--",
+            "sh",
+            "-c",
+            "head -c 40m /dev/zero > /dev/shm/fill",
+        ],
+    );
+    let o = resize(
+        s,
+        r#"{"spec":{"containers":[{"name":"a","resources":{"limits":{"memory":"32Mi"}}}]}}"#,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let error = eventually(
+        s,
+        &[
+            "get",
+            "pod",
+            "resizable",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"PodResizeInProgress\")].reason}|{.status.conditions[?(@.type==\"PodResizeInProgress\")].message}",
+        ],
+        |o| o.starts_with("Error|"),
+    );
+    assert!(
+        error.contains(
+            "attempting to set container \"a\" memory limit (33554432) below current usage"
+        ),
+        "{error}"
+    );
+    assert_eq!(read(&cgroup_of("a")), mib(64));
+    ok(
+        s,
+        &["exec", "resizable", "-c", "a", "--", "rm", "/dev/shm/fill"],
+    );
+    within(30, "a's cgroup to hold 32Mi", || {
+        read(&cgroup_of("a")) == mib(32)
+    });
+    eventually(
+        s,
+        &[
+            "get",
+            "pod",
+            "resizable",
+            "-o",
+            "jsonpath={.status.conditions[*].type}",
+        ],
+        |o| !o.contains("PodResize"),
+    );
+
     // Past the node's allocatable: the resize waits, the containers keep what they have.
     let o = resize(
         s,
@@ -212,4 +280,25 @@ pub fn resize_in_place(s: &Server, tmp: &std::path::Path, root: &str) {
         |o| !o.contains("PodResize") && o.ends_with("|100m"),
     );
     ok(s, &["delete", "pod", "resizable", "--wait=true"]);
+
+    // The node admits only pods that fit beside the others, as upstream's kubelet.
+    ok(s, &["apply", "-f", &write(tmp, "too-big.yaml", TOO_BIG)]);
+    let rejected = eventually(
+        s,
+        &[
+            "get",
+            "pod",
+            "too-big",
+            "-o",
+            "jsonpath={.status.phase}|{.status.reason}|{.status.message}",
+        ],
+        |o| o.starts_with("Failed|"),
+    );
+    assert!(
+        rejected.starts_with(
+            "Failed|OutOfcpu|Pod was rejected: Node didn't have enough resource: cpu, requested: 1000000, used: "
+        ),
+        "{rejected}"
+    );
+    ok(s, &["delete", "pod", "too-big", "--wait=true"]);
 }

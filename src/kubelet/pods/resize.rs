@@ -146,26 +146,53 @@ impl Allocations {
                 ));
             }
         }
-        let (mut cpu, mut mem) = (0i64, 0i64);
-        for (other, a) in self.lock().iter() {
-            if other != uid {
-                cpu = cpu.saturating_add(a.cpu_request);
-                mem = mem.saturating_add(a.memory_request);
-            }
-        }
-        for (name, asked, used, cap) in [
-            ("cpu", want.cpu_request, cpu, cpu_cap),
-            ("memory", want.memory_request, mem, mem_cap),
-        ] {
-            if asked.saturating_add(used) > cap {
-                return Some((
-                    "Deferred".into(),
-                    format!("Node didn't have enough resource: {name}, requested: {asked}, used: {used}, capacity: {cap}"),
-                ));
-            }
-        }
-        None
+        insufficient(&self.lock(), self.allocatable, uid, want)
+            .map(|(_, message)| ("Deferred".into(), message))
     }
+
+    /// Admits a pod the kubelet sees for the first time, as upstream's resource fit admission:
+    /// allocated when it fits beside the other pods, else the resource that does not fit and
+    /// upstream's message.
+    pub fn admit(&self, uid: &str, want: Allocation) -> Result<(), (String, String)> {
+        let mut pods = self.lock();
+        if let Some(no) = insufficient(&pods, self.allocatable, uid, &want) {
+            return Err(no);
+        }
+        pods.insert(uid.to_string(), want);
+        if let Err(e) = self.save(&pods) {
+            tracing::warn!("{e}");
+        }
+        Ok(())
+    }
+}
+
+/// The first resource `want` does not find free beside the other pods' allocations, and
+/// upstream's `InsufficientResourceError` message.
+fn insufficient(
+    pods: &HashMap<String, Allocation>,
+    (cpu_cap, mem_cap): (i64, i64),
+    uid: &str,
+    want: &Allocation,
+) -> Option<(String, String)> {
+    let (mut cpu, mut mem) = (0i64, 0i64);
+    for (other, a) in pods {
+        if other != uid {
+            cpu = cpu.saturating_add(a.cpu_request);
+            mem = mem.saturating_add(a.memory_request);
+        }
+    }
+    for (name, asked, used, cap) in [
+        ("cpu", want.cpu_request, cpu, cpu_cap),
+        ("memory", want.memory_request, mem, mem_cap),
+    ] {
+        if asked > 0 && asked.saturating_add(used) > cap {
+            return Some((
+                name.to_string(),
+                format!("Node didn't have enough resource: {name}, requested: {asked}, used: {used}, capacity: {cap}"),
+            ));
+        }
+    }
+    None
 }
 
 /// Only the cpu and memory of `r`.
@@ -293,27 +320,39 @@ struct Change {
 
 impl Shared {
     /// The pod as allocated: a resize its spec asks for is allocated when it fits, else it
-    /// waits (and the pod keeps its allocation).
-    pub(super) async fn allocate<'a>(&self, pod: &'a Pod, st: &mut State) -> Cow<'a, Pod> {
+    /// waits (and the pod keeps its allocation). None: the pod was new and did not fit, and
+    /// is rejected.
+    pub(super) async fn allocate<'a>(&self, pod: &'a Pod, st: &mut State) -> Option<Cow<'a, Pod>> {
         let uid = pod.uid().unwrap_or_default();
         let want = desired(pod);
         let Some(current) = self.allocations.get(&uid) else {
-            // First sight: the scheduler found it room here.
-            if let Err(e) = self.allocations.set(&uid, want) {
-                tracing::warn!(pod = %pod.name_any(), "{e}");
-            }
             st.resize.pending = None;
-            return Cow::Borrowed(pod);
+            let started = pod.status.as_ref().and_then(|s| s.start_time.as_ref());
+            if started.is_some() {
+                // Admitted by this node before (a checkpoint lost): it keeps its place.
+                if let Err(e) = self.allocations.set(&uid, want) {
+                    tracing::warn!(pod = %pod.name_any(), "{e}");
+                }
+                return Some(Cow::Borrowed(pod));
+            }
+            return match self.allocations.admit(&uid, want) {
+                Ok(()) => Some(Cow::Borrowed(pod)),
+                Err((resource, message)) => {
+                    self.reject(pod, st, &format!("OutOf{resource}"), &message)
+                        .await;
+                    None
+                }
+            };
         };
         if current.containers == want.containers {
             st.resize.pending = None;
-            return Cow::Borrowed(pod);
+            return Some(Cow::Borrowed(pod));
         }
-        match self.allocations.check(&uid, &want) {
+        Some(match self.allocations.check(&uid, &want) {
             None => {
                 if let Err(e) = self.allocations.set(&uid, want) {
                     tracing::warn!(pod = %pod.name_any(), "{e}");
-                    return Cow::Owned(apply(pod, &current));
+                    return Some(Cow::Owned(apply(pod, &current)));
                 }
                 st.resize.pending = None;
                 Cow::Borrowed(pod)
@@ -327,7 +366,18 @@ impl Shared {
                 st.resize.pending = Some(p);
                 Cow::Owned(apply(pod, &current))
             }
-        }
+        })
+    }
+
+    /// Fails a pod the node cannot admit, as upstream's `rejectPod`.
+    async fn reject(&self, pod: &Pod, st: &mut State, reason: &str, message: &str) {
+        tracing::info!(pod = %pod.name_any(), reason, "{message}");
+        self.event(pod, None, Type::Warning, reason, message).await;
+        let body = json!({"status": {
+            "phase": "Failed", "reason": reason,
+            "message": format!("Pod was rejected: {message}"),
+        }});
+        self.post_status(pod, st, body).await;
     }
 
     /// Whether CRI says the container runs with `c`'s resources.

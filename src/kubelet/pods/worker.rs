@@ -185,7 +185,9 @@ impl Shared {
         let before = st.waiting.clone();
         // The containers run with what was allocated, which a pending resize leaves as it was.
         let spec_pod = pod;
-        let allocated = self.allocate(spec_pod, st).await;
+        let Some(allocated) = self.allocate(spec_pod, st).await else {
+            return Duration::from_secs(1);
+        };
         let pod: &Pod = &allocated;
         match self.converge(pod, st).await {
             Ok(()) => {}

@@ -101,3 +101,24 @@ fn the_event_summary_is_upstreams_shape() {
     assert_eq!(s["containers"][0]["resources"]["requests"]["cpu"], "1");
     assert_eq!(s["error"], "boom");
 }
+
+#[test]
+fn a_new_pod_is_admitted_only_where_it_fits() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = allocations(dir.path());
+    a.admit("one", desired(&pod("1500m", "64Mi")))
+        .expect("fits");
+    let (resource, message) = a
+        .admit("two", desired(&pod("1", "64Mi")))
+        .expect_err("no room");
+    assert_eq!(resource, "cpu");
+    assert_eq!(
+        message,
+        "Node didn't have enough resource: cpu, requested: 1000, used: 1500, capacity: 2000"
+    );
+    assert_eq!(a.get("two"), None);
+    // A pod that asks for nothing always fits.
+    let none = Allocation::default();
+    a.admit("three", none.clone()).expect("fits");
+    assert_eq!(a.get("three"), Some(none));
+}
