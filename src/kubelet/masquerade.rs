@@ -152,6 +152,43 @@ pub fn ensure(ipt: &dyn Iptables, bridge: &str, pod_cidr: &str) -> Result<bool, 
     Ok(true)
 }
 
+/// Removes the per-pod chains the bridge plugin's `ipMasq` made for pods of a k1s from before
+/// the one-chain NAT (the network `k1s`; deleting such a pod later no longer removed them), and
+/// their jumps; how many there were. The node's chain covers those pods' traffic.
+pub fn remove_legacy(ipt: &dyn Iptables) -> Result<usize, MasqueradeError> {
+    let listing = ipt.run(&["-t", "nat", "-S", "POSTROUTING"])?;
+    let mut removed = 0;
+    for line in listing.lines() {
+        let Some(rule) = line.trim_end().strip_prefix("-A POSTROUTING ") else {
+            continue;
+        };
+        let Some((matches, chain)) = rule.rsplit_once(" -j ") else {
+            continue;
+        };
+        let Some((source, comment)) = matches.split_once(" -m comment --comment ") else {
+            continue;
+        };
+        // iptables prints the comment quoted, its own quotes escaped.
+        let comment = comment.trim();
+        let comment = comment
+            .strip_prefix('"')
+            .and_then(|c| c.strip_suffix('"'))
+            .unwrap_or(comment)
+            .replace("\\\"", "\"");
+        if !chain.starts_with("CNI-") || !comment.starts_with("name: \"k1s\" id: ") {
+            continue;
+        }
+        let mut args = vec!["-t", "nat", "-D", "POSTROUTING"];
+        args.extend(source.split_whitespace());
+        args.extend(["-m", "comment", "--comment", &comment, "-j", chain]);
+        ipt.run(&args)?;
+        ipt.run(&["-t", "nat", "-F", chain])?;
+        ipt.run(&["-t", "nat", "-X", chain])?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 /// Splits an `iptables -S` rule into arguments, keeping quoted comments whole.
 fn split(rule: &str) -> Vec<&str> {
     let mut out = Vec::new();
@@ -245,6 +282,30 @@ mod tests {
         assert!(!ensure(&fake, "k1s0", "10.42.0.0/24").expect("ensure"));
         let ran = fake.ran.into_inner().expect("lock");
         assert_eq!(ran, ["-t nat -S K1S-MASQ-k1s0", "-t nat -S POSTROUTING"]);
+    }
+
+    #[test]
+    fn legacy_per_pod_chains_of_k1s_go() {
+        let fake = Fake {
+            ran: Mutex::new(Vec::new()),
+            postrouting: "-P POSTROUTING ACCEPT\n\
+                -A POSTROUTING -s 10.42.0.5/32 -m comment --comment \"name: \\\"k1s\\\" id: \\\"abc\\\"\" -j CNI-0123\n\
+                -A POSTROUTING -s 10.88.0.5/32 -m comment --comment \"name: \\\"other\\\" id: \\\"def\\\"\" -j CNI-4567\n\
+                -A POSTROUTING -s 10.42.0.0/24 -m comment --comment \"k1s: masquerade pods on k1s0\" -j K1S-MASQ-k1s0\n"
+                .into(),
+            chains: String::new(),
+        };
+        assert_eq!(remove_legacy(&fake).expect("remove"), 1);
+        let ran = fake.ran.into_inner().expect("lock");
+        assert_eq!(
+            ran,
+            [
+                "-t nat -S POSTROUTING",
+                "-t nat -D POSTROUTING -s 10.42.0.5/32 -m comment --comment name: \"k1s\" id: \"abc\" -j CNI-0123",
+                "-t nat -F CNI-0123",
+                "-t nat -X CNI-0123",
+            ]
+        );
     }
 
     #[test]

@@ -377,14 +377,27 @@ async fn keep_nat(
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     let mut failing = false;
+    let mut legacy = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
         let (b, c) = (bridge.clone(), cidr.clone());
+        let first = std::mem::take(&mut legacy);
         let done = tokio::task::spawn_blocking(move || {
-            super::masquerade::ensure(&super::masquerade::System, &b, &c)
+            let changed = super::masquerade::ensure(&super::masquerade::System, &b, &c)?;
+            if first {
+                // Once per start: chains an older k1s's pods left behind.
+                match super::masquerade::remove_legacy(&super::masquerade::System) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(chains = n, "removed per-pod NAT chains of an older k1s")
+                    }
+                    Err(e) => tracing::warn!("removing per-pod NAT chains of an older k1s: {e}"),
+                }
+            }
+            Ok::<bool, super::masquerade::MasqueradeError>(changed)
         })
         .await;
         match done {
