@@ -41,19 +41,57 @@ fn add_list(u: &mut Usage, prefix: &str, list: &Value) {
     }
 }
 
-/// A pod's effective requests or limits: the sum over its containers, or the largest init
-/// container's when that is more, plus its overhead.
-fn pod_resources(spec: &Value, part: &str) -> Usage {
+fn max_into(into: &mut Usage, from: &Usage) {
+    for (k, v) in from {
+        let e = into.entry(k.clone()).or_default();
+        *e = (*e).max(*v);
+    }
+}
+
+/// The containers' aggregate requests or limits (`part`), as upstream's `PodRequests` without
+/// pod-level resources or overhead: the app containers and sidecars together, or an init
+/// container with the sidecars started before it, whichever is more.
+pub fn container_aggregate(spec: &Value, part: &str) -> Usage {
     let mut sum = Usage::new();
     for c in spec["containers"].as_array().into_iter().flatten() {
         add_list(&mut sum, "", &c["resources"][part]);
     }
+    let mut sidecars = Usage::new();
+    let mut peak = Usage::new();
     for c in spec["initContainers"].as_array().into_iter().flatten() {
         let mut one = Usage::new();
         add_list(&mut one, "", &c["resources"][part]);
-        for (k, v) in one {
-            let e = sum.entry(k).or_default();
-            *e = (*e).max(v);
+        if c["restartPolicy"].as_str() == Some("Always") {
+            for (k, v) in one {
+                *sidecars.entry(k).or_default() += v;
+            }
+            max_into(&mut peak, &sidecars);
+        } else {
+            for (k, v) in &sidecars {
+                *one.entry(k.clone()).or_default() += v;
+            }
+            max_into(&mut peak, &one);
+        }
+    }
+    for (k, v) in &sidecars {
+        *sum.entry(k.clone()).or_default() += v;
+    }
+    max_into(&mut sum, &peak);
+    sum
+}
+
+/// Whether `name` may be set in a pod's own `spec.resources` (PodLevelResources).
+pub fn pod_level_resource(name: &str) -> bool {
+    matches!(name, "cpu" | "memory") || name.starts_with("hugepages-")
+}
+
+/// A pod's effective requests or limits: its pod-level amount where it sets one, else its
+/// containers' aggregate, plus its overhead.
+pub fn pod_resources(spec: &Value, part: &str) -> Usage {
+    let mut sum = container_aggregate(spec, part);
+    for (k, v) in spec["resources"][part].as_object().into_iter().flatten() {
+        if let Some(q) = v.as_str().and_then(milli).filter(|_| pod_level_resource(k)) {
+            sum.insert(k.clone(), q);
         }
     }
     add_list(&mut sum, "", &spec["overhead"]);

@@ -189,8 +189,69 @@ fn requests_from_limits(spec: &mut Value) {
     }
 }
 
+/// A pod's own `spec.resources` with limits also asks (as upstream's `defaultPodRequests`): for
+/// cpu and memory, what its containers ask for together where it names no request, then its
+/// limit where it still names none.
+fn pod_level_requests(spec: &mut Value) {
+    let limits = spec["resources"]["limits"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    if limits.is_empty() {
+        return;
+    }
+    let aggregate = crate::quota::container_aggregate(spec, "requests");
+    let Some(res) = object_mut(spec, "resources") else {
+        return;
+    };
+    default(res, "requests", json!({}));
+    let Some(req) = res.get_mut("requests").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for name in ["cpu", "memory"] {
+        if let Some(v) = aggregate.get(name).filter(|v| **v > 0) {
+            let like = limits.get(name).and_then(Value::as_str).unwrap_or_default();
+            req.entry(name)
+                .or_insert_with(|| json!(crate::quantity::format(*v, like)));
+        }
+    }
+    for (k, v) in limits {
+        if crate::quota::pod_level_resource(&k) {
+            req.entry(k).or_insert(v);
+        }
+    }
+}
+
+/// The QoS class from a pod's own `spec.resources`, when it sets cpu or memory there, as
+/// upstream's `ComputePodQOS` (the containers' resources do not count then).
+fn pod_level_qos(spec: &Value) -> Option<&'static str> {
+    let pick = |part: &str| -> std::collections::BTreeMap<&str, i128> {
+        ["cpu", "memory"]
+            .into_iter()
+            .filter_map(|k| {
+                let v = spec["resources"][part][k].as_str()?;
+                Some((k, crate::quantity::milli(v).filter(|q| *q > 0)?))
+            })
+            .collect()
+    };
+    let (req, lim) = (pick("requests"), pick("limits"));
+    if req.is_empty() && lim.is_empty() {
+        return None;
+    }
+    let guaranteed =
+        lim.len() == 2 && req.iter().all(|(k, v)| lim.get(k) == Some(v)) && req.len() == lim.len();
+    Some(if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    })
+}
+
 /// The QoS class of a pod spec, as upstream computes it.
 pub fn qos_class(spec: &Value) -> &'static str {
+    if let Some(class) = pod_level_qos(spec) {
+        return class;
+    }
     let containers: Vec<&Value> = ["containers", "initContainers"]
         .iter()
         .flat_map(|f| spec[*f].as_array().into_iter().flatten())
@@ -253,6 +314,7 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
         ("", "pods") => {
             pod_spec_defaults(spec);
             requests_from_limits(spec);
+            pod_level_requests(spec);
         }
         ("", "replicationcontrollers") | ("apps", "replicasets") => {
             default(spec, "replicas", json!(1));

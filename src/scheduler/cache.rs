@@ -134,8 +134,8 @@ fn max(into: &mut Resources, r: &Resources) {
 }
 
 /// A pod's effective requests, as upstream's `PodRequests`: its containers plus its sidecars,
-/// or the largest init container (with the sidecars started before it) when that is more, plus
-/// the pod overhead.
+/// or the largest init container (with the sidecars started before it) when that is more, or
+/// its pod-level requests where it sets them, plus the pod overhead.
 pub fn pod_requests(pod: &Pod) -> Resources {
     let Some(spec) = pod.spec.as_ref() else {
         return Resources::new();
@@ -159,6 +159,13 @@ pub fn pod_requests(pod: &Pod) -> Resources {
     }
     add(&mut sum, &sidecars);
     max(&mut sum, &init_peak);
+    // A pod's own requests (PodLevelResources) stand for its containers'.
+    let pod_level = spec.resources.as_ref().and_then(|r| r.requests.as_ref());
+    for (k, q) in pod_level.into_iter().flatten() {
+        if let Some(v) = milli(&q.0).filter(|_| crate::quota::pod_level_resource(k)) {
+            sum.insert(k.clone(), v);
+        }
+    }
     for (k, q) in spec.overhead.iter().flatten() {
         if let Some(v) = milli(&q.0) {
             *sum.entry(k.clone()).or_default() += v;
@@ -471,5 +478,26 @@ mod tests {
         assert_eq!(r["memory"], 64 * 1024 * 1024 * 1000);
         let info = PodInfo::new(Arc::new(pod));
         assert_eq!(info.nonzero_cpu, 1110);
+    }
+
+    #[test]
+    fn resized_and_pod_level_requests_count() {
+        // A resize under way: the most of the spec and what was allocated.
+        let pod: Pod = serde_json::from_value(json!({
+            "spec": {"containers": [{"name": "a", "resources": {"requests": {"cpu": "100m"}}}]},
+            "status": {"containerStatuses": [{"name": "a", "image": "x", "imageID": "", "ready": true,
+                "restartCount": 0, "allocatedResources": {"cpu": "300m"}}]},
+        }))
+        .expect("pod");
+        assert_eq!(pod_requests(&pod)["cpu"], 300);
+        // Pod-level requests stand for the containers'.
+        let pod: Pod = serde_json::from_value(json!({"spec": {
+            "resources": {"requests": {"cpu": "1"}},
+            "containers": [{"name": "a", "resources": {"requests": {"cpu": "100m", "memory": "1Mi"}}}],
+        }}))
+        .expect("pod");
+        let r = pod_requests(&pod);
+        assert_eq!(r["cpu"], 1000);
+        assert_eq!(r["memory"], 1024 * 1024 * 1000);
     }
 }

@@ -30,6 +30,30 @@ spec:
       limits: {cpu: 200m, memory: 16Mi}
 "#;
 
+/// Resources for the pod as a whole (PodLevelResources): containers without limits of their own
+/// run within the pod's.
+const POD_LEVEL: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: pod-level}
+spec:
+  terminationGracePeriodSeconds: 1
+  resources:
+    limits: {cpu: 400m, memory: 40Mi}
+  containers:
+  - name: a
+    image: k1s.local/busybox:1
+    command: [sleep, "3600"]
+    env:
+    - name: MEM
+      valueFrom: {resourceFieldRef: {resource: limits.memory}}
+    resources:
+      requests: {cpu: 100m, memory: 8Mi}
+  - name: b
+    image: k1s.local/busybox:1
+    command: [sleep, "3600"]
+"#;
+
 /// The file of `controller` for the cgroup `name`, on this machine's layout.
 fn file(layout: &Layout, controller: &str, name: &str, v1: &str, v2: &str) -> PathBuf {
     let rel = name.trim_start_matches('/');
@@ -137,4 +161,68 @@ pub fn cgroups(s: &Server, tmp: &std::path::Path, root: &str, web: &str) {
     // Deleted, the pod's cgroup goes.
     ok(s, &["delete", "pod", "limited", "--wait=true"]);
     within(40, "the deleted pod's cgroup to go", || !pod_dir.exists());
+
+    // Pod-level resources: the pod's requests default from its containers', its cgroup holds
+    // its limits, and a container without limits of its own gets the pod's.
+    ok(
+        s,
+        &["apply", "-f", &write(tmp, "pod-level.yaml", POD_LEVEL)],
+    );
+    ok(
+        s,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/pod-level",
+            "--timeout=60s",
+        ],
+    );
+    assert_eq!(
+        jsonpath(
+            s,
+            "pod/pod-level",
+            "{.spec.resources.requests.cpu}|{.spec.resources.requests.memory}|{.status.qosClass}"
+        ),
+        "100m|8Mi|Burstable"
+    );
+    let uid = jsonpath(s, "pod/pod-level", "{.metadata.uid}");
+    let pod = format!("{kubepods}/burstable/pod{uid}");
+    let forty = (40 * 1024 * 1024).to_string();
+    let memory = file(
+        &layout,
+        "memory",
+        &pod,
+        "memory.limit_in_bytes",
+        "memory.max",
+    );
+    assert_eq!(read(&memory), forty, "{memory:?}");
+    let id = jsonpath(
+        s,
+        "pod/pod-level",
+        "{.status.containerStatuses[?(@.name==\"b\")].containerID}",
+    );
+    let id = id.trim_start_matches("containerd://");
+    let b = file(
+        &layout,
+        "memory",
+        &format!("{pod}/{id}"),
+        "memory.limit_in_bytes",
+        "memory.max",
+    );
+    assert_eq!(read(&b), forty, "{b:?}");
+    let env = ok(
+        s,
+        &[
+            "exec",
+            "pod-level",
+            "-c",
+            "a",
+            "--",
+            "sh",
+            "-c",
+            "echo $MEM",
+        ],
+    );
+    assert_eq!(env.trim(), forty);
+    ok(s, &["delete", "pod", "pod-level", "--wait=true"]);
 }

@@ -44,6 +44,9 @@ pub fn spec(spec: &Value, path: &str, owner: Owner, errs: &mut Errors) {
             );
         }
     }
+    if spec["resources"].is_object() {
+        pod_level(spec, &format!("{path}.resources"), errs);
+    }
     errs.one_of(
         &format!("{path}.restartPolicy"),
         &spec["restartPolicy"],
@@ -221,6 +224,87 @@ fn resize_policy(list: &Value, path: &str, never: bool, errs: &mut Errors) {
                 policy,
                 "must be 'NotRequired' when `restartPolicy` is 'Never'",
             );
+        }
+    }
+}
+
+/// A pod's own `spec.resources` (PodLevelResources), as upstream's `validatePodResources`:
+/// only cpu, memory and hugepages, no claims, no request above its limit, requests covering
+/// what the containers ask for together, and no container limited above the pod.
+fn pod_level(spec: &Value, path: &str, errs: &mut Errors) {
+    let r = &spec["resources"];
+    if r.get("claims").is_some_and(|c| !c.is_null()) {
+        errs.forbidden(
+            &format!("{path}.claims"),
+            "claims cannot be set for Resources at pod-level",
+        );
+    }
+    let quantity = |v: &Value| v.as_str().and_then(crate::quantity::milli);
+    for part in ["limits", "requests"] {
+        for (name, v) in r[part].as_object().into_iter().flatten() {
+            let field = format!("{path}.{part}[{name}]");
+            if !crate::quota::pod_level_resource(name) {
+                errs.0.push(super::FieldError {
+                    kind: super::Kind::NotSupported,
+                    field,
+                    value: Some(super::go_value(&Value::String(name.clone()))),
+                    detail: "supported values: \"cpu\", \"hugepages-\", \"memory\"".into(),
+                });
+            } else if quantity(v).is_some_and(|q| q < 0) {
+                errs.invalid(&field, v, "must be greater than or equal to 0");
+            }
+        }
+    }
+    for (name, req) in r["requests"].as_object().into_iter().flatten() {
+        let Some(lim) = r["limits"].get(name) else {
+            continue;
+        };
+        if let (Some(rq), Some(lq)) = (quantity(req), quantity(lim)) {
+            if rq > lq {
+                errs.invalid(
+                    &format!("{path}.requests"),
+                    req,
+                    &format!(
+                        "must be less than or equal to {name} limit of {}",
+                        lim.as_str().unwrap_or_default()
+                    ),
+                );
+            }
+        }
+    }
+    let aggregate = crate::quota::container_aggregate(spec, "requests");
+    for (name, req) in r["requests"].as_object().into_iter().flatten() {
+        let (Some(pod), Some(sum)) = (quantity(req), aggregate.get(name)) else {
+            continue;
+        };
+        if pod < *sum {
+            errs.invalid(
+                &format!("{path}.requests[{name}]"),
+                req,
+                &format!(
+                    "must be greater than or equal to aggregate container requests of {}",
+                    crate::quantity::format(*sum, req.as_str().unwrap_or_default())
+                ),
+            );
+        }
+    }
+    for (i, c) in items(&spec["containers"]) {
+        for (name, lim) in c["resources"]["limits"].as_object().into_iter().flatten() {
+            let Some(pod_lim) = r["limits"].get(name) else {
+                continue;
+            };
+            if let (Some(cq), Some(pq)) = (quantity(lim), quantity(pod_lim)) {
+                if cq > pq {
+                    errs.invalid(
+                        &format!("{path}.containers[{i}][{name}].limits"),
+                        lim,
+                        &format!(
+                            "must be less than or equal to pod limits of {}",
+                            pod_lim.as_str().unwrap_or_default()
+                        ),
+                    );
+                }
+            }
         }
     }
 }

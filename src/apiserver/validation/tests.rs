@@ -206,3 +206,68 @@ fn ephemeral_containers_are_only_added_and_restricted() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn resources_and_resize_policies_as_upstream() {
+    let pod = |c: Value, spec_extra: Value| {
+        let mut spec = json!({"containers": [c]});
+        for (k, v) in spec_extra.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
+        create("", "pods", json!({"metadata": {"name": "p"}, "spec": spec}))
+    };
+    let errs = pod(
+        json!({"name": "a", "image": "x", "resources": {
+            "requests": {"cpu": "2", "memory": "-1"}, "limits": {"cpu": "1"}}}),
+        json!({}),
+    );
+    assert!(errs.contains(&"spec.containers[0].resources.requests[cpu]: Invalid value: \"2\": must be less than or equal to cpu limit of 1".to_string()), "{errs:?}");
+    assert!(errs.contains(&"spec.containers[0].resources.requests[memory]: Invalid value: \"-1\": must be greater than or equal to 0".to_string()), "{errs:?}");
+    let errs = pod(
+        json!({"name": "a", "image": "x", "resizePolicy": [
+            {"resourceName": "cpu", "restartPolicy": "RestartContainer"},
+            {"resourceName": "disk", "restartPolicy": "NotRequired"}]}),
+        json!({"restartPolicy": "Never"}),
+    );
+    assert!(errs.contains(&"spec.containers[0].resizePolicy: Invalid value: \"RestartContainer\": must be 'NotRequired' when `restartPolicy` is 'Never'".to_string()), "{errs:?}");
+    assert!(errs.contains(&"spec.containers[0].resizePolicy: Unsupported value: \"disk\": supported values: \"cpu\", \"memory\"".to_string()), "{errs:?}");
+}
+
+#[test]
+fn pod_level_resources_as_upstream() {
+    let pod = |resources: Value, c: Value| {
+        create(
+            "",
+            "pods",
+            json!({"metadata": {"name": "p"}, "spec": {"resources": resources, "containers": [c]}}),
+        )
+    };
+    let c = json!({"name": "a", "image": "x", "resources": {"requests": {"cpu": "500m"}, "limits": {"memory": "128Mi"}}});
+    let errs = pod(
+        json!({"requests": {"cpu": "200m", "ephemeral-storage": "1Gi"}, "limits": {"cpu": "1", "memory": "64Mi"}}),
+        c.clone(),
+    );
+    assert!(errs.contains(&"spec.resources.requests[ephemeral-storage]: Unsupported value: \"ephemeral-storage\": supported values: \"cpu\", \"hugepages-\", \"memory\"".to_string()), "{errs:?}");
+    assert!(errs.contains(&"spec.resources.requests[cpu]: Invalid value: \"200m\": must be greater than or equal to aggregate container requests of 500m".to_string()), "{errs:?}");
+    assert!(errs.contains(&"spec.resources.containers[0][memory].limits: Invalid value: \"128Mi\": must be less than or equal to pod limits of 64Mi".to_string()), "{errs:?}");
+    // Limits alone: the requests default from the containers', then from the limits.
+    let def = find("", "v1", "pods").expect("pods");
+    let mut obj = json!({"metadata": {"name": "p"}, "spec": {
+        "resources": {"limits": {"cpu": "1", "memory": "64Mi"}},
+        "containers": [{"name": "a", "image": "x", "resources": {"requests": {"cpu": "500m"}}}]}});
+    apply_defaults(def, &mut obj);
+    assert_eq!(
+        obj["spec"]["resources"]["requests"],
+        json!({"cpu": "500m", "memory": "64Mi"})
+    );
+    assert!(validate_create(def, &obj).is_empty());
+    assert_eq!(
+        crate::apiserver::strategy::qos_class(&obj["spec"]),
+        "Burstable"
+    );
+    obj["spec"]["resources"]["requests"]["cpu"] = json!("1");
+    assert_eq!(
+        crate::apiserver::strategy::qos_class(&obj["spec"]),
+        "Guaranteed"
+    );
+}

@@ -136,13 +136,19 @@ pub fn totals(pod: &Pod, with_overhead: bool) -> PodTotals {
             0
         }
     };
+    // A pod's own requests and limits (PodLevelResources) stand for its containers'.
+    let pod_level = pod.spec.as_ref().and_then(|s| s.resources.as_ref());
     let req = |name: &'static str| {
-        effective(pod, |c| Some(request(c, name)))
+        get(pod_level, false, name)
+            .or_else(|| effective(pod, |c| Some(request(c, name))))
             .unwrap_or(0)
             .saturating_add(extra(name))
     };
     let lim = |name: &'static str| {
-        effective(pod, |c| limit(c, name)).map(|v| v.saturating_add(extra(name)))
+        get(pod_level, true, name)
+            .filter(|v| *v > 0)
+            .or_else(|| effective(pod, |c| limit(c, name)))
+            .map(|v| v.saturating_add(extra(name)))
     };
     PodTotals {
         cpu_request: req("cpu"),

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::fs::{CgroupFs, Layout};
-use super::{Manager, Options};
+use super::{limits, Manager, Options};
+use k8s_openapi::api::core::v1::Pod;
 
 /// Directories and the values written to files; a directory with `busy` in it has processes.
 #[derive(Default)]
@@ -283,4 +284,22 @@ fn v2_nodes_hand_controllers_down_and_spell_limits_as_v2() {
     );
     m.remove_pod("g2").expect("removed");
     assert!(!fs.has("/cg/edge/kubepods/podg2"));
+}
+
+#[test]
+fn pod_level_resources_stand_for_the_containers() {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "p", "uid": "u"},
+        "spec": {
+            "resources": {"requests": {"cpu": "250m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "64Mi"}},
+            "containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "x",
+                "resources": {"requests": {"cpu": "100m"}}}]},
+    }))
+    .expect("pod");
+    let t = limits::pod_totals(&pod);
+    assert_eq!(t.cpu_request, 250);
+    assert_eq!(t.memory_request, 32 << 20);
+    // Declared by the pod, though no container declares them.
+    assert_eq!(t.cpu_limit, Some(500));
+    assert_eq!(t.memory_limit, Some(64 << 20));
 }

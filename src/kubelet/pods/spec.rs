@@ -283,8 +283,21 @@ fn milli(q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>) ->
     q.and_then(|q| crate::quantity::milli(&q.0))
 }
 
-/// The pod's QoS class, as upstream computes it.
+/// A pod-level (`spec.resources`) limit of `name`, when the pod sets one.
+pub fn pod_limit(pod: &Pod, name: &str) -> Option<i128> {
+    let r = pod.spec.as_ref()?.resources.as_ref()?;
+    milli(r.limits.as_ref()?.get(name)).filter(|v| *v > 0)
+}
+
+/// The pod's QoS class: as the API server decided it (pod-level resources included), else as
+/// upstream computes it from the containers.
 pub fn qos(pod: &Pod) -> &'static str {
+    match pod.status.as_ref().and_then(|s| s.qos_class.as_deref()) {
+        Some("Guaranteed") => return "Guaranteed",
+        Some("Burstable") => return "Burstable",
+        Some("BestEffort") => return "BestEffort",
+        _ => {}
+    }
     let Some(spec) = &pod.spec else {
         return "BestEffort";
     };
@@ -329,6 +342,8 @@ pub fn oom_score_adj(pod: &Pod, c: &Container, env: &Env) -> i64 {
                 .and_then(|r| milli(r.get("memory")))
                 .unwrap_or(0)
                 / 1000;
+            // A pod-level memory request beyond its containers' is shared out among them.
+            let req = req + pod_level_memory_share(pod);
             let cap = i128::from(env.memory_bytes.max(1));
             (1000 - (1000 * req) / cap).clamp(3, 999) as i64
         }
@@ -336,10 +351,54 @@ pub fn oom_score_adj(pod: &Pod, c: &Container, env: &Env) -> i64 {
     adj.max(env.min_oom_score_adj)
 }
 
+/// The part of a pod-level memory request beyond its containers' that each container counts
+/// for its oom_score_adj, as upstream's policy shares it out (bytes).
+fn pod_level_memory_share(pod: &Pod) -> i128 {
+    let Some(spec) = pod.spec.as_ref() else {
+        return 0;
+    };
+    let Some(pod_req) = spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| milli(r.get("memory")))
+    else {
+        return 0;
+    };
+    let all: Vec<&Container> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .collect();
+    let sum: i128 = all
+        .iter()
+        .filter_map(|c| {
+            milli(
+                c.resources
+                    .as_ref()
+                    .and_then(|r| r.requests.as_ref())?
+                    .get("memory"),
+            )
+        })
+        .sum();
+    ((pod_req - sum).max(0) / 1000) / (all.len().max(1) as i128)
+}
+
 pub(super) fn resources(pod: &Pod, c: &Container, env: &Env) -> api::LinuxContainerResources {
     let r = c.resources.clone().unwrap_or_default();
     let req = r.requests.unwrap_or_default();
-    let lim = r.limits.unwrap_or_default();
+    let mut lim = r.limits.unwrap_or_default();
+    // A container without a limit of its own runs within the pod's (PodLevelResources).
+    for name in ["cpu", "memory"] {
+        if !lim.contains_key(name) {
+            if let Some(v) = pod_limit(pod, name) {
+                lim.insert(
+                    name.to_string(),
+                    k8s_openapi::apimachinery::pkg::api::resource::Quantity(format!("{v}m")),
+                );
+            }
+        }
+    }
     let cpu_req = milli(req.get("cpu")).or(milli(lim.get("cpu")));
     let shares = cpu_req.map_or(2, |m| ((m * 1024) / 1000).max(2)) as i64;
     let period = 100_000i64;

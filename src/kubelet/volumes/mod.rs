@@ -208,9 +208,14 @@ pub fn resource_value(
     } else {
         res.limits
     };
+    // Without a limit of its own, a container is held to the pod's, else the node's.
+    let pod_limit = (kind == "limits")
+        .then(|| crate::kubelet::pods::spec::pod_limit(pod, name))
+        .flatten();
     let milli = map
         .and_then(|m| m.get(name).cloned())
         .and_then(|q| crate::quantity::milli(&q.0))
+        .or(pod_limit)
         .unwrap_or(match (kind, name) {
             ("limits", "cpu") => i128::from(node_cpus) * 1000,
             ("limits", "memory") => i128::from(node_memory) * 1000,
