@@ -29,7 +29,7 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod parts;
-#[cfg(any(feature = "scheduler", feature = "controllers"))]
+#[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
 pub mod placement;
 pub mod quantity;
 pub mod quota;
@@ -40,7 +40,7 @@ pub mod retry;
 pub mod scheduler;
 pub mod store;
 pub mod supervisor;
-#[cfg(any(feature = "scheduler", feature = "controllers"))]
+#[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
 pub mod taints;
 pub mod testing;
 #[cfg(any(feature = "apiserver", feature = "kubelet"))]

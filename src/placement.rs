@@ -1,7 +1,8 @@
 //! Whether a pod may be placed on a node, as the scheduler's filters and the DaemonSet
 //! controller both decide it: node selector requirements (upstream's `NodeSelectorRequirement`
 //! operators, `matchFields` on `metadata.name`), a pod's `nodeSelector` and required node
-//! affinity, and the node taints it does not tolerate.
+//! affinity, the node taints it does not tolerate, and host ports (the kubelet's admission
+//! decides the same for the pods it is given).
 
 use std::collections::BTreeMap;
 
@@ -89,6 +90,33 @@ pub fn untolerated_taint<'a>(
     )
 }
 
+/// A host port: protocol, host IP (`0.0.0.0` when unset) and port.
+pub type HostPort = (String, String, i32);
+
+/// The host ports the pod's containers and init containers ask for.
+pub fn host_ports(spec: &PodSpec) -> Vec<HostPort> {
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port = p.host_port.filter(|p| *p > 0)?;
+            Some((
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
+                port,
+            ))
+        })
+        .collect()
+}
+
+/// Whether two host ports clash: same protocol and port, and the same host IP or either one
+/// the wildcard.
+pub fn ports_conflict(a: &HostPort, b: &HostPort) -> bool {
+    let any = |ip: &str| ip == "0.0.0.0" || ip == "::" || ip.is_empty();
+    a.0 == b.0 && a.2 == b.2 && (a.1 == b.1 || any(&a.1) || any(&b.1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +134,17 @@ mod tests {
         assert!(!term_matches(&term, "n2", &labels));
         assert!(!term_matches(&term, "n1", &BTreeMap::new()));
         assert!(!term_matches(&NodeSelectorTerm::default(), "n1", &labels));
+    }
+
+    #[test]
+    fn wildcard_addresses_conflict_with_any() {
+        let p = |ip: &str, port| ("TCP".to_string(), ip.to_string(), port);
+        assert!(ports_conflict(&p("0.0.0.0", 80), &p("10.0.0.1", 80)));
+        assert!(!ports_conflict(&p("10.0.0.2", 80), &p("10.0.0.1", 80)));
+        assert!(!ports_conflict(&p("0.0.0.0", 80), &p("0.0.0.0", 81)));
+        assert!(!ports_conflict(
+            &p("0.0.0.0", 80),
+            &("UDP".into(), "0.0.0.0".into(), 80)
+        ));
     }
 }

@@ -146,6 +146,10 @@ pub struct KubeletConfig {
     pub cgroups_per_qos: bool,
     pub cgroup_root: String,
     pub pod_max_pids: i64,
+    /// `--max-pods`.
+    pub max_pods: u32,
+    /// `--allowed-unsafe-sysctls`.
+    pub allowed_unsafe_sysctls: Vec<String>,
 }
 
 /// The simulated nodes' flags (`--simulated-node*`).

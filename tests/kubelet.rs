@@ -6,6 +6,8 @@
 //! server adopts the running pods without restarting them; deleted pods are stopped and gone;
 //! pods live in cgroups by QoS class with their limits; RuntimeClasses pick the OCI runtime.
 
+#[path = "kubelet/admission.rs"]
+mod admission;
 #[path = "kubelet/cgroups.rs"]
 mod cgroups;
 mod common;
@@ -435,6 +437,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     cgroups::cgroups(&s, tmp.path(), &cgroup_root, names[0]);
     runtime_class::runtime_classes(&s, tmp.path(), &cgroup_root);
     resize::resize_in_place(&s, tmp.path(), &cgroup_root);
+    admission::admission(&s, tmp.path());
 
     // The kubelet's events, as `kubectl describe pod` shows them, and the node's.
     let about = format!("involvedObject.name={}", names[0]);

@@ -96,6 +96,14 @@ pub struct KubeletArgs {
     /// The most processes each pod may run (-1: no limit).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_name = "N")]
     pub pod_max_pids: i64,
+    /// The most pods this node runs (the node's `pods` capacity).
+    #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_pods: u32,
+    /// Unsafe sysctls (or prefixes ending in `*`, e.g. `kernel.msg*,net.core.somaxconn`)
+    /// pods may set besides the safe ones; a pod setting another is refused
+    /// (SysctlForbidden).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub allowed_unsafe_sysctls: Vec<String>,
 }
 
 /// Upstream's `--eviction-hard` defaults on Linux.
@@ -160,6 +168,9 @@ impl KubeletArgs {
             )));
         }
         #[cfg(feature = "kubelet")]
+        crate::kubelet::pods::admit::Sysctls::new(&self.allowed_unsafe_sysctls)
+            .map_err(|e| SupervisorError::Flag(format!("--allowed-unsafe-sysctls: {e}")))?;
+        #[cfg(feature = "kubelet")]
         crate::kubelet::eviction::parse(&self.eviction_hard)
             .map_err(|e| SupervisorError::Flag(e.to_string()))?;
         #[cfg(feature = "kubelet")]
@@ -198,6 +209,8 @@ impl KubeletArgs {
             cgroups_per_qos: self.cgroups_per_qos,
             cgroup_root: self.cgroup_root.clone(),
             pod_max_pids: self.pod_max_pids,
+            max_pods: self.max_pods,
+            allowed_unsafe_sysctls: self.allowed_unsafe_sysctls.clone(),
         })
     }
 }

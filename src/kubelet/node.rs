@@ -41,6 +41,8 @@ pub struct Facts {
     pub runtime_handlers: Vec<NodeRuntimeHandler>,
     /// Reserved for system daemons and k1s itself (`--kube-reserved`), by resource name.
     pub reserved: BTreeMap<String, u64>,
+    /// The most pods the node runs (`--max-pods`).
+    pub max_pods: u32,
     /// The kubelet API's port.
     pub kubelet_port: u16,
     /// The eviction manager's conditions.
@@ -110,6 +112,7 @@ impl Facts {
             runtime_version: runtime_version.to_string(),
             runtime_handlers: Vec::new(),
             reserved,
+            max_pods: MAX_PODS,
             kubelet_port,
             pressure: Default::default(),
             transitions: Default::default(),
@@ -124,7 +127,7 @@ impl Facts {
                 "ephemeral-storage",
                 format!("{}Ki", self.storage_bytes / 1024),
             ),
-            ("pods", MAX_PODS.to_string()),
+            ("pods", self.max_pods.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), Quantity(v)))
@@ -157,7 +160,7 @@ impl Facts {
                 "ephemeral-storage",
                 format!("{}Ki", less("ephemeral-storage", self.storage_bytes) / 1024),
             ),
-            ("pods", MAX_PODS.to_string()),
+            ("pods", self.max_pods.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), Quantity(v)))
@@ -427,6 +430,7 @@ mod tests {
             runtime_version: String::new(),
             runtime_handlers: Vec::new(),
             reserved,
+            max_pods: MAX_PODS,
             kubelet_port: 10250,
             pressure: Default::default(),
             transitions: Default::default(),

@@ -156,6 +156,7 @@ pub async fn run(
         }
     };
     facts.runtime_handlers = node::runtime_handlers(&reported, &configured);
+    facts.max_pods = cfg.max_pods;
     // The pods' cgroups before any pod starts, as upstream's container manager.
     let cgroups = if cfg.cgroups_per_qos {
         let m = super::cgroups::Manager::detect(&super::cgroups::Options {
@@ -290,6 +291,7 @@ pub async fn run(
     }
 
     let services = watch_services(&client, stop.clone()).await;
+    let node = watch_node(&client, &cfg.node_name, stop.clone()).await;
     let shared = Arc::new(Shared {
         client,
         runtime,
@@ -315,7 +317,14 @@ pub async fn run(
         allocations: pods::resize::Allocations::load(
             &cfg.data_dir.join("agent").join("allocated_pods_state.json"),
             facts.allocatable_cpu_memory(),
+            cfg.max_pods,
         ),
+        pressure: facts.pressure.clone(),
+        sysctls: pods::admit::Sysctls::new(&cfg.allowed_unsafe_sysctls).unwrap_or_else(|e| {
+            tracing::warn!("--allowed-unsafe-sysctls: {e}; only the safe sysctls are allowed");
+            pods::admit::Sysctls::new(&[]).unwrap_or_default()
+        }),
+        node,
     });
     pods::run(shared, stop.clone()).await;
     let _ = heartbeats.await;
@@ -468,17 +477,48 @@ async fn node_events(
     }
 }
 
+/// A cache of this node's Node object (its labels, taints and allocatable, for admission),
+/// filled before the first pod is admitted, or after 10 s at the latest.
+async fn watch_node(
+    client: &kube::Client,
+    name: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Node> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let cfg = kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
+    cache(api, cfg, "this node", stop).await
+}
+
 /// A cache of the cluster's Services (their variables go into every container's environment),
 /// filled before the first pod starts, or after 10 s at the latest.
 async fn watch_services(
     client: &kube::Client,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::all(client.clone());
+    cache(api, Default::default(), "services", stop).await
+}
+
+/// A reflector of `api` (filtered by `cfg`), running until `stop`, once listed or after 10 s.
+async fn cache<K>(
+    api: kube::Api<K>,
+    cfg: kube::runtime::watcher::Config,
+    what: &'static str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> kube::runtime::reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     use futures::StreamExt;
     use kube::runtime::{reflector, watcher, WatchStreamExt};
     let (store, writer) = reflector::store();
-    let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::all(client.clone());
-    let events = reflector(writer, watcher(api, watcher::Config::default()))
+    let events = reflector(writer, watcher(api, cfg))
         .default_backoff()
         .touched_objects();
     tokio::spawn(async move {
@@ -486,7 +526,7 @@ async fn watch_services(
         loop {
             tokio::select! {
                 ev = events.next() => match ev {
-                    Some(Err(e)) => tracing::warn!("watching services: {e}"),
+                    Some(Err(e)) => tracing::warn!("watching {what}: {e}"),
                     Some(Ok(_)) => {}
                     None => return,
                 },
@@ -498,7 +538,7 @@ async fn watch_services(
         .await
         .is_err()
     {
-        tracing::warn!("services not listed within 10 s: pods start without service variables");
+        tracing::warn!("{what} not listed within 10 s");
     }
     store
 }

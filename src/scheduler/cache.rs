@@ -44,7 +44,7 @@ pub const DEFAULT_MEMORY: i128 = 200 * 1024 * 1024 * 1000;
 pub const TOPOLOGY_KEYS: [&str; 2] = ["kubernetes.io/hostname", "topology.kubernetes.io/zone"];
 
 /// A host port a pod uses: (protocol, host IP, port).
-pub type HostPort = (String, String, i32);
+pub use crate::placement::HostPort;
 
 /// A pod, with what scheduling needs of it worked out.
 #[derive(Clone, Debug)]
@@ -179,23 +179,7 @@ impl PodInfo {
     pub fn new(pod: Arc<Pod>) -> PodInfo {
         let requests = pod_requests(&pod);
         let spec = pod.spec.as_ref();
-        let ports = spec
-            .into_iter()
-            .flat_map(|s| {
-                s.containers
-                    .iter()
-                    .chain(s.init_containers.iter().flatten())
-            })
-            .flat_map(|c| c.ports.iter().flatten())
-            .filter_map(|p| {
-                let port = p.host_port.filter(|p| *p > 0)?;
-                Some((
-                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                    p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
-                    port,
-                ))
-            })
-            .collect();
+        let ports = spec.map(crate::placement::host_ports).unwrap_or_default();
         PodInfo {
             uid: pod.uid().unwrap_or_default(),
             nonzero_cpu: requests.get("cpu").copied().unwrap_or(DEFAULT_CPU),

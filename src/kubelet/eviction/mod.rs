@@ -26,7 +26,7 @@ mod rank;
 pub mod signals;
 
 use rank::message;
-pub use rank::rank;
+pub use rank::{is_critical, rank};
 pub use signals::{
     crossed, parse, parse_soft, unresolved, with_min_reclaim, EvictionError, Observation, Probe,
     Signal, System, Threshold,

@@ -16,6 +16,17 @@ pub(super) fn priority(p: &Pod) -> i32 {
     p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
 }
 
+/// Whether the pod is critical to the node, as upstream's `IsCriticalPod`: static or mirror,
+/// or of system-critical priority. Such pods are never evicted nor refused for pressure.
+pub fn is_critical(p: &Pod) -> bool {
+    let static_or_mirror = p.metadata.annotations.as_ref().is_some_and(|a| {
+        a.contains_key("kubernetes.io/config.mirror")
+            || a.get("kubernetes.io/config.source")
+                .is_some_and(|s| s != "api")
+    });
+    static_or_mirror || priority(p) >= CRITICAL_PRIORITY
+}
+
 /// The pod's request of `resource` (all containers), in bytes.
 fn request(p: &Pod, resource: &str) -> u64 {
     p.spec
@@ -50,7 +61,7 @@ fn allowance(p: &Pod, signal: Signal) -> Option<u64> {
 pub fn rank<'a>(pods: &'a [Pod], usage: &HashMap<String, u64>, signal: Signal) -> Vec<&'a Pod> {
     let mut out: Vec<&Pod> = pods
         .iter()
-        .filter(|p| priority(p) < CRITICAL_PRIORITY)
+        .filter(|p| !is_critical(p))
         .filter(|p| {
             !matches!(
                 p.status.as_ref().and_then(|s| s.phase.as_deref()),

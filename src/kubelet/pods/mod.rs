@@ -4,6 +4,7 @@
 //! API no longer has (deleted while the kubelet was down) are removed after the first list; a
 //! stopping kubelet leaves running pods alone, for the next one to adopt.
 
+pub mod admit;
 pub mod credentials;
 pub mod dns;
 pub mod ephemeral;

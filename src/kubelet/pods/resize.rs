@@ -23,9 +23,11 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::admit::Refusal;
 use super::worker::{grace_seconds, Shared, State};
 use crate::events::Type;
 use crate::kubelet::cgroups::limits;
+use crate::placement::ports_conflict;
 
 /// The resources a resize may change.
 const RESIZABLE: [&str; 2] = ["cpu", "memory"];
@@ -50,21 +52,38 @@ pub struct Allocation {
     /// admission counts them.
     pub cpu_request: i64,
     pub memory_request: i64,
+    /// The pod's requests of other resources (ephemeral storage, extended resources,
+    /// hugepages), in whole units, for admission.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, i64>,
+    /// The host ports the pod holds, for admission.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<crate::placement::HostPort>,
 }
 
 /// Why a resize waits: `Deferred` or `Infeasible`, and upstream's message.
 pub type Pending = (String, String);
 
-/// Every pod's allocation on this node, with the node's allocatable cpu and memory.
+/// Every pod's allocation on this node, with the node's allocatable cpu and memory and its
+/// most pods (`--max-pods`).
 pub struct Allocations {
     path: PathBuf,
     allocatable: (i64, i64),
+    max_pods: i64,
     pods: Mutex<HashMap<String, Allocation>>,
+}
+
+/// The other checks of a pod's admission, which come after its resources in upstream's
+/// order: node affinity (before host ports) and taints (after them).
+#[derive(Default)]
+pub struct Predicates {
+    pub affinity: Option<Refusal>,
+    pub taints: Option<Refusal>,
 }
 
 impl Allocations {
     /// The allocations in the checkpoint at `path` (none when it is missing or unreadable).
-    pub fn load(path: &Path, allocatable: (i64, i64)) -> Allocations {
+    pub fn load(path: &Path, allocatable: (i64, i64), max_pods: u32) -> Allocations {
         let pods = match std::fs::read(path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 tracing::warn!(path = %path.display(), "ignoring the allocation checkpoint: {e}");
@@ -75,6 +94,7 @@ impl Allocations {
         Allocations {
             path: path.to_path_buf(),
             allocatable,
+            max_pods: i64::from(max_pods),
             pods: Mutex::new(pods),
         }
     }
@@ -150,19 +170,96 @@ impl Allocations {
             .map(|(_, message)| ("Deferred".into(), message))
     }
 
-    /// Admits a pod the kubelet sees for the first time, as upstream's resource fit admission:
-    /// allocated when it fits beside the other pods, else the resource that does not fit and
-    /// upstream's message.
-    pub fn admit(&self, uid: &str, want: Allocation) -> Result<(), (String, String)> {
+    /// Admits a pod the kubelet sees for the first time, as upstream's general predicates:
+    /// allocated when its resources fit beside the other pods' (pods, cpu, memory, then the
+    /// others the node's allocatable `offered` lists; extended resources the node does not
+    /// list at all are left out, as upstream leaves cluster-level ones), its node affinity
+    /// holds, its host ports are free and it tolerates the node's NoExecute taints; else the
+    /// first refusal.
+    pub fn admit(
+        &self,
+        uid: &str,
+        want: Allocation,
+        offered: Option<&BTreeMap<String, Quantity>>,
+        predicates: Predicates,
+    ) -> Result<(), Refusal> {
         let mut pods = self.lock();
-        if let Some(no) = insufficient(&pods, self.allocatable, uid, &want) {
-            return Err(no);
+        let others = || {
+            pods.iter()
+                .filter(|(other, _)| *other != uid)
+                .map(|(_, a)| a)
+        };
+        let max_pods = offered
+            .and_then(|o| o.get("pods"))
+            .and_then(|q| crate::quantity::milli(&q.0))
+            .map_or(self.max_pods, |m| {
+                i64::try_from(m / 1000).unwrap_or(i64::MAX)
+            });
+        let count = i64::try_from(others().count()).unwrap_or(i64::MAX);
+        if count + 1 > max_pods {
+            return Err(out_of("pods", 1, count, max_pods));
+        }
+        if let Some((name, message)) = insufficient(&pods, self.allocatable, uid, &want) {
+            return Err(Refusal {
+                reason: format!("OutOf{name}"),
+                message,
+            });
+        }
+        if let Some(offered) = offered {
+            let mut names: Vec<&String> = want.other.keys().collect();
+            names.sort_by_key(|n| (n.as_str() != "ephemeral-storage", n.as_str()));
+            for name in names {
+                let asked = want.other[name];
+                let cap = match offered.get(name.as_str()) {
+                    Some(q) => crate::quantity::milli(&q.0)
+                        .map_or(0, |m| i64::try_from(m / 1000).unwrap_or(i64::MAX)),
+                    None if is_extended(name) => continue,
+                    None => 0,
+                };
+                let used: i64 = others()
+                    .filter_map(|a| a.other.get(name))
+                    .fold(0i64, |s, v| s.saturating_add(*v));
+                if asked > 0 && asked > cap.saturating_sub(used) {
+                    return Err(out_of(name, asked, used, cap));
+                }
+            }
+        }
+        if let Some(r) = predicates.affinity {
+            return Err(r);
+        }
+        let taken = want
+            .host_ports
+            .iter()
+            .any(|p| others().any(|a| a.host_ports.iter().any(|u| ports_conflict(p, u))));
+        if taken {
+            return Err(Refusal::predicate(
+                "NodePorts",
+                "node(s) didn't have free ports for the requested pod ports",
+            ));
+        }
+        if let Some(r) = predicates.taints {
+            return Err(r);
         }
         pods.insert(uid.to_string(), want);
         if let Err(e) = self.save(&pods) {
             tracing::warn!("{e}");
         }
         Ok(())
+    }
+}
+
+/// Whether `name` is an extended resource (a domain-prefixed name outside kubernetes.io).
+fn is_extended(name: &str) -> bool {
+    name.contains('/') && !name.contains("kubernetes.io/")
+}
+
+/// Upstream's `InsufficientResourceError` as a refusal.
+fn out_of(name: &str, requested: i64, used: i64, capacity: i64) -> Refusal {
+    Refusal {
+        reason: format!("OutOf{name}"),
+        message: format!(
+            "Node didn't have enough resource: {name}, requested: {requested}, used: {used}, capacity: {capacity}"
+        ),
     }
 }
 
@@ -224,12 +321,23 @@ fn containers(pod: &Pod) -> impl Iterator<Item = &Container> {
 /// What the pod's spec asks for.
 pub fn desired(pod: &Pod) -> Allocation {
     let t = limits::totals(pod, true);
+    let spec = pod.spec.as_ref();
+    let requests = spec
+        .and_then(|s| serde_json::to_value(s).ok())
+        .map(|v| crate::quota::pod_resources(&v, "requests"))
+        .unwrap_or_default();
     Allocation {
         containers: containers(pod)
             .map(|c| (c.name.clone(), cpu_memory(c.resources.as_ref())))
             .collect(),
         cpu_request: t.cpu_request,
         memory_request: t.memory_request,
+        other: requests
+            .into_iter()
+            .filter(|(k, v)| !matches!(k.as_str(), "cpu" | "memory" | "pods") && *v > 0)
+            .map(|(k, v)| (k, i64::try_from((v + 999) / 1000).unwrap_or(i64::MAX)))
+            .collect(),
+        host_ports: spec.map(crate::placement::host_ports).unwrap_or_default(),
     }
 }
 
@@ -335,11 +443,10 @@ impl Shared {
                 }
                 return Some(Cow::Borrowed(pod));
             }
-            return match self.allocations.admit(&uid, want) {
+            return match self.admission(pod, &uid, want) {
                 Ok(()) => Some(Cow::Borrowed(pod)),
-                Err((resource, message)) => {
-                    self.reject(pod, st, &format!("OutOf{resource}"), &message)
-                        .await;
+                Err(r) => {
+                    self.reject(pod, st, &r).await;
                     None
                 }
             };
@@ -367,17 +474,6 @@ impl Shared {
                 Cow::Owned(apply(pod, &current))
             }
         })
-    }
-
-    /// Fails a pod the node cannot admit, as upstream's `rejectPod`.
-    async fn reject(&self, pod: &Pod, st: &mut State, reason: &str, message: &str) {
-        tracing::info!(pod = %pod.name_any(), reason, "{message}");
-        self.event(pod, None, Type::Warning, reason, message).await;
-        let body = json!({"status": {
-            "phase": "Failed", "reason": reason,
-            "message": format!("Pod was rejected: {message}"),
-        }});
-        self.post_status(pod, st, body).await;
     }
 
     /// Whether CRI says the container runs with `c`'s resources.

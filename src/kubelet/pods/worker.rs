@@ -47,6 +47,12 @@ pub struct Shared {
     pub cgroups: Option<Arc<crate::kubelet::cgroups::Manager>>,
     /// What each pod's containers were given, for in-place resizes.
     pub allocations: super::resize::Allocations,
+    /// The node's pressure conditions, for admission.
+    pub pressure: Arc<std::sync::RwLock<crate::kubelet::eviction::Pressure>>,
+    /// The sysctls pods may set here.
+    pub sysctls: super::admit::Sysctls,
+    /// This node's Node object, for admission (labels, taints, allocatable).
+    pub node: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Node>,
 }
 
 /// A restart delay and when it was last used.

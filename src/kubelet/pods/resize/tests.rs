@@ -11,7 +11,7 @@ fn pod(cpu: &str, memory: &str) -> Pod {
 }
 
 fn allocations(dir: &Path) -> Allocations {
-    Allocations::load(&dir.join("state.json"), (2000, 1 << 30))
+    Allocations::load(&dir.join("state.json"), (2000, 1 << 30), 110)
 }
 
 #[test]
@@ -106,19 +106,150 @@ fn the_event_summary_is_upstreams_shape() {
 fn a_new_pod_is_admitted_only_where_it_fits() {
     let dir = tempfile::tempdir().expect("tmp");
     let a = allocations(dir.path());
-    a.admit("one", desired(&pod("1500m", "64Mi")))
-        .expect("fits");
-    let (resource, message) = a
-        .admit("two", desired(&pod("1", "64Mi")))
-        .expect_err("no room");
-    assert_eq!(resource, "cpu");
+    let admit = |uid, want| a.admit(uid, want, None, Predicates::default());
+    admit("one", desired(&pod("1500m", "64Mi"))).expect("fits");
+    let r = admit("two", desired(&pod("1", "64Mi"))).expect_err("no room");
+    assert_eq!(r.reason, "OutOfcpu");
     assert_eq!(
-        message,
+        r.message,
         "Node didn't have enough resource: cpu, requested: 1000, used: 1500, capacity: 2000"
     );
     assert_eq!(a.get("two"), None);
     // A pod that asks for nothing always fits.
     let none = Allocation::default();
-    a.admit("three", none.clone()).expect("fits");
+    admit("three", none.clone()).expect("fits");
     assert_eq!(a.get("three"), Some(none));
+}
+
+fn offered(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+        .collect()
+}
+
+#[test]
+fn admission_counts_pods_other_resources_and_host_ports_in_upstreams_order() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = allocations(dir.path());
+    let node = offered(&[
+        ("pods", "2"),
+        ("ephemeral-storage", "3Gi"),
+        ("example.com/dongle", "2"),
+    ]);
+    let with = |extra: Value| -> Allocation {
+        let mut p = pod("100m", "16Mi");
+        let mut v = serde_json::to_value(&p).expect("pod");
+        let c = &mut v["spec"]["containers"][0];
+        for (k, q) in extra["requests"].as_object().into_iter().flatten() {
+            c["resources"]["requests"][k] = q.clone();
+            c["resources"]["limits"][k] = q.clone();
+        }
+        c["ports"] = extra["ports"].clone();
+        p = serde_json::from_value(v).expect("pod");
+        desired(&p)
+    };
+    let first = with(json!({
+        "requests": {"example.com/dongle": "1"},
+        "ports": [{"containerPort": 80, "hostPort": 8080}],
+    }));
+    assert_eq!(first.other["example.com/dongle"], 1);
+    assert_eq!(first.other["ephemeral-storage"], 1 << 30);
+    assert_eq!(
+        first.host_ports,
+        vec![("TCP".to_string(), "0.0.0.0".to_string(), 8080)]
+    );
+    a.admit("one", first, Some(&node), Predicates::default())
+        .expect("fits");
+
+    let r = a
+        .admit(
+            "two",
+            with(json!({"requests": {"example.com/dongle": "2"}})),
+            Some(&node),
+            Predicates::default(),
+        )
+        .expect_err("one dongle left");
+    assert_eq!(r.reason, "OutOfexample.com/dongle");
+    assert_eq!(
+        r.message,
+        "Node didn't have enough resource: example.com/dongle, requested: 2, used: 1, capacity: 2"
+    );
+    // Extended resources the node does not list are the cluster's: left out.
+    let cluster = with(json!({"requests": {"example.org/licence": "5"}}));
+    // Resources come before the other predicates, ports before taints.
+    let affinity = Some(Refusal::predicate("NodeAffinity", "no"));
+    let r = a
+        .admit(
+            "two",
+            with(json!({"requests": {"ephemeral-storage": "3Gi"}})),
+            Some(&node),
+            Predicates {
+                affinity: affinity.clone(),
+                taints: None,
+            },
+        )
+        .expect_err("disk");
+    assert_eq!(r.reason, "OutOfephemeral-storage");
+    let r = a
+        .admit(
+            "two",
+            cluster.clone(),
+            Some(&node),
+            Predicates {
+                affinity,
+                taints: None,
+            },
+        )
+        .expect_err("affinity");
+    assert_eq!(r.message, "Predicate NodeAffinity failed: no");
+    let clash =
+        with(json!({"ports": [{"containerPort": 81, "hostPort": 8080, "hostIP": "127.0.0.1"}]}));
+    let taints = Some(Refusal::predicate("TaintToleration", "no"));
+    let r = a
+        .admit(
+            "two",
+            clash,
+            Some(&node),
+            Predicates {
+                affinity: None,
+                taints: taints.clone(),
+            },
+        )
+        .expect_err("port");
+    assert_eq!(
+        r.message,
+        "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
+    );
+    let r = a
+        .admit(
+            "two",
+            cluster.clone(),
+            Some(&node),
+            Predicates {
+                affinity: None,
+                taints,
+            },
+        )
+        .expect_err("taint");
+    assert_eq!(r.reason, "TaintToleration");
+    a.admit("two", cluster.clone(), Some(&node), Predicates::default())
+        .expect("fits");
+    // The node's pods capacity: two.
+    let r = a
+        .admit(
+            "three",
+            Allocation::default(),
+            Some(&node),
+            Predicates::default(),
+        )
+        .expect_err("full");
+    assert_eq!(r.reason, "OutOfpods");
+    assert_eq!(
+        r.message,
+        "Node didn't have enough resource: pods, requested: 1, used: 2, capacity: 2"
+    );
+    // Without the Node object, --max-pods.
+    a.admit("three", Allocation::default(), None, Predicates::default())
+        .expect("110 pods");
 }
