@@ -309,37 +309,138 @@ fn pod_level(spec: &Value, path: &str, errs: &mut Errors) {
     }
 }
 
-/// A container's requests and limits, as upstream's `ValidateContainerResourceRequirements`:
-/// none negative, and no request above its limit.
+/// Whether `name` may be asked for beyond what is configured (cpu, memory, ephemeral storage;
+/// not hugepages nor extended resources), as upstream's `IsOvercommitAllowed`.
+fn overcommit_allowed(name: &str) -> bool {
+    native_resource(name) && !name.starts_with("hugepages-")
+}
+
+/// Unprefixed or under kubernetes.io, as upstream's `IsNativeResource`.
+fn native_resource(name: &str) -> bool {
+    !name.contains('/') || name.contains("kubernetes.io/")
+}
+
+/// The page size of a `hugepages-<size>` resource, in bytes.
+fn huge_page_size(name: &str) -> Option<i128> {
+    name.strip_prefix("hugepages-")
+        .and_then(crate::quantity::milli)
+        .map(|m| m / 1000)
+}
+
+/// Upstream's standard resource names (compute resources and quota names).
+const STANDARD_RESOURCES: [&str; 18] = [
+    "cpu",
+    "memory",
+    "ephemeral-storage",
+    "requests.cpu",
+    "requests.memory",
+    "requests.ephemeral-storage",
+    "requests.storage",
+    "limits.cpu",
+    "limits.memory",
+    "limits.ephemeral-storage",
+    "pods",
+    "services",
+    "replicationcontrollers",
+    "resourcequotas",
+    "secrets",
+    "configmaps",
+    "persistentvolumeclaims",
+    "services.nodeports",
+];
+
+/// What is wrong with a container resource name, as upstream's `validateResourceName` and
+/// `validateContainerResourceName`.
+fn resource_name_problems(name: &str) -> Vec<String> {
+    let qualified = super::meta::qualified_name_problems(name);
+    if !qualified.is_empty() {
+        return qualified;
+    }
+    let mut out = Vec::new();
+    if !name.contains('/') {
+        let huge = ["hugepages-", "requests.hugepages-"]
+            .iter()
+            .any(|p| name.starts_with(p));
+        if !huge && !STANDARD_RESOURCES.contains(&name) && name != "services.loadbalancers" {
+            out.push("must be a standard resource type or fully qualified".to_string());
+        }
+        let container = matches!(name, "cpu" | "memory" | "ephemeral-storage")
+            || name.starts_with("hugepages-");
+        if !container {
+            out.push("must be a standard resource for containers".to_string());
+        }
+    } else if !native_resource(name)
+        && !super::meta::qualified_name_problems(&format!("requests.{name}")).is_empty()
+    {
+        out.push("doesn't follow extended resource name standard".to_string());
+    }
+    out
+}
+
+/// A container's requests and limits, as upstream's `ValidateResourceRequirements`: standard
+/// or extended names, no negative amounts, whole extended resources, hugepages in whole
+/// pages and only beside cpu or memory, no request above its limit, and hugepages and
+/// extended resources (which cannot be overcommitted) with a limit equal to the request.
 pub fn resources(r: &Value, path: &str, errs: &mut Errors) {
     let quantity = |v: &Value| v.as_str().and_then(crate::quantity::milli);
+    let (mut cpu_or_memory, mut huge) = (false, false);
     for part in ["limits", "requests"] {
         for (name, v) in r[part].as_object().into_iter().flatten() {
-            if quantity(v).is_some_and(|q| q < 0) {
-                errs.invalid(
-                    &format!("{path}.{part}[{name}]"),
-                    v,
-                    "must be greater than or equal to 0",
-                );
+            let at = format!("{path}.{part}[{name}]");
+            for p in resource_name_problems(name) {
+                errs.invalid(&at, &Value::String(name.clone()), &p);
             }
+            let q = quantity(v);
+            if q.is_some_and(|q| q < 0) {
+                errs.invalid(&at, v, "must be greater than or equal to 0");
+            }
+            if !native_resource(name) && q.is_some_and(|q| q % 1000 != 0) {
+                errs.invalid(&at, v, "must be an integer");
+            }
+            if let Some(page) = huge_page_size(name) {
+                huge = true;
+                if q.is_some_and(|q| page <= 0 || (q / 1000) % page != 0 || q % 1000 != 0) {
+                    let amount = v.as_str().unwrap_or_default();
+                    errs.invalid(
+                        &at,
+                        v,
+                        &format!("{amount} is not positive integer multiple of {name}"),
+                    );
+                }
+            }
+            cpu_or_memory |= matches!(name.as_str(), "cpu" | "memory");
         }
     }
     for (name, req) in r["requests"].as_object().into_iter().flatten() {
         let Some(lim) = r["limits"].get(name) else {
-            continue;
-        };
-        if let (Some(rq), Some(lq)) = (quantity(req), quantity(lim)) {
-            if rq > lq {
-                errs.invalid(
-                    &format!("{path}.requests[{name}]"),
-                    req,
-                    &format!(
-                        "must be less than or equal to {name} limit of {}",
-                        lim.as_str().unwrap_or_default()
-                    ),
+            if !overcommit_allowed(name) {
+                errs.required(
+                    &format!("{path}.limits"),
+                    "Limit must be set for non overcommitable resources",
                 );
             }
+            continue;
+        };
+        let (Some(rq), Some(lq)) = (quantity(req), quantity(lim)) else {
+            continue;
+        };
+        let lim = lim.as_str().unwrap_or_default();
+        if rq != lq && !overcommit_allowed(name) {
+            errs.invalid(
+                &format!("{path}.requests"),
+                req,
+                &format!("must be equal to {name} limit of {lim}"),
+            );
+        } else if rq > lq {
+            errs.invalid(
+                &format!("{path}.requests"),
+                req,
+                &format!("must be less than or equal to {name} limit of {lim}"),
+            );
         }
+    }
+    if huge && !cpu_or_memory {
+        errs.forbidden(path, "HugePages require cpu or memory");
     }
 }
 

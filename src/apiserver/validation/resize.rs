@@ -259,7 +259,7 @@ mod tests {
         new["spec"]["containers"][0]["resources"]["requests"]["memory"] = json!("128Mi");
         assert_eq!(
             check(&old, &new),
-            ["spec.containers[0].resources.requests[memory]: must be less than or equal to memory limit of 64Mi"]
+            ["spec.containers[0].resources.requests: must be less than or equal to memory limit of 64Mi"]
         );
         // Burstable into Guaranteed.
         let mut new = pod("100m", Some("64Mi"));

@@ -221,8 +221,33 @@ fn resources_and_resize_policies_as_upstream() {
             "requests": {"cpu": "2", "memory": "-1"}, "limits": {"cpu": "1"}}}),
         json!({}),
     );
-    assert!(errs.contains(&"spec.containers[0].resources.requests[cpu]: Invalid value: \"2\": must be less than or equal to cpu limit of 1".to_string()), "{errs:?}");
+    assert!(errs.contains(&"spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1".to_string()), "{errs:?}");
     assert!(errs.contains(&"spec.containers[0].resources.requests[memory]: Invalid value: \"-1\": must be greater than or equal to 0".to_string()), "{errs:?}");
+    // Extended resources and hugepages are not overcommitted; names are upstream's.
+    let errs = pod(
+        json!({"name": "a", "image": "x", "resources": {
+            "requests": {"example.com/dongle": "1", "example.com/key": "1", "hugepages-2Mi": "3Mi", "gpu": "1"},
+            "limits": {"example.com/dongle": "2", "example.com/half": "500m", "hugepages-2Mi": "3Mi"}}}),
+        json!({}),
+    );
+    for want in [
+        "spec.containers[0].resources.requests: Invalid value: \"1\": must be equal to example.com/dongle limit of 2",
+        "spec.containers[0].resources.limits: Required value: Limit must be set for non overcommitable resources",
+        "spec.containers[0].resources.limits[example.com/half]: Invalid value: \"500m\": must be an integer",
+        "spec.containers[0].resources.limits[hugepages-2Mi]: Invalid value: \"3Mi\": 3Mi is not positive integer multiple of hugepages-2Mi",
+        "spec.containers[0].resources: Forbidden: HugePages require cpu or memory",
+        "spec.containers[0].resources.requests[gpu]: Invalid value: \"gpu\": must be a standard resource type or fully qualified",
+        "spec.containers[0].resources.requests[gpu]: Invalid value: \"gpu\": must be a standard resource for containers",
+    ] {
+        assert!(errs.contains(&want.to_string()), "{want}: {errs:?}");
+    }
+    let errs = pod(
+        json!({"name": "a", "image": "x", "resources": {
+            "requests": {"example.com/dongle": "1", "hugepages-2Mi": "4Mi", "memory": "8Mi"},
+            "limits": {"example.com/dongle": "1", "hugepages-2Mi": "4Mi", "memory": "8Mi"}}}),
+        json!({}),
+    );
+    assert!(errs.is_empty(), "{errs:?}");
     let errs = pod(
         json!({"name": "a", "image": "x", "resizePolicy": [
             {"resourceName": "cpu", "restartPolicy": "RestartContainer"},
