@@ -43,12 +43,59 @@ pub struct Facts {
     pub reserved: BTreeMap<String, u64>,
     /// The most pods the node runs (`--max-pods`).
     pub max_pods: u32,
+    /// What the hard eviction thresholds hold back (memory, ephemeral-storage), in bytes.
+    pub eviction_reserved: BTreeMap<String, u64>,
+    /// Pre-allocated huge pages, by resource name (`hugepages-2Mi`), in bytes.
+    pub hugepages: BTreeMap<String, u64>,
     /// The kubelet API's port.
     pub kubelet_port: u16,
     /// The eviction manager's conditions.
     pub pressure: std::sync::Arc<std::sync::RwLock<super::eviction::Pressure>>,
     /// Each condition's last status and when it took it, for `lastTransitionTime`.
     transitions: std::sync::Arc<std::sync::Mutex<BTreeMap<String, (String, Timestamp)>>>,
+}
+
+/// Bytes as a binary-SI quantity (`64Mi`, `1Gi`; `0`).
+fn binary(bytes: u64) -> String {
+    for (suffix, shift) in [
+        ("Ei", 60),
+        ("Pi", 50),
+        ("Ti", 40),
+        ("Gi", 30),
+        ("Mi", 20),
+        ("Ki", 10),
+    ] {
+        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+            return format!("{}{suffix}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// The huge pages pre-allocated per page size, from `dir` (`/sys/kernel/mm/hugepages`): each
+/// `hugepages-<N>kB/nr_hugepages`, as resource name (`hugepages-2Mi`) and bytes.
+fn hugepages(dir: &Path) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(kb) = name
+            .strip_prefix("hugepages-")
+            .and_then(|n| n.strip_suffix("kB"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let pages: u64 = std::fs::read_to_string(e.path().join("nr_hugepages"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let size = kb * 1024;
+        out.insert(
+            format!("hugepages-{}", binary(size)),
+            pages.saturating_mul(size),
+        );
+    }
+    out
 }
 
 fn read_trim(path: &str) -> String {
@@ -113,6 +160,8 @@ impl Facts {
             runtime_handlers: Vec::new(),
             reserved,
             max_pods: MAX_PODS,
+            eviction_reserved: BTreeMap::new(),
+            hugepages: hugepages(Path::new("/sys/kernel/mm/hugepages")),
             kubelet_port,
             pressure: Default::default(),
             transitions: Default::default(),
@@ -120,7 +169,7 @@ impl Facts {
     }
 
     fn capacity(&self) -> BTreeMap<String, Quantity> {
-        [
+        let mut out: BTreeMap<String, Quantity> = [
             ("cpu", self.cpus.to_string()),
             ("memory", format!("{}Ki", self.memory_bytes / 1024)),
             (
@@ -131,10 +180,15 @@ impl Facts {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), Quantity(v)))
-        .collect()
+        .collect();
+        for (name, bytes) in &self.hugepages {
+            out.insert(name.clone(), Quantity(binary(*bytes)));
+        }
+        out
     }
 
-    /// Allocatable CPU (millicores) and memory (bytes): what the pods' cgroup is limited to.
+    /// Allocatable CPU (millicores) and memory (bytes) for the pods' cgroup: the capacity
+    /// less `--kube-reserved`, as upstream's node allocatable enforcement.
     pub fn allocatable_cpu_memory(&self) -> (i64, i64) {
         let less =
             |k: &str, total: u64| total.saturating_sub(self.reserved.get(k).copied().unwrap_or(0));
@@ -146,16 +200,39 @@ impl Facts {
         )
     }
 
+    /// The reported allocatable CPU (millicores) and memory (bytes), which pods are admitted
+    /// against.
+    pub fn schedulable_cpu_memory(&self) -> (i64, i64) {
+        let (cpu, _) = self.allocatable_cpu_memory();
+        (
+            cpu,
+            i64::try_from(self.allocatable_memory()).unwrap_or(i64::MAX),
+        )
+    }
+
+    /// Memory less `--kube-reserved`, the hard eviction threshold and the huge pages.
+    fn allocatable_memory(&self) -> u64 {
+        let held: u64 = ["memory"]
+            .iter()
+            .flat_map(|k| [self.reserved.get(*k), self.eviction_reserved.get(*k)])
+            .flatten()
+            .chain(self.hugepages.values())
+            .fold(0, |a, b| a.saturating_add(*b));
+        self.memory_bytes.saturating_sub(held)
+    }
+
+    /// The capacity less what `--kube-reserved` and the hard eviction thresholds hold back,
+    /// and memory less the huge pages, as upstream's node allocatable.
     fn allocatable(&self) -> BTreeMap<String, Quantity> {
-        let less =
-            |k: &str, total: u64| total.saturating_sub(self.reserved.get(k).copied().unwrap_or(0));
+        let less = |k: &str, total: u64| {
+            total
+                .saturating_sub(self.reserved.get(k).copied().unwrap_or(0))
+                .saturating_sub(self.eviction_reserved.get(k).copied().unwrap_or(0))
+        };
         let millicpu = less("cpu", u64::from(self.cpus) * 1000);
-        [
+        let mut out: BTreeMap<String, Quantity> = [
             ("cpu", format!("{millicpu}m")),
-            (
-                "memory",
-                format!("{}Ki", less("memory", self.memory_bytes) / 1024),
-            ),
+            ("memory", format!("{}Ki", self.allocatable_memory() / 1024)),
             (
                 "ephemeral-storage",
                 format!("{}Ki", less("ephemeral-storage", self.storage_bytes) / 1024),
@@ -164,7 +241,11 @@ impl Facts {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), Quantity(v)))
-        .collect()
+        .collect();
+        for (name, bytes) in &self.hugepages {
+            out.insert(name.clone(), Quantity(binary(less(name, *bytes))));
+        }
+        out
     }
 
     /// Takes the conditions' statuses and transition times from the stored Node.
@@ -401,6 +482,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn huge_pages_are_read_per_page_size() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for (size, pages) in [("2048kB", "3"), ("1048576kB", "0")] {
+            let d = dir.path().join(format!("hugepages-{size}"));
+            std::fs::create_dir(&d).expect("dir");
+            std::fs::write(d.join("nr_hugepages"), pages).expect("write");
+        }
+        let h = hugepages(dir.path());
+        assert_eq!(h["hugepages-2Mi"], 6 << 20);
+        assert_eq!(h["hugepages-1Gi"], 0);
+        assert_eq!(binary(0), "0");
+        assert_eq!(binary(6 << 20), "6Mi");
+        assert_eq!(binary(1500), "1500");
+    }
+
+    #[test]
     fn memory_and_os_image_are_read_as_the_kubelet_does() {
         assert_eq!(
             mem_total("MemTotal:       24576000 kB\nMemFree: 1 kB\n"),
@@ -431,14 +528,21 @@ mod tests {
             runtime_handlers: Vec::new(),
             reserved,
             max_pods: MAX_PODS,
+            eviction_reserved: BTreeMap::from([("memory".to_string(), 100 << 20)]),
+            hugepages: BTreeMap::from([("hugepages-2Mi".to_string(), 64 << 20)]),
             kubelet_port: 10250,
             pressure: Default::default(),
             transitions: Default::default(),
         };
         let a = f.allocatable();
         assert_eq!(a["cpu"].0, "1750m");
-        assert_eq!(a["memory"].0, format!("{}Ki", (768u64 << 20) / 1024));
+        // 1 Gi less 256 Mi reserved, 100 Mi for the eviction threshold, 64 Mi of huge pages.
+        assert_eq!(a["memory"].0, format!("{}Ki", (604u64 << 20) / 1024));
+        assert_eq!(a["hugepages-2Mi"].0, "64Mi");
+        assert_eq!(f.capacity()["hugepages-2Mi"].0, "64Mi");
         assert_eq!(f.capacity()["cpu"].0, "2");
+        assert_eq!(f.allocatable_cpu_memory(), (1750, 768 << 20));
+        assert_eq!(f.schedulable_cpu_memory(), (1750, 604 << 20));
 
         // A condition keeps its transition time until its status changes.
         let since = |f: &Facts, ty: &str| {

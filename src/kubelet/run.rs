@@ -157,6 +157,17 @@ pub async fn run(
     };
     facts.runtime_handlers = node::runtime_handlers(&reported, &configured);
     facts.max_pods = cfg.max_pods;
+    // Upstream's allocatable holds back what the hard eviction thresholds keep free.
+    for t in super::eviction::parse(&cfg.eviction_hard).unwrap_or_default() {
+        let (resource, capacity) = match t.signal {
+            super::eviction::Signal::MemoryAvailable => ("memory", facts.memory_bytes),
+            super::eviction::Signal::NodefsAvailable => ("ephemeral-storage", facts.storage_bytes),
+            _ => continue,
+        };
+        facts
+            .eviction_reserved
+            .insert(resource.to_string(), t.limit(capacity));
+    }
     // The pods' cgroups before any pod starts, as upstream's container manager.
     let cgroups = if cfg.cgroups_per_qos {
         let m = super::cgroups::Manager::detect(&super::cgroups::Options {
@@ -316,7 +327,7 @@ pub async fn run(
         cgroups,
         allocations: pods::resize::Allocations::load(
             &cfg.data_dir.join("agent").join("allocated_pods_state.json"),
-            facts.allocatable_cpu_memory(),
+            facts.schedulable_cpu_memory(),
             cfg.max_pods,
         ),
         pressure: facts.pressure.clone(),

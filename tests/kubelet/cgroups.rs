@@ -75,7 +75,8 @@ pub fn cgroups(s: &Server, tmp: &std::path::Path, root: &str, web: &str) {
     let layout = Layout::detect().expect("cgroups are mounted");
     let kubepods = format!("{root}/kubepods");
 
-    // The node's: kubepods limited to the allocatable memory, the QoS classes under it.
+    // The node's: kubepods limited to the capacity less --kube-reserved (none here), the QoS
+    // classes under it; the reported allocatable also holds back the hard eviction threshold.
     let node_memory = file(
         &layout,
         "memory",
@@ -83,13 +84,17 @@ pub fn cgroups(s: &Server, tmp: &std::path::Path, root: &str, web: &str) {
         "memory.limit_in_bytes",
         "memory.max",
     );
-    let allocatable = jsonpath(s, "node/edge-1", "{.status.allocatable.memory}");
-    let kib: u64 = allocatable.trim_end_matches("Ki").parse().expect("Ki");
+    let kib = |field: &str| -> u64 {
+        let q = jsonpath(s, "node/edge-1", &format!("{{.status.{field}.memory}}"));
+        q.trim_end_matches("Ki").parse().expect("Ki")
+    };
     assert_eq!(
         read(&node_memory),
-        (kib * 1024).to_string(),
+        (kib("capacity") * 1024).to_string(),
         "{node_memory:?}"
     );
+    // The test server's memory.available<1Mi.
+    assert_eq!(kib("allocatable"), kib("capacity") - 1024);
     let best = file(
         &layout,
         "cpu",

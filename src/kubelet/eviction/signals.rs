@@ -88,7 +88,8 @@ pub struct Threshold {
 }
 
 impl Threshold {
-    pub(super) fn limit(&self, capacity: u64) -> u64 {
+    /// The threshold in bytes (or pids) on a resource of `capacity`.
+    pub fn limit(&self, capacity: u64) -> u64 {
         match &self.level {
             Level::Quantity(q, _) => *q,
             Level::Percent(p) => (capacity as f64 * p / 100.0) as u64,
