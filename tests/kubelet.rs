@@ -17,6 +17,8 @@ mod debugging;
 mod eviction;
 #[path = "kubelet/kubelet_api.rs"]
 mod kubelet_api;
+#[path = "kubelet/pod_details.rs"]
+mod pod_details;
 #[path = "kubelet/pull.rs"]
 mod pull;
 #[path = "kubelet/resize.rs"]
@@ -438,6 +440,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     runtime_class::runtime_classes(&s, tmp.path(), &cgroup_root);
     resize::resize_in_place(&s, tmp.path(), &cgroup_root);
     admission::admission(&s, tmp.path());
+    pod_details::pod_details(&s, tmp.path());
 
     // The kubelet's events, as `kubectl describe pod` shows them, and the node's.
     let about = format!("involvedObject.name={}", names[0]);

@@ -17,6 +17,7 @@ pub mod masquerade;
 pub mod node;
 pub mod pods;
 pub mod run;
+pub mod runtime_health;
 pub mod simulated;
 pub mod stats;
 pub mod volumes;

@@ -51,6 +51,8 @@ pub struct Facts {
     pub kubelet_port: u16,
     /// The eviction manager's conditions.
     pub pressure: std::sync::Arc<std::sync::RwLock<super::eviction::Pressure>>,
+    /// The container runtime's health, for Ready (None: not watched, always ready).
+    pub health: Option<super::runtime_health::Shared>,
     /// Each condition's last status and when it took it, for `lastTransitionTime`.
     transitions: std::sync::Arc<std::sync::Mutex<BTreeMap<String, (String, Timestamp)>>>,
 }
@@ -164,6 +166,7 @@ impl Facts {
             hugepages: hugepages(Path::new("/sys/kernel/mm/hugepages")),
             kubelet_port,
             pressure: Default::default(),
+            health: None,
             transitions: Default::default(),
         }
     }
@@ -284,10 +287,15 @@ impl Facts {
             }
         };
         let p = *self.pressure.read().unwrap_or_else(|e| e.into_inner());
+        let not_ready = self.health.as_ref().and_then(|h| {
+            h.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .problem(std::time::Instant::now())
+        });
         NodeStatus {
             capacity: Some(self.capacity()),
             allocatable: Some(self.allocatable()),
-            conditions: Some(conditions(p, &mut cond)),
+            conditions: Some(conditions(p, not_ready.as_deref(), &mut cond)),
             addresses: Some(vec![
                 NodeAddress {
                     type_: "InternalIP".into(),
@@ -426,6 +434,7 @@ pub async fn pod_cidr(
 /// `cond` makes each one from its type, status, reason and message (and sets its times).
 pub fn conditions(
     p: super::eviction::Pressure,
+    not_ready: Option<&str>,
     mut cond: impl FnMut(&str, &str, &str, &str) -> NodeCondition,
 ) -> Vec<NodeCondition> {
     type Words = (&'static str, &'static str);
@@ -468,12 +477,15 @@ pub fn conditions(
             false => cond(ty, "False", no.0, no.1),
         })
         .collect();
-    out.push(cond(
-        "Ready",
-        "True",
-        "KubeletReady",
-        "kubelet is posting ready status",
-    ));
+    out.push(match not_ready {
+        Some(why) => cond("Ready", "False", "KubeletNotReady", why),
+        None => cond(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status",
+        ),
+    });
     out
 }
 
@@ -532,6 +544,7 @@ mod tests {
             hugepages: BTreeMap::from([("hugepages-2Mi".to_string(), 64 << 20)]),
             kubelet_port: 10250,
             pressure: Default::default(),
+            health: None,
             transitions: Default::default(),
         };
         let a = f.allocatable();

@@ -148,13 +148,19 @@ pub async fn run(
         cfg.reserved.clone(),
         kubelet_port,
     );
+    let health: super::runtime_health::Shared = Default::default();
     let reported = match runtime.status().await {
-        Ok(s) => s.runtime_handlers,
+        Ok(s) => {
+            let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
+            h.observe(Some(&s), std::time::Instant::now());
+            s.runtime_handlers
+        }
         Err(e) => {
             tracing::warn!("asking the runtime for its handlers: {e}");
             Vec::new()
         }
     };
+    facts.health = Some(health.clone());
     facts.runtime_handlers = node::runtime_handlers(&reported, &configured);
     facts.max_pods = cfg.max_pods;
     // Upstream's allocatable holds back what the hard eviction thresholds keep free.
@@ -240,10 +246,17 @@ pub async fn run(
         events: Some((recorder.clone(), node_reference(&cfg.node_name))),
     };
     tokio::spawn(manager.run(pressure_tx, stop.clone()));
+    let (ready_tx, ready_rx) = watch::channel(None);
+    tokio::spawn(super::runtime_health::watch_runtime(
+        runtime.clone(),
+        health,
+        ready_tx,
+        stop.clone(),
+    ));
     let heartbeats = tokio::spawn(heartbeat(
         client.clone(),
         facts.clone(),
-        pressure_rx,
+        (pressure_rx, ready_rx),
         recorder.clone(),
         seen,
         stop.clone(),
@@ -351,7 +364,10 @@ pub async fn run(
 async fn heartbeat(
     client: Client,
     facts: node::Facts,
-    mut pressure: watch::Receiver<super::eviction::Pressure>,
+    (mut pressure, mut ready): (
+        watch::Receiver<super::eviction::Pressure>,
+        watch::Receiver<Option<String>>,
+    ),
     recorder: crate::events::Recorder,
     mut seen: std::collections::HashMap<String, String>,
     mut stop: watch::Receiver<bool>,
@@ -371,8 +387,8 @@ async fn heartbeat(
                     tracing::warn!(node = %facts.name, "posting the node status: {e}");
                 }
             }
-            // New pressure conditions are posted at once, with their events.
-            Ok(()) = pressure.changed() => {
+            // New pressure conditions and readiness are posted at once, with their events.
+            Ok(()) = async { tokio::select! { r = pressure.changed() => r, r = ready.changed() => r } } => {
                 node_events(&recorder, &facts, &mut seen, false).await;
                 if let Err(e) = node::post_status(&client, &facts).await {
                     tracing::warn!(node = %facts.name, "posting the node status: {e}");

@@ -29,7 +29,7 @@ impl Shared {
                 return Ok((s.id.clone(), ip.clone()));
             }
             let status = self.runtime.pod_sandbox_status(&s.id).await?;
-            let ip = status.network.map(|n| n.ip).unwrap_or_default();
+            let ip = self.pod_ip(pod, status.network.map(|n| n.ip));
             st.ips.insert(s.id.clone(), ip.clone());
             // A running pod adopted: its cgroup counts towards its class's again.
             if let Err(e) = self.pod_cgroup(pod, st).await {
@@ -67,6 +67,12 @@ impl Shared {
                 return Err(RuntimeError::Node(e));
             }
         };
+        if let Err(e) = spec::kernel_hostname(&self.env, pod) {
+            let msg = format!("Failed to create pod sandbox: {e}");
+            self.event_once(st, pod, None, Type::Warning, "FailedCreatePodSandBox", &msg)
+                .await;
+            return Err(RuntimeError::Node(e));
+        }
         let parent = self.pod_cgroup(pod, st).await?;
         let id = match self
             .runtime
@@ -82,9 +88,24 @@ impl Shared {
             }
         };
         let status = self.runtime.pod_sandbox_status(&id).await?;
-        let ip = status.network.map(|n| n.ip).unwrap_or_default();
+        let ip = self.pod_ip(pod, status.network.map(|n| n.ip));
         st.ips.insert(id.clone(), ip.clone());
         Ok((id, ip))
+    }
+
+    /// The pod's IP: its sandbox's, or the node's for a pod on the host's network (which
+    /// CRI reports none for), as upstream's status gives such pods the host IPs.
+    fn pod_ip(&self, pod: &Pod, sandbox: Option<String>) -> String {
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        match sandbox.filter(|ip| !ip.is_empty()) {
+            Some(ip) => ip,
+            None if host_network => self.env.host_ip.clone(),
+            None => String::new(),
+        }
     }
 
     /// The runtime handler of the pod's RuntimeClass (empty: the runtime's default), as

@@ -135,25 +135,23 @@ pub fn termination_file(env: &Env, pod: &Pod, container: &str, attempt: u32) -> 
         .join(attempt.to_string())
 }
 
-/// Writes the pod's `/etc/hosts` (localhost, the pod's IP and names, hostAliases).
-fn etc_hosts(env: &Env, pod: &Pod, ip: &str) -> Result<PathBuf, String> {
+/// Writes the pod's `/etc/hosts` (localhost, the pod's IP and names, hostAliases); a pod on
+/// the host's network gets the node's file with its hostAliases after it.
+fn etc_hosts(env: &Env, pod: &Pod, ip: &str, host_network: bool) -> Result<PathBuf, String> {
     let spec = pod.spec.clone().unwrap_or_default();
-    let hostname = spec
-        .hostname
-        .clone()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| pod.name_any());
-    let mut text = String::from(
+    let (hostname, domain) = super::spec::hostname_and_domain(env, pod);
+    let mut text = if host_network {
+        let node = std::fs::read_to_string("/etc/hosts")
+            .map_err(|e| format!("reading the node's /etc/hosts: {e}"))?;
+        format!("# Kubernetes-managed hosts file (host network).\n{node}")
+    } else {
+        String::from(
         "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
-    );
-    if !ip.is_empty() {
-        match spec.subdomain.as_deref().filter(|s| !s.is_empty()) {
-            Some(sub) => {
-                let ns = pod.namespace().unwrap_or_default();
-                text.push_str(&format!(
-                    "{ip}\t{hostname}.{sub}.{ns}.svc.cluster.local\t{hostname}\n"
-                ));
-            }
+        )
+    };
+    if !ip.is_empty() && !host_network {
+        match domain {
+            Some(d) => text.push_str(&format!("{ip}\t{hostname}.{d}\t{hostname}\n")),
             None => text.push_str(&format!("{ip}\t{hostname}\n")),
         }
     }
@@ -236,8 +234,9 @@ pub fn mounts(
         .as_ref()
         .and_then(|s| s.host_network)
         .unwrap_or(false);
-    if !host_network && !out.iter().any(|m| m.container_path == "/etc/hosts") {
-        out.push(mount("/etc/hosts", &etc_hosts(env, pod, ip)?, false));
+    if !out.iter().any(|m| m.container_path == "/etc/hosts") {
+        let hosts = etc_hosts(env, pod, ip, host_network)?;
+        out.push(mount("/etc/hosts", &hosts, false));
     }
     let tm_path = c
         .termination_message_path
@@ -249,6 +248,12 @@ pub fn mounts(
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     std::fs::write(&file, b"").map_err(|e| format!("creating {}: {e}", file.display()))?;
+    // Writable by whichever user the container runs as, as upstream makes it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666))
+            .map_err(|e| format!("making {} writable: {e}", file.display()))?;
+    }
     out.push(mount(&tm_path, &file, false));
     Ok(out)
 }

@@ -83,15 +83,59 @@ pub fn namespace_options(pod: &Pod) -> api::NamespaceOption {
     }
 }
 
+/// The pod's hostname and domain, as upstream's `GeneratePodHostNameAndDomain`: its
+/// `hostname` or its name, cut to 63 characters (without a trailing `-` or `.`), and with a
+/// `subdomain` the domain `SUB.NS.svc.CLUSTER_DOMAIN`.
+pub fn hostname_and_domain(env: &Env, pod: &Pod) -> (String, Option<String>) {
+    let spec = pod.spec.as_ref();
+    let mut hostname = spec
+        .and_then(|s| s.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| pod.name_any());
+    if hostname.len() > 63 {
+        hostname.truncate(63);
+        let kept = hostname.trim_end_matches(['-', '.']).len();
+        hostname.truncate(kept);
+    }
+    let domain = spec
+        .and_then(|s| s.subdomain.as_deref())
+        .filter(|s| !s.is_empty())
+        .map(|sub| {
+            let ns = pod.namespace().unwrap_or_default();
+            format!("{sub}.{ns}.svc.{}", env.dns.domain)
+        });
+    (hostname, domain)
+}
+
+/// The name the pod's kernel gets: its hostname, or with `setHostnameAsFQDN` its fully
+/// qualified name, which may be at most 64 characters (upstream's message otherwise).
+pub fn kernel_hostname(env: &Env, pod: &Pod) -> Result<String, String> {
+    let (hostname, domain) = hostname_and_domain(env, pod);
+    let fqdn = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.set_hostname_as_fqdn)
+        .unwrap_or(false);
+    match domain {
+        Some(d) if fqdn => {
+            let full = format!("{hostname}.{d}");
+            if full.len() > 64 {
+                return Err(format!(
+                    "failed to construct FQDN from pod hostname and cluster domain, FQDN {full} is too long (64 characters is the max, {} characters requested)",
+                    full.len()
+                ));
+            }
+            Ok(full)
+        }
+        _ => Ok(hostname),
+    }
+}
+
 /// The pod sandbox's configuration for its `attempt`-th sandbox, in the cgroup `cgroup_parent`
 /// (empty: the runtime's default).
 pub fn sandbox(env: &Env, pod: &Pod, attempt: u32, cgroup_parent: &str) -> api::PodSandboxConfig {
     let spec = pod.spec.clone().unwrap_or_default();
-    let hostname = spec
-        .hostname
-        .clone()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| pod.name_any());
+    let hostname = kernel_hostname(env, pod).unwrap_or_else(|_| hostname_and_domain(env, pod).0);
     let mut labels: HashMap<String, String> = pod.labels().clone().into_iter().collect();
     labels.insert(LABEL_POD_NAME.into(), pod.name_any());
     labels.insert(

@@ -237,7 +237,19 @@ pub fn pod_status(pod: &Pod, obs: &Observed) -> Value {
             st.terminated.is_some_and(|t| t.exit_code == 0)
         }
     };
-    let initialized = inits.iter().all(init_done);
+    // Once a regular container has started, the pod stays initialized (a sidecar restarting
+    // does not undo it), as upstream's `HasAnyRegularContainerStarted`.
+    let regular_started = statuses.iter().any(|s| {
+        s.state
+            .as_ref()
+            .is_some_and(|st| st.running.is_some() || st.terminated.is_some())
+    });
+    let incomplete: Vec<&str> = inits
+        .iter()
+        .filter(|i| !init_done(i))
+        .map(|(s, _)| s.name.as_str())
+        .collect();
+    let initialized = incomplete.is_empty() || regular_started;
     let init_failed = inits.iter().any(|(s, sidecar)| {
         !sidecar
             && s.state
@@ -252,39 +264,98 @@ pub fn pod_status(pod: &Pod, obs: &Observed) -> Value {
     } else {
         "Pending"
     };
-    let sidecars_ready = inits.iter().filter(|(_, sc)| *sc).all(|(s, _)| s.ready);
-    let all_ready =
-        initialized && sidecars_ready && statuses.iter().all(|s| s.ready) && !statuses.is_empty();
+    let unready: Vec<&str> = inits
+        .iter()
+        .filter(|(s, sidecar)| *sidecar && !s.ready)
+        .map(|(s, _)| s.name.as_str())
+        .chain(
+            statuses
+                .iter()
+                .filter(|s| !s.ready)
+                .map(|s| s.name.as_str()),
+        )
+        .collect();
     let old = pod.status.clone().unwrap_or_default();
     let old_conditions = old.conditions.clone().unwrap_or_default();
     let now = Timestamp::now();
-    let cond = |ty: &str, ok: bool, reason: Option<&str>| {
+    let cond = |ty: &str, ok: bool, reason: Option<&str>, message: Option<String>| {
         let status = if ok { "True" } else { "False" };
         let since = old_conditions
             .iter()
             .find(|c| c.type_ == ty && c.status == status)
             .and_then(|c| c.last_transition_time.clone())
             .unwrap_or(Time(now));
-        let mut c = json!({"type": ty, "status": status, "lastTransitionTime": since, "lastProbeTime": null});
-        if let Some(r) = reason {
-            c["reason"] = json!(r);
-        }
-        c
+        // Absent reason and message are sent as null: the strategic merge drops old ones.
+        json!({"type": ty, "status": status, "lastTransitionTime": since, "lastProbeTime": null,
+            "reason": reason, "message": message})
     };
-    let not_ready = (!all_ready).then_some(if phase == "Succeeded" || phase == "Failed" {
-        "PodCompleted"
+    let list = |names: &[&str]| format!("[{}]", names.join(" "));
+    // ContainersReady, as upstream's GenerateContainersReadyCondition.
+    let (containers_ready, reason, message) = match phase {
+        "Succeeded" => (false, Some("PodCompleted"), None),
+        "Failed" => (false, Some("PodFailed"), None),
+        _ if !unready.is_empty() || statuses.is_empty() => (
+            false,
+            Some("ContainersNotReady"),
+            Some(format!(
+                "containers with unready status: {}",
+                list(&unready)
+            )),
+        ),
+        _ => (true, None, None),
+    };
+    // Ready: ContainersReady and every readiness gate's condition True.
+    let gates: Vec<String> = spec
+        .readiness_gates
+        .iter()
+        .flatten()
+        .filter_map(|g| {
+            let c = old_conditions.iter().find(|c| c.type_ == g.condition_type);
+            match c {
+                None => Some(format!(
+                    "corresponding condition of pod readiness gate {:?} does not exist.",
+                    g.condition_type
+                )),
+                Some(c) if c.status != "True" => Some(format!(
+                    "the status of pod readiness gate {:?} is not \"True\", but {}",
+                    g.condition_type, c.status
+                )),
+                Some(_) => None,
+            }
+        })
+        .collect();
+    let ready = if !containers_ready {
+        cond("Ready", false, reason, message.clone())
+    } else if !gates.is_empty() {
+        cond(
+            "Ready",
+            false,
+            Some("ReadinessGatesNotReady"),
+            Some(gates.join(", ")),
+        )
     } else {
-        "ContainersNotReady"
-    });
-    let mut conditions = vec![
-        cond("PodReadyToStartContainers", obs.sandbox_ready, None),
+        cond("Ready", true, None, None)
+    };
+    let initialized_cond = if phase == "Succeeded" && !inits.is_empty() {
+        cond("Initialized", true, Some("PodCompleted"), None)
+    } else if initialized {
+        cond("Initialized", true, None, None)
+    } else {
         cond(
             "Initialized",
-            initialized,
-            (!initialized).then_some("ContainersNotInitialized"),
-        ),
-        cond("ContainersReady", all_ready, not_ready),
-        cond("Ready", all_ready, not_ready),
+            false,
+            Some("ContainersNotInitialized"),
+            Some(format!(
+                "containers with incomplete status: {}",
+                list(&incomplete)
+            )),
+        )
+    };
+    let mut conditions = vec![
+        cond("PodReadyToStartContainers", obs.sandbox_ready, None, None),
+        initialized_cond,
+        cond("ContainersReady", containers_ready, reason, message),
+        ready,
     ];
     // Ephemeral containers: reported, never ready, no part of the pod's readiness or phase.
     let ephemeral: Vec<ContainerStatus> = super::ephemeral::containers(pod)

@@ -188,6 +188,9 @@ impl Shared {
         if let Some(eviction) = evicted {
             return self.evict(pod, st, &eviction).await;
         }
+        if super::evict::past_deadline(pod) {
+            return self.deadline_exceeded(pod, st).await;
+        }
         let before = st.waiting.clone();
         // The containers run with what was allocated, which a pending resize leaves as it was.
         let spec_pod = pod;
@@ -293,9 +296,23 @@ impl Shared {
         } else {
             "OnFailure"
         };
+        // Once a regular container ran in this sandbox the pod stays initialized: sidecars
+        // that die are restarted beside it, init containers do not run again (upstream).
+        let regular_started = all.iter().any(|c| {
+            c.pod_sandbox_id == sandbox_id
+                && c.metadata
+                    .as_ref()
+                    .is_some_and(|m| spec.containers.iter().any(|x| x.name == m.name))
+        });
         let mut initialized = true;
         for ic in spec.init_containers.iter().flatten() {
             let sidecar = ic.restart_policy.as_deref() == Some("Always");
+            if regular_started {
+                if sidecar {
+                    self.ensure(pod, ic, "Always", &at, st).await?;
+                }
+                continue;
+            }
             let p = if sidecar { "Always" } else { init_policy };
             match self.ensure(pod, ic, p, &at, st).await? {
                 Run::Running if sidecar => {

@@ -84,6 +84,7 @@ impl SimNode {
             allocatable: Some(capacity),
             conditions: Some(crate::kubelet::node::conditions(
                 Default::default(),
+                None,
                 |ty, status, reason, message| condition(ty, status, reason, message, now),
             )),
             addresses: Some(vec![

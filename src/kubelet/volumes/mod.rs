@@ -346,7 +346,8 @@ async fn volume(
     };
     if let Some(e) = &v.empty_dir {
         let dir = base.join("kubernetes.io~empty-dir").join(&v.name);
-        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        // Open to every user of the pod, as upstream's (a tmpfs root is 1777 of itself).
+        make_dir(&dir, 0o777)?;
         if e.medium.as_deref() == Some("Memory") {
             let size = e
                 .size_limit
@@ -605,8 +606,19 @@ async fn claim_path(client: &Client, ns: &str, claim: &str) -> Result<PathBuf, V
             ))
         })?;
     let path = PathBuf::from(path);
-    std::fs::create_dir_all(&path).map_err(io(format!("creating {}", path.display())))?;
+    if !path.exists() {
+        // A new local-path volume, open to every user, as the provisioner's `mkdir -m 0777`.
+        make_dir(&path, 0o777)?;
+    }
     Ok(path)
+}
+
+/// Creates `dir` (and its parents) and gives it `mode`, whatever the umask.
+fn make_dir(dir: &Path, mode: u32) -> Result<(), VolumeError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(io(format!("setting the mode of {}", dir.display())))
 }
 
 /// Removes a pod's files (tmpfs volumes unmounted first).
