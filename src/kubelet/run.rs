@@ -246,7 +246,12 @@ pub async fn run(
         events: Some((recorder.clone(), node_reference(&cfg.node_name))),
     };
     tokio::spawn(manager.run(pressure_tx, stop.clone()));
-    let (ready_tx, ready_rx) = watch::channel(None);
+    // Starts from what the node was registered with, so the first change is posted.
+    let registered = health
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .problem(std::time::Instant::now());
+    let (ready_tx, ready_rx) = watch::channel(registered);
     tokio::spawn(super::runtime_health::watch_runtime(
         runtime.clone(),
         health,

@@ -66,6 +66,39 @@ spec:
   - {name: c, image: k1s.local/busybox:1, command: [sleep, "3600"]}
 "#;
 
+/// Reads a pod's log over a WebSocket with the official Python client's websocket-client;
+/// the subprotocol the server chose and the bytes.
+fn websocket_log(s: &Server, pod: &str, protocol: &str) -> String {
+    const SCRIPT: &str = r#"
+import sys, websocket
+from kubernetes import client, config
+config.load_kube_config()
+c = client.Configuration.get_default_copy()
+url = c.host.replace("https://", "wss://") + "/api/v1/namespaces/default/pods/" + sys.argv[1] + "/log"
+headers = ["Authorization: " + c.api_key["authorization"]] if c.api_key.get("authorization") else []
+ws = websocket.create_connection(url, subprotocols=[sys.argv[2]], header=headers,
+    sslopt={"ca_certs": c.ssl_ca_cert, "certfile": c.cert_file, "keyfile": c.key_file})
+out = b""
+while True:
+    op, data = ws.recv_data(control_frame=True)
+    if op == websocket.ABNF.OPCODE_CLOSE:
+        break
+    out += data
+print(ws.subprotocol, out)
+"#;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("K1S_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join(".cache/python/bin/python"));
+    let o = std::process::Command::new(python)
+        .args(["-c", SCRIPT, pod, protocol])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .output()
+        .expect("run the Python client (make deps installs it)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
 fn get(s: &Server, pod: &str, path: &str) -> String {
     ok(s, &["get", "pod", pod, "-o", &format!("jsonpath={path}")])
 }

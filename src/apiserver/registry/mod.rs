@@ -21,6 +21,7 @@ pub(crate) mod request;
 pub(crate) mod selector;
 mod services;
 mod subresource;
+mod websocket;
 pub(crate) mod write;
 
 use std::sync::Arc;
@@ -188,7 +189,7 @@ pub async fn handle(State(reg): State<Registry>, req: Request) -> Response {
     {
         let ns = info.namespace.clone().unwrap_or_default();
         let name = info.name.clone().unwrap_or_default();
-        return proxy::pod_log(&reg, &ns, &name, req.uri().query()).await;
+        return proxy::pod_log(&reg, &ns, &name, req).await;
     }
     if def.group.is_empty() && def.plural == "nodes" && info.subresource.as_deref() == Some("proxy")
     {

@@ -3,6 +3,7 @@
 //! its status advertises), streaming back what the kubelet sends; a kubelet's refusal becomes a
 //! Status with its code and message.
 
+use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
@@ -235,8 +236,15 @@ pub async fn node_proxy(reg: &Registry, name: &str, req: axum::extract::Request)
     crate::upgrade::proxy(req, tls, &addr, &target).await
 }
 
-/// `GET /api/v1/namespaces/NS/pods/NAME/log`.
-pub async fn pod_log(reg: &Registry, ns: &str, name: &str, raw_query: Option<&str>) -> Response {
+/// `GET /api/v1/namespaces/NS/pods/NAME/log`, as a response body or over a WebSocket.
+pub async fn pod_log(
+    reg: &Registry,
+    ns: &str,
+    name: &str,
+    req: axum::extract::Request,
+) -> Response {
+    let raw_query = req.uri().query().map(str::to_string);
+    let raw_query = raw_query.as_deref();
     let (pod, kubelets, host, port) = match pod_and_kubelet(reg, ns, name).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -261,6 +269,9 @@ pub async fn pod_log(reg: &Registry, ns: &str, name: &str, raw_query: Option<&st
         }
     };
     let code = resp.status();
+    if code.is_success() && super::websocket::wanted(req.headers()) {
+        return super::websocket::serve_log(req, Body::new(resp.into_body()));
+    }
     if code.is_success() {
         let (parts, body) = resp.into_parts();
         let mut out = Response::new(body);
