@@ -174,6 +174,16 @@ pub fn pod_details(s: &Server, tmp: &Path) {
         ),
         "written\n"
     );
+    // Its log over a WebSocket, as the conformance test reads it.
+    for (protocol, want) in [
+        ("binary.k8s.io", "binary.k8s.io b'mode=777\\n'"),
+        (
+            "base64.binary.k8s.io",
+            "base64.binary.k8s.io b'bW9kZT03NzcK'",
+        ),
+    ] {
+        assert_eq!(websocket_log(s, "non-root", protocol), want);
+    }
 
     // A long name makes a 63-character hostname; the subdomain names it in /etc/hosts.
     eventually(
