@@ -148,6 +148,8 @@ pub struct KubeletConfig {
     pub pod_max_pids: i64,
     /// `--max-pods`.
     pub max_pods: u32,
+    /// `--container-log-max-size` (bytes) and `--container-log-max-files`.
+    pub container_logs: (u64, usize),
     /// `--allowed-unsafe-sysctls`.
     pub allowed_unsafe_sysctls: Vec<String>,
 }

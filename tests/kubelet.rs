@@ -11,6 +11,8 @@ mod admission;
 #[path = "kubelet/cgroups.rs"]
 mod cgroups;
 mod common;
+#[path = "kubelet/container_logs.rs"]
+mod container_logs;
 #[path = "kubelet/debugging.rs"]
 mod debugging;
 #[path = "kubelet/eviction.rs"]
@@ -298,6 +300,14 @@ metadata: {{name: hooked}}
 spec:
   terminationGracePeriodSeconds: 20
   volumes: [{{name: out, hostPath: {{path: "{dir}", type: DirectoryOrCreate}}}}]
+  initContainers:
+  - name: side
+    image: k1s.local/busybox:1
+    restartPolicy: Always
+    command: [sh, -c, "trap 'echo side-term >> /out/log; exit 0' TERM; while true; do sleep 0.2; done"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    lifecycle:
+      preStop: {{exec: {{command: [sh, -c, "echo side-pre-stop >> /out/log"]}}}}
   containers:
   - name: c
     image: k1s.local/busybox:1
@@ -310,7 +320,7 @@ spec:
     )
 }
 
-/// postStart and preStop hooks, and SIGTERM before SIGKILL.
+/// postStart and preStop hooks, SIGTERM before SIGKILL, sidecars stopped last.
 fn hooks(s: &Server, tmp: &std::path::Path) {
     let dir = tmp.join("hook-out");
     let yaml = hooked(dir.to_str().expect("utf8"));
@@ -338,7 +348,11 @@ fn hooks(s: &Server, tmp: &std::path::Path) {
         "the TERM trap ended it early"
     );
     let log = std::fs::read_to_string(dir.join("log")).expect("hook output");
-    assert_eq!(log, "pre-stop\nterm\n", "preStop, then SIGTERM");
+    // The sidecar stops after the regular container, as upstream orders it.
+    assert_eq!(
+        log, "pre-stop\nterm\nside-pre-stop\nside-term\n",
+        "preStop, then SIGTERM; the sidecar last"
+    );
 }
 
 #[test]
@@ -366,6 +380,10 @@ fn the_kubelet_runs_pods_on_containerd() {
         &bridge,
         "--pod-log-dir",
         &logs,
+        "--container-log-max-size",
+        "64Ki",
+        "--container-log-max-files",
+        "3",
     ];
     let s = Server::with_kubelet_in(dir, &flags);
 
@@ -441,6 +459,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     resize::resize_in_place(&s, tmp.path(), &cgroup_root);
     admission::admission(&s, tmp.path());
     pod_details::pod_details(&s, tmp.path());
+    container_logs::container_logs(&s, tmp.path(), std::path::Path::new(&logs));
 
     // The kubelet's events, as `kubectl describe pod` shows them, and the node's.
     let about = format!("involvedObject.name={}", names[0]);

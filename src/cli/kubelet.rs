@@ -99,6 +99,12 @@ pub struct KubeletArgs {
     /// The most pods this node runs (the node's `pods` capacity).
     #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub max_pods: u32,
+    /// The size at which a container's log is rotated.
+    #[arg(long, default_value = "10Mi", value_name = "QUANTITY")]
+    pub container_log_max_size: String,
+    /// The most log files a container keeps (the live one included; at least 2).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..), value_name = "N")]
+    pub container_log_max_files: u32,
     /// Unsafe sysctls (or prefixes ending in `*`, e.g. `kernel.msg*,net.core.somaxconn`)
     /// pods may set besides the safe ones; a pod setting another is refused
     /// (SysctlForbidden).
@@ -167,6 +173,15 @@ impl KubeletArgs {
                 self.image_gc_low_threshold, self.image_gc_high_threshold
             )));
         }
+        let container_log_max_size = crate::quantity::milli(&self.container_log_max_size)
+            .filter(|m| *m > 0)
+            .map(|m| u64::try_from(m / 1000).unwrap_or(u64::MAX))
+            .ok_or_else(|| {
+                SupervisorError::Flag(format!(
+                    "--container-log-max-size {:?}: a positive quantity such as 10Mi is expected",
+                    self.container_log_max_size
+                ))
+            })?;
         #[cfg(feature = "kubelet")]
         crate::kubelet::pods::admit::Sysctls::new(&self.allowed_unsafe_sysctls)
             .map_err(|e| SupervisorError::Flag(format!("--allowed-unsafe-sysctls: {e}")))?;
@@ -210,6 +225,10 @@ impl KubeletArgs {
             cgroup_root: self.cgroup_root.clone(),
             pod_max_pids: self.pod_max_pids,
             max_pods: self.max_pods,
+            container_logs: (
+                container_log_max_size,
+                self.container_log_max_files as usize,
+            ),
             allowed_unsafe_sysctls: self.allowed_unsafe_sysctls.clone(),
         })
     }

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod cgroups;
+pub mod container_logs;
 pub mod containerd;
 pub mod cri;
 pub mod eviction;

@@ -266,6 +266,15 @@ pub async fn run(
         seen,
         stop.clone(),
     ));
+    tokio::spawn(super::container_logs::run(
+        runtime.clone(),
+        super::container_logs::Policy {
+            max_size: cfg.container_logs.0,
+            max_files: cfg.container_logs.1,
+        },
+        cfg.pod_log_dir.clone(),
+        stop.clone(),
+    ));
     let _registered = metrics.register(Arc::new(usage.clone()));
     tokio::spawn(super::stats::run(
         cfg.node_name.clone(),

@@ -216,6 +216,15 @@ impl Runtime for Cri {
             })
     }
 
+    async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
+        let req = api::ReopenContainerLogRequest {
+            container_id: id.to_string(),
+        };
+        let r = self.runtime.clone().reopen_container_log(req).await;
+        r.map_err(status("reopen container log"))?;
+        Ok(())
+    }
+
     async fn update_container_resources(
         &self,
         id: &str,

@@ -84,6 +84,8 @@ pub trait Runtime: Send + Sync {
         pod_uid: Option<&str>,
     ) -> Result<Vec<api::Container>, RuntimeError>;
     async fn container_status(&self, id: &str) -> Result<api::ContainerStatus, RuntimeError>;
+    /// Makes the runtime reopen a container's log file (after the kubelet renamed it).
+    async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError>;
     /// Changes a running container's cgroup limits in place (an in-place pod resize).
     async fn update_container_resources(
         &self,

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::ResourceExt;
 
@@ -51,31 +51,72 @@ impl Shared {
         Ok(())
     }
 
-    /// Runs the preStop hooks of the pod's running containers, all at once, within `limit`.
-    async fn pre_stop(&self, pod: &Pod, limit: Duration) {
+    /// The pod's running containers as its spec has them, in two groups, as upstream stops
+    /// them: the regular (and ephemeral) containers first, then the sidecars (init containers
+    /// with restartPolicy Always), last declared first.
+    async fn running_groups(&self, pod: &Pod) -> [Vec<(String, Container)>; 2] {
         let uid = pod.uid().unwrap_or_default();
         let Ok(containers) = self.runtime.list_containers(Some(&uid)).await else {
-            return;
+            return [Vec::new(), Vec::new()];
         };
         let spec = pod.spec.clone().unwrap_or_default();
+        let running: Vec<&api::Container> = containers
+            .iter()
+            .filter(|x| is(x.state, api::ContainerState::ContainerRunning))
+            .collect();
+        let id_of = |name: &str| {
+            running
+                .iter()
+                .find(|x| name_of(x) == name)
+                .map(|x| x.id.clone())
+        };
+        let mut sidecars = Vec::new();
+        for c in spec.init_containers.iter().flatten().rev() {
+            if let Some(id) = id_of(&c.name) {
+                sidecars.push((id, c.clone()));
+            }
+        }
+        let regular: Vec<(String, Container)> = running
+            .iter()
+            .filter(|x| !sidecars.iter().any(|(id, _)| *id == x.id))
+            .map(|x| {
+                let c = spec
+                    .containers
+                    .iter()
+                    .find(|c| c.name == name_of(x))
+                    .cloned()
+                    .unwrap_or_else(|| Container {
+                        name: name_of(x).to_string(),
+                        ..Default::default()
+                    });
+                (x.id.clone(), c)
+            })
+            .collect();
+        [regular, sidecars]
+    }
+
+    /// Stops `group` (at once) by `deadline`: their preStop hooks, then SIGTERM, SIGKILL once
+    /// the time is up (at least 2 s after the hooks, as upstream).
+    async fn stop_group(&self, pod: &Pod, group: &[(String, Container)], deadline: Instant) {
         let ip = pod
             .status
             .as_ref()
             .and_then(|s| s.pod_ip.clone())
             .unwrap_or_default();
-        let hooks = containers
+        for (_, c) in group {
+            let msg = format!("Stopping container {}", c.name);
+            self.event(pod, Some(c.name.as_str()), Type::Normal, "Killing", &msg)
+                .await;
+        }
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let limit = left();
+        let hooks: Vec<_> = group
             .iter()
-            .filter(|x| is(x.state, api::ContainerState::ContainerRunning))
-            .filter_map(|x| {
-                let c = spec
-                    .containers
-                    .iter()
-                    .chain(spec.init_containers.iter().flatten())
-                    .find(|c| c.name == name_of(x))?;
+            .filter_map(|(id, c)| {
                 let h = c.lifecycle.as_ref()?.pre_stop.clone()?;
-                Some((x.id.clone(), c.clone(), h))
+                Some((id.clone(), c.clone(), h))
             })
-            .collect::<Vec<_>>();
+            .collect();
         let runs = hooks
             .iter()
             .map(|(id, c, h)| super::hooks::run(self.runtime.as_ref(), id, &ip, c, h, limit));
@@ -95,6 +136,17 @@ impl Shared {
                     "PreStopHook failed",
                 )
                 .await;
+            }
+        }
+        let secs = (left().as_secs() as i64).max(2.min(limit.as_secs() as i64));
+        let stops = group
+            .iter()
+            .map(|(id, _)| self.runtime.stop_container(id, secs));
+        for r in futures::future::join_all(stops).await {
+            if let Err(e) = r {
+                if !e.is_not_found() {
+                    tracing::warn!(pod = %pod.name_any(), "stopping a container: {e}");
+                }
             }
         }
     }
@@ -119,27 +171,23 @@ impl Shared {
         // After the volumes: a memory-backed emptyDir is charged to the pod's cgroup.
         self.remove_cgroup(uid);
         self.allocations.remove(uid);
+        crate::kubelet::container_logs::remove_pod_logs(&self.env.pod_log_dir, uid);
     }
 
     /// A pod being deleted: its containers stop within the grace period, then it is gone.
     pub async fn terminate(&self, pod: &Pod) -> bool {
         let uid = pod.uid().unwrap_or_default();
-        let started = Instant::now();
         let grace = grace_seconds(pod);
-        if let Ok(containers) = self.runtime.list_containers(Some(&uid)).await {
-            for x in containers
-                .iter()
-                .filter(|x| is(x.state, api::ContainerState::ContainerRunning))
-            {
-                let msg = format!("Stopping container {}", name_of(x));
-                self.event(pod, Some(name_of(x)), Type::Normal, "Killing", &msg)
-                    .await;
-            }
+        let deadline = Instant::now() + Duration::from_secs(grace as u64);
+        // Regular containers first; then the sidecars one by one, last declared first, each
+        // within what is left of the grace period.
+        let [regular, sidecars] = self.running_groups(pod).await;
+        self.stop_group(pod, &regular, deadline).await;
+        for one in &sidecars {
+            self.stop_group(pod, std::slice::from_ref(one), deadline)
+                .await;
         }
-        self.pre_stop(pod, Duration::from_secs(grace as u64)).await;
-        // What the hooks took comes off the grace period; at least 2 s remain, as upstream.
-        let left = (grace - started.elapsed().as_secs() as i64).max(2.min(grace));
-        if let Err(e) = self.kill_pod(&uid, left).await {
+        if let Err(e) = self.kill_pod(&uid, 0).await {
             tracing::warn!(pod = %pod.name_any(), "stopping the pod: {e}");
             return false;
         }

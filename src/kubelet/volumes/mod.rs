@@ -482,11 +482,22 @@ async fn volume(
         }
         (dir("kubernetes.io~projected"), files)
     } else {
-        // Volume types this kubelet does not set up (CSI, NFS, ...): an empty directory.
-        let d = dir("kubernetes.io~unsupported");
-        std::fs::create_dir_all(&d).map_err(io(format!("creating {}", d.display())))?;
-        tracing::warn!(pod = %pod.name_any(), volume = %v.name, "volume type not supported; an empty directory stands in");
-        return Ok(rw(d));
+        // Volume types this kubelet does not set up (generic ephemeral, CSI, NFS, image...):
+        // the pod waits with FailedMount rather than run on a directory that is not its
+        // volume.
+        let kind = serde_json::to_value(v)
+            .ok()
+            .and_then(|j| {
+                j.as_object()?
+                    .keys()
+                    .find(|k| k.as_str() != "name")
+                    .cloned()
+            })
+            .unwrap_or_else(|| "unknown".into());
+        return Err(VolumeError::Invalid(format!(
+            "volume \"{}\": {kind} volumes are not supported by this kubelet (emptyDir, hostPath, persistentVolumeClaim, configMap, secret, downwardAPI and projected are)",
+            v.name
+        )));
     };
     files::write_atomic(&target, &files, fs_group(pod))?;
     Ok(ro(target))
