@@ -96,6 +96,17 @@ spec:
             && (failed.contains("401") || failed.contains("authoriz")),
         "{failed}"
     );
+    // `kubectl logs` says why there is no log yet, in upstream's words.
+    let o = s.kubectl(&["logs", "without-secret"]);
+    let said = super::common::server::text(&o);
+    assert!(!o.status.success(), "{said}");
+    assert!(
+        said.contains("in pod \"without-secret\" is waiting to start: image can't be pulled")
+            || said.contains(
+                "in pod \"without-secret\" is waiting to start: trying and failing to pull image"
+            ),
+        "{said}"
+    );
     let reason = jsonpath(
         s,
         "pod/with-secret",

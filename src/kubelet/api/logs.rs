@@ -87,6 +87,32 @@ fn is_running(s: &api::ContainerStatus) -> bool {
     s.state == api::ContainerState::ContainerRunning as i32
 }
 
+/// Why a container has no log yet, in upstream's words, from the pod's status.
+async fn waiting(state: &ApiState, namespace: &str, pod: &str, container: &str) -> String {
+    use k8s_openapi::api::core::v1::Pod;
+    let api: kube::Api<Pod> = kube::Api::namespaced(state.client.clone(), namespace);
+    let status = api.get_opt(pod).await.ok().flatten().and_then(|p| p.status);
+    let reason = status.and_then(|s| {
+        [
+            s.container_statuses,
+            s.init_container_statuses,
+            s.ephemeral_container_statuses,
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|c| c.name == container)
+        .and_then(|c| c.state?.waiting?.reason)
+    });
+    let start = format!("container \"{container}\" in pod \"{pod}\" is waiting to start");
+    match reason.as_deref() {
+        Some("ErrImagePull") => format!("{start}: image can't be pulled"),
+        Some("ImagePullBackOff") => format!("{start}: trying and failing to pull image"),
+        Some(r) => format!("{start}: {r}"),
+        None => format!("{start} - no logs yet"),
+    }
+}
+
 pub async fn container_logs(
     State(state): State<Arc<ApiState>>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
@@ -101,7 +127,7 @@ pub async fn container_logs(
         let msg = if previous {
             format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
         } else {
-            format!("container \"{container}\" in pod \"{pod}\" is not available")
+            waiting(&state, &namespace, &pod, &container).await
         };
         return err(StatusCode::BAD_REQUEST, msg);
     };

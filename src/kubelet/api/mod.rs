@@ -50,6 +50,8 @@ pub struct ApiState {
     pub usage: super::stats::Latest,
     /// Asks the API server who callers are and what they may do, as this node.
     auth: auth::Authorizer,
+    /// The API server, for the pods' statuses.
+    client: kube::Client,
 }
 
 impl ApiState {
@@ -63,7 +65,8 @@ impl ApiState {
             node,
             runtime,
             usage,
-            auth: auth::Authorizer::new(client),
+            auth: auth::Authorizer::new(client.clone()),
+            client,
         }
     }
 }

@@ -138,13 +138,17 @@ fn key_files(
     entries: &BTreeMap<String, Vec<u8>>,
     items: Option<&Vec<KeyToPath>>,
     default_mode: u32,
-    what: &str,
+    (what, optional): (&str, bool),
 ) -> Result<BTreeMap<String, Payload>, VolumeError> {
     let mut out = BTreeMap::new();
     match items {
         Some(items) if !items.is_empty() => {
             for i in items {
                 let Some(data) = entries.get(&i.key) else {
+                    // An optional source's missing key is left out, as upstream's.
+                    if optional {
+                        continue;
+                    }
                     return Err(VolumeError::Missing(format!(
                         "configmap references non-existent config key: {}",
                         i.key
@@ -197,10 +201,12 @@ pub fn resource_value(
     node_memory: u64,
     node_cpus: u32,
 ) -> String {
-    let c = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.iter().find(|c| c.name == container));
+    let c = pod.spec.as_ref().and_then(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .find(|c| c.name == container)
+    });
     let (kind, name) = resource.split_once('.').unwrap_or(("limits", resource));
     let res = c.and_then(|c| c.resources.clone()).unwrap_or_default();
     let map = if kind == "requests" {
@@ -388,7 +394,7 @@ async fn volume(
             &entries,
             cm.items.as_ref(),
             mode(cm.default_mode, 0o644),
-            "configmap",
+            ("configmap", cm.optional.unwrap_or(false)),
         )?;
         (dir("kubernetes.io~configmap"), files)
     } else if let Some(s) = &v.secret {
@@ -402,7 +408,7 @@ async fn volume(
             &entries,
             s.items.as_ref(),
             mode(s.default_mode, 0o644),
-            "secret",
+            ("secret", s.optional.unwrap_or(false)),
         )?;
         (dir("kubernetes.io~secret"), files)
     } else if let Some(d) = &v.downward_api {
@@ -424,9 +430,12 @@ async fn volume(
         for (i, src) in p.sources.iter().flatten().enumerate() {
             if let Some(cm) = &src.config_map {
                 match sources.config_map(&cm.name).await? {
-                    Some(e) => {
-                        files.extend(key_files(&e, cm.items.as_ref(), default, "configmap")?)
-                    }
+                    Some(e) => files.extend(key_files(
+                        &e,
+                        cm.items.as_ref(),
+                        default,
+                        ("configmap", cm.optional.unwrap_or(false)),
+                    )?),
                     None if cm.optional.unwrap_or(false) => {}
                     None => {
                         return Err(VolumeError::Missing(format!(
@@ -438,7 +447,12 @@ async fn volume(
             }
             if let Some(s) = &src.secret {
                 match sources.secret(&s.name).await? {
-                    Some(e) => files.extend(key_files(&e, s.items.as_ref(), default, "secret")?),
+                    Some(e) => files.extend(key_files(
+                        &e,
+                        s.items.as_ref(),
+                        default,
+                        ("secret", s.optional.unwrap_or(false)),
+                    )?),
                     None if s.optional.unwrap_or(false) => {}
                     None => {
                         return Err(VolumeError::Missing(format!(
@@ -657,7 +671,7 @@ mod tests {
         let mut entries = BTreeMap::new();
         entries.insert("a".to_string(), b"1".to_vec());
         entries.insert("b".to_string(), b"2".to_vec());
-        let all = key_files(&entries, None, 0o644, "configmap").expect("all");
+        let all = key_files(&entries, None, 0o644, ("configmap", false)).expect("all");
         assert_eq!(all.len(), 2);
         let items = vec![KeyToPath {
             key: "b".into(),
@@ -665,7 +679,7 @@ mod tests {
             mode: Some(0o400),
             ..Default::default()
         }];
-        let some = key_files(&entries, Some(&items), 0o644, "configmap").expect("items");
+        let some = key_files(&entries, Some(&items), 0o644, ("configmap", false)).expect("items");
         assert_eq!(
             some["dir/b.txt"],
             Payload {
@@ -679,7 +693,11 @@ mod tests {
             mode: None,
             ..Default::default()
         }];
-        let err = key_files(&entries, Some(&missing), 0o644, "secret").expect_err("missing key");
+        let err =
+            key_files(&entries, Some(&missing), 0o644, ("secret", false)).expect_err("missing key");
+        // Optional: the missing key is left out.
+        let none = key_files(&entries, Some(&missing), 0o644, ("secret", true)).expect("optional");
+        assert!(none.is_empty());
         assert!(
             err.to_string()
                 .contains("secret references non-existent secret key: z"),
