@@ -38,6 +38,8 @@ pub mod resource_metrics;
 pub mod retry;
 #[cfg(feature = "scheduler")]
 pub mod scheduler;
+#[cfg(feature = "kubelet")]
+pub mod spdy;
 pub mod store;
 pub mod supervisor;
 #[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
@@ -47,3 +49,5 @@ pub mod testing;
 pub mod tls_any;
 #[cfg(any(feature = "apiserver", feature = "kubelet"))]
 pub mod upgrade;
+#[cfg(any(feature = "apiserver", feature = "kubelet"))]
+pub mod websocket;

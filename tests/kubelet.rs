@@ -502,6 +502,40 @@ fn the_kubelet_runs_pods_on_containerd() {
     let web = first[0].0.clone();
     let served = ok(&s, &["exec", &web, "--", "cat", "/www/index.html"]);
     assert_eq!(served, format!("served-by-{web}\n"));
+    // kubectl's WebSocket is answered: it does not fall back to SPDY (said at -v=4)...
+    let said = s.kubectl(&["exec", "-v=4", &web, "--", "echo", "over-websocket"]);
+    let text = common::server::text(&said);
+    assert!(said.status.success(), "{text}");
+    assert!(text.contains("over-websocket"), "{text}");
+    assert!(!text.to_lowercase().contains("fallback"), "{text}");
+    // v5 closes stdin with its CLOSE signal (255), so `cat` ends; the status comes on 3.
+    let (chosen, got) = pod_details::websocket_exec(
+        &s,
+        &format!(
+            "/api/v1/namespaces/default/pods/{web}/exec?command=cat&stdin=true&stdout=true&stderr=true"
+        ),
+        "v5.channel.k8s.io",
+        &[(0, "through v5\n"), (255, "\u{0}")],
+    );
+    assert_eq!(chosen, "v5.channel.k8s.io");
+    assert_eq!(
+        got.get(&1).map(String::as_str),
+        Some("through v5\n"),
+        "{got:?}"
+    );
+    assert!(
+        got.get(&3).is_some_and(|s| s.contains("Success")),
+        "{got:?}"
+    );
+    // ...and SPDY still works for clients that ask for it.
+    let spdy = std::process::Command::new(common::server::kubectl())
+        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .arg("--kubeconfig")
+        .arg(&s.kubeconfig)
+        .args(["exec", &web, "--", "echo", "over-spdy"])
+        .output()
+        .expect("kubectl exec over spdy");
+    assert_eq!(String::from_utf8_lossy(&spdy.stdout), "over-spdy\n");
     let mut child = std::process::Command::new(common::server::kubectl())
         .arg("--kubeconfig")
         .arg(&s.kubeconfig)
@@ -534,11 +568,12 @@ fn the_kubelet_runs_pods_on_containerd() {
         .arg(&s.kubeconfig)
         .args([
             "port-forward",
+            "-v=4",
             &format!("pod/{web}"),
             &format!("{port}:8080"),
         ])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("kubectl port-forward");
     let mut body = String::new();
@@ -547,8 +582,11 @@ fn the_kubelet_runs_pods_on_containerd() {
         body.contains("200 OK")
     });
     let _ = forward.kill();
-    let _ = forward.wait();
+    let forwarded = forward.wait_with_output().expect("port-forward output");
     assert!(body.contains(&format!("served-by-{web}")), "{body}");
+    // Through the WebSocket tunnel, not the SPDY fallback.
+    let said = String::from_utf8_lossy(&forwarded.stderr).to_lowercase();
+    assert!(!said.contains("fallback"), "{said}");
 
     debugging::debugging(&s, tmp.path(), &web);
     volumes::volumes_and_config(&s, tmp.path(), &cluster_dns);

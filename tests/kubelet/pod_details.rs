@@ -99,6 +99,55 @@ print(ws.subprotocol, out)
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+/// An exec over a WebSocket with `protocol`, as the conformance tests and kubectl 1.37 send
+/// it: `messages` (channel, text) go out, and the subprotocol the server chose comes back
+/// with the text received on each channel, once the server closes.
+pub fn websocket_exec(
+    s: &Server,
+    path: &str,
+    protocol: &str,
+    messages: &[(u8, &str)],
+) -> (String, std::collections::BTreeMap<u8, String>) {
+    const SCRIPT: &str = r#"
+import sys, json, websocket
+from kubernetes import client, config
+config.load_kube_config()
+c = client.Configuration.get_default_copy()
+url = c.host.replace("https://", "wss://") + sys.argv[1]
+headers = ["Authorization: " + c.api_key["authorization"]] if c.api_key.get("authorization") else []
+ws = websocket.create_connection(url, subprotocols=[sys.argv[2]], header=headers,
+    sslopt={"ca_certs": c.ssl_ca_cert, "certfile": c.cert_file, "keyfile": c.key_file})
+for channel, text in json.loads(sys.argv[3]):
+    ws.send_binary(bytes([channel]) + text.encode())
+got = {}
+while True:
+    op, data = ws.recv_data(control_frame=True)
+    if op == websocket.ABNF.OPCODE_CLOSE:
+        break
+    if data:
+        got[data[0]] = got.get(data[0], "") + data[1:].decode()
+print(json.dumps([ws.subprotocol, got]))
+"#;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("K1S_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join(".cache/python/bin/python"));
+    let sent = serde_json::to_string(messages).expect("messages");
+    let o = std::process::Command::new(python)
+        .args(["-c", SCRIPT, path, protocol, &sent])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .output()
+        .expect("run the Python client (make deps installs it)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (chosen, got): (String, std::collections::BTreeMap<String, String>) =
+        serde_json::from_slice(&o.stdout).expect("the script's answer");
+    let got = got
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+        .collect();
+    (chosen, got)
+}
+
 fn get(s: &Server, pod: &str, path: &str) -> String {
     ok(s, &["get", "pod", pod, "-o", &format!("jsonpath={path}")])
 }

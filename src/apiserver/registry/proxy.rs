@@ -269,7 +269,7 @@ pub async fn pod_log(
         }
     };
     let code = resp.status();
-    if code.is_success() && super::websocket::wanted(req.headers()) {
+    if code.is_success() && crate::websocket::wanted(req.headers()) {
         return super::websocket::serve_log(req, Body::new(resp.into_body()));
     }
     if code.is_success() {

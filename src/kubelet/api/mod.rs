@@ -7,6 +7,7 @@
 //! `/attach`, `/portForward` ([`stream`]).
 
 pub mod auth;
+pub mod bridge;
 pub mod logs;
 pub mod stream;
 

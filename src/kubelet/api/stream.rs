@@ -1,7 +1,9 @@
 //! `/exec`, `/attach` and `/portForward`: the kubelet asks the runtime for a streaming URL
 //! (CRI Exec, Attach, PortForward; containerd's streaming server on loopback) and proxies the
-//! caller's upgrade to it ([`crate::upgrade`]), so kubectl's WebSocket (`v5.channel.k8s.io`,
-//! `portforward.k8s.io`) or SPDY/3.1 session ends at the runtime, as with the upstream kubelet.
+//! caller's upgrade to it ([`crate::upgrade`]): SPDY/3.1 and the WebSockets the runtime
+//! speaks (`v4.channel.k8s.io` and older) end at the runtime, as with the upstream kubelet;
+//! kubectl 1.37's WebSockets (`v5.channel.k8s.io`, `SPDY/3.1+portforward.k8s.io`) are
+//! bridged to the runtime's SPDY ([`super::bridge`]), as kube-apiserver's translator does.
 
 use std::sync::Arc;
 
@@ -10,7 +12,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::{runs_of, ApiState};
+use super::{bridge, runs_of, ApiState};
 use crate::kubelet::cri::{api, LABEL_POD_NAME, LABEL_POD_NAMESPACE};
 
 fn flag(query: &str, key: &str) -> bool {
@@ -49,12 +51,25 @@ fn decode(v: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The streams an exec or attach asks for (no stderr with a tty: it is stdout's).
+fn streams(q: &str) -> bridge::Streams {
+    let tty = flag(q, "tty");
+    bridge::Streams {
+        stdin: flag(q, "stdin"),
+        stdout: flag(q, "stdout"),
+        stderr: flag(q, "stderr") && !tty,
+        tty,
+    }
+}
+
 fn refuse(code: StatusCode, msg: String) -> Response {
     (code, msg).into_response()
 }
 
-/// Proxies `req` to the runtime's streaming `url` (`http://127.0.0.1:PORT/...`).
-async fn to_runtime(req: Request, url: &str) -> Response {
+/// Proxies `req` to the runtime's streaming `url` (`http://127.0.0.1:PORT/...`); a
+/// WebSocket the runtime does not speak (exec and attach over `v5.channel.k8s.io` with
+/// `streams`, port-forward tunnelled) is bridged to its SPDY ([`super::bridge`]).
+async fn to_runtime(req: Request, url: &str, streams: Option<bridge::Streams>) -> Response {
     let Some(rest) = url.strip_prefix("http://") else {
         return refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -67,6 +82,11 @@ async fn to_runtime(req: Request, url: &str) -> Response {
         Some(q) if !path.contains('?') => format!("{path}?{q}"),
         _ => path.to_string(),
     };
+    match (streams, bridge::asked(&req, streams.is_some())) {
+        (Some(streams), Some(_)) => return bridge::exec(req, host, &path, streams).await,
+        (None, Some(_)) => return bridge::tunnel(req, host, &path).await,
+        _ => {}
+    }
     let tcp = match tokio::net::TcpStream::connect(host).await {
         Ok(t) => t,
         Err(e) => {
@@ -116,17 +136,17 @@ pub async fn exec(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let tty = flag(&q, "tty");
+    let s = streams(&q);
     let creq = api::ExecRequest {
         container_id: id,
         cmd,
-        tty,
-        stdin: flag(&q, "stdin"),
-        stdout: flag(&q, "stdout"),
-        stderr: flag(&q, "stderr") && !tty,
+        tty: s.tty,
+        stdin: s.stdin,
+        stdout: s.stdout,
+        stderr: s.stderr,
     };
     match state.runtime.exec(creq).await {
-        Ok(url) => to_runtime(req, &url).await,
+        Ok(url) => to_runtime(req, &url, Some(s)).await,
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -141,16 +161,16 @@ pub async fn attach(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let tty = flag(&q, "tty");
+    let s = streams(&q);
     let creq = api::AttachRequest {
         container_id: id,
-        stdin: flag(&q, "stdin"),
-        tty,
-        stdout: flag(&q, "stdout"),
-        stderr: flag(&q, "stderr") && !tty,
+        stdin: s.stdin,
+        tty: s.tty,
+        stdout: s.stdout,
+        stderr: s.stderr,
     };
     match state.runtime.attach(creq).await {
-        Ok(url) => to_runtime(req, &url).await,
+        Ok(url) => to_runtime(req, &url, Some(s)).await,
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -184,7 +204,7 @@ pub async fn port_forward(
         port: ports,
     };
     match state.runtime.port_forward(creq).await {
-        Ok(url) => to_runtime(req, &url).await,
+        Ok(url) => to_runtime(req, &url, None).await,
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
