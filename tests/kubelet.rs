@@ -552,6 +552,30 @@ fn the_kubelet_runs_pods_on_containerd() {
         .expect("write");
     let out = child.wait_with_output().expect("exec output");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "THROUGH STDIN\n");
+    // Megabytes both ways, past SPDY's 64 KiB initial windows.
+    let big = s.kubectl(&[
+        "exec",
+        &web,
+        "--",
+        "sh",
+        "-c",
+        "head -c 3000000 /dev/zero | tr '\\0' a",
+    ]);
+    assert_eq!(big.stdout.len(), 3_000_000, "{}", common::server::text(&big));
+    assert!(big.stdout.iter().all(|&b| b == b'a'));
+    let mut child = std::process::Command::new(common::server::kubectl())
+        .arg("--kubeconfig")
+        .arg(&s.kubeconfig)
+        .args(["exec", "-i", &web, "--", "wc", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl exec -i");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = std::thread::spawn(move || stdin.write_all(&vec![b'x'; 2_000_000]));
+    let out = child.wait_with_output().expect("exec output");
+    feeder.join().expect("feeder").expect("write stdin");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2000000");
     let code = s.kubectl(&["exec", &web, "--", "sh", "-c", "exit 7"]);
     assert_eq!(
         code.status.code(),
