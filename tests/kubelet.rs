@@ -27,6 +27,8 @@ mod pull;
 mod resize;
 #[path = "kubelet/runtime_class.rs"]
 mod runtime_class;
+#[path = "kubelet/sandbox_loss.rs"]
+mod sandbox_loss;
 #[path = "kubelet/security.rs"]
 mod security;
 #[path = "kubelet/volumes.rs"]
@@ -460,6 +462,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     admission::admission(&s, tmp.path());
     pod_details::pod_details(&s, tmp.path());
     container_logs::container_logs(&s, tmp.path(), std::path::Path::new(&logs));
+    sandbox_loss::sandbox_loss(&s, tmp.path());
 
     // The kubelet's events, as `kubectl describe pod` shows them, and the node's.
     let about = format!("involvedObject.name={}", names[0]);
@@ -561,7 +564,12 @@ fn the_kubelet_runs_pods_on_containerd() {
         "-c",
         "head -c 3000000 /dev/zero | tr '\\0' a",
     ]);
-    assert_eq!(big.stdout.len(), 3_000_000, "{}", common::server::text(&big));
+    assert_eq!(
+        big.stdout.len(),
+        3_000_000,
+        "{}",
+        common::server::text(&big)
+    );
     assert!(big.stdout.iter().all(|&b| b == b'a'));
     let mut child = std::process::Command::new(common::server::kubectl())
         .arg("--kubeconfig")

@@ -1,6 +1,7 @@
 //! A pod's sandbox, as the kubelet's `createPodSandbox`: the newest ready one is adopted, or a
-//! new one made (the old ones' containers gone first) on the handler of the pod's RuntimeClass,
-//! in the pod's cgroup.
+//! new one made on the handler of the pod's RuntimeClass, in the pod's cgroup, once the old
+//! ones' containers are stopped (kept, as upstream's, for their statuses and restart counts
+//! until the container GC removes them, then their sandboxes go too).
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
@@ -12,12 +13,14 @@ use crate::events::Type;
 use crate::kubelet::cri::{api, RuntimeError};
 
 impl Shared {
-    /// The newest ready sandbox, made when there is none; its id and IP.
+    /// The newest ready sandbox, made when there is none; its id and IP. `None` when the
+    /// sandbox died and the pod does not restart (restartPolicy Never once a container ran),
+    /// as upstream's `computePodActions`.
     pub(super) async fn sandbox(
         &self,
         pod: &Pod,
         st: &mut State,
-    ) -> Result<(String, String), RuntimeError> {
+    ) -> Result<Option<(String, String)>, RuntimeError> {
         let uid = pod.uid().unwrap_or_default();
         let mut sandboxes = self.runtime.list_pod_sandboxes(Some(&uid)).await?;
         sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
@@ -25,8 +28,11 @@ impl Shared {
             .iter()
             .find(|s| s.state == api::PodSandboxState::SandboxReady as i32)
         {
+            if sandboxes.len() > 1 {
+                self.remove_empty_sandboxes(&uid, &s.id, st).await;
+            }
             if let Some(ip) = st.ips.get(&s.id) {
-                return Ok((s.id.clone(), ip.clone()));
+                return Ok(Some((s.id.clone(), ip.clone())));
             }
             let status = self.runtime.pod_sandbox_status(&s.id).await?;
             let ip = self.pod_ip(pod, status.network.map(|n| n.ip));
@@ -35,21 +41,30 @@ impl Shared {
             if let Err(e) = self.pod_cgroup(pod, st).await {
                 tracing::warn!(pod = %pod.name_any(), "{e}");
             }
-            return Ok((s.id.clone(), ip));
+            return Ok(Some((s.id.clone(), ip)));
         }
-        // None is ready: whatever ran in the old ones goes, and a new sandbox starts.
-        if !sandboxes.is_empty() {
-            self.event_once(
-                st,
-                pod,
-                None,
-                Type::Normal,
-                "SandboxChanged",
-                "Pod sandbox changed, it will be killed and re-created.",
-            )
-            .await;
-            self.kill_pod(&uid, 0).await?;
-            st.ips.clear();
+        // None is ready: what ran in the old ones is stopped (kept, for its status, logs and
+        // restart count), and a new sandbox starts unless the pod does not restart.
+        if let Some(newest) = sandboxes.first() {
+            if st.dead_sandbox.as_deref() != Some(newest.id.as_str()) {
+                self.event_once(
+                    st,
+                    pod,
+                    None,
+                    Type::Normal,
+                    "SandboxChanged",
+                    "Pod sandbox changed, it will be killed and re-created.",
+                )
+                .await;
+                self.stop_pod(&uid, super::worker::grace_seconds(pod))
+                    .await?;
+                st.ips.clear();
+                st.dead_sandbox = Some(newest.id.clone());
+            }
+            let ran = !self.runtime.list_containers(Some(&uid)).await?.is_empty();
+            if ran && super::worker::restart_policy(pod) == "Never" {
+                return Ok(None);
+            }
         }
         let next = sandboxes
             .iter()
@@ -90,7 +105,33 @@ impl Shared {
         let status = self.runtime.pod_sandbox_status(&id).await?;
         let ip = self.pod_ip(pod, status.network.map(|n| n.ip));
         st.ips.insert(id.clone(), ip.clone());
-        Ok((id, ip))
+        Ok(Some((id, ip)))
+    }
+
+    /// Removes the pod's sandboxes other than `current` that no container refers to any
+    /// more (their containers removed by the container GC), at most once a minute.
+    async fn remove_empty_sandboxes(&self, uid: &str, current: &str, st: &mut State) {
+        if st
+            .sandbox_gc
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60))
+        {
+            return;
+        }
+        st.sandbox_gc = Some(std::time::Instant::now());
+        let (Ok(sandboxes), Ok(containers)) = (
+            self.runtime.list_pod_sandboxes(Some(uid)).await,
+            self.runtime.list_containers(Some(uid)).await,
+        ) else {
+            return;
+        };
+        for s in sandboxes.iter().filter(|s| s.id != current) {
+            if containers.iter().all(|c| c.pod_sandbox_id != s.id) {
+                let _ = self.runtime.stop_pod_sandbox(&s.id).await;
+                if let Err(e) = self.runtime.remove_pod_sandbox(&s.id).await {
+                    tracing::debug!(sandbox = %s.id, "removing an old sandbox: {e}");
+                }
+            }
+        }
     }
 
     /// The pod's IP: its sandbox's, or the node's for a pod on the host's network (which

@@ -15,6 +15,30 @@ use crate::kubelet::volumes;
 
 impl Shared {
     /// Stops and removes everything the runtime holds for the pod `uid`.
+    /// Stops the pod's running containers (within `grace` seconds) and its sandboxes,
+    /// keeping them (a pod whose sandbox died, as upstream's `killPodWithSyncResult`).
+    pub async fn stop_pod(&self, uid: &str, grace: i64) -> Result<(), RuntimeError> {
+        let containers = self.runtime.list_containers(Some(uid)).await?;
+        let stops = containers
+            .iter()
+            .filter(|c| !is(c.state, api::ContainerState::ContainerExited))
+            .map(|c| self.runtime.stop_container(&c.id, grace));
+        for r in futures::future::join_all(stops).await {
+            match r {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            }
+        }
+        // Dead sandboxes too: stopping one releases its network (its IP) as well.
+        for s in self.runtime.list_pod_sandboxes(Some(uid)).await? {
+            match self.runtime.stop_pod_sandbox(&s.id).await {
+                Err(e) if !e.is_not_found() => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     pub async fn kill_pod(&self, uid: &str, grace: i64) -> Result<(), RuntimeError> {
         let containers = self.runtime.list_containers(Some(uid)).await?;
         let running: Vec<_> = containers

@@ -97,6 +97,10 @@ pub struct State {
     /// Container ids and names of the running containers, for the prober.
     pub(super) running: Vec<(String, String, i64)>,
     pub(super) resize: super::resize::ResizeState,
+    /// The newest dead sandbox whose containers were stopped, so that is done once.
+    pub(super) dead_sandbox: Option<String>,
+    /// When old sandboxes with no containers left were last removed.
+    pub(super) sandbox_gc: Option<Instant>,
 }
 
 pub(super) fn grace_seconds(pod: &Pod) -> i64 {
@@ -110,7 +114,7 @@ pub(super) fn grace_seconds(pod: &Pod) -> i64 {
         .max(0)
 }
 
-fn restart_policy(pod: &Pod) -> String {
+pub(super) fn restart_policy(pod: &Pod) -> String {
     pod.spec
         .as_ref()
         .and_then(|s| s.restart_policy.clone())
@@ -244,7 +248,15 @@ impl Shared {
     async fn converge(&self, pod: &Pod, st: &mut State) -> Result<(), RuntimeError> {
         let spec = pod.spec.clone().unwrap_or_default();
         let (sandbox_id, ip) = match self.sandbox(pod, st).await {
-            Ok(s) => s,
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                // A pod that does not restart lost its sandbox: it ends as its containers did.
+                st.running.clear();
+                for c in &spec.containers {
+                    st.waiting.remove(&c.name);
+                }
+                return Ok(());
+            }
             Err(e) => {
                 for c in &spec.containers {
                     st.waiting
@@ -379,8 +391,18 @@ impl Shared {
         }
         match in_sandbox {
             None => {
-                // A container of a dead sandbox restarts only as its restart policy says.
-                if let Some(prev) = runs.first() {
+                // A container of a dead sandbox restarts only as its restart policy says;
+                // in a new sandbox the init containers all run again, as upstream's.
+                let init = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.init_containers.as_ref())
+                    .is_some_and(|i| {
+                        i.iter().any(|i| {
+                            i.name == c.name && i.restart_policy.as_deref() != Some("Always")
+                        })
+                    });
+                if let Some(prev) = runs.first().filter(|_| !init) {
                     let s = self.exited_status(&prev.id, st).await?;
                     if !restarts(policy, s.exit_code) {
                         return Ok(if s.exit_code == 0 {
