@@ -641,6 +641,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     );
     assert!(summary.contains("\"nodeName\":\"edge-1\""), "{summary}");
     kubelet_api::bearer_tokens(&s, tmp.path());
+    kubelet_api::views(&s);
 
     // Restarts, finished pods, a missing image.
     ok(

@@ -58,7 +58,7 @@ pub struct Facts {
 }
 
 /// Bytes as a binary-SI quantity (`64Mi`, `1Gi`; `0`).
-fn binary(bytes: u64) -> String {
+pub(crate) fn binary(bytes: u64) -> String {
     for (suffix, shift) in [
         ("Ei", 60),
         ("Pi", 50),

@@ -290,6 +290,10 @@ pub async fn run(
                 runtime.clone(),
                 client.clone(),
                 usage.clone(),
+                api::info::kubelet_configuration(
+                    &cfg,
+                    listener.local_addr().map_or(cfg.kubelet_port, |a| a.port()),
+                ),
             ));
             let ca = ca.clone();
             let stop = stop.clone();

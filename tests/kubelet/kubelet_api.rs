@@ -1,6 +1,8 @@
 //! The kubelet API directly, as metrics-server and Prometheus reach it: a ServiceAccount's
 //! bearer token is authenticated by TokenReview and authorized by SubjectAccessReview
-//! (`nodes/stats`); no credentials is 401, a token without the right is 403.
+//! (`nodes/stats`); no credentials is 401, a token without the right is 403. Its read-only
+//! views through the API server's nodes/proxy: `/pods`, `/runningpods/`, `/configz`,
+//! `/metrics`, `/metrics/cadvisor`.
 
 use std::process::Command;
 
@@ -71,10 +73,71 @@ pub fn bearer_tokens(s: &Server, tmp: &std::path::Path) {
     assert_eq!(status(&url, Some("not-a-token")), "401");
     let other = ok(s, &["create", "token", "nobody"]);
     assert_eq!(status(&url, Some(other.trim())), "403");
+    let cadvisor = format!("https://{ip}:{port}/metrics/cadvisor");
+    assert_eq!(status(&cadvisor, Some(token)), "200");
     let logs = format!("https://{ip}:{port}/containerLogs/default/x/c");
     assert_eq!(
         status(&logs, Some(token)),
         "403",
         "nodes/proxy is not granted"
+    );
+}
+
+/// GET `path` of the kubelet through the API server's nodes/proxy.
+fn raw(s: &Server, path: &str) -> String {
+    ok(
+        s,
+        &["get", "--raw", &format!("/api/v1/nodes/edge-1/proxy{path}")],
+    )
+}
+
+/// The read-only views: `/pods`, `/runningpods/`, `/configz`, `/metrics`, `/metrics/cadvisor`.
+pub fn views(s: &Server) {
+    let pods: serde_json::Value = serde_json::from_str(&raw(s, "/pods")).expect("/pods");
+    assert_eq!(pods["kind"], "PodList");
+    let items = pods["items"].as_array().expect("items");
+    assert!(!items.is_empty());
+    assert!(
+        items.iter().all(|p| p["spec"]["nodeName"] == "edge-1"),
+        "{pods}"
+    );
+    let running: serde_json::Value =
+        serde_json::from_str(&raw(s, "/runningpods/")).expect("/runningpods/");
+    let running = running["items"].as_array().expect("items");
+    assert!(
+        running.iter().any(
+            |p| p["metadata"]["uid"].as_str().is_some_and(|u| !u.is_empty())
+                && p["spec"]["containers"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty())
+        ),
+        "{running:?}"
+    );
+    let configz: serde_json::Value = serde_json::from_str(&raw(s, "/configz")).expect("/configz");
+    let c = &configz["kubeletconfig"];
+    assert_eq!(c["kind"], "KubeletConfiguration");
+    assert_eq!(c["maxPods"], 110);
+    assert_eq!(c["containerLogMaxFiles"], 3);
+    assert_eq!(c["containerLogMaxSize"], "64Ki");
+    assert_eq!(c["cgroupDriver"], "cgroupfs");
+    assert!(c["evictionHard"]["memory.available"].is_string(), "{c}");
+    let metrics = raw(s, "/metrics");
+    assert!(
+        metrics.contains("kubelet_node_name{node=\"edge-1\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kubelet_running_pods "), "{metrics}");
+    assert!(
+        metrics.contains("kubelet_running_containers{container_state=\"running\"}"),
+        "{metrics}"
+    );
+    let cadvisor = raw(s, "/metrics/cadvisor");
+    assert!(
+        cadvisor.contains("container_cpu_usage_seconds_total{container=\"\",id=\"/\""),
+        "{cadvisor}"
+    );
+    assert!(
+        cadvisor.contains("container_memory_working_set_bytes{container=\""),
+        "{cadvisor}"
     );
 }

@@ -4,10 +4,12 @@
 //! as the upstream kubelet's webhook mode does ([`auth`]). The serving certificate is the
 //! kubelet's own, self-signed, which kube-apiserver does not verify unless told to. Routes:
 //! `/healthz`, `/metrics/resource`, `/stats/summary`, `/containerLogs` ([`logs`]), `/exec`,
-//! `/attach`, `/portForward` ([`stream`]).
+//! `/attach`, `/portForward` ([`stream`], [`bridge`]), `/pods`, `/runningpods/`, `/configz`,
+//! `/metrics`, `/metrics/cadvisor` ([`info`]).
 
 pub mod auth;
 pub mod bridge;
+pub mod info;
 pub mod logs;
 pub mod stream;
 
@@ -53,6 +55,8 @@ pub struct ApiState {
     auth: auth::Authorizer,
     /// The API server, for the pods' statuses.
     client: kube::Client,
+    /// `/configz`: the effective KubeletConfiguration.
+    configz: serde_json::Value,
 }
 
 impl ApiState {
@@ -61,6 +65,7 @@ impl ApiState {
         runtime: Arc<dyn Runtime>,
         client: kube::Client,
         usage: super::stats::Latest,
+        configz: serde_json::Value,
     ) -> Self {
         ApiState {
             node,
@@ -68,6 +73,7 @@ impl ApiState {
             usage,
             auth: auth::Authorizer::new(client.clone()),
             client,
+            configz,
         }
     }
 }
@@ -159,7 +165,12 @@ async fn stats_summary(State(state): State<Arc<ApiState>>) -> Response {
 fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(info::metrics))
         .route("/metrics/resource", get(metrics_resource))
+        .route("/metrics/cadvisor", get(info::cadvisor))
+        .route("/pods", get(info::pods))
+        .route("/runningpods/", get(info::running_pods))
+        .route("/configz", get(info::configz))
         .route("/stats/summary", get(stats_summary))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
