@@ -19,6 +19,8 @@ mod debugging;
 mod eviction;
 #[path = "kubelet/kubelet_api.rs"]
 mod kubelet_api;
+#[path = "kubelet/local_storage.rs"]
+mod local_storage;
 #[path = "kubelet/pod_details.rs"]
 mod pod_details;
 #[path = "kubelet/pull.rs"]
@@ -463,6 +465,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     pod_details::pod_details(&s, tmp.path());
     container_logs::container_logs(&s, tmp.path(), std::path::Path::new(&logs));
     sandbox_loss::sandbox_loss(&s, tmp.path());
+    local_storage::local_storage(&s, tmp.path());
 
     // The kubelet's events, as `kubectl describe pod` shows them, and the node's.
     let about = format!("involvedObject.name={}", names[0]);

@@ -9,7 +9,9 @@
 //! layers, logs and disk-backed emptyDirs): never a critical one. A met threshold holds
 //! until `--eviction-minimum-reclaim` more than its level is available. Each pass that acts
 //! records EvictionThresholdMet on the node. Under disk pressure unused images go first. The pod's worker stops it (hard: at once; soft: within
-//! `--eviction-max-pod-grace-period`) and reports it Failed with reason `Evicted`.
+//! `--eviction-max-pod-grace-period`) and reports it Failed with reason `Evicted`. Before
+//! any threshold, pods past an emptyDir `sizeLimit` or their `ephemeral-storage` limits are
+//! evicted at once ([`local`]), as upstream's `localStorageEviction`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,6 +24,7 @@ use tokio::sync::watch;
 
 use super::stats::Latest;
 
+mod local;
 mod rank;
 pub mod signals;
 
@@ -171,6 +174,10 @@ impl Manager {
                 *self.pressure.write().unwrap_or_else(|p| p.into_inner()) = reported;
                 let _ = changed.send(reported);
             }
+            // Pods past their local storage limits go first, at once, as upstream's.
+            if self.local_storage_evictions().await {
+                continue;
+            }
             // Memory first, then disk; PID pressure only taints the node.
             let met = grace_met(&crossed, &mut first_crossed, now);
             met_before = met.iter().map(|(t, _)| t.clone()).collect();
@@ -304,6 +311,79 @@ impl Manager {
                 (key(p), used)
             })
             .collect()
+    }
+
+    /// Evicts (grace 0) every pod past an emptyDir `sizeLimit` or an `ephemeral-storage`
+    /// limit; whether any was.
+    async fn local_storage_evictions(&self) -> bool {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let lp = ListParams::default().fields(&format!("spec.nodeName={}", self.node));
+        let Ok(pods) = api.list(&lp).await.map(|l| l.items) else {
+            return false;
+        };
+        let pending: Vec<String> = self
+            .evictions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let limited: Vec<Pod> = pods
+            .into_iter()
+            .filter(|p| {
+                local::has_limits(p)
+                    && !pending.contains(&p.uid().unwrap_or_default())
+                    && !matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Failed" | "Succeeded")
+                    )
+            })
+            .collect();
+        if limited.is_empty() {
+            return false;
+        }
+        let latest = self.usage.get();
+        let probe = self.probe.clone();
+        let measured = tokio::task::spawn_blocking(move || {
+            limited
+                .into_iter()
+                .map(|p| {
+                    let files = probe.local_usage(&p);
+                    (p, files)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut evicted = false;
+        for (p, (logs, empty_dirs)) in measured {
+            let rootfs = latest
+                .iter()
+                .flat_map(|u| u.pods.iter())
+                .find(|u| Some(&u.namespace) == p.namespace().as_ref() && u.name == p.name_any())
+                .map(|u| {
+                    u.containers
+                        .iter()
+                        .map(|c| (c.name.clone(), c.rootfs_bytes))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let usage = local::LocalUsage {
+                rootfs,
+                logs,
+                empty_dirs,
+            };
+            let Some(message) = local::exceeded(&p, &usage) else {
+                continue;
+            };
+            tracing::warn!(pod = %p.name_any(), namespace = ?p.namespace(), "evicting: {message}");
+            self.evictions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(p.uid().unwrap_or_default(), Eviction { message, grace: 0 });
+            evicted = true;
+        }
+        evicted
     }
 
     async fn evict_one(&self, t: &Threshold, o: &Observation) {

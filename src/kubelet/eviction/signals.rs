@@ -244,6 +244,8 @@ pub trait Probe: Send + Sync {
     /// writable layers come from the runtime's stats). May take a while: call it off the
     /// async workers.
     fn pod_disk(&self, pod: &Pod) -> (u64, u64);
+    /// Bytes each container's logs and each disk-backed emptyDir of the pod use, by name.
+    fn local_usage(&self, pod: &Pod) -> (HashMap<String, u64>, HashMap<String, u64>);
     /// Whether images live on a filesystem of their own (not the node's).
     fn dedicated_imagefs(&self) -> bool;
 }
@@ -375,6 +377,41 @@ impl Probe for System {
             (Some(a), Some(b)) => a != b,
             _ => false,
         }
+    }
+
+    fn local_usage(&self, pod: &Pod) -> (HashMap<String, u64>, HashMap<String, u64>) {
+        let uid = pod.uid().unwrap_or_default();
+        let logs = self.log_dir.join(format!(
+            "{}_{}_{uid}",
+            pod.namespace().unwrap_or_default(),
+            pod.name_any()
+        ));
+        let by_container = std::fs::read_dir(&logs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, disk_usage(&e.path()).0)
+            })
+            .collect();
+        let empty = self
+            .pods_dir
+            .join(&uid)
+            .join("volumes")
+            .join("kubernetes.io~empty-dir");
+        let volumes = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter(|v| {
+                v.empty_dir
+                    .as_ref()
+                    .is_some_and(|e| e.medium.as_deref() != Some("Memory"))
+            })
+            .map(|v| (v.name.clone(), disk_usage(&empty.join(&v.name)).0))
+            .collect();
+        (by_container, volumes)
     }
 
     fn pod_disk(&self, pod: &Pod) -> (u64, u64) {
