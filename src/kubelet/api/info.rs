@@ -172,20 +172,28 @@ pub async fn pods(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
-/// `/runningpods/`: the pods with a ready sandbox, with their running containers.
-pub async fn running_pods(State(state): State<Arc<ApiState>>) -> Response {
-    let (sandboxes, containers) = match (
+/// The runtime's sandboxes and containers, or the error answer.
+async fn runtime_view(
+    state: &ApiState,
+) -> Result<(Vec<api::PodSandbox>, Vec<api::Container>), Response> {
+    match (
         state.runtime.list_pod_sandboxes(None).await,
         state.runtime.list_containers(None).await,
     ) {
-        (Ok(s), Ok(c)) => (s, c),
-        (Err(e), _) | (_, Err(e)) => {
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("listing the runtime's pods: {e}"),
-            )
-                .into_response()
-        }
+        (Ok(s), Ok(c)) => Ok((s, c)),
+        (Err(e), _) | (_, Err(e)) => Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("listing the runtime's pods and containers: {e}"),
+        )
+            .into_response()),
+    }
+}
+
+/// `/runningpods/`: the pods with a ready sandbox, with their running containers.
+pub async fn running_pods(State(state): State<Arc<ApiState>>) -> Response {
+    let (sandboxes, containers) = match runtime_view(&state).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let items: Vec<Value> = sandboxes
         .iter()
@@ -241,18 +249,9 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
 
 /// `/metrics`: the kubelet's own gauges, read from the runtime when asked.
 pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
-    let (sandboxes, containers) = match (
-        state.runtime.list_pod_sandboxes(None).await,
-        state.runtime.list_containers(None).await,
-    ) {
-        (Ok(s), Ok(c)) => (s, c),
-        (Err(e), _) | (_, Err(e)) => {
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("reading the runtime: {e}"),
-            )
-                .into_response()
-        }
+    let (sandboxes, containers) = match runtime_view(&state).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let ready = sandboxes
         .iter()

@@ -32,7 +32,7 @@ fn limit_of(c: &Container) -> Option<(u64, String)> {
 }
 
 /// The names of the pod's disk-backed emptyDirs.
-fn disk_volumes(pod: &Pod) -> impl Iterator<Item = &str> {
+pub(super) fn disk_volumes(pod: &Pod) -> impl Iterator<Item = &str> {
     pod.spec
         .iter()
         .flat_map(|s| s.volumes.iter().flatten())

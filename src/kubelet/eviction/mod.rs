@@ -313,6 +313,16 @@ impl Manager {
             .collect()
     }
 
+    /// The uids of the pods chosen before.
+    fn pending(&self) -> Vec<String> {
+        self.evictions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Evicts (grace 0) every pod past an emptyDir `sizeLimit` or an `ephemeral-storage`
     /// limit; whether any was.
     async fn local_storage_evictions(&self) -> bool {
@@ -321,13 +331,7 @@ impl Manager {
         let Ok(pods) = api.list(&lp).await.map(|l| l.items) else {
             return false;
         };
-        let pending: Vec<String> = self
-            .evictions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let pending = self.pending();
         let limited: Vec<Pod> = pods
             .into_iter()
             .filter(|p| {
@@ -397,13 +401,7 @@ impl Manager {
             }
         };
         let usage = self.usage_of(&pods, t.signal).await;
-        let pending: Vec<String> = self
-            .evictions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let pending = self.pending();
         // One at a time, as upstream waits for its victim's cleanup: while a pod chosen before is
         // still stopping (a soft eviction's grace period), nobody else goes.
         let stopping = pods.iter().any(|p| {

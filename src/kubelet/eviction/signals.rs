@@ -400,16 +400,8 @@ impl Probe for System {
             .join(&uid)
             .join("volumes")
             .join("kubernetes.io~empty-dir");
-        let volumes = pod
-            .spec
-            .iter()
-            .flat_map(|s| s.volumes.iter().flatten())
-            .filter(|v| {
-                v.empty_dir
-                    .as_ref()
-                    .is_some_and(|e| e.medium.as_deref() != Some("Memory"))
-            })
-            .map(|v| (v.name.clone(), disk_usage(&empty.join(&v.name)).0))
+        let volumes = super::local::disk_volumes(pod)
+            .map(|name| (name.to_string(), disk_usage(&empty.join(name)).0))
             .collect();
         (by_container, volumes)
     }
@@ -426,15 +418,8 @@ impl Probe for System {
             .join(&uid)
             .join("volumes")
             .join("kubernetes.io~empty-dir");
-        for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-            // Memory-backed emptyDirs count as memory, not disk.
-            if v.empty_dir
-                .as_ref()
-                .is_some_and(|e| e.medium.as_deref() != Some("Memory"))
-            {
-                dirs.push(empty.join(&v.name));
-            }
-        }
+        // Memory-backed emptyDirs count as memory, not disk.
+        dirs.extend(super::local::disk_volumes(pod).map(|name| empty.join(name)));
         dirs.iter()
             .map(|d| disk_usage(d))
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
