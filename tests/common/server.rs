@@ -29,10 +29,12 @@ pub fn kubectl() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kubectl/kubectl"))
 }
 
+/// The last [`LOG_LINES`] lines a server logged, for failure reports.
+type Log = Arc<Mutex<VecDeque<String>>>;
+
 pub struct Server {
     child: Child,
-    /// The last [`LOG_LINES`] lines the server logged, for failure reports.
-    log: Arc<Mutex<VecDeque<String>>>,
+    log: Log,
     /// The etcd this server stores in, when `K1S_TEST_DATASTORE=etcd`.
     _etcd: Option<k1s::testing::etcd::EtcdServer>,
     pub _dir: tempfile::TempDir,
@@ -71,16 +73,48 @@ impl Server {
     }
 
     fn launch(dir: tempfile::TempDir, extra: &[&str], kubelet: bool) -> Server {
+        let kubeconfig = dir.path().join("k1s.yaml");
+        let etcd = (std::env::var("K1S_TEST_DATASTORE").as_deref() == Ok("etcd"))
+            .then(|| k1s::testing::etcd::EtcdServer::start().expect("start etcd"));
+        // Free ports are found by binding and releasing them, so another test's server (or
+        // an outgoing connection) can take the chosen one first: pick another and retry.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Server::spawn(&dir, &kubeconfig, etcd.as_ref(), extra, kubelet) {
+                Ok((child, log, port)) => {
+                    return Server {
+                        child,
+                        log,
+                        _etcd: etcd,
+                        _dir: dir,
+                        kubeconfig,
+                        port,
+                    };
+                }
+                Err(tail)
+                    if attempt < 3 && tail.to_lowercase().contains("address already in use") => {}
+                Err(tail) => panic!("the API server did not start; its last lines:\n{tail}"),
+            }
+        }
+    }
+
+    /// Starts `k1s server` once and waits until its API server listens; on failure, the
+    /// server's last log lines.
+    fn spawn(
+        dir: &tempfile::TempDir,
+        kubeconfig: &Path,
+        etcd: Option<&k1s::testing::etcd::EtcdServer>,
+        extra: &[&str],
+        kubelet: bool,
+    ) -> Result<(Child, Log, u16), String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let kubeconfig = dir.path().join("k1s.yaml");
-        let etcd = (std::env::var("K1S_TEST_DATASTORE").as_deref() == Ok("etcd"))
-            .then(|| k1s::testing::etcd::EtcdServer::start().expect("start etcd"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_k1s"));
         cmd.arg("server");
-        if let Some(e) = &etcd {
+        if let Some(e) = etcd {
             cmd.args(["--datastore-endpoint", e.url()]);
         }
         if !kubelet && !extra.contains(&"--disable-kubelet") {
@@ -95,7 +129,7 @@ impl Server {
             .arg("--data-dir")
             .arg(dir.path())
             .arg("--write-kubeconfig")
-            .arg(&kubeconfig)
+            .arg(kubeconfig)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -119,18 +153,16 @@ impl Server {
         });
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.contains("API server listening") => break,
+                Ok(line) if line.contains("API server listening") => return Ok((child, log, port)),
                 Ok(_) => {}
-                Err(_) => panic!("the API server did not start"),
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait();
+                    let lines = log.lock().map(|l| l.clone()).unwrap_or_default();
+                    let tail: Vec<String> = lines.iter().rev().take(30).rev().cloned().collect();
+                    return Err(format!("{}\n(exit: {status:?})", tail.join("\n")));
+                }
             }
-        }
-        Server {
-            child,
-            log,
-            _etcd: etcd,
-            _dir: dir,
-            kubeconfig,
-            port,
         }
     }
 
