@@ -10,6 +10,8 @@
 mod admission;
 #[path = "kubelet/cgroups.rs"]
 mod cgroups;
+#[path = "kubelet/claims.rs"]
+mod claims;
 mod common;
 #[path = "kubelet/container_logs.rs"]
 mod container_logs;
@@ -17,6 +19,10 @@ mod container_logs;
 mod debugging;
 #[path = "kubelet/eviction.rs"]
 mod eviction;
+#[path = "kubelet/exits.rs"]
+mod exits;
+#[path = "kubelet/handlers.rs"]
+mod handlers;
 #[path = "kubelet/kubelet_api.rs"]
 mod kubelet_api;
 #[path = "kubelet/lifecycle.rs"]
@@ -408,6 +414,11 @@ fn the_kubelet_runs_pods_on_containerd() {
     lifecycle::probes(&s, tmp.path());
     lifecycle::init_containers(&s, tmp.path());
     lifecycle::hooks(&s, tmp.path());
+    handlers::http_and_sleep_hooks(&s, tmp.path());
+    handlers::grpc_probe(&s, tmp.path(), "edge-1");
+    exits::endings(&s, tmp.path());
+    claims::local_path_claim(&s, tmp.path(), "edge-1");
+    container_logs::log_options(&s, tmp.path());
 
     // kubectl top, from the kubelet's CRI stats; the kubelet API's stats endpoints.
     let top = eventually(&s, &["top", "pods"], |o| {

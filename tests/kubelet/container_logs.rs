@@ -78,3 +78,36 @@ pub fn container_logs(s: &Server, tmp: &Path, pod_logs: &Path) {
         !dir.exists() && std::fs::symlink_metadata(&link).is_err()
     });
 }
+
+const STAMPED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: stamped}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: k1s.local/busybox:1, command: [sh, -c, "echo early; sleep 2; echo late; exec sleep 3600"]}
+"#;
+
+/// `kubectl logs` options the kubelet applies: --since-time, --since, --limit-bytes, --tail.
+pub fn log_options(s: &Server, tmp: &Path) {
+    ok(s, &["apply", "-f", &write(tmp, "stamped.yaml", STAMPED)]);
+    let stamped = eventually(s, &["logs", "stamped", "--timestamps"], |o| {
+        o.contains(" late")
+    });
+    let late = stamped
+        .lines()
+        .find_map(|l| l.strip_suffix(" late"))
+        .unwrap_or_else(|| panic!("a stamp in {stamped:?}"));
+    // kubectl sends whole seconds; "early" came two seconds before.
+    assert_eq!(
+        ok(s, &["logs", "stamped", &format!("--since-time={late}")]),
+        "late\n"
+    );
+    assert_eq!(ok(s, &["logs", "stamped", "--since=1h"]), "early\nlate\n");
+    assert_eq!(ok(s, &["logs", "stamped", "--limit-bytes=3"]), "ear");
+    assert_eq!(ok(s, &["logs", "stamped", "--tail=1"]), "late\n");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(ok(s, &["logs", "stamped", "--since=1s"]), "");
+    ok(s, &["delete", "pod", "stamped", "--wait=false"]);
+}

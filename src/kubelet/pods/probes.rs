@@ -349,23 +349,36 @@ async fn grpc_health(ip: &str, port: u16, service: &str) -> (bool, String) {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("0")
         .to_string();
+    let desc = collected
+        .trailers()
+        .and_then(|t| t.get("grpc-message"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let bytes = collected.to_bytes();
-    let serving = bytes.len() >= 7 && bytes[5] == 0x08 && bytes[6] == 1;
-    if grpc_status == "0" && serving {
-        (true, String::new())
-    } else {
-        (
+    // HealthCheckResponse: field 1 (status), a varint; absent means UNKNOWN (0).
+    let status = match bytes.get(5..7) {
+        Some([0x08, s]) => *s,
+        _ => 0,
+    };
+    if grpc_status != "0" {
+        return (
             false,
             format!(
-                "service unhealthy (responded with \"{}\")",
-                if grpc_status == "0" {
-                    "NOT_SERVING"
-                } else {
-                    "error"
-                }
+                "error: health rpc probe failed: rpc error: code = {grpc_status} desc = {desc}"
             ),
-        )
+        );
     }
+    let name = match status {
+        1 => return (true, String::new()),
+        2 => "NOT_SERVING",
+        3 => "SERVICE_UNKNOWN",
+        _ => "UNKNOWN",
+    };
+    (
+        false,
+        format!("service unhealthy (responded with \"{name}\")"),
+    )
 }
 
 /// Forgets the tallies of container runs that are gone.
