@@ -275,6 +275,11 @@ pub async fn run(
         cfg.pod_log_dir.clone(),
         stop.clone(),
     ));
+    tokio::spawn(super::volumes::local_path::run(
+        client.clone(),
+        super::volumes::local_path::notes_dir(&cfg.data_dir.join("agent").join("pods")),
+        stop.clone(),
+    ));
     let _registered = metrics.register(Arc::new(usage.clone()));
     tokio::spawn(super::stats::run(
         cfg.node_name.clone(),
@@ -417,11 +422,9 @@ async fn heartbeat(
     }
 }
 
-/// The node as its events name it (upstream's kubelet uses the name as the uid).
 /// Keeps the pods' outbound NAT in place: set at once, checked every minute (a firewall
-/// reload or `iptables -F` would take it away).
-/// Keeps the pods' outbound NAT in place (checked every minute); a failure is logged and
-/// recorded on the node once, until it works again.
+/// reload or `iptables -F` would take it away); a failure is logged and recorded on the node
+/// once, until it works again.
 async fn keep_nat(
     bridge: String,
     cidr: String,

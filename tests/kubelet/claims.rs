@@ -1,7 +1,8 @@
 //! A claim on the default `local-path` class, on the real node: provisioned when its first pod
-//! is scheduled, created on the node as that pod starts, its data kept for the next pod.
+//! is scheduled, created on the node as that pod starts, its data kept for the next pod and
+//! removed from the node once the claim and its volume (reclaim policy Delete) are deleted.
 
-use super::common::server::{eventually, ok, write, Server};
+use super::common::server::{eventually, ok, within, write, Server};
 use super::jsonpath;
 
 const CLAIMED: &str = r#"
@@ -63,4 +64,11 @@ pub fn local_path_claim(s: &Server, tmp: &std::path::Path, node: &str) {
     assert_eq!(ok(s, &["logs", "reader"]), "kept\n");
     ok(s, &["delete", "pod", "reader"]);
     ok(s, &["delete", "pvc", "keep"]);
+    within(
+        60,
+        "the deleted volume's data removed from the node",
+        || !std::path::Path::new(&path).exists(),
+    );
+    let pvs = ok(s, &["get", "pv", "-o", "name"]);
+    assert!(!pvs.contains(&pv), "{pvs}");
 }

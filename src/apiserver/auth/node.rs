@@ -171,6 +171,46 @@ async fn volume_related(auth: &Authenticator, node: &str, name: &str) -> bool {
     false
 }
 
+/// A volume pinned to `node` (a local-path or local volume, whose data is on its disk), or one
+/// that is gone: its kubelet asks after the local-path volumes it set up, to learn when one was
+/// deleted and its data is to go (a k1s addition; upstream's provisioner sends a helper pod).
+async fn volume_on_node(auth: &Authenticator, node: &str, name: &str) -> bool {
+    let Some(def) = catalog::find("", "v1", "persistentvolumes") else {
+        return false;
+    };
+    match auth
+        .cache
+        .get(&object::key(def, None, name), ReadFrom::Any)
+        .await
+    {
+        Ok(None) => true,
+        Ok(Some(kv)) => {
+            let pv: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+            pinned_to(&pv, node)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether a volume's required node affinity names `node` by hostname, and nothing else.
+fn pinned_to(pv: &Value, node: &str) -> bool {
+    let Some(terms) = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"].as_array() else {
+        return false;
+    };
+    !terms.is_empty()
+        && terms.iter().all(|t| {
+            t["matchExpressions"].as_array().is_some_and(|exprs| {
+                exprs.iter().any(|e| {
+                    e["key"] == "kubernetes.io/hostname"
+                        && e["operator"] == "In"
+                        && e["values"]
+                            .as_array()
+                            .is_some_and(|v| v.len() == 1 && v[0] == node)
+                })
+            })
+        })
+}
+
 fn relationship(node: &str) -> Verdict {
     no(format!(
         "no relationship found between node '{node}' and this object"
@@ -221,7 +261,9 @@ pub async fn authorize(auth: &Authenticator, node: &str, a: &Attributes) -> Verd
             if a.verb != "get" || r.name.is_empty() || !r.subresource.is_empty() {
                 return no("can only get individual resources of this type");
             }
-            if volume_related(auth, node, &r.name).await {
+            if volume_related(auth, node, &r.name).await
+                || volume_on_node(auth, node, &r.name).await
+            {
                 Verdict::Allow
             } else {
                 relationship(node)
@@ -345,6 +387,21 @@ mod tests {
         assert_eq!(c, vec!["env-cm", "proj-cm", "vol-cm"]);
         assert_eq!(pod_refs(&pod, Kind::Claim), vec!["data", "web-d"]);
         assert_eq!(pod_refs(&pod, Kind::ServiceAccount), vec!["robot"]);
+    }
+
+    #[test]
+    fn volumes_pinned_to_one_node() {
+        let pv = |values: Value| {
+            json!({"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": values}]}]}}}})
+        };
+        assert!(pinned_to(&pv(json!(["n1"])), "n1"));
+        assert!(!pinned_to(&pv(json!(["n2"])), "n1"));
+        assert!(!pinned_to(&pv(json!(["n1", "n2"])), "n1"));
+        assert!(!pinned_to(
+            &json!({"spec": {"hostPath": {"path": "/x"}}}),
+            "n1"
+        ));
     }
 
     #[test]

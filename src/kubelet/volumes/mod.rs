@@ -7,6 +7,7 @@
 //! refresh, so ConfigMap and Secret updates reach the mounted files.
 
 pub mod files;
+pub mod local_path;
 pub mod mount;
 
 use std::collections::{BTreeMap, HashMap};
@@ -374,7 +375,13 @@ async fn volume(
     }
     if let Some(c) = &v.persistent_volume_claim {
         return Ok(HostVolume {
-            path: claim_path(ctx.client, &sources.namespace, &c.claim_name).await?,
+            path: claim_path(
+                ctx.client,
+                &sources.namespace,
+                &c.claim_name,
+                &local_path::notes_dir(ctx.pods_dir),
+            )
+            .await?,
             read_only: c.read_only.unwrap_or(false),
         });
     }
@@ -602,7 +609,13 @@ fn check_host_path(path: &Path, ty: &str) -> Result<(), VolumeError> {
 }
 
 /// The host directory of a bound claim's volume (hostPath or local PVs, as local-path makes).
-async fn claim_path(client: &Client, ns: &str, claim: &str) -> Result<PathBuf, VolumeError> {
+/// A volume of the built-in local-path provisioner is noted in `notes`, for reclaiming.
+async fn claim_path(
+    client: &Client,
+    ns: &str,
+    claim: &str,
+    notes: &Path,
+) -> Result<PathBuf, VolumeError> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let Some(pvc) = pvcs.get_opt(claim).await? else {
         return Err(VolumeError::Missing(format!(
@@ -620,7 +633,7 @@ async fn claim_path(client: &Client, ns: &str, claim: &str) -> Result<PathBuf, V
     };
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     let pv = pvs.get(&pv_name).await?;
-    let spec = pv.spec.unwrap_or_default();
+    let spec = pv.spec.clone().unwrap_or_default();
     let path = spec
         .host_path
         .map(|h| h.path)
@@ -635,6 +648,7 @@ async fn claim_path(client: &Client, ns: &str, claim: &str) -> Result<PathBuf, V
         // A new local-path volume, open to every user, as the provisioner's `mkdir -m 0777`.
         make_dir(&path, 0o777)?;
     }
+    local_path::note(notes, &pv, &path)?;
     Ok(path)
 }
 
