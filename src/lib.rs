@@ -17,6 +17,8 @@ pub mod controllers;
 #[cfg(any(feature = "apiserver", feature = "controllers"))]
 pub mod cron;
 #[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
+pub mod ephemeral_claims;
+#[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
 pub mod events;
 #[cfg(any(feature = "scheduler", feature = "controllers", feature = "kubelet"))]
 pub mod informer;

@@ -418,6 +418,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     handlers::grpc_probe(&s, tmp.path(), "edge-1");
     exits::endings(&s, tmp.path());
     claims::local_path_claim(&s, tmp.path(), "edge-1");
+    claims::generic_ephemeral_volume(&s, tmp.path());
     container_logs::log_options(&s, tmp.path());
 
     // kubectl top, from the kubelet's CRI stats; the kubelet API's stats endpoints.

@@ -13,7 +13,8 @@
 //! ([`deployment`]), ownerReferences ([`garbage_collector`]), namespace deletion ([`namespace`]), Jobs ([`job`]), Endpoints and EndpointSlices
 //! ([`endpoints`]), StatefulSets ([`statefulset`]) and DaemonSets ([`daemonset`]) with their
 //! ControllerRevisions ([`history`]), CronJobs ([`cronjob`]), PodDisruptionBudget status
-//! ([`disruption`]), volume binding ([`volume_binding`]) and the built-in local-path provisioner
+//! ([`disruption`]), generic ephemeral volumes' claims ([`ephemeral`]), volume binding
+//! ([`volume_binding`]) and the built-in local-path provisioner
 //! ([`local_path`]), the pod garbage collector ([`pod_gc`]) and node pod CIDRs ([`node_ipam`]).
 
 pub mod cache;
@@ -23,6 +24,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
+pub mod ephemeral;
 pub mod garbage_collector;
 pub mod history;
 pub mod hpa;
@@ -239,6 +241,12 @@ pub async fn run(
             clients.shared.clone(),
             informers.pods.clone(),
             account("disruption-controller"),
+            stop.clone(),
+        )),
+        tokio::spawn(ephemeral::run(
+            clients.shared.clone(),
+            informers.pods.clone(),
+            account("ephemeral-volume-controller"),
             stop.clone(),
         )),
         tokio::spawn(volume_binding::run(

@@ -29,7 +29,8 @@ fn claim_in_use(pods: &[std::sync::Arc<Pod>], ns: &str, name: &str) -> bool {
                     v.persistent_volume_claim
                         .as_ref()
                         .is_some_and(|c| c.claim_name == name)
-                        || (v.ephemeral.is_some() && format!("{}-{}", p.name_any(), v.name) == name)
+                        || (v.ephemeral.is_some()
+                            && crate::ephemeral_claims::claim_name(p, &v.name) == name)
                 })
             })
     })

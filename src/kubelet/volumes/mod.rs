@@ -2,10 +2,11 @@
 //! directory, or tmpfs for `medium: Memory` with its sizeLimit), configMap, secret,
 //! downwardAPI and projected volumes (files written atomically, [`files`]; the bound
 //! ServiceAccount token requested through TokenRequest and renewed at 80 % of its life), hostPath
-//! (with its `type` checks) and persistentVolumeClaim (the bound PV's hostPath or local path,
-//! as the local-path provisioner makes them). Content volumes are written again on every
+//! (with its `type` checks), persistentVolumeClaim and generic ephemeral volumes ([`claims`]:
+//! the bound PV's hostPath or local path, as the local-path provisioner makes them). Content volumes are written again on every
 //! refresh, so ConfigMap and Secret updates reach the mounted files.
 
+mod claims;
 pub mod files;
 pub mod local_path;
 pub mod mount;
@@ -14,9 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{
-    ConfigMap, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Pod, Secret, Volume};
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
@@ -375,7 +374,7 @@ async fn volume(
     }
     if let Some(c) = &v.persistent_volume_claim {
         return Ok(HostVolume {
-            path: claim_path(
+            path: claims::claim_path(
                 ctx.client,
                 &sources.namespace,
                 &c.claim_name,
@@ -384,6 +383,16 @@ async fn volume(
             .await?,
             read_only: c.read_only.unwrap_or(false),
         });
+    }
+    if v.ephemeral.is_some() {
+        let claim = claims::ephemeral_claim(ctx.client, pod, &v.name).await?;
+        return Ok(rw(claims::claim_path(
+            ctx.client,
+            &sources.namespace,
+            &claim,
+            &local_path::notes_dir(ctx.pods_dir),
+        )
+        .await?));
     }
     let dir = |plugin: &str| base.join(plugin).join(&v.name);
     let (target, files) = if let Some(cm) = &v.config_map {
@@ -503,7 +512,7 @@ async fn volume(
         }
         (dir("kubernetes.io~projected"), files)
     } else {
-        // Volume types this kubelet does not set up (generic ephemeral, CSI, NFS, image...):
+        // Volume types this kubelet does not set up (CSI, NFS, image...):
         // the pod waits with FailedMount rather than run on a directory that is not its
         // volume.
         let kind = serde_json::to_value(v)
@@ -516,7 +525,7 @@ async fn volume(
             })
             .unwrap_or_else(|| "unknown".into());
         return Err(VolumeError::Invalid(format!(
-            "volume \"{}\": {kind} volumes are not supported by this kubelet (emptyDir, hostPath, persistentVolumeClaim, configMap, secret, downwardAPI and projected are)",
+            "volume \"{}\": {kind} volumes are not supported by this kubelet (emptyDir, hostPath, persistentVolumeClaim, ephemeral, configMap, secret, downwardAPI and projected are)",
             v.name
         )));
     };
@@ -608,52 +617,8 @@ fn check_host_path(path: &Path, ty: &str) -> Result<(), VolumeError> {
     }
 }
 
-/// The host directory of a bound claim's volume (hostPath or local PVs, as local-path makes).
-/// A volume of the built-in local-path provisioner is noted in `notes`, for reclaiming.
-async fn claim_path(
-    client: &Client,
-    ns: &str,
-    claim: &str,
-    notes: &Path,
-) -> Result<PathBuf, VolumeError> {
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    let Some(pvc) = pvcs.get_opt(claim).await? else {
-        return Err(VolumeError::Missing(format!(
-            "persistentvolumeclaim \"{claim}\" not found"
-        )));
-    };
-    let Some(pv_name) = pvc
-        .spec
-        .and_then(|s| s.volume_name)
-        .filter(|n| !n.is_empty())
-    else {
-        return Err(VolumeError::Missing(format!(
-            "persistentvolumeclaim \"{claim}\" is not bound"
-        )));
-    };
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    let pv = pvs.get(&pv_name).await?;
-    let spec = pv.spec.clone().unwrap_or_default();
-    let path = spec
-        .host_path
-        .map(|h| h.path)
-        .or(spec.local.map(|l| l.path))
-        .ok_or_else(|| {
-            VolumeError::Invalid(format!(
-                "persistentvolume \"{pv_name}\" is neither hostPath nor local"
-            ))
-        })?;
-    let path = PathBuf::from(path);
-    if !path.exists() {
-        // A new local-path volume, open to every user, as the provisioner's `mkdir -m 0777`.
-        make_dir(&path, 0o777)?;
-    }
-    local_path::note(notes, &pv, &path)?;
-    Ok(path)
-}
-
 /// Creates `dir` (and its parents) and gives it `mode`, whatever the umask.
-fn make_dir(dir: &Path, mode: u32) -> Result<(), VolumeError> {
+pub(super) fn make_dir(dir: &Path, mode: u32) -> Result<(), VolumeError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))

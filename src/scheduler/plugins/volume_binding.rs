@@ -88,7 +88,6 @@ impl Volumes {
 
 /// The claims a pod uses: its `persistentVolumeClaim` volumes and its generic ephemeral ones.
 pub fn claim_names(pod: &Pod) -> Vec<String> {
-    let name = pod.name_any();
     pod.spec
         .as_ref()
         .and_then(|s| s.volumes.as_ref())
@@ -98,7 +97,9 @@ pub fn claim_names(pod: &Pod) -> Vec<String> {
             if let Some(c) = &v.persistent_volume_claim {
                 Some(c.claim_name.clone())
             } else {
-                v.ephemeral.as_ref().map(|_| format!("{name}-{}", v.name))
+                v.ephemeral
+                    .as_ref()
+                    .map(|_| crate::ephemeral_claims::claim_name(pod, &v.name))
             }
         })
         .collect()
@@ -125,12 +126,24 @@ impl Plugin for VolumeBinding {
         }
         let state = self.0.read().unwrap_or_else(|p| p.into_inner());
         let ns = pod.pod.namespace().unwrap_or_default();
+        let ephemeral: Vec<String> = crate::ephemeral_claims::wanted_claims(&pod.pod)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         for name in names {
+            let is_ephemeral = ephemeral.contains(&name);
             let Some(c) = state.claims.get(&(ns.clone(), name.clone())) else {
-                return Some(Rejection::unresolvable(&format!(
-                    "persistentvolumeclaim \"{name}\" not found"
-                )));
+                return Some(Rejection::unresolvable(&if is_ephemeral {
+                    format!("waiting for ephemeral volume controller to create the persistentvolumeclaim \"{name}\"")
+                } else {
+                    format!("persistentvolumeclaim \"{name}\" not found")
+                }));
             };
+            if is_ephemeral {
+                if let Err(e) = crate::ephemeral_claims::is_for_pod(&pod.pod, c) {
+                    return Some(Rejection::unresolvable(&e));
+                }
+            }
             if c.metadata.deletion_timestamp.is_some() {
                 return Some(Rejection::unresolvable(&format!(
                     "persistentvolumeclaim \"{name}\" is being deleted"
