@@ -410,6 +410,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     debugging::debugging(&s, tmp.path(), &web);
     volumes::volumes_and_config(&s, tmp.path(), &cluster_dns);
     security::security(&s, tmp.path());
+    security::subpaths(&s, tmp.path(), s._dir.path());
     pull::image_pull_secrets(&s, tmp.path());
     lifecycle::probes(&s, tmp.path());
     lifecycle::init_containers(&s, tmp.path());

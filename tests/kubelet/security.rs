@@ -1,8 +1,9 @@
 //! Security contexts on real containers: users and groups with fsGroup owning the volumes,
 //! seccomp RuntimeDefault, dropped capabilities, a read-only root, sysctls, and runAsNonRoot
-//! refusing an image that runs as root.
+//! refusing an image that runs as root. A subPath a container turned into a symlink out of its
+//! volume is refused; one that stays inside is followed and bound.
 
-use super::common::server::{eventually, ok, write, Server};
+use super::common::server::{eventually, ok, within, write, Server};
 use super::jsonpath;
 
 const SECURE: &str = r#"
@@ -119,4 +120,70 @@ pub fn security(s: &Server, tmp: &std::path::Path) {
         "{msg}"
     );
     ok(s, &["delete", "pod", "secure", "non-root", "--wait=false"]);
+}
+
+const SUBPATHS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: subpaths}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{name: v, emptyDir: {}}]
+  initContainers:
+  - name: plant
+    image: k1s.local/busybox:1
+    command: [sh, -c, "mkdir -p /v/data && echo inside > /v/data/f && ln -s data /v/inside && ln -s /etc /v/escape"]
+    volumeMounts: [{name: v, mountPath: /v}]
+  containers:
+  - {name: fine, image: k1s.local/busybox:1, command: [sleep, "3600"], volumeMounts: [{name: v, mountPath: /mnt, subPath: inside}]}
+  - {name: evil, image: k1s.local/busybox:1, command: [sleep, "3600"], volumeMounts: [{name: v, mountPath: /mnt, subPath: escape}]}
+"#;
+
+/// subPath symlinks: inside the volume followed, out of it refused (CVE-2017-1002101).
+pub fn subpaths(s: &Server, tmp: &std::path::Path, data_dir: &std::path::Path) {
+    ok(s, &["apply", "-f", &write(tmp, "subpaths.yaml", SUBPATHS)]);
+    let state = |name: &str, field: &str| {
+        jsonpath(
+            s,
+            "pod/subpaths",
+            &format!("{{.status.containerStatuses[?(@.name==\"{name}\")].state.{field}}}"),
+        )
+    };
+    eventually(
+        s,
+        &[
+            "get",
+            "pod",
+            "subpaths",
+            "-o",
+            "jsonpath={.status.containerStatuses[?(@.name==\"evil\")].state.waiting.reason}",
+        ],
+        |o| o == "CreateContainerConfigError",
+    );
+    assert_eq!(
+        state("evil", "waiting.message"),
+        "failed to prepare subPath for volumeMount \"v\" of container \"evil\""
+    );
+    within(30, "the fine container running", || {
+        !state("fine", "running").is_empty()
+    });
+    assert_eq!(
+        ok(
+            s,
+            &["exec", "subpaths", "-c", "fine", "--", "cat", "/mnt/f"]
+        ),
+        "inside\n"
+    );
+    let uid = jsonpath(s, "pod/subpaths", "{.metadata.uid}");
+    let pod_dir = data_dir.join("agent/pods").join(&uid);
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .contains(&uid)
+    };
+    assert!(mounted(), "the subPath is bound under {pod_dir:?}");
+    ok(s, &["delete", "pod", "subpaths", "--wait=true"]);
+    within(30, "the pod's mounts and files gone", || {
+        !mounted() && !pod_dir.exists()
+    });
 }

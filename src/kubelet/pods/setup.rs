@@ -184,9 +184,12 @@ fn mount(container_path: &str, host: &Path, readonly: bool) -> api::Mount {
     }
 }
 
-/// The container's mounts: its volumeMounts, `/etc/hosts`, the termination-message file.
+/// The container's mounts: its volumeMounts (subPaths bound safely, [`volumes::subpath`]),
+/// `/etc/hosts`, the termination-message file.
+#[allow(clippy::too_many_arguments)]
 pub fn mounts(
     env: &Env,
+    mounter: &dyn volumes::mount::Mounter,
     pod: &Pod,
     c: &Container,
     hosts: &HashMap<String, HostVolume>,
@@ -195,7 +198,7 @@ pub fn mounts(
     attempt: u32,
 ) -> Result<Vec<api::Mount>, String> {
     let mut out = Vec::new();
-    for vm in c.volume_mounts.iter().flatten() {
+    for (index, vm) in c.volume_mounts.iter().flatten().enumerate() {
         let Some(h) = hosts.get(&vm.name) else {
             return Err(format!(
                 "unable to find volume {:?} for container {:?}",
@@ -214,12 +217,21 @@ pub fn mounts(
                         "invalid subPath {s:?}: must be a relative path without '..'"
                     ));
                 }
-                let p = h.path.join(&s);
-                if std::fs::symlink_metadata(&p).is_err() {
-                    std::fs::create_dir_all(&p)
-                        .map_err(|e| format!("creating subPath {}: {e}", p.display()))?;
-                }
-                p
+                let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+                let target = volumes::subpath::target(
+                    &volumes::pod_dir(&env.pods_dir, uid),
+                    &vm.name,
+                    &c.name,
+                    index,
+                );
+                volumes::subpath::prepare(mounter, &h.path, &s, &target).map_err(|e| {
+                    tracing::warn!(pod = %pod.metadata.name.as_deref().unwrap_or_default(), container = %c.name, "subPath {s:?}: {e}");
+                    format!(
+                        "failed to prepare subPath for volumeMount {:?} of container {:?}",
+                        vm.name, c.name
+                    )
+                })?;
+                target
             }
             None => h.path.clone(),
         };

@@ -532,7 +532,16 @@ impl Shared {
             .into_iter()
             .collect();
         let hosts = st.hosts.clone().unwrap_or_default();
-        let mounts = match setup::mounts(&self.env, pod, c, &hosts, &vars, ip, attempt) {
+        let mounts = match setup::mounts(
+            &self.env,
+            self.mounter.as_ref(),
+            pod,
+            c,
+            &hosts,
+            &vars,
+            ip,
+            attempt,
+        ) {
             Ok(m) => m,
             Err(e) => {
                 st.waiting

@@ -10,6 +10,7 @@ mod claims;
 pub mod files;
 pub mod local_path;
 pub mod mount;
+pub mod subpath;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -628,11 +629,10 @@ pub(super) fn make_dir(dir: &Path, mode: u32) -> Result<(), VolumeError> {
 /// Removes a pod's files (tmpfs volumes unmounted first).
 pub fn remove_pod(pods_dir: &Path, uid: &str, mounter: &dyn mount::Mounter) {
     let dir = pod_dir(pods_dir, uid);
-    let empty = dir.join("volumes").join("kubernetes.io~empty-dir");
-    if let Ok(entries) = std::fs::read_dir(&empty) {
-        for e in entries.filter_map(Result::ok) {
-            mounter.unmount(&e.path());
-        }
+    // tmpfs emptyDirs and subPath binds: removing through a bind mount would empty the volume.
+    if !mounter.unmount_under(&dir) {
+        tracing::warn!(dir = %dir.display(), "a pod's files kept: something is still mounted under them");
+        return;
     }
     if dir.exists() {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
