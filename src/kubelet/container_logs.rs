@@ -1,7 +1,8 @@
 //! Container logs on the node, as upstream's container log manager and log garbage collection
 //! keep them: every 10 s a running container's log past `--container-log-max-size` is renamed
 //! to `N.log.YYYYMMDD-HHMMSS` and the runtime reopens it (CRI ReopenContainerLog), keeping at
-//! most `--container-log-max-files` files per container (the oldest rotated ones go); each
+//! most `--container-log-max-files` files per container (the oldest rotated ones go); rotated
+//! files but the newest are gzipped (`.gz`, written through `.tmp`); each
 //! container's log is linked from `/var/log/containers/POD_NAMESPACE_CONTAINER-ID.log` (the
 //! directory beside `--pod-log-dir`), as log shippers expect, and links whose log is gone are
 //! removed.
@@ -55,6 +56,22 @@ fn rotated(log: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Gzips `file` into `file.gz` (through `file.gz.tmp`) and removes it.
+fn compress(file: &Path) -> Result<(), LogError> {
+    use std::io::Write;
+    let gz = PathBuf::from(format!("{}.gz", file.display()));
+    let tmp = PathBuf::from(format!("{}.tmp", gz.display()));
+    let data = std::fs::read(file).map_err(io(format!("reading {}", file.display())))?;
+    let out = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    enc.write_all(&data)
+        .and_then(|()| enc.finish())
+        .and_then(|f| f.sync_all())
+        .map_err(io(format!("compressing {}", file.display())))?;
+    std::fs::rename(&tmp, &gz).map_err(io(format!("renaming {}", tmp.display())))?;
+    std::fs::remove_file(file).map_err(io(format!("removing {}", file.display())))
+}
+
 /// Makes room for one more rotated file of `log` and renames `log` to it (suffixed with
 /// `stamp`, `YYYYMMDD-HHMMSS`); the rotated file's path.
 pub fn rotate_files(log: &Path, policy: Policy, stamp: &str) -> Result<PathBuf, LogError> {
@@ -67,10 +84,28 @@ pub fn rotate_files(log: &Path, policy: Policy, stamp: &str) -> Result<PathBuf, 
         }
     }
     // The live log and the one about to be rotated count among the files kept.
+    // A file compressed before a crash could remove it: the plain one goes.
+    old.retain(|f| {
+        let gz = PathBuf::from(format!("{}.gz", f.display()));
+        let stale = f.extension().is_none_or(|e| e != "gz") && gz.exists();
+        if stale {
+            let _ = std::fs::remove_file(f);
+        }
+        !stale
+    });
     let keep = policy.max_files.saturating_sub(2);
     let excess = old.len().saturating_sub(keep);
-    for f in old.iter().take(excess) {
-        std::fs::remove_file(f).map_err(io(format!("removing {}", f.display())))?;
+    for f in old.drain(..excess) {
+        std::fs::remove_file(&f).map_err(io(format!("removing {}", f.display())))?;
+    }
+    // Every rotated file but the newest is compressed, as upstream's log manager does.
+    if let Some((_, older)) = old.split_last() {
+        for f in older
+            .iter()
+            .filter(|f| f.extension().is_none_or(|e| e != "gz"))
+        {
+            compress(f)?;
+        }
     }
     let mut to = PathBuf::from(format!("{}.{stamp}", log.display()));
     let mut n = 1;
@@ -172,9 +207,15 @@ async fn pass(
         let stamp = k8s_openapi::jiff::Timestamp::now()
             .strftime("%Y%m%d-%H%M%S")
             .to_string();
-        let to = match rotate_files(log, policy, &stamp) {
-            Ok(to) => to,
+        let (from, stamp) = (log.clone(), stamp.clone());
+        let rotated = tokio::task::spawn_blocking(move || rotate_files(&from, policy, &stamp));
+        let to = match rotated.await {
+            Ok(Ok(to)) => to,
             Err(e) => {
+                tracing::warn!(container = %c.id, "rotating a container log: {e}");
+                continue;
+            }
+            Ok(Err(e)) => {
                 tracing::warn!(container = %c.id, "rotating a container log: {e}");
                 continue;
             }
@@ -258,15 +299,31 @@ mod tests {
         );
         std::fs::write(dir.path().join("0.log.x.tmp"), "").expect("tmp");
         std::fs::write(&log, "live").expect("write");
-        rotate_files(&log, policy, "20261203-080030").expect("rotate");
-        // The leftover temporary file went too.
+        let five = Policy {
+            max_size: 10,
+            max_files: 5,
+        };
+        rotate_files(&log, five, "20261203-080030").expect("rotate");
+        // The leftover temporary file went; rotated files but the newest are gzipped.
         assert_eq!(
             names(&log),
-            ["0.log.20261203-080020", "0.log.20261203-080030"]
+            [
+                "0.log.20261203-080010.gz",
+                "0.log.20261203-080020",
+                "0.log.20261203-080030"
+            ]
         );
+        let gz = std::fs::File::open(dir.path().join("0.log.20261203-080010.gz")).expect("open");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gz), &mut text)
+            .expect("gunzip");
+        assert_eq!(text, "line 1\n");
+        // Compressed ones count among the files kept, and go oldest first.
+        std::fs::write(&log, "more").expect("write");
+        rotate_files(&log, policy, "20261203-080040").expect("rotate");
         assert_eq!(
-            std::fs::read_to_string(dir.path().join("0.log.20261203-080020")).expect("read"),
-            "line 2\n"
+            names(&log),
+            ["0.log.20261203-080030", "0.log.20261203-080040"]
         );
     }
 
