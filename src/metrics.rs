@@ -122,6 +122,23 @@ impl Registry {
         });
     }
 
+    /// Drops the series of `d` whose label values `gone` picks (a deleted pod's, say), so
+    /// families labelled by short-lived objects do not grow without end.
+    /// The label values of the series dropped.
+    pub fn forget(&self, d: &Desc, gone: impl Fn(&[String]) -> bool) -> Vec<Vec<String>> {
+        let Ok(mut families) = self.families.lock() else {
+            return Vec::new();
+        };
+        let Some(f) = families.get_mut(d.name) else {
+            return Vec::new();
+        };
+        let dropped: Vec<Vec<String>> = f.series.keys().filter(|v| gone(v)).cloned().collect();
+        for v in &dropped {
+            f.series.remove(v);
+        }
+        dropped
+    }
+
     /// The text exposition of every family.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -15,6 +15,7 @@ pub mod images;
 pub mod join;
 pub mod lease;
 pub mod masquerade;
+pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod run;

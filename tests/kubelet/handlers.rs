@@ -226,5 +226,19 @@ pub fn grpc_probe(s: &Server, tmp: &std::path::Path, node: &str) {
     );
     serving.store(false, Ordering::SeqCst);
     within(15, "readiness lost with NOT_SERVING", || ready() == "false");
-    ok(s, &["delete", "pod", "grpc-probed", "--wait=false"]);
+    // Counted in /metrics/probes, both ways, until the pod is gone.
+    let uid = jsonpath(s, "pod/grpc-probed", "{.metadata.uid}");
+    let probes = super::kubelet_api::raw(s, "/metrics/probes");
+    for result in ["successful", "failed"] {
+        let want = format!("prober_probe_total{{container=\"c\",namespace=\"default\",pod=\"grpc-probed\",pod_uid=\"{uid}\",probe_type=\"Readiness\",result=\"{result}\"}} ");
+        assert!(probes.contains(&want), "{want} in\n{probes}");
+    }
+    assert!(
+        probes.contains("prober_probe_duration_seconds_count{container=\"c\",namespace=\"default\",pod=\"grpc-probed\",probe_type=\"Readiness\"} "),
+        "{probes}"
+    );
+    ok(s, &["delete", "pod", "grpc-probed", "--wait=true"]);
+    within(30, "the deleted pod's probe series gone", || {
+        !super::kubelet_api::raw(s, "/metrics/probes").contains(&uid)
+    });
 }

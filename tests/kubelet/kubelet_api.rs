@@ -84,7 +84,7 @@ pub fn bearer_tokens(s: &Server, tmp: &std::path::Path) {
 }
 
 /// GET `path` of the kubelet through the API server's nodes/proxy.
-fn raw(s: &Server, path: &str) -> String {
+pub fn raw(s: &Server, path: &str) -> String {
     ok(
         s,
         &["get", "--raw", &format!("/api/v1/nodes/edge-1/proxy{path}")],
@@ -130,6 +130,22 @@ pub fn views(s: &Server) {
     assert!(
         metrics.contains("kubelet_running_containers{container_state=\"running\"}"),
         "{metrics}"
+    );
+    // The kubelet's counters and histograms, under upstream's names.
+    for want in [
+        "kubelet_started_pods_total ",
+        "kubelet_started_containers_total{container_type=\"container\"} ",
+        "kubelet_started_containers_total{container_type=\"init_container\"} ",
+        "kubelet_pod_start_duration_seconds_bucket{le=\"+Inf\"} ",
+        "kubelet_pod_start_duration_seconds_count ",
+        "kubelet_runtime_operations_total{operation_type=\"start_container\"} ",
+        "kubelet_runtime_operations_duration_seconds_bucket{operation_type=\"run_pod_sandbox\",le=\"+Inf\"} ",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("apiserver_request_total"),
+        "only the kubelet's own families"
     );
     let cadvisor = raw(s, "/metrics/cadvisor");
     assert!(

@@ -1,7 +1,8 @@
 //! The kubelet API's read-only views, as the upstream kubelet serves them: `/pods` (the pods
 //! bound to this node, a v1 PodList), `/runningpods/` (the pods the runtime runs, as the
 //! runtime knows them), `/configz` (the effective KubeletConfiguration under `kubeletconfig`),
-//! `/metrics` (the kubelet's own gauges) and `/metrics/cadvisor` (per-container usage under
+//! `/metrics` (the kubelet's own gauges, counters and histograms, [`crate::kubelet::metrics`]),
+//! `/metrics/probes` (each probe's results) and `/metrics/cadvisor` (per-container usage under
 //! cAdvisor's names, which Prometheus dashboards read).
 
 use std::collections::BTreeMap;
@@ -295,7 +296,14 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "[ALPHA] Number of pods that have a running pod sandbox",
         &[(String::new(), ready as f64)],
     );
-    prometheus(out.replace("{}", ""))
+    let mut out = out.replace("{}", "");
+    out.push_str(&crate::kubelet::metrics::kubelet().render());
+    prometheus(out)
+}
+
+/// `/metrics/probes`: `prober_probe_total` and `prober_probe_duration_seconds`.
+pub async fn probe_metrics() -> Response {
+    prometheus(crate::kubelet::metrics::probes().render())
 }
 
 /// `/metrics/cadvisor`: each container's and the machine's usage under cAdvisor's names

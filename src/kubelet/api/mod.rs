@@ -168,6 +168,7 @@ fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(info::metrics))
         .route("/metrics/resource", get(metrics_resource))
         .route("/metrics/cadvisor", get(info::cadvisor))
+        .route("/metrics/probes", get(info::probe_metrics))
         .route("/pods", get(info::pods))
         .route("/runningpods/", get(info::running_pods))
         .route("/configz", get(info::configz))

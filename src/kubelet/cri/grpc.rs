@@ -1,5 +1,5 @@
 //! [`Runtime`] over CRI v1 gRPC: one tonic channel to the runtime's Unix socket serves both
-//! services.
+//! services, metered per method ([`Metered`]).
 
 use async_trait::async_trait;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -7,20 +7,22 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
 use super::{api, Runtime, RuntimeError};
+use crate::kubelet::metrics::Metered;
 
 /// A CRI runtime reached over gRPC.
 #[derive(Clone)]
 pub struct Cri {
-    runtime: RuntimeServiceClient<Channel>,
-    images: ImageServiceClient<Channel>,
+    runtime: RuntimeServiceClient<Metered<Channel>>,
+    images: ImageServiceClient<Metered<Channel>>,
 }
 
 impl Cri {
     pub fn new(channel: Channel) -> Self {
         Cri {
             // Exec output and container lists can exceed tonic's 4 MiB default.
-            runtime: RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(16 << 20),
-            images: ImageServiceClient::new(channel).max_decoding_message_size(16 << 20),
+            runtime: RuntimeServiceClient::new(Metered(channel.clone()))
+                .max_decoding_message_size(16 << 20),
+            images: ImageServiceClient::new(Metered(channel)).max_decoding_message_size(16 << 20),
         }
     }
 }

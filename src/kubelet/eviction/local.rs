@@ -64,7 +64,12 @@ pub fn has_limits(pod: &Pod) -> bool {
 }
 
 /// The eviction message when the pod is past one of its local storage limits.
-pub fn exceeded(pod: &Pod, usage: &LocalUsage) -> Option<String> {
+/// The eviction signals upstream counts these evictions under.
+pub const EMPTY_DIR_LIMIT: &str = "emptydirfs.limit";
+pub const POD_LIMIT: &str = "ephemeralpodfs.limit";
+pub const CONTAINER_LIMIT: &str = "ephemeralcontainerfs.limit";
+
+pub fn exceeded(pod: &Pod, usage: &LocalUsage) -> Option<(&'static str, String)> {
     let spec = pod.spec.as_ref()?;
     // emptyDir sizeLimit.
     for v in spec.volumes.iter().flatten() {
@@ -82,9 +87,12 @@ pub fn exceeded(pod: &Pod, usage: &LocalUsage) -> Option<String> {
             continue;
         };
         if usage.empty_dirs.get(&v.name).copied().unwrap_or(0) > max {
-            return Some(format!(
-                "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
-                v.name, limit.0
+            return Some((
+                EMPTY_DIR_LIMIT,
+                format!(
+                    "Usage of EmptyDir volume {:?} exceeds the limit {:?}. ",
+                    v.name, limit.0
+                ),
             ));
         }
     }
@@ -110,8 +118,11 @@ pub fn exceeded(pod: &Pod, usage: &LocalUsage) -> Option<String> {
                 [(_, one)] if init_max.is_none_or(|m| m <= sum) => one.clone(),
                 _ => crate::kubelet::node::binary(limit),
             };
-            return Some(format!(
-                "Pod ephemeral local storage usage exceeds the total limit of containers {shown}. "
+            return Some((
+                POD_LIMIT,
+                format!(
+                    "Pod ephemeral local storage usage exceeds the total limit of containers {shown}. "
+                ),
             ));
         }
     }
@@ -127,9 +138,12 @@ pub fn exceeded(pod: &Pod, usage: &LocalUsage) -> Option<String> {
         let used = usage.rootfs.get(&c.name).copied().unwrap_or(0)
             + usage.logs.get(&c.name).copied().unwrap_or(0);
         if used > limit {
-            return Some(format!(
-                "Container {} exceeded its local ephemeral storage limit {shown:?}. ",
-                c.name
+            return Some((
+                CONTAINER_LIMIT,
+                format!(
+                    "Container {} exceeded its local ephemeral storage limit {shown:?}. ",
+                    c.name
+                ),
             ));
         }
     }
@@ -166,13 +180,13 @@ mod tests {
         u.empty_dirs.clear();
         u.empty_dirs.insert("data".into(), 2 << 20);
         assert_eq!(
-            exceeded(&p, &u).as_deref(),
+            exceeded(&p, &u).map(|e| e.1).as_deref(),
             Some("Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\". ")
         );
         u.empty_dirs.insert("data".into(), 1 << 20);
         u.rootfs.insert("b".into(), 2 << 20);
         assert_eq!(
-            exceeded(&p, &u).as_deref(),
+            exceeded(&p, &u).map(|e| e.1).as_deref(),
             Some("Pod ephemeral local storage usage exceeds the total limit of containers 2Mi. ")
         );
         // One container past its own limit, the pod's total not (two limits).
@@ -186,7 +200,7 @@ mod tests {
         let mut u = LocalUsage::default();
         u.logs.insert("a".into(), 2 << 20);
         assert_eq!(
-            exceeded(&p, &u).as_deref(),
+            exceeded(&p, &u).map(|e| e.1).as_deref(),
             Some("Container a exceeded its local ephemeral storage limit \"1Mi\". ")
         );
         let none = pod(serde_json::json!({"spec": {"containers": [{"name": "a"}]}}));

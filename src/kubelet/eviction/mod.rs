@@ -377,9 +377,14 @@ impl Manager {
                 logs,
                 empty_dirs,
             };
-            let Some(message) = local::exceeded(&p, &usage) else {
+            let Some((signal, message)) = local::exceeded(&p, &usage) else {
                 continue;
             };
+            crate::kubelet::metrics::kubelet().inc(
+                &crate::kubelet::metrics::EVICTIONS,
+                &[signal],
+                1.0,
+            );
             tracing::warn!(pod = %p.name_any(), namespace = ?p.namespace(), "evicting: {message}");
             self.evictions
                 .lock()
@@ -429,6 +434,11 @@ impl Manager {
             .and_then(|s| s.termination_grace_period_seconds);
         let grace = pod_grace(t, own, self.max_pod_grace);
         tracing::warn!(pod = %victim.name_any(), namespace = ?victim.namespace(), grace, "evicting: {message}");
+        crate::kubelet::metrics::kubelet().inc(
+            &crate::kubelet::metrics::EVICTIONS,
+            &[t.signal.name()],
+            1.0,
+        );
         self.evictions
             .lock()
             .unwrap_or_else(|p| p.into_inner())

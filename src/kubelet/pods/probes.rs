@@ -89,6 +89,16 @@ pub struct Target<'a> {
     pub runtime: &'a dyn Runtime,
     pub container_id: &'a str,
     pub pod_ip: &'a str,
+    /// Whose probes these are, for `/metrics/probes`.
+    pub of: crate::kubelet::metrics::ProbeOf<'a>,
+}
+
+/// One probe attempt, counted and timed for `/metrics/probes`.
+async fn timed(t: &Target<'_>, c: &Container, p: &Probe, kind: &str) -> (bool, String) {
+    let started = std::time::Instant::now();
+    let (ok, msg) = probe(t, c, p).await;
+    crate::kubelet::metrics::probed(&t.of, kind, ok, started.elapsed());
+    (ok, msg)
 }
 
 /// Runs the container's due probes; whether it must be killed. Each failed probe adds its
@@ -108,7 +118,7 @@ pub async fn run(
     if let Some(p) = &c.startup_probe {
         if probes.startup.result != Some(true) {
             if due(p, &probes.startup, running_for) {
-                let (ok, msg) = probe(target, c, p).await;
+                let (ok, msg) = timed(target, c, p, "Startup").await;
                 failed("Startup", ok, &msg);
                 record(p, &mut probes.startup, ok, msg);
                 if probes.startup.result == Some(false) {
@@ -123,7 +133,7 @@ pub async fn run(
     }
     if let Some(p) = &c.liveness_probe {
         if due(p, &probes.liveness, running_for) {
-            let (ok, msg) = probe(target, c, p).await;
+            let (ok, msg) = timed(target, c, p, "Liveness").await;
             failed("Liveness", ok, &msg);
             record(p, &mut probes.liveness, ok, msg);
             if probes.liveness.result == Some(false) {
@@ -136,7 +146,7 @@ pub async fn run(
     }
     if let Some(p) = &c.readiness_probe {
         if due(p, &probes.readiness, running_for) {
-            let (ok, msg) = probe(target, c, p).await;
+            let (ok, msg) = timed(target, c, p, "Readiness").await;
             failed("Readiness", ok, &msg);
             record(p, &mut probes.readiness, ok, msg);
         }

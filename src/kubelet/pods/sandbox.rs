@@ -94,8 +94,20 @@ impl Shared {
             .run_pod_sandbox(spec::sandbox(&self.env, pod, next, &parent), &handler)
             .await
         {
-            Ok(id) => id,
+            Ok(id) => {
+                crate::kubelet::metrics::kubelet().inc(
+                    &crate::kubelet::metrics::STARTED_PODS,
+                    &[],
+                    1.0,
+                );
+                id
+            }
             Err(e) => {
+                crate::kubelet::metrics::kubelet().inc(
+                    &crate::kubelet::metrics::STARTED_PODS_ERRORS,
+                    &[],
+                    1.0,
+                );
                 let msg = format!("Failed to create pod sandbox: {e}");
                 self.event_once(st, pod, None, Type::Warning, "FailedCreatePodSandBox", &msg)
                     .await;

@@ -196,6 +196,7 @@ impl Shared {
         self.remove_cgroup(uid);
         self.allocations.remove(uid);
         crate::kubelet::container_logs::remove_pod_logs(&self.env.pod_log_dir, uid);
+        crate::kubelet::metrics::forget_pod(uid);
     }
 
     /// A pod being deleted: its containers stop within the grace period, then it is gone.

@@ -101,6 +101,10 @@ pub struct State {
     pub(super) dead_sandbox: Option<String>,
     /// When old sandboxes with no containers left were last removed.
     pub(super) sandbox_gc: Option<Instant>,
+    /// When this kubelet first saw the pod, while it was Pending; taken once it runs, for
+    /// `kubelet_pod_start_duration_seconds`.
+    pub(super) first_seen: Option<Instant>,
+    pub(super) seen: bool,
 }
 
 pub(super) fn grace_seconds(pod: &Pod) -> i64 {
@@ -195,6 +199,14 @@ impl Shared {
         if super::evict::past_deadline(pod) {
             return self.deadline_exceeded(pod, st).await;
         }
+        if !std::mem::replace(&mut st.seen, true)
+            && matches!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                None | Some("Pending")
+            )
+        {
+            st.first_seen = Some(Instant::now());
+        }
         let before = st.waiting.clone();
         // The containers run with what was allocated, which a pending resize leaves as it was.
         let spec_pod = pod;
@@ -219,6 +231,15 @@ impl Shared {
             }
         };
         let mut body = status::pod_status(pod, &obs);
+        if body["status"]["phase"] == "Running" {
+            if let Some(seen) = st.first_seen.take() {
+                crate::kubelet::metrics::kubelet().observe(
+                    &crate::kubelet::metrics::POD_START,
+                    &[],
+                    seen.elapsed().as_secs_f64(),
+                );
+            }
+        }
         self.resize_status(spec_pod, st, &mut body).await;
         self.post_status(pod, st, body).await;
         Duration::from_secs(1)
@@ -580,7 +601,9 @@ impl Shared {
                 return;
             }
         };
-        match self.runtime.start_container(&id).await {
+        let started = self.runtime.start_container(&id).await;
+        crate::kubelet::metrics::container_started(pod, &c.name, started.as_ref().err());
+        match started {
             Ok(()) => {
                 self.event(
                     pod,
@@ -699,10 +722,17 @@ impl Shared {
                 continue;
             }
             let running_for = Duration::from_nanos(u64::try_from(now - created).unwrap_or(0));
+            let (namespace, pod_name) = (pod.namespace().unwrap_or_default(), pod.name_any());
             let target = probes::Target {
                 runtime: self.runtime.as_ref(),
                 container_id: &id,
                 pod_ip: ip,
+                of: crate::kubelet::metrics::ProbeOf {
+                    namespace: &namespace,
+                    pod: &pod_name,
+                    uid: pod.metadata.uid.as_deref().unwrap_or_default(),
+                    container: &name,
+                },
             };
             let tally = st.probes.entry(id.clone()).or_default();
             let mut unhealthy = Vec::new();
