@@ -434,6 +434,44 @@ fn the_kubelet_runs_pods_on_containerd() {
         &["get", "--raw", "/api/v1/nodes/edge-1/proxy/stats/summary"],
     );
     assert!(summary.contains("\"nodeName\":\"edge-1\""), "{summary}");
+    let summary: serde_json::Value = serde_json::from_str(&summary).expect("summary json");
+    let node = &summary["node"];
+    for path in [
+        "/fs/capacityBytes",
+        "/fs/availableBytes",
+        "/runtime/imageFs/capacityBytes",
+        "/rlimit/maxpid",
+        "/memory/availableBytes",
+        "/cpu/usageCoreNanoSeconds",
+    ] {
+        assert!(
+            node.pointer(path)
+                .and_then(|v| v.as_u64())
+                .is_some_and(|n| n > 0),
+            "{path} in {node}"
+        );
+    }
+    assert!(node["startTime"].is_string(), "{node}");
+    let served = summary["pods"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["podRef"]["name"] == web.as_str()))
+        .unwrap_or_else(|| panic!("{web} in {summary}"));
+    assert!(
+        served["podRef"]["uid"]
+            .as_str()
+            .is_some_and(|u| u.len() > 8),
+        "{served}"
+    );
+    let c = &served["containers"][0];
+    assert!(
+        c["rootfs"]["capacityBytes"].as_u64().is_some_and(|n| n > 0),
+        "{c}"
+    );
+    assert!(c["logs"]["usedBytes"].is_u64(), "{c}");
+    assert!(
+        served["ephemeral-storage"]["usedBytes"].is_u64(),
+        "{served}"
+    );
     kubelet_api::bearer_tokens(&s, tmp.path());
     kubelet_api::views(&s);
 

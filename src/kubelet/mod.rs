@@ -22,4 +22,5 @@ pub mod run;
 pub mod runtime_health;
 pub mod simulated;
 pub mod stats;
+pub mod summary;
 pub mod volumes;

@@ -222,6 +222,12 @@ pub async fn run(
     let usage = super::stats::Latest::default();
     let evictions: super::eviction::Evictions = Default::default();
     let (pressure_tx, pressure_rx) = watch::channel(super::eviction::Pressure::default());
+    let node_files: Arc<dyn super::eviction::Probe> = Arc::new(super::eviction::System {
+        nodefs: cfg.data_dir.clone(),
+        imagefs,
+        pods_dir: cfg.data_dir.join("agent").join("pods"),
+        log_dir: cfg.pod_log_dir.clone(),
+    });
     let manager = super::eviction::Manager {
         client: client.clone(),
         node: cfg.node_name.clone(),
@@ -233,12 +239,7 @@ pub async fn run(
         },
         max_pod_grace: cfg.eviction_soft.2,
         transition: cfg.eviction_transition,
-        probe: Arc::new(super::eviction::System {
-            nodefs: cfg.data_dir.clone(),
-            imagefs,
-            pods_dir: cfg.data_dir.join("agent").join("pods"),
-            log_dir: cfg.pod_log_dir.clone(),
-        }),
+        probe: node_files.clone(),
         usage: usage.clone(),
         pressure: facts.pressure.clone(),
         evictions: evictions.clone(),
@@ -290,16 +291,19 @@ pub async fn run(
     match &cfg.client_ca {
         Some(ca) => {
             let cert = api::serving_cert(&cfg.node_name, cfg.node_ip)?;
-            let state = Arc::new(api::ApiState::new(
-                cfg.node_name.clone(),
-                runtime.clone(),
-                client.clone(),
-                usage.clone(),
-                api::info::kubelet_configuration(
-                    &cfg,
-                    listener.local_addr().map_or(cfg.kubelet_port, |a| a.port()),
-                ),
-            ));
+            let state = Arc::new(
+                api::ApiState::new(
+                    cfg.node_name.clone(),
+                    runtime.clone(),
+                    client.clone(),
+                    usage.clone(),
+                    api::info::kubelet_configuration(
+                        &cfg,
+                        listener.local_addr().map_or(cfg.kubelet_port, |a| a.port()),
+                    ),
+                )
+                .with_probe(node_files.clone()),
+            );
             let ca = ca.clone();
             let stop = stop.clone();
             tokio::spawn(async move {

@@ -3,7 +3,7 @@
 //! between samples and memory as the working set; the node's CPU from /proc/stat and memory
 //! as MemTotal less MemAvailable. The last sample feeds `metrics.k8s.io` in this process
 //! ([`crate::resource_metrics::Source`]) and the kubelet API's `/metrics/resource` (written by
-//! [`crate::resource_metrics::prometheus`]) and `/stats/summary`.
+//! [`crate::resource_metrics::prometheus`]) and `/stats/summary` ([`super::summary`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::cri::{Runtime, LABEL_POD_NAME, LABEL_POD_NAMESPACE};
+use super::cri::{Runtime, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID};
 use crate::resource_metrics::{group_pods, ContainerUsage, NodeUsage, Source};
 
 /// How often usage is sampled (the kubelet's housekeeping interval for metrics).
@@ -117,6 +117,7 @@ pub async fn run(
             .map(|cs| cs.into_iter().map(|c| (c.id, c.created_at)).collect())
             .unwrap_or_default();
         let mut containers = Vec::new();
+        let mut uids: HashMap<(String, String), String> = HashMap::new();
         let mut seen = HashMap::new();
         for s in stats {
             let Some(a) = s.attributes else { continue };
@@ -126,6 +127,9 @@ pub async fn run(
             ) else {
                 continue;
             };
+            if let Some(uid) = a.labels.get(LABEL_POD_UID) {
+                uids.insert((ns.clone(), pod.clone()), uid.clone());
+            }
             let name = a.metadata.map(|m| m.name).unwrap_or_default();
             let cpu = s.cpu.unwrap_or_default();
             let used = cpu.usage_core_nano_seconds.map_or(0, |v| v.value);
@@ -171,45 +175,17 @@ pub async fn run(
             cpu_nanocores: node_nanocores,
             memory_bytes: memory,
             cpu_usage_ns: node_cpu.map_or(0, |busy| busy * (1_000_000_000 / ticks.max(1))),
-            pods: group_pods(containers),
+            pods: group_pods(containers)
+                .into_iter()
+                .map(|mut p| {
+                    p.uid = uids
+                        .remove(&(p.namespace.clone(), p.name.clone()))
+                        .unwrap_or_default();
+                    p
+                })
+                .collect(),
         });
     }
-}
-
-/// `/stats/summary`: the node's and each pod's CPU and memory, as the summary API shapes them.
-pub fn summary(u: &NodeUsage) -> serde_json::Value {
-    let time = k8s_openapi::jiff::Timestamp::try_from(u.timestamp)
-        .map(|t| t.to_string())
-        .unwrap_or_default();
-    let usage = |cpu: u64, mem: u64| {
-        serde_json::json!({
-            "cpu": {"time": time, "usageNanoCores": cpu},
-            "memory": {"time": time, "workingSetBytes": mem},
-        })
-    };
-    let pods: Vec<serde_json::Value> = u
-        .pods
-        .iter()
-        .map(|p| {
-            let cpu: u64 = p.containers.iter().map(|c| c.cpu_nanocores).sum();
-            let mem: u64 = p.containers.iter().map(|c| c.memory_bytes).sum();
-            let mut v = usage(cpu, mem);
-            v["podRef"] = serde_json::json!({"name": p.name, "namespace": p.namespace});
-            v["containers"] = p
-                .containers
-                .iter()
-                .map(|c| {
-                    let mut cv = usage(c.cpu_nanocores, c.memory_bytes);
-                    cv["name"] = serde_json::json!(c.name);
-                    cv
-                })
-                .collect();
-            v
-        })
-        .collect();
-    let mut node = usage(u.cpu_nanocores, u.memory_bytes);
-    node["nodeName"] = serde_json::json!(u.node);
-    serde_json::json!({"node": node, "pods": pods})
 }
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ pub struct ContainerUsage {
 pub struct PodUsage {
     pub namespace: String,
     pub name: String,
+    /// The pod's uid, where the sampler knows it ("" otherwise).
+    pub uid: String,
     pub containers: Vec<ContainerUsage>,
 }
 
@@ -67,6 +69,7 @@ pub fn group_pods(
         .map(|((namespace, name), containers)| PodUsage {
             namespace,
             name,
+            uid: String::new(),
             containers,
         })
         .collect()

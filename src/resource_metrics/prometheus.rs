@@ -253,6 +253,7 @@ mod tests {
             pods: vec![super::super::PodUsage {
                 namespace: "default".into(),
                 name: "web \"1\"".into(),
+                uid: String::new(),
                 containers: vec![ContainerUsage {
                     name: "httpd".into(),
                     cpu_nanocores: 0,

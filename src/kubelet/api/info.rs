@@ -415,6 +415,7 @@ mod tests {
             pods: vec![crate::resource_metrics::PodUsage {
                 namespace: "ns".into(),
                 name: "p".into(),
+                uid: "u".into(),
                 containers: vec![crate::resource_metrics::ContainerUsage {
                     name: "c".into(),
                     cpu_nanocores: 0,

@@ -57,6 +57,8 @@ pub struct ApiState {
     client: kube::Client,
     /// `/configz`: the effective KubeletConfiguration.
     configz: serde_json::Value,
+    /// The node's filesystems and pods' files, for `/stats/summary`.
+    probe: Option<Arc<dyn super::eviction::Probe>>,
 }
 
 impl ApiState {
@@ -74,7 +76,14 @@ impl ApiState {
             auth: auth::Authorizer::new(client.clone()),
             client,
             configz,
+            probe: None,
         }
+    }
+
+    /// With the node's filesystems and pods' files measured by `probe` in `/stats/summary`.
+    pub fn with_probe(mut self, probe: Arc<dyn super::eviction::Probe>) -> Self {
+        self.probe = Some(probe);
+        self
     }
 }
 
@@ -156,9 +165,38 @@ async fn metrics_resource(State(state): State<Arc<ApiState>>) -> Response {
 }
 
 async fn stats_summary(State(state): State<Arc<ApiState>>) -> Response {
-    match state.usage.get() {
-        Some(u) => axum::Json(super::stats::summary(&u)).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "no usage sampled yet").into_response(),
+    let Some(u) = state.usage.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no usage sampled yet").into_response();
+    };
+    let Some(probe) = state.probe.clone() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no node filesystems to report",
+        )
+            .into_response();
+    };
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(state.client.clone());
+    let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={}", state.node));
+    let pods = match api.list(&lp).await {
+        Ok(l) => l.items,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("listing this node's pods: {e}"),
+            )
+                .into_response()
+        }
+    };
+    // Logs and emptyDirs are measured on disk: off the async workers.
+    match tokio::task::spawn_blocking(move || super::summary::summary(&u, probe.as_ref(), &pods))
+        .await
+    {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("building the summary: {e}"),
+        )
+            .into_response(),
     }
 }
 

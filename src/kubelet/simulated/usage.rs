@@ -209,6 +209,7 @@ impl Usage {
             n.pods.push(PodUsage {
                 namespace: r.namespace.clone(),
                 name: r.name.clone(),
+                uid: String::new(),
                 containers,
             });
         }
