@@ -69,6 +69,10 @@ pub async fn run(
                 None => return,
             },
             ev = claim_events.next() => match ev {
+                // After a relist a claim may be gone unseen: every pod is looked at again.
+                Some(Ok(watcher::Event::InitDone)) => dirty.extend(
+                    pods.items.iter().filter(|(_, p)| has_ephemeral(p)).map(|(k, _)| k.clone()),
+                ),
                 // A claim gone (or changed hands) may have to be made again for its pod.
                 Some(Ok(watcher::Event::Delete(c))) => dirty.extend(
                     pods.in_namespace(&c.namespace().unwrap_or_default())
@@ -99,9 +103,8 @@ pub async fn run(
                         .await;
                     said.insert(uid.clone(), e.message.clone());
                 }
-                if e.retry {
-                    pacer.after(uid, Duration::from_secs(5));
-                }
+                // A claim the pod does not own may yet be deleted: looked at again, slowly.
+                pacer.after(uid, Duration::from_secs(if e.retry { 5 } else { 30 }));
             }
         }
     }

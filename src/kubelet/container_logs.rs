@@ -52,7 +52,13 @@ fn rotated(log: &Path) -> Vec<PathBuf> {
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         .map(|e| e.path())
         .collect();
-    out.sort();
+    // By rotation time: `X.gz` with `X`, before `X-1` (two rotations in one second).
+    out.sort_by_key(|p| {
+        let s = p.to_string_lossy();
+        s.strip_suffix(".gz")
+            .map(str::to_string)
+            .unwrap_or_else(|| s.into_owned())
+    });
     out
 }
 
@@ -61,13 +67,20 @@ fn compress(file: &Path) -> Result<(), LogError> {
     use std::io::Write;
     let gz = PathBuf::from(format!("{}.gz", file.display()));
     let tmp = PathBuf::from(format!("{}.tmp", gz.display()));
-    let data = std::fs::read(file).map_err(io(format!("reading {}", file.display())))?;
+    let mut input = std::fs::File::open(file).map_err(io(format!("opening {}", file.display())))?;
     let out = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
     let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
-    enc.write_all(&data)
+    let done = std::io::copy(&mut input, &mut enc)
+        .and_then(|_| enc.flush())
         .and_then(|()| enc.finish())
-        .and_then(|f| f.sync_all())
-        .map_err(io(format!("compressing {}", file.display())))?;
+        .and_then(|f| f.sync_all());
+    if let Err(source) = done {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(LogError::Io {
+            context: format!("compressing {}", file.display()),
+            source,
+        });
+    }
     std::fs::rename(&tmp, &gz).map_err(io(format!("renaming {}", tmp.display())))?;
     std::fs::remove_file(file).map_err(io(format!("removing {}", file.display())))
 }
@@ -104,7 +117,10 @@ pub fn rotate_files(log: &Path, policy: Policy, stamp: &str) -> Result<PathBuf, 
             .iter()
             .filter(|f| f.extension().is_none_or(|e| e != "gz"))
         {
-            compress(f)?;
+            // A full disk keeps it plain: the live log is still rotated.
+            if let Err(e) = compress(f) {
+                tracing::warn!("compressing a rotated container log: {e}");
+            }
         }
     }
     let mut to = PathBuf::from(format!("{}.{stamp}", log.display()));

@@ -197,10 +197,19 @@ pub fn forget_pod(uid: &str) {
     }
 }
 
-/// A CRI method's operation type, as upstream names them: `/runtime.v1.RuntimeService/StartContainer`
-/// is `start_container`.
+/// A CRI method's operation type, as upstream's instrumented services name them:
+/// `/runtime.v1.RuntimeService/StartContainer` is `start_container`, `RunPodSandbox` is
+/// `run_podsandbox`, `UpdateContainerResources` is `update_container`.
 fn operation(path: &str) -> String {
-    let method = path.rsplit('/').next().unwrap_or(path);
+    let snake = snake_case(path.rsplit('/').next().unwrap_or(path));
+    match snake.as_str() {
+        "update_container_resources" => "update_container".into(),
+        "update_pod_sandbox_resources" => snake,
+        _ => snake.replace("pod_sandbox", "podsandbox"),
+    }
+}
+
+fn snake_case(method: &str) -> String {
     let mut out = String::new();
     for (i, ch) in method.chars().enumerate() {
         if ch.is_ascii_uppercase() {
@@ -273,6 +282,18 @@ mod tests {
             "pull_image"
         );
         assert_eq!(operation("/runtime.v1.RuntimeService/Version"), "version");
+        assert_eq!(
+            operation("/runtime.v1.RuntimeService/RunPodSandbox"),
+            "run_podsandbox"
+        );
+        assert_eq!(
+            operation("/runtime.v1.RuntimeService/ListPodSandbox"),
+            "list_podsandbox"
+        );
+        assert_eq!(
+            operation("/runtime.v1.RuntimeService/UpdateContainerResources"),
+            "update_container"
+        );
     }
 
     #[test]

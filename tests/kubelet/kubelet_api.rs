@@ -139,7 +139,7 @@ pub fn views(s: &Server) {
         "kubelet_pod_start_duration_seconds_bucket{le=\"+Inf\"} ",
         "kubelet_pod_start_duration_seconds_count ",
         "kubelet_runtime_operations_total{operation_type=\"start_container\"} ",
-        "kubelet_runtime_operations_duration_seconds_bucket{operation_type=\"run_pod_sandbox\",le=\"+Inf\"} ",
+        "kubelet_runtime_operations_duration_seconds_bucket{operation_type=\"run_podsandbox\",le=\"+Inf\"} ",
     ] {
         assert!(metrics.contains(want), "{want} in\n{metrics}");
     }

@@ -3,11 +3,12 @@
 //!
 //! When the kubelet sets up a volume the built-in provisioner made
 //! (`pv.kubernetes.io/provisioned-by: rancher.io/local-path`), it notes it under
-//! `DATA_DIR/agent/local-path/PV_NAME` (the file holds the directory). Every
-//! [`RECLAIM_EVERY`] it asks the API server after each noted volume: a 404 means the volume was
-//! deleted (its claim went first, and no pod could use it then), so its directory goes. A
-//! Retain volume is kept, Released, and so is its data. Only directories named `pvc-*`, as the
-//! provisioner names them, are ever removed.
+//! `DATA_DIR/agent/local-path/PV_NAME` (its directory, uid and reclaim policy). Every
+//! [`RECLAIM_EVERY`] it asks the API server after each noted volume, keeping the note's policy
+//! current: a 404 for a volume last seen with policy Delete means it was deleted (its claim
+//! went first, and no pod could use it then), so its directory goes. A Retain volume keeps its
+//! data, even once deleted by hand. Only directories named `pvc-*`, as the provisioner names
+//! them, are ever removed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,24 +42,54 @@ fn reclaimable(pv: &PersistentVolume, path: &Path) -> bool {
             .is_some_and(|n| n.starts_with("pvc-"))
 }
 
+/// What is noted of a volume: where its data is and how it was last seen.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Note {
+    path: PathBuf,
+    uid: String,
+    /// Its reclaim policy when last seen: only a `Delete` volume's data is ever removed.
+    policy: String,
+}
+
+fn note_of(pv: &PersistentVolume, path: &Path) -> Note {
+    Note {
+        path: path.to_path_buf(),
+        uid: pv.uid().unwrap_or_default(),
+        policy: pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.persistent_volume_reclaim_policy.clone())
+            .unwrap_or_else(|| "Delete".into()),
+    }
+}
+
+fn write_note(notes: &Path, name: &str, note: &Note) -> Result<(), VolumeError> {
+    let io = |what: &'static str| {
+        let context = format!("{what} the note of local-path volume {name}");
+        move |source| VolumeError::Io { context, source }
+    };
+    let text = serde_json::to_vec(note).map_err(|e| VolumeError::Invalid(e.to_string()))?;
+    std::fs::create_dir_all(notes).map_err(io("making the directory of"))?;
+    let tmp = notes.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).map_err(io("writing"))?;
+    std::fs::rename(&tmp, notes.join(name)).map_err(io("renaming"))
+}
+
+fn read_note(file: &Path) -> Option<Note> {
+    serde_json::from_slice(&std::fs::read(file).ok()?).ok()
+}
+
 /// Notes that `pv`'s data is at `path` on this node, when it is a local-path volume.
 pub fn note(notes: &Path, pv: &PersistentVolume, path: &Path) -> Result<(), VolumeError> {
     if !reclaimable(pv, path) {
         return Ok(());
     }
     let name = pv.name_any();
-    let file = notes.join(&name);
-    if std::fs::read(&file).is_ok_and(|had| had == path.as_os_str().as_encoded_bytes()) {
+    let want = note_of(pv, path);
+    if read_note(&notes.join(&name)).as_ref() == Some(&want) {
         return Ok(());
     }
-    let io = |what: &'static str| {
-        let context = format!("{what} the note of local-path volume {name}");
-        move |source| VolumeError::Io { context, source }
-    };
-    std::fs::create_dir_all(notes).map_err(io("making the directory of"))?;
-    let tmp = notes.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, path.as_os_str().as_encoded_bytes()).map_err(io("writing"))?;
-    std::fs::rename(&tmp, &file).map_err(io("renaming"))
+    write_note(notes, &name, &want)
 }
 
 /// Checks every noted volume once; the directories removed.
@@ -73,15 +104,31 @@ pub async fn reclaim(client: &Client, notes: &Path) -> Vec<PathBuf> {
         if name.starts_with('.') {
             continue;
         }
-        let Ok(raw) = std::fs::read(entry.path()) else {
+        let Some(noted) = read_note(&entry.path()) else {
             continue;
         };
-        let path = PathBuf::from(String::from_utf8_lossy(&raw).into_owned());
         match api.get(&name).await {
+            // Seen again: its policy (an admin may switch it to Retain) and uid kept current.
+            Ok(pv) => {
+                let now = note_of(&pv, &noted.path);
+                if now != noted && reclaimable(&pv, &noted.path) {
+                    if let Err(e) = write_note(notes, &name, &now) {
+                        tracing::warn!(volume = %name, "updating a local-path volume's note: {e}");
+                    }
+                }
+                continue;
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            // Still there (bound, or Released and retained), or no answer: keep it.
-            _ => continue,
+            // No answer: ask again next time.
+            Err(_) => continue,
         }
+        if noted.policy != "Delete" {
+            // A retained volume deleted by hand keeps its data, as upstream's provisioner does.
+            tracing::info!(volume = %name, path = %noted.path.display(), "a retained local-path volume was deleted; its data is kept");
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        let path = noted.path;
         let gone = match std::fs::remove_dir_all(&path) {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -135,10 +182,9 @@ mod tests {
         note(&notes, &pv(Some(PROVISIONER)), Path::new("/srv")).expect("not noted");
         assert!(!notes.exists());
         note(&notes, &pv(Some(PROVISIONER)), data).expect("noted");
-        assert_eq!(
-            std::fs::read_to_string(notes.join("pvc-1")).ok().as_deref(),
-            Some("/var/lib/k1s/storage/pvc-1_default_data")
-        );
+        let noted = read_note(&notes.join("pvc-1")).expect("a note");
+        assert_eq!(noted.path, data);
+        assert_eq!(noted.policy, "Delete");
         assert_eq!(
             notes_dir(Path::new("/d/agent/pods")),
             Path::new("/d/agent/local-path")

@@ -10,6 +10,7 @@ mod claims;
 pub mod files;
 pub mod local_path;
 pub mod mount;
+mod nofollow;
 pub mod subpath;
 
 use std::collections::{BTreeMap, HashMap};
@@ -634,10 +635,9 @@ pub fn remove_pod(pods_dir: &Path, uid: &str, mounter: &dyn mount::Mounter) {
         tracing::warn!(dir = %dir.display(), "a pod's files kept: something is still mounted under them");
         return;
     }
-    if dir.exists() {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(dir = %dir.display(), "removing a pod's files: {e}");
-        }
+    // Never through a mount point, should one have been missed above.
+    if dir.exists() && !mount::remove_unmounted(&dir) {
+        tracing::warn!(dir = %dir.display(), "some of a pod's files could not be removed");
     }
 }
 

@@ -1,8 +1,10 @@
 //! The mounts the kubelet makes itself (tmpfs for `emptyDir.medium: Memory`, the bind mounts of
 //! safe subPaths), behind a trait so volume policy is testable without privileges.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::nofollow::{self, c_path, last_error};
 
 use super::VolumeError;
 
@@ -21,6 +23,48 @@ pub trait Mounter: Send + Sync {
 
 /// mount(2) and umount2(2).
 pub struct System;
+
+/// A new empty directory, or a new empty file (never an existing one opened), to bind onto.
+fn make_mount_point(target: &Path, dir: bool) -> std::io::Result<()> {
+    if dir {
+        return std::fs::create_dir_all(target);
+    }
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(target)
+        .map(drop)
+}
+
+/// Removes `dir` and everything in it, never entering a mount point (a bind still mounted
+/// there would lead into a volume's data); whether all of it went.
+pub fn remove_unmounted(dir: &Path) -> bool {
+    let dir = canonical(dir);
+    let points: std::collections::HashSet<PathBuf> = mount_points().into_iter().collect();
+    fn walk(p: &Path, points: &std::collections::HashSet<PathBuf>) -> bool {
+        if points.contains(p) {
+            tracing::warn!(path = %p.display(), "not removed: something is mounted there");
+            return false;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(p) else {
+            return true;
+        };
+        if !meta.is_dir() {
+            return std::fs::remove_file(p).is_ok();
+        }
+        let mut all = true;
+        if let Ok(entries) = std::fs::read_dir(p) {
+            for e in entries.flatten() {
+                all &= walk(&e.path(), points);
+            }
+        }
+        all && std::fs::remove_dir(p).is_ok()
+    }
+    walk(&dir, &points)
+}
 
 /// The mount points this process sees (`/proc/self/mounts`, octal escapes undone).
 fn mount_points() -> Vec<PathBuf> {
@@ -54,21 +98,14 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `p` with symlinks resolved, as the mount table shows paths (as given when it is gone).
+fn canonical(p: &Path) -> PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+}
+
 fn mounted(dir: &Path) -> bool {
-    mount_points().iter().any(|m| m == dir)
-}
-
-fn c_path(p: &Path) -> Result<std::ffi::CString, VolumeError> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| VolumeError::Invalid(format!("bad path {}", p.display())))
-}
-
-fn last_error(context: String) -> VolumeError {
-    VolumeError::Io {
-        context,
-        source: std::io::Error::last_os_error(),
-    }
+    let dir = canonical(dir);
+    mount_points().contains(&dir)
 }
 
 impl Mounter for System {
@@ -102,69 +139,34 @@ impl Mounter for System {
     }
 
     fn bind_beneath(&self, root: &Path, rel: &Path, target: &Path) -> Result<(), VolumeError> {
-        let open = |dir: Option<&OwnedFd>, name: &std::ffi::CStr, flags: i32| {
-            // SAFETY: a NUL-terminated name; the returned descriptor is owned at once.
-            let fd = unsafe {
-                libc::openat(
-                    dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd()),
-                    name.as_ptr(),
-                    flags | libc::O_PATH | libc::O_CLOEXEC,
-                )
-            };
-            // SAFETY: a descriptor openat just returned, owned by nobody else.
-            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-        };
-        let mut fd = open(None, &c_path(root)?, libc::O_DIRECTORY)
-            .ok_or_else(|| last_error(format!("opening volume path {}", root.display())))?;
-        for part in rel.components() {
-            let Component::Normal(name) = part else {
-                return Err(VolumeError::Invalid(format!(
-                    "subpath {} is not a plain relative path",
-                    rel.display()
-                )));
-            };
-            let name = c_path(Path::new(name))?;
-            fd = open(Some(&fd), &name, libc::O_NOFOLLOW).ok_or_else(|| {
-                last_error(format!(
-                    "opening subpath {} beneath {} without following symlinks",
-                    rel.display(),
-                    root.display()
-                ))
-            })?;
-        }
-        // SAFETY: a zeroed stat is a valid out-parameter for fstat.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: an open descriptor and a stat buffer that outlives the call.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(last_error(format!("checking subpath {}", rel.display())));
-        }
-        let kind = st.st_mode & libc::S_IFMT;
+        let fd = nofollow::open_beneath(root, rel, true)?;
+        let kind = nofollow::kind(&fd, rel)?;
         if kind == libc::S_IFLNK {
             return Err(VolumeError::Invalid(format!(
                 "subpath {} is a symlink",
                 rel.display()
             )));
         }
-        let made = if kind == libc::S_IFDIR {
-            std::fs::create_dir_all(target)
-        } else {
-            target
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| {
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .truncate(false)
-                        .write(true)
-                        .open(target)
-                        .map(drop)
-                })
-        };
-        made.map_err(|source| VolumeError::Io {
-            context: format!("making subpath mount point {}", target.display()),
-            source,
-        })?;
+        // The last run's bind goes first: what is under it is the kubelet's own mount point.
         self.unmount(target);
+        let dir = kind == libc::S_IFDIR;
+        let io = |what: &str| {
+            let context = format!("{what} subpath mount point {}", target.display());
+            move |source| VolumeError::Io { context, source }
+        };
+        match std::fs::symlink_metadata(target) {
+            Ok(m) if m.is_dir() == dir && !m.file_type().is_symlink() => {}
+            Ok(m) => {
+                // A subPath that changed between a file and a directory.
+                if m.is_dir() {
+                    std::fs::remove_dir(target).map_err(io("replacing"))?;
+                } else {
+                    std::fs::remove_file(target).map_err(io("replacing"))?;
+                }
+                make_mount_point(target, dir).map_err(io("making"))?;
+            }
+            Err(_) => make_mount_point(target, dir).map_err(io("making"))?,
+        }
         let source = c_path(&PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())))?;
         let dest = c_path(target)?;
         // SAFETY: NUL-terminated paths that outlive the call; a bind mount takes no data.
@@ -188,10 +190,11 @@ impl Mounter for System {
     }
 
     fn unmount_under(&self, dir: &Path) -> bool {
+        let dir = canonical(dir);
         let under = |points: Vec<PathBuf>| -> Vec<PathBuf> {
             let mut v: Vec<PathBuf> = points
                 .into_iter()
-                .filter(|m| m.starts_with(dir) && m != dir)
+                .filter(|m| m.starts_with(&dir) && *m != dir)
                 .collect();
             v.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
             v.dedup();

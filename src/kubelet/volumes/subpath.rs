@@ -3,8 +3,9 @@
 //! hand it the host.
 //!
 //! The subPath is resolved inside the volume: symlinks that stay inside are followed, one that
-//! leads out is refused (`subpath ... not within volume path ...`). Missing directories are
-//! made. Then what it names is opened component by component without following symlinks and
+//! leads out is refused (`subpath ... not within volume path ...`). Then what it names is
+//! opened component by component without following symlinks (missing directories made on the
+//! way with `mkdirat`, as upstream's `doSafeMakeDir`) and
 //! bind-mounted from that open file to `PODS_DIR/UID/volume-subpaths/VOLUME/CONTAINER/INDEX`
 //! ([`Mounter::bind_beneath`]), which is what the runtime mounts: a directory swapped for a
 //! symlink between the check and the mount makes the open fail instead of escaping. The pod's
@@ -28,8 +29,8 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> VolumeError {
     move |source| VolumeError::Io { context, source }
 }
 
-/// `sub` inside the volume at `root`, made when missing: the resolved path, relative to the
-/// resolved root. Refused when it resolves outside.
+/// `sub` inside the volume at `root`: the resolved path, relative to the resolved root (its
+/// missing part as written). Refused when what exists of it resolves outside.
 pub fn resolve(root: &Path, sub: &str) -> Result<PathBuf, VolumeError> {
     let root = root
         .canonicalize()
@@ -50,30 +51,21 @@ pub fn resolve(root: &Path, sub: &str) -> Result<PathBuf, VolumeError> {
             root.display().to_string()
         ))
     };
-    let mut resolved = existing
+    let resolved = existing
         .canonicalize()
         .map_err(io(format!("resolving subpath {sub:?}")))?;
     if !resolved.starts_with(&root) {
         return Err(outside(&resolved));
     }
-    for name in missing.into_iter().rev() {
-        resolved.push(name);
-        match std::fs::create_dir(&resolved) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io(format!("creating subpath {}", resolved.display()))(e)),
-        }
-        // mkdir does not follow a symlink in the last place; one there now is refused.
-        let meta = std::fs::symlink_metadata(&resolved)
-            .map_err(io(format!("checking subpath {}", resolved.display())))?;
-        if !meta.is_dir() {
-            return Err(outside(&resolved));
-        }
-    }
-    let rel = resolved
+    // What is missing is made by the bind's walk, beneath the volume and never through a
+    // symlink (a directory swapped for one meanwhile fails it).
+    let mut rel = resolved
         .strip_prefix(&root)
         .map_err(|_| outside(&resolved))?
         .to_path_buf();
+    for name in missing.into_iter().rev() {
+        rel.push(name);
+    }
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(outside(&resolved));
     }
@@ -114,12 +106,11 @@ mod tests {
             Path::new("data/file")
         );
         assert_eq!(
-            resolve(root, "new/deeper").expect("made"),
+            resolve(root, "new/deeper").expect("missing"),
             Path::new("new/deeper")
         );
-        assert!(root.join("new/deeper").is_dir());
         assert_eq!(
-            resolve(root, "inside/made").expect("made behind a link"),
+            resolve(root, "inside/made").expect("missing behind a link"),
             Path::new("data/made")
         );
         for bad in ["escape", "escape/passwd", "data/up", "data/up/x/y"] {
