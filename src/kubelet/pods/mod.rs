@@ -11,6 +11,7 @@ pub mod ephemeral;
 pub mod events;
 mod evict;
 pub mod hooks;
+mod prober;
 pub mod probes;
 mod pull;
 pub mod resize;
