@@ -352,7 +352,13 @@ pub async fn run(
             min_oom_score_adj: min_oom_score_adj(),
             node_name: cfg.node_name.clone(),
             host_ip: cfg.node_ip.to_string(),
-            cpus: facts.cpus,
+            allocatable: {
+                let (cpu_milli, memory_bytes) = facts.schedulable_cpu_memory();
+                pods::spec::Allocatable {
+                    cpu_milli,
+                    memory_bytes,
+                }
+            },
             pods_dir: cfg.data_dir.join("agent").join("pods"),
             dns: pods::dns::ClusterDns {
                 servers: cfg.cluster_dns.iter().map(ToString::to_string).collect(),

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
+use super::eviction::signals::meminfo_kib;
 use super::eviction::{Observation, Probe, Signal};
 use crate::resource_metrics::NodeUsage;
 
@@ -89,18 +90,6 @@ fn default_interface(route: &str) -> Option<String> {
         let f: Vec<&str> = l.split_whitespace().collect();
         (f.get(1) == Some(&"00000000") && f.get(7) == Some(&"00000000")).then(|| f[0].to_string())
     })
-}
-
-fn kib(meminfo: &str, key: &str) -> Option<u64> {
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix(key))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(|k| k * 1024)
 }
 
 /// The summary of `u`, with this node's filesystems from `probe` and the node's `pods` (for
@@ -205,10 +194,11 @@ pub fn summary(u: &NodeUsage, probe: &dyn Probe, pods: &[Pod]) -> Value {
         node["startTime"] = json!(t);
     }
     if let (Some(total), Some(free), Some(avail)) = (
-        kib(&meminfo, "MemTotal:"),
-        kib(&meminfo, "MemFree:"),
-        kib(&meminfo, "MemAvailable:"),
+        meminfo_kib(&meminfo, "MemTotal:"),
+        meminfo_kib(&meminfo, "MemFree:"),
+        meminfo_kib(&meminfo, "MemAvailable:"),
     ) {
+        let (total, free, avail) = (total * 1024, free * 1024, avail * 1024);
         node["memory"]["availableBytes"] = json!(avail);
         node["memory"]["usageBytes"] = json!(total.saturating_sub(free));
     }

@@ -52,6 +52,7 @@ spec:
       - {path: name, fieldRef: {fieldPath: metadata.name}}
       - {path: labels, fieldRef: {fieldPath: metadata.labels}}
       - {path: mem_limit, resourceFieldRef: {containerName: c, resource: limits.memory, divisor: 1Mi}}
+      - {path: cpu_limit, resourceFieldRef: {containerName: c, resource: limits.cpu, divisor: 1m}}
   containers:
   - name: c
     image: k1s.local/busybox:1
@@ -177,6 +178,25 @@ pub fn volumes_and_config(s: &Server, tmp: &std::path::Path, cluster_dns: &str) 
     assert_eq!(sh("cat /etc/info/name"), "volumes");
     assert_eq!(sh("cat /etc/info/labels"), "app=\"vol\"\n");
     assert_eq!(sh("cat /etc/info/mem_limit"), "32");
+    // Without a CPU limit of its own, the container reads the node's allocatable CPU.
+    let allocatable = ok(
+        s,
+        &[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[0].status.allocatable.cpu}",
+        ],
+    );
+    let milli = match allocatable.trim().strip_suffix('m') {
+        Some(m) => m.to_string(),
+        None => format!("{}", allocatable.trim().parse::<u64>().unwrap_or(0) * 1000),
+    };
+    assert_eq!(
+        sh("cat /etc/info/cpu_limit"),
+        milli,
+        "allocatable {allocatable}"
+    );
     let token = sh("cat /var/run/secrets/kubernetes.io/serviceaccount/token");
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
     assert_eq!(

@@ -144,14 +144,24 @@ pub async fn configz(State(state): State<Arc<ApiState>>) -> Response {
     json_response(&state.configz)
 }
 
-/// `/pods`: the pods bound to this node, as the API server has them.
-pub async fn pods(State(state): State<Arc<ApiState>>) -> Response {
+/// The pods bound to this node, as the API server has them, or the error answer.
+pub async fn node_pods(state: &ApiState) -> Result<Vec<Pod>, Response> {
     let api: kube::Api<Pod> = kube::Api::all(state.client.clone());
     let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={}", state.node));
-    match api.list(&lp).await {
+    api.list(&lp).await.map(|l| l.items).map_err(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("listing this node's pods: {e}"),
+        )
+            .into_response()
+    })
+}
+
+/// `/pods`: the pods bound to this node, as the API server has them.
+pub async fn pods(State(state): State<Arc<ApiState>>) -> Response {
+    match node_pods(&state).await {
         Ok(list) => {
             let items: Vec<Value> = list
-                .items
                 .into_iter()
                 .map(|mut p| {
                     p.metadata.managed_fields = None;
@@ -165,11 +175,7 @@ pub async fn pods(State(state): State<Arc<ApiState>>) -> Response {
                 &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),
             )
         }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("listing this node's pods: {e}"),
-        )
-            .into_response(),
+        Err(answer) => answer,
     }
 }
 

@@ -175,17 +175,9 @@ async fn stats_summary(State(state): State<Arc<ApiState>>) -> Response {
         )
             .into_response();
     };
-    let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(state.client.clone());
-    let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={}", state.node));
-    let pods = match api.list(&lp).await {
-        Ok(l) => l.items,
-        Err(e) => {
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("listing this node's pods: {e}"),
-            )
-                .into_response()
-        }
+    let pods = match info::node_pods(&state).await {
+        Ok(pods) => pods,
+        Err(answer) => return answer,
     };
     // Logs and emptyDirs are measured on disk: off the async workers.
     match tokio::task::spawn_blocking(move || super::summary::summary(&u, probe.as_ref(), &pods))

@@ -284,7 +284,8 @@ fn disk_usage(path: &Path) -> (u64, u64) {
     total
 }
 
-fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
+/// The value of `key` (`MemTotal:`, ...) in /proc/meminfo's `text`, in KiB.
+pub fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .find(|l| l.starts_with(key))?
         .split_whitespace()

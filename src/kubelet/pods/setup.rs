@@ -118,8 +118,7 @@ pub async fn resolve_env(
                 &container,
                 &r.resource,
                 r.divisor.as_ref().map(|d| d.0.as_str()),
-                env.memory_bytes,
-                env.cpus,
+                env.allocatable,
             );
             out.values.insert(e.name.clone(), v);
         }

@@ -26,12 +26,20 @@ pub struct Env {
     pub min_oom_score_adj: i64,
     pub node_name: String,
     pub host_ip: String,
-    /// The node's CPUs, for downward-API limits a container does not set.
-    pub cpus: u32,
+    /// The node's allocatable CPU and memory, for downward-API limits a container does not
+    /// set (upstream reads them from the Node's `status.allocatable`).
+    pub allocatable: Allocatable,
     /// Where pods' volumes and kubelet-managed files live (`DATA_DIR/agent/pods`).
     pub pods_dir: PathBuf,
     /// Cluster DNS and the node's resolver, for pods' resolv.conf.
     pub dns: super::dns::ClusterDns,
+}
+
+/// A node's allocatable CPU (millicores) and memory (bytes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allocatable {
+    pub cpu_milli: i64,
+    pub memory_bytes: i64,
 }
 
 impl Env {
@@ -579,7 +587,10 @@ pub(crate) mod tests {
             min_oom_score_adj: 0,
             node_name: "n1".into(),
             host_ip: "10.0.0.1".into(),
-            cpus: 2,
+            allocatable: Allocatable {
+                cpu_milli: 2000,
+                memory_bytes: 1 << 30,
+            },
             pods_dir: "/var/lib/k1s/agent/pods".into(),
             dns: Default::default(),
         }

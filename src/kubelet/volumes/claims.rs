@@ -16,33 +16,34 @@ pub async fn ephemeral_claim(
     client: &Client,
     pod: &Pod,
     volume: &str,
-) -> Result<String, VolumeError> {
+) -> Result<PersistentVolumeClaim, VolumeError> {
     let ns = pod.namespace().unwrap_or_default();
     let name = crate::ephemeral_claims::claim_name(pod, volume);
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-    let Some(pvc) = pvcs.get_opt(&name).await? else {
-        return Err(VolumeError::Missing(format!(
-            "persistentvolumeclaim \"{name}\" not found"
-        )));
-    };
+    let pvc = claim(client, &ns, &name).await?;
     crate::ephemeral_claims::is_for_pod(pod, &pvc).map_err(VolumeError::Invalid)?;
-    Ok(name)
+    Ok(pvc)
+}
+
+/// The claim `name` in `ns`, which must exist.
+pub async fn claim(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<PersistentVolumeClaim, VolumeError> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    pvcs.get_opt(name)
+        .await?
+        .ok_or_else(|| VolumeError::Missing(format!("persistentvolumeclaim \"{name}\" not found")))
 }
 
 /// The host directory of a bound claim's volume (hostPath or local PVs, as local-path makes).
 /// A volume of the built-in local-path provisioner is noted in `notes`, for reclaiming.
 pub async fn claim_path(
     client: &Client,
-    ns: &str,
-    claim: &str,
+    pvc: PersistentVolumeClaim,
     notes: &Path,
 ) -> Result<PathBuf, VolumeError> {
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    let Some(pvc) = pvcs.get_opt(claim).await? else {
-        return Err(VolumeError::Missing(format!(
-            "persistentvolumeclaim \"{claim}\" not found"
-        )));
-    };
+    let claim = pvc.name_any();
     let Some(pv_name) = pvc
         .spec
         .and_then(|s| s.volume_name)

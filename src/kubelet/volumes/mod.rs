@@ -194,14 +194,13 @@ impl VolumeError {
 }
 
 /// A container resource (`limits.memory`, `requests.cpu`, ...) as the downward API reports it,
-/// in units of `divisor`; a missing limit is the node's allocatable.
+/// in units of `divisor`; a missing limit is the pod's, else the node's allocatable.
 pub fn resource_value(
     pod: &Pod,
     container: &str,
     resource: &str,
     divisor: Option<&str>,
-    node_memory: u64,
-    node_cpus: u32,
+    node: crate::kubelet::pods::spec::Allocatable,
 ) -> String {
     let c = pod.spec.as_ref().and_then(|s| {
         s.containers
@@ -225,8 +224,8 @@ pub fn resource_value(
         .and_then(|q| crate::quantity::milli(&q.0))
         .or(pod_limit)
         .unwrap_or(match (kind, name) {
-            ("limits", "cpu") => i128::from(node_cpus) * 1000,
-            ("limits", "memory") => i128::from(node_memory) * 1000,
+            ("limits", "cpu") => i128::from(node.cpu_milli),
+            ("limits", "memory") => i128::from(node.memory_bytes) * 1000,
             _ => 0,
         });
     let div = divisor
@@ -378,8 +377,7 @@ async fn volume(
         return Ok(HostVolume {
             path: claims::claim_path(
                 ctx.client,
-                &sources.namespace,
-                &c.claim_name,
+                claims::claim(ctx.client, &sources.namespace, &c.claim_name).await?,
                 &local_path::notes_dir(ctx.pods_dir),
             )
             .await?,
@@ -390,8 +388,7 @@ async fn volume(
         let claim = claims::ephemeral_claim(ctx.client, pod, &v.name).await?;
         return Ok(rw(claims::claim_path(
             ctx.client,
-            &sources.namespace,
-            &claim,
+            claim,
             &local_path::notes_dir(ctx.pods_dir),
         )
         .await?));
@@ -563,8 +560,7 @@ fn downward_item(
             &container,
             &r.resource,
             r.divisor.as_ref().map(|d| d.0.as_str()),
-            ctx.env.memory_bytes,
-            ctx.env.cpus,
+            ctx.env.allocatable,
         )
         .into_bytes());
     }
@@ -691,23 +687,32 @@ mod tests {
             "spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}}}]}
         }))
         .expect("pod");
-        assert_eq!(resource_value(&pod, "c", "limits.cpu", None, 0, 2), "1");
+        let node = crate::kubelet::pods::spec::Allocatable {
+            cpu_milli: 1500,
+            memory_bytes: 1 << 30,
+        };
+        assert_eq!(resource_value(&pod, "c", "limits.cpu", None, node), "1");
         assert_eq!(
-            resource_value(&pod, "c", "limits.cpu", Some("1m"), 0, 2),
+            resource_value(&pod, "c", "limits.cpu", Some("1m"), node),
             "250"
         );
         assert_eq!(
-            resource_value(&pod, "c", "limits.memory", Some("1Mi"), 0, 2),
+            resource_value(&pod, "c", "limits.memory", Some("1Mi"), node),
             "64"
         );
         assert_eq!(
-            resource_value(&pod, "c", "requests.memory", None, 0, 2),
+            resource_value(&pod, "c", "requests.memory", None, node),
             "0"
         );
         assert_eq!(
-            resource_value(&pod, "x", "limits.cpu", None, 0, 2),
+            resource_value(&pod, "x", "limits.cpu", None, node),
             "2",
-            "no limit: the node's"
+            "no limit: the node's allocatable, rounded up"
+        );
+        assert_eq!(
+            resource_value(&pod, "x", "limits.memory", Some("1Mi"), node),
+            "1024",
+            "no limit: the node's allocatable memory"
         );
     }
 }

@@ -29,9 +29,9 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> VolumeError {
     move |source| VolumeError::Io { context, source }
 }
 
-/// `sub` inside the volume at `root`: the resolved path, relative to the resolved root (its
-/// missing part as written). Refused when what exists of it resolves outside.
-pub fn resolve(root: &Path, sub: &str) -> Result<PathBuf, VolumeError> {
+/// `sub` inside the volume at `root`: the resolved root, and the resolved path relative to it
+/// (its missing part as written). Refused when what exists of it resolves outside.
+pub fn resolve(root: &Path, sub: &str) -> Result<(PathBuf, PathBuf), VolumeError> {
     let root = root
         .canonicalize()
         .map_err(io(format!("resolving volume path {}", root.display())))?;
@@ -69,7 +69,7 @@ pub fn resolve(root: &Path, sub: &str) -> Result<PathBuf, VolumeError> {
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(outside(&resolved));
     }
-    Ok(rel)
+    Ok((root, rel))
 }
 
 /// Prepares a subPath mount: resolves `sub` in the volume at `root` and binds it at `target`.
@@ -79,10 +79,7 @@ pub fn prepare(
     sub: &str,
     target: &Path,
 ) -> Result<(), VolumeError> {
-    let rel = resolve(root, sub)?;
-    let root = root
-        .canonicalize()
-        .map_err(io(format!("resolving volume path {}", root.display())))?;
+    let (root, rel) = resolve(root, sub)?;
     mounter.bind_beneath(&root, &rel, target)
 }
 
@@ -100,17 +97,19 @@ mod tests {
         std::os::unix::fs::symlink("/etc", root.join("escape")).expect("link");
         std::os::unix::fs::symlink("../..", root.join("data/up")).expect("link");
 
-        assert_eq!(resolve(root, "data").expect("dir"), Path::new("data"));
+        assert_eq!(resolve(root, "data").expect("dir").1, Path::new("data"));
         assert_eq!(
-            resolve(root, "inside/file").expect("a link inside"),
+            resolve(root, "inside/file").expect("a link inside").1,
             Path::new("data/file")
         );
         assert_eq!(
-            resolve(root, "new/deeper").expect("missing"),
+            resolve(root, "new/deeper").expect("missing").1,
             Path::new("new/deeper")
         );
         assert_eq!(
-            resolve(root, "inside/made").expect("missing behind a link"),
+            resolve(root, "inside/made")
+                .expect("missing behind a link")
+                .1,
             Path::new("data/made")
         );
         for bad in ["escape", "escape/passwd", "data/up", "data/up/x/y"] {
