@@ -28,6 +28,7 @@ pub mod kubelet;
 pub mod labels;
 #[cfg(any(feature = "scheduler", feature = "controllers"))]
 pub mod leader;
+pub mod local_path;
 pub mod metrics;
 pub mod names;
 pub mod parts;

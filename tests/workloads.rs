@@ -407,6 +407,80 @@ spec:
     ok(&s, &["delete", "pod", "user", "--wait=false"]);
     ok(&s, &["delete", "pvc", "data", "--wait=false"]);
     eventually(&s, &["get", "pv", "-o", "name"], |o| o.trim().is_empty());
+    // A volume whose data a kubelet holds stays until that kubelet lets it go; one whose node
+    // is gone for good is let go by the provisioner.
+    let held = |name: &str, on: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: {name}
+  finalizers: [k1s.io/local-path-data]
+  annotations: {{pv.kubernetes.io/provisioned-by: rancher.io/local-path}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  hostPath: {{path: /tmp/{name}}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{on}]}}]
+"#
+        )
+    };
+    let volumes = format!(
+        "{}---\n{}",
+        held("pvc-held", &node),
+        held("pvc-orphan", "gone-node")
+    );
+    ok(
+        &s,
+        &["create", "-f", &write(dir.path(), "held.yaml", &volumes)],
+    );
+    ok(
+        &s,
+        &["delete", "pv", "pvc-held", "pvc-orphan", "--wait=false"],
+    );
+    eventually(&s, &["get", "pv", "-o", "name"], |o| {
+        o.trim() == "persistentvolume/pvc-held"
+    });
+    let events = eventually(
+        &s,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=pvc-orphan",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+        |o| !o.is_empty(),
+    );
+    assert!(events.contains("node \"gone-node\" is gone"), "{events}");
+    std::thread::sleep(Duration::from_secs(2));
+    let still = ok(
+        &s,
+        &[
+            "get",
+            "pv",
+            "pvc-held",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ],
+    );
+    assert!(!still.is_empty(), "held by its node's kubelet");
+    ok(
+        &s,
+        &[
+            "patch",
+            "pv",
+            "pvc-held",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ],
+    );
+    eventually(&s, &["get", "pv", "-o", "name"], |o| o.trim().is_empty());
     // A claim whose class binds at once and that nothing can serve keeps its pod pending.
     let immediate = write(
         dir.path(),

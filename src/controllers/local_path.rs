@@ -3,14 +3,16 @@
 //! (`volume.kubernetes.io/selected-node`), it creates a `hostPath` volume
 //! `DATA_DIR/storage/pvc-UID_NAMESPACE_NAME` (created by the kubelet on first use,
 //! `DirectoryOrCreate`) pinned to that node, pre-bound to the claim, with the class's reclaim
-//! policy. Removing the directory once such a volume is deleted is the kubelet's part.
+//! policy. Removing the directory once such a volume is deleted is the kubelet's part, under
+//! the finalizer it puts on the volume ([`crate::local_path`]); [`release`] takes that finalizer
+//! off a volume being deleted whose node is gone for good.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -22,10 +24,9 @@ use super::cache::{Cache, Change};
 use super::pacer::Pacer;
 use super::volume_binding::{PROVISIONER_ANNOTATION, SELECTED_NODE};
 use crate::events::{self, Recorder, Type};
-
-/// The provisioner name claims are handed to.
-pub const PROVISIONER: &str = "rancher.io/local-path";
-const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+use crate::informer::Informer;
+pub use crate::local_path::PROVISIONER;
+use crate::local_path::{has_finalizer, pinned_node_of, FINALIZER, PROVISIONED_BY};
 
 /// The volume provisioned for `claim` on `node` under `dir`, with `class`'s reclaim policy.
 pub fn volume_for(
@@ -180,6 +181,86 @@ pub async fn run(shared: Client, writer: Client, dir: PathBuf, mut stop: watch::
                             &format!("failed to provision volume with StorageClass \"{class_name}\": {e}"))
                         .await;
                     pacer.after(uid, Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Takes the local-path finalizer off volumes being deleted whose node is gone (its Node
+/// deleted): no kubelet will come back for their data, which stays on that machine (its
+/// kubelet removes it should the node return). Runs until `stop` turns true.
+pub async fn release(
+    nodes_informer: Informer<Node>,
+    shared: Client,
+    writer: Client,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut node_events = nodes_informer.subscribe();
+    let mut volume_events = watcher(Api::<PersistentVolume>::all(shared), Default::default())
+        .default_backoff()
+        .boxed();
+    let recorder = Recorder::new(writer.clone(), &format!("{PROVISIONER}_k1s"), None);
+    let api: Api<PersistentVolume> = Api::all(writer);
+    let mut nodes: Cache<Node> = Cache::default();
+    let mut volumes: Cache<PersistentVolume> = Cache::default();
+    // Volumes released here that the cache may still show with the finalizer.
+    let mut released: HashSet<String> = HashSet::new();
+    loop {
+        tokio::select! {
+            ev = node_events.next() => match ev {
+                Some(ev) => { nodes.apply_shared(ev); }
+                None => return,
+            },
+            ev = volume_events.next() => match ev {
+                Some(Ok(ev)) => { volumes.apply(ev); }
+                Some(Err(_)) => continue,
+                None => return,
+            },
+            _ = stop.changed() => return,
+        }
+        if !(nodes.synced && volumes.synced) {
+            continue;
+        }
+        let names: HashSet<String> = nodes.items.values().map(|n| n.name_any()).collect();
+        released.retain(|uid| volumes.items.contains_key(uid));
+        for (uid, pv) in &volumes.items {
+            if pv.metadata.deletion_timestamp.is_none()
+                || !has_finalizer(pv)
+                || released.contains(uid)
+            {
+                continue;
+            }
+            let Some(node) = pinned_node_of(pv).filter(|n| !names.contains(n)) else {
+                continue;
+            };
+            // Written back whole, as the binder's role may update volumes but not patch them;
+            // a stale copy fails on its resourceVersion and is tried again with the next event.
+            let mut freed = pv.as_ref().clone();
+            freed.metadata.finalizers = freed
+                .metadata
+                .finalizers
+                .map(|f| f.into_iter().filter(|x| x != FINALIZER).collect());
+            match api
+                .replace(&pv.name_any(), &PostParams::default(), &freed)
+                .await
+            {
+                Ok(_) => {
+                    released.insert(uid.clone());
+                    let message = format!(
+                        "node \"{node}\" is gone: the volume's data stays on it, and its kubelet removes it should the node come back"
+                    );
+                    recorder
+                        .record(
+                            &events::reference(pv.as_ref()),
+                            Type::Warning,
+                            "NodeGone",
+                            &message,
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %pv.name_any(), "releasing a local-path volume of a gone node: {e}");
                 }
             }
         }

@@ -281,6 +281,12 @@ pub async fn run(
             dir,
             stop.clone(),
         )));
+        tasks.push(tokio::spawn(local_path::release(
+            informers.nodes.clone(),
+            clients.shared.clone(),
+            account("persistent-volume-binder"),
+            stop.clone(),
+        )));
     }
     if let Some(sign) = ctx.sign_legacy {
         tasks.push(tokens::spawn(

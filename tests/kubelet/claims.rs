@@ -51,6 +51,37 @@ pub fn local_path_claim(s: &Server, tmp: &std::path::Path, node: &str) {
     assert_eq!(bound, format!("Bound local-path {node}"));
     let pv = jsonpath(s, "pvc/keep", "{.spec.volumeName}");
     let path = jsonpath(s, &format!("pv/{pv}"), "{.spec.hostPath.path}");
+    // The kubelet holds the volume while its data is on the node.
+    let finalizers = jsonpath(s, &format!("pv/{pv}"), "{.metadata.finalizers}");
+    assert!(
+        finalizers.contains("k1s.io/local-path-data"),
+        "{finalizers}"
+    );
+    // Its node may get and patch the volume; another node may not, and no node learns
+    // whether a volume name exists.
+    let can = |node: &str, verb: &str, name: &str| {
+        let o = s.kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            &format!("persistentvolumes/{name}"),
+            "--as",
+            &format!("system:node:{node}"),
+            "--as-group",
+            "system:nodes",
+        ]);
+        // "yes", or "no" with the authorizer's reason after it.
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        out.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(can(node, "get", &pv), "yes");
+    assert_eq!(can(node, "patch", &pv), "yes");
+    assert_eq!(can(node, "delete", &pv), "no");
+    assert_eq!(can("elsewhere", "get", &pv), "no");
+    assert_eq!(can(node, "get", "pvc-no-such-volume"), "no");
     assert_eq!(
         std::fs::read_to_string(std::path::Path::new(&path).join("file")).ok(),
         Some("kept\n".to_string()),
@@ -71,8 +102,7 @@ pub fn local_path_claim(s: &Server, tmp: &std::path::Path, node: &str) {
         "the deleted volume's data removed from the node",
         || !std::path::Path::new(&path).exists(),
     );
-    let pvs = ok(s, &["get", "pv", "-o", "name"]);
-    assert!(!pvs.contains(&pv), "{pvs}");
+    eventually(s, &["get", "pv", "-o", "name"], |o| !o.contains(&pv));
 }
 
 const EPHEMERAL: &str = r#"

@@ -115,6 +115,20 @@ pub fn validate(a: &Attributes<'_>, obj: &Value, old: Option<&Value>) -> Result<
             }
             Ok(())
         }
+        ("", "persistentvolumes", _) => {
+            let changed = match (a.op, old) {
+                (Operation::Update, Some(old)) => volume_changes(old, obj),
+                _ => return Err(a.forbidden(&format!("unexpected operation {:?}", op_name(a.op)))),
+            };
+            if !changed.is_empty() {
+                return Err(a.forbidden(&format!(
+                    "node \"{node}\" may only put the {} finalizer on a persistentvolume or take it off: {}",
+                    crate::local_path::FINALIZER,
+                    changed.join(", ")
+                )));
+            }
+            Ok(())
+        }
         ("", "nodes", _) => {
             if a.name != node {
                 return Err(a.forbidden(&format!(
@@ -180,6 +194,44 @@ fn op_name(op: Operation) -> &'static str {
     }
 }
 
+/// What changed in a volume beyond the local-path finalizer (a k1s addition: the kubelet holding
+/// a local-path volume's data keeps the volume until that data is dealt with).
+fn volume_changes(old: &Value, new: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for top in ["spec", "status"] {
+        if old[top] != new[top] {
+            out.push(top.to_string());
+        }
+    }
+    let empty = Map::new();
+    let (a, b) = (
+        old["metadata"].as_object().unwrap_or(&empty),
+        new["metadata"].as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let others = |m: &Map<String, Value>| -> Vec<Value> {
+        let f = m.get("finalizers").and_then(Value::as_array);
+        f.into_iter()
+            .flatten()
+            .filter(|x| *x != crate::local_path::FINALIZER)
+            .cloned()
+            .collect()
+    };
+    for k in keys {
+        let changed = match k.as_str() {
+            "resourceVersion" | "managedFields" => false,
+            "finalizers" => others(a) != others(b),
+            _ => a.get(k) != b.get(k),
+        };
+        if changed {
+            out.push(format!("metadata.{k}"));
+        }
+    }
+    out
+}
+
 /// The fields of a claim that changed beyond what a kubelet may write when it expands a
 /// volume: `metadata.labels`, `status.phase`...
 fn claim_changes(old: &Value, new: &Value) -> Vec<String> {
@@ -234,6 +286,27 @@ mod tests {
         assert_eq!(
             claim_changes(&old, &relabelled),
             ["metadata.labels", "status.phase"]
+        );
+    }
+
+    #[test]
+    fn kubelets_may_change_only_the_local_path_finalizer_of_a_volume() {
+        let old = json!({"metadata": {"name": "pvc-1", "resourceVersion": "1",
+            "finalizers": ["kubernetes.io/pv-protection"]},
+            "spec": {"persistentVolumeReclaimPolicy": "Delete"}, "status": {"phase": "Bound"}});
+        let mut held = old.clone();
+        held["metadata"]["resourceVersion"] = json!("2");
+        held["metadata"]["finalizers"] =
+            json!(["kubernetes.io/pv-protection", crate::local_path::FINALIZER]);
+        assert!(volume_changes(&old, &held).is_empty());
+        assert!(volume_changes(&held, &old).is_empty(), "taken off again");
+        let mut unprotected = held.clone();
+        unprotected["metadata"]["finalizers"] = json!([crate::local_path::FINALIZER]);
+        unprotected["spec"]["persistentVolumeReclaimPolicy"] = json!("Retain");
+        unprotected["metadata"]["labels"] = json!({"x": "y"});
+        assert_eq!(
+            volume_changes(&held, &unprotected),
+            ["spec", "metadata.finalizers", "metadata.labels"]
         );
     }
 

@@ -171,9 +171,10 @@ async fn volume_related(auth: &Authenticator, node: &str, name: &str) -> bool {
     false
 }
 
-/// A volume pinned to `node` (a local-path or local volume, whose data is on its disk), or one
-/// that is gone: its kubelet asks after the local-path volumes it set up, to learn when one was
-/// deleted and its data is to go (a k1s addition; upstream's provisioner sends a helper pod).
+/// A volume pinned to `node` (a local-path or local volume, whose data is on its disk): its
+/// kubelet asks after the local-path volumes it set up, to learn when one is being deleted and
+/// its data is to go (a k1s addition; upstream's provisioner sends a helper pod). A volume that
+/// does not exist is no one's, so a kubelet learns nothing of other nodes' volume names.
 async fn volume_on_node(auth: &Authenticator, node: &str, name: &str) -> bool {
     let Some(def) = catalog::find("", "v1", "persistentvolumes") else {
         return false;
@@ -183,32 +184,12 @@ async fn volume_on_node(auth: &Authenticator, node: &str, name: &str) -> bool {
         .get(&object::key(def, None, name), ReadFrom::Any)
         .await
     {
-        Ok(None) => true,
         Ok(Some(kv)) => {
             let pv: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-            pinned_to(&pv, node)
+            crate::local_path::pinned_node(&pv) == Some(node)
         }
-        Err(_) => false,
+        Ok(None) | Err(_) => false,
     }
-}
-
-/// Whether a volume's required node affinity names `node` by hostname, and nothing else.
-fn pinned_to(pv: &Value, node: &str) -> bool {
-    let Some(terms) = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"].as_array() else {
-        return false;
-    };
-    !terms.is_empty()
-        && terms.iter().all(|t| {
-            t["matchExpressions"].as_array().is_some_and(|exprs| {
-                exprs.iter().any(|e| {
-                    e["key"] == "kubernetes.io/hostname"
-                        && e["operator"] == "In"
-                        && e["values"]
-                            .as_array()
-                            .is_some_and(|v| v.len() == 1 && v[0] == node)
-                })
-            })
-        })
 }
 
 fn relationship(node: &str) -> Verdict {
@@ -258,12 +239,18 @@ pub async fn authorize(auth: &Authenticator, node: &str, a: &Attributes) -> Verd
             }
         }
         ("", "persistentvolumes") => {
-            if a.verb != "get" || r.name.is_empty() || !r.subresource.is_empty() {
+            if r.name.is_empty() || !r.subresource.is_empty() {
                 return no("can only get individual resources of this type");
             }
-            if volume_related(auth, node, &r.name).await
-                || volume_on_node(auth, node, &r.name).await
-            {
+            // Updating is k1s's: a kubelet takes the local-path finalizer on and off the
+            // volumes pinned to it (NodeRestriction holds it to that).
+            let on_node = || volume_on_node(auth, node, &r.name);
+            let allowed = match a.verb.as_str() {
+                "get" => volume_related(auth, node, &r.name).await || on_node().await,
+                "update" | "patch" => on_node().await,
+                _ => return no("can only get individual resources of this type"),
+            };
+            if allowed {
                 Verdict::Allow
             } else {
                 relationship(node)
@@ -387,21 +374,6 @@ mod tests {
         assert_eq!(c, vec!["env-cm", "proj-cm", "vol-cm"]);
         assert_eq!(pod_refs(&pod, Kind::Claim), vec!["data", "web-d"]);
         assert_eq!(pod_refs(&pod, Kind::ServiceAccount), vec!["robot"]);
-    }
-
-    #[test]
-    fn volumes_pinned_to_one_node() {
-        let pv = |values: Value| {
-            json!({"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": values}]}]}}}})
-        };
-        assert!(pinned_to(&pv(json!(["n1"])), "n1"));
-        assert!(!pinned_to(&pv(json!(["n2"])), "n1"));
-        assert!(!pinned_to(&pv(json!(["n1", "n2"])), "n1"));
-        assert!(!pinned_to(
-            &json!({"spec": {"hostPath": {"path": "/x"}}}),
-            "n1"
-        ));
     }
 
     #[test]

@@ -66,10 +66,12 @@ pub async fn claim_path(
             ))
         })?;
     let path = PathBuf::from(path);
+    // Held and noted before its data is made, so the data never outlives the volume.
+    local_path::hold(client, &pv, &path).await?;
+    local_path::note(notes, &pv, &path)?;
     if !path.exists() {
         // A new local-path volume, open to every user, as the provisioner's `mkdir -m 0777`.
         make_dir(&path, 0o777)?;
     }
-    local_path::note(notes, &pv, &path)?;
     Ok(path)
 }
