@@ -440,6 +440,7 @@ fn the_kubelet_runs_pods_on_containerd() {
         "/fs/capacityBytes",
         "/fs/availableBytes",
         "/runtime/imageFs/capacityBytes",
+        "/runtime/imageFs/usedBytes",
         "/rlimit/maxpid",
         "/memory/availableBytes",
         "/cpu/usageCoreNanoSeconds",
@@ -460,6 +461,12 @@ fn the_kubelet_runs_pods_on_containerd() {
         served["podRef"]["uid"]
             .as_str()
             .is_some_and(|u| u.len() > 8),
+        "{served}"
+    );
+    // The pod's own network namespace, which served requests above.
+    assert_eq!(served["network"]["name"], "eth0", "{served}");
+    assert!(
+        served["network"]["rxBytes"].as_u64().is_some_and(|n| n > 0),
         "{served}"
     );
     let c = &served["containers"][0];

@@ -51,13 +51,7 @@ fn cpu_jiffies(stat: &str) -> Option<(u64, u64)> {
 
 /// MemTotal less MemAvailable, in bytes.
 fn memory_used(meminfo: &str) -> u64 {
-    let kb = |key: &str| {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let kb = |key: &str| super::eviction::signals::meminfo_kib(meminfo, key).unwrap_or(0);
     kb("MemTotal:").saturating_sub(kb("MemAvailable:")) * 1024
 }
 

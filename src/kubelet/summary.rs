@@ -92,10 +92,36 @@ fn default_interface(route: &str) -> Option<String> {
     })
 }
 
-/// The summary of `u`, with this node's filesystems from `probe` and the node's `pods` (for
+/// What the runtime tells of the node beyond its containers' usage.
+#[derive(Debug, Default)]
+pub struct RuntimeFacts {
+    /// Each pod's sandbox process (by pod uid), whose network namespace is the pod's.
+    pub sandbox_pids: HashMap<String, u32>,
+    /// Bytes and inodes the images take on the image filesystem.
+    pub image_fs_used: Option<(u64, u64)>,
+}
+
+/// A pod's network: the interfaces of its sandbox's namespace, `eth0` first (the host's,
+/// default route first, for a pod on the host's network).
+fn pod_network(
+    time: &str,
+    pid: u32,
+    host_network: bool,
+    host_default: Option<&str>,
+) -> Option<Value> {
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok()?;
+    let default = if host_network {
+        host_default
+    } else {
+        Some("eth0")
+    };
+    Some(network(time, &dev, default))
+}
+
+/// The summary of `u`, with this node's filesystems from `probe`, the node's `pods` (for
 /// their uids and volumes; their logs and emptyDirs are measured, so call this off the async
-/// workers).
-pub fn summary(u: &NodeUsage, probe: &dyn Probe, pods: &[Pod]) -> Value {
+/// workers) and what the runtime told of them.
+pub fn summary(u: &NodeUsage, probe: &dyn Probe, pods: &[Pod], facts: &RuntimeFacts) -> Value {
     let time = k8s_openapi::jiff::Timestamp::try_from(u.timestamp)
         .map(|t| t.to_string())
         .unwrap_or_default();
@@ -105,11 +131,20 @@ pub fn summary(u: &NodeUsage, probe: &dyn Probe, pods: &[Pod]) -> Value {
         obs.get(&Signal::NodefsAvailable),
         obs.get(&Signal::NodefsInodesFree),
     );
-    let imagefs = fs(
+    let mut imagefs = fs(
         &time,
         obs.get(&Signal::ImagefsAvailable),
         obs.get(&Signal::ImagefsInodesFree),
     );
+    // The writable layers' figures start from the filesystem's; the image filesystem's own
+    // used figures are the images', as the runtime counts them.
+    let layers = imagefs.clone();
+    if let Some((bytes, inodes)) = facts.image_fs_used {
+        imagefs["usedBytes"] = json!(bytes);
+        imagefs["inodesUsed"] = json!(inodes);
+    }
+    let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let host_default = default_interface(&route);
     let usage = |cpu: u64, cumulative: u64, mem: u64| {
         json!({
             "cpu": {"time": time, "usageNanoCores": cpu, "usageCoreNanoSeconds": cumulative},
@@ -134,6 +169,17 @@ pub fn summary(u: &NodeUsage, probe: &dyn Probe, pods: &[Pod]) -> Value {
             let mem: u64 = p.containers.iter().map(|c| c.memory_bytes).sum();
             let mut v = usage(cpu, cum, mem);
             v["podRef"] = json!({"name": p.name, "namespace": p.namespace, "uid": uid});
+            let host_network = spec_pod
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|s| s.host_network)
+                .unwrap_or(false);
+            if let Some(net) = facts
+                .sandbox_pids
+                .get(&uid)
+                .and_then(|pid| pod_network(&time, *pid, host_network, host_default.as_deref()))
+            {
+                v["network"] = net;
+            }
             if let Some(start) = p
                 .containers
                 .iter()
@@ -153,7 +199,7 @@ pub fn summary(u: &NodeUsage, probe: &dyn Probe, pods: &[Pod]) -> Value {
                     if let Some(t) = rfc3339(c.start_unix_ns).filter(|_| c.start_unix_ns > 0) {
                         cv["startTime"] = json!(t);
                     }
-                    let mut rootfs = imagefs.clone();
+                    let mut rootfs = layers.clone();
                     rootfs["usedBytes"] = json!(c.rootfs_bytes);
                     rootfs["inodesUsed"] = json!(c.rootfs_inodes);
                     cv["rootfs"] = rootfs;
@@ -202,9 +248,8 @@ pub fn summary(u: &NodeUsage, probe: &dyn Probe, pods: &[Pod]) -> Value {
         node["memory"]["availableBytes"] = json!(avail);
         node["memory"]["usageBytes"] = json!(total.saturating_sub(free));
     }
-    let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
     let dev = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
-    node["network"] = network(&time, &dev, default_interface(&route).as_deref());
+    node["network"] = network(&time, &dev, host_default.as_deref());
     node["fs"] = nodefs.clone();
     node["runtime"] = json!({"imageFs": imagefs, "containerFs": imagefs});
     if let Some(pids) = obs.get(&Signal::PidAvailable) {

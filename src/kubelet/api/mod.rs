@@ -59,6 +59,8 @@ pub struct ApiState {
     configz: serde_json::Value,
     /// The node's filesystems and pods' files, for `/stats/summary`.
     probe: Option<Arc<dyn super::eviction::Probe>>,
+    /// Sandboxes' processes, by sandbox id, learned once each (for pods' network figures).
+    sandbox_pids: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl ApiState {
@@ -77,6 +79,7 @@ impl ApiState {
             client,
             configz,
             probe: None,
+            sandbox_pids: Default::default(),
         }
     }
 
@@ -164,6 +167,37 @@ async fn metrics_resource(State(state): State<Arc<ApiState>>) -> Response {
     metrics_text(state.usage.get().as_ref())
 }
 
+/// The ready sandboxes' processes, by pod uid; each sandbox's asked of the runtime once.
+async fn sandbox_pids(state: &ApiState) -> std::collections::HashMap<String, u32> {
+    let Ok(sandboxes) = state.runtime.list_pod_sandboxes(None).await else {
+        return Default::default();
+    };
+    let known = state
+        .sandbox_pids
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut by_id = std::collections::HashMap::new();
+    let mut by_uid = std::collections::HashMap::new();
+    for sb in sandboxes {
+        if sb.state != super::cri::api::PodSandboxState::SandboxReady as i32 {
+            continue;
+        }
+        let pid = match known.get(&sb.id) {
+            Some(pid) => Some(*pid),
+            None => state.runtime.pod_sandbox_pid(&sb.id).await.ok().flatten(),
+        };
+        if let Some(pid) = pid {
+            by_id.insert(sb.id.clone(), pid);
+            if let Some(m) = &sb.metadata {
+                by_uid.insert(m.uid.clone(), pid);
+            }
+        }
+    }
+    *state.sandbox_pids.lock().unwrap_or_else(|p| p.into_inner()) = by_id;
+    by_uid
+}
+
 async fn stats_summary(State(state): State<Arc<ApiState>>) -> Response {
     let Some(u) = state.usage.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "no usage sampled yet").into_response();
@@ -179,9 +213,15 @@ async fn stats_summary(State(state): State<Arc<ApiState>>) -> Response {
         Ok(pods) => pods,
         Err(answer) => return answer,
     };
+    let facts = super::summary::RuntimeFacts {
+        sandbox_pids: sandbox_pids(&state).await,
+        image_fs_used: state.runtime.image_fs_usage().await.ok(),
+    };
     // Logs and emptyDirs are measured on disk: off the async workers.
-    match tokio::task::spawn_blocking(move || super::summary::summary(&u, probe.as_ref(), &pods))
-        .await
+    match tokio::task::spawn_blocking(move || {
+        super::summary::summary(&u, probe.as_ref(), &pods, &facts)
+    })
+    .await
     {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => (

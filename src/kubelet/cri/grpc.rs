@@ -25,6 +25,18 @@ impl Cri {
             images: ImageServiceClient::new(Metered(channel)).max_decoding_message_size(16 << 20),
         }
     }
+
+    /// The runtime's image filesystems.
+    async fn image_filesystems(&self) -> Result<Vec<api::FilesystemUsage>, RuntimeError> {
+        let r = self
+            .images
+            .clone()
+            .image_fs_info(api::ImageFsInfoRequest {})
+            .await;
+        Ok(r.map_err(status("image filesystem info"))?
+            .into_inner()
+            .image_filesystems)
+    }
 }
 
 fn status(op: &'static str) -> impl FnOnce(tonic::Status) -> RuntimeError {
@@ -305,18 +317,42 @@ impl Runtime for Cri {
     }
 
     async fn image_fs_mountpoints(&self) -> Result<Vec<String>, RuntimeError> {
-        let r = self
-            .images
-            .clone()
-            .image_fs_info(api::ImageFsInfoRequest {})
-            .await;
-        let info = r.map_err(status("image filesystem info"))?.into_inner();
-        Ok(info
-            .image_filesystems
+        Ok(self
+            .image_filesystems()
+            .await?
             .into_iter()
             .filter_map(|f| f.fs_id.map(|id| id.mountpoint))
             .filter(|m| !m.is_empty())
             .collect())
+    }
+
+    async fn image_fs_usage(&self) -> Result<(u64, u64), RuntimeError> {
+        Ok(self
+            .image_filesystems()
+            .await?
+            .iter()
+            .fold((0, 0), |(bytes, inodes), f| {
+                (
+                    bytes + f.used_bytes.as_ref().map_or(0, |v| v.value),
+                    inodes + f.inodes_used.as_ref().map_or(0, |v| v.value),
+                )
+            }))
+    }
+
+    async fn pod_sandbox_pid(&self, id: &str) -> Result<Option<u32>, RuntimeError> {
+        let req = api::PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_string(),
+            verbose: true,
+        };
+        let r = self.runtime.clone().pod_sandbox_status(req).await;
+        let info = r.map_err(status("pod sandbox status"))?.into_inner().info;
+        // containerd's and CRI-O's verbose `info`: a JSON document with the sandbox's pid.
+        Ok(info
+            .get("info")
+            .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+            .and_then(|v| v["pid"].as_u64())
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0))
     }
 
     async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {

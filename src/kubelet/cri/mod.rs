@@ -113,6 +113,10 @@ pub trait Runtime: Send + Sync {
     async fn list_images(&self) -> Result<Vec<api::Image>, RuntimeError>;
     /// Where the runtime keeps images: the mountpoints of its image filesystems.
     async fn image_fs_mountpoints(&self) -> Result<Vec<String>, RuntimeError>;
+    /// What the images take on the runtime's image filesystems: bytes and inodes used.
+    async fn image_fs_usage(&self) -> Result<(u64, u64), RuntimeError>;
+    /// The process holding a pod sandbox's namespaces, from the runtime's verbose status.
+    async fn pod_sandbox_pid(&self, id: &str) -> Result<Option<u32>, RuntimeError>;
     /// Removes an image (by id, tag or digest).
     async fn remove_image(&self, image: &str) -> Result<(), RuntimeError>;
     /// Pulls an image; its reference.
