@@ -245,6 +245,7 @@ fn the_kubelet_runs_pods_on_containerd() {
     cgroups::cgroups(&s, tmp.path(), &cgroup_root, names[0]);
     runtime_class::runtime_classes(&s, tmp.path(), &cgroup_root);
     resize::resize_in_place(&s, tmp.path(), &cgroup_root);
+    resize::pod_level_resize(&s, tmp.path(), &cgroup_root);
     admission::admission(&s, tmp.path());
     pod_details::pod_details(&s, tmp.path());
     container_logs::container_logs(&s, tmp.path(), std::path::Path::new(&logs));

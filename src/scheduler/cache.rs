@@ -120,6 +120,35 @@ fn container_requests(
     out
 }
 
+/// A pod's own requests (PodLevelResources), as upstream counts them once a resize may be
+/// under way: the most of its spec, what the kubelet allocated and what its cgroup has
+/// (without the spec while the kubelet finds the resize infeasible).
+fn pod_level_requests(pod: &Pod) -> Resources {
+    let Some(spec) = pod.spec.as_ref().and_then(|s| s.resources.as_ref()) else {
+        return Resources::new();
+    };
+    let status = pod.status.as_ref();
+    let infeasible = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "PodResizePending" && c.reason.as_deref() == Some("Infeasible"));
+    let mut out = if infeasible {
+        Resources::new()
+    } else {
+        quantities(spec.requests.as_ref())
+    };
+    if let Some(s) = status {
+        max(&mut out, &quantities(s.allocated_resources.as_ref()));
+        max(
+            &mut out,
+            &quantities(s.resources.as_ref().and_then(|r| r.requests.as_ref())),
+        );
+    }
+    out.retain(|k, _| crate::quota::pod_level_resource(k));
+    out
+}
+
 fn add(into: &mut Resources, r: &Resources) {
     for (k, v) in r {
         *into.entry(k.clone()).or_default() += v;
@@ -160,11 +189,8 @@ pub fn pod_requests(pod: &Pod) -> Resources {
     add(&mut sum, &sidecars);
     max(&mut sum, &init_peak);
     // A pod's own requests (PodLevelResources) stand for its containers'.
-    let pod_level = spec.resources.as_ref().and_then(|r| r.requests.as_ref());
-    for (k, q) in pod_level.into_iter().flatten() {
-        if let Some(v) = milli(&q.0).filter(|_| crate::quota::pod_level_resource(k)) {
-            sum.insert(k.clone(), v);
-        }
+    for (k, v) in pod_level_requests(pod) {
+        sum.insert(k, v);
     }
     for (k, q) in spec.overhead.iter().flatten() {
         if let Some(v) = milli(&q.0) {

@@ -302,3 +302,134 @@ pub fn resize_in_place(s: &Server, tmp: &std::path::Path, root: &str) {
     );
     ok(s, &["delete", "pod", "too-big", "--wait=true"]);
 }
+
+/// A pod with resources of its own: the container without a limit runs within the pod's.
+const POD_LEVEL: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: pod-level-resize}
+spec:
+  terminationGracePeriodSeconds: 1
+  resources:
+    requests: {cpu: 100m, memory: 16Mi}
+    limits: {cpu: 200m, memory: 48Mi}
+  containers:
+  - name: own
+    image: k1s.local/busybox:1
+    command: [sleep, "3600"]
+    resources:
+      requests: {cpu: 50m, memory: 8Mi}
+      limits: {memory: 16Mi}
+  - name: bare
+    image: k1s.local/busybox:1
+    command: [sleep, "3600"]
+"#;
+
+/// The CPU quota file of the cgroup `name` (v1 or v2), and what it holds for `quota` µs.
+fn cpu_quota(layout: &Layout, name: &str, quota: u64) -> (PathBuf, String) {
+    let rel = name.trim_start_matches('/');
+    match layout {
+        Layout::V1 { controllers, .. } => (
+            controllers["cpu"].join(rel).join("cpu.cfs_quota_us"),
+            quota.to_string(),
+        ),
+        Layout::V2 { root } => (root.join(rel).join("cpu.max"), format!("{quota} 100000")),
+    }
+}
+
+/// In-place resize of a pod's own resources (PodLevelResources, beta since 1.36): the pod's
+/// cgroup and the containers that inherit its limits follow, without restarts, and the pod's
+/// status shows what was allocated and applied.
+pub fn pod_level_resize(s: &Server, tmp: &std::path::Path, root: &str) {
+    let layout = Layout::detect().expect("cgroups are mounted");
+    ok(
+        s,
+        &["apply", "-f", &write(tmp, "pod-level.yaml", POD_LEVEL)],
+    );
+    ok(
+        s,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/pod-level-resize",
+            "--timeout=60s",
+        ],
+    );
+    let uid = jsonpath(s, "pod/pod-level-resize", "{.metadata.uid}");
+    let pod_cgroup = format!("{root}/kubepods/burstable/pod{uid}");
+    let cgroup_of = |name: &str| {
+        let id = jsonpath(
+            s,
+            "pod/pod-level-resize",
+            &format!("{{.status.containerStatuses[?(@.name==\"{name}\")].containerID}}"),
+        );
+        let id = id.trim_start_matches("containerd://").to_string();
+        memory_file(&layout, &format!("{pod_cgroup}/{id}"))
+    };
+    let mib = |n: u64| (n << 20).to_string();
+    let status = || {
+        jsonpath(
+            s,
+            "pod/pod-level-resize",
+            "{.status.allocatedResources.cpu}|{.status.resources.limits.memory}|{.status.resources.limits.cpu}",
+        )
+    };
+    assert_eq!(read(&memory_file(&layout, &pod_cgroup)), mib(48));
+    assert_eq!(read(&cgroup_of("bare")), mib(48), "the pod's limit");
+    assert_eq!(read(&cgroup_of("own")), mib(16));
+    assert_eq!(status(), "100m|48Mi|200m");
+
+    // Limits cannot be taken away.
+    let resize = |patch: &str| {
+        s.kubectl(&[
+            "patch",
+            "pod",
+            "pod-level-resize",
+            "--subresource",
+            "resize",
+            "--patch",
+            patch,
+        ])
+    };
+    let o = resize(r#"{"spec":{"resources":{"limits":{"memory":null}}}}"#);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("pod-level resource limits cannot be removed"),
+        "{}",
+        text(&o)
+    );
+
+    // More cpu and memory for the pod: its cgroup and the container without limits follow.
+    let o = resize(
+        r#"{"spec":{"resources":{"requests":{"cpu":"150m"},"limits":{"cpu":"300m","memory":"96Mi"}}}}"#,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    within(30, "the pod's cgroup to hold 96Mi", || {
+        read(&memory_file(&layout, &pod_cgroup)) == mib(96)
+    });
+    within(30, "the container without limits to hold 96Mi", || {
+        read(&cgroup_of("bare")) == mib(96)
+    });
+    let (file, want) = cpu_quota(&layout, &pod_cgroup, 30_000);
+    assert_eq!(read(&file), want, "{}", file.display());
+    assert_eq!(read(&cgroup_of("own")), mib(16));
+    eventually(
+        s,
+        &[
+            "get",
+            "pod",
+            "pod-level-resize",
+            "-o",
+            "jsonpath={.status.observedGeneration}|{.status.conditions[*].type}|{.status.resources.limits.memory}",
+        ],
+        |o| o.starts_with("2|") && !o.contains("PodResize") && o.ends_with("|96Mi"),
+    );
+    assert_eq!(status(), "150m|96Mi|300m");
+    let restarts = jsonpath(
+        s,
+        "pod/pod-level-resize",
+        "{.status.containerStatuses[*].restartCount}",
+    );
+    assert_eq!(restarts, "0 0");
+    ok(s, &["delete", "pod", "pod-level-resize", "--wait=true"]);
+}

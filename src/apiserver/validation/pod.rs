@@ -231,7 +231,7 @@ fn resize_policy(list: &Value, path: &str, never: bool, errs: &mut Errors) {
 /// A pod's own `spec.resources` (PodLevelResources), as upstream's `validatePodResources`:
 /// only cpu, memory and hugepages, no claims, no request above its limit, requests covering
 /// what the containers ask for together, and no container limited above the pod.
-fn pod_level(spec: &Value, path: &str, errs: &mut Errors) {
+pub(super) fn pod_level(spec: &Value, path: &str, errs: &mut Errors) {
     let r = &spec["resources"];
     if r.get("claims").is_some_and(|c| !c.is_null()) {
         errs.forbidden(

@@ -1,7 +1,7 @@
 //! `pods/NAME/resize`, as upstream's in-place pod resize: what a resize keeps of the request
-//! (the containers' resources and resize policies, nothing else) and what it may change (the
-//! cpu and memory requests and limits of app, sidecar and init containers, never the pod's QoS
-//! class, never removing a request or limit).
+//! (the pod's own resources, the containers' resources and resize policies, nothing else) and
+//! what it may change (the cpu and memory requests and limits of the pod and of its app,
+//! sidecar and init containers, never the pod's QoS class, never removing a request or limit).
 
 use serde_json::Value;
 
@@ -15,6 +15,16 @@ const LISTS: [&str; 2] = ["containers", "initContainers"];
 /// reordered are taken from `new` whole, for [`update`] to refuse.
 pub fn merge(old: &Value, new: &Value) -> Value {
     let mut merged = old.clone();
+    if let Some(spec) = merged["spec"].as_object_mut() {
+        match new["spec"].get("resources").filter(|r| !r.is_null()) {
+            Some(r) => {
+                spec.insert("resources".into(), r.clone());
+            }
+            None => {
+                spec.remove("resources");
+            }
+        }
+    }
     for field in LISTS {
         let (Some(olds), Some(news)) = (
             merged["spec"][field].as_array_mut(),
@@ -79,6 +89,31 @@ fn other_than_cpu_memory(old: &Value, new: &Value) -> bool {
     strip(old) != strip(new) || old["resizePolicy"] != new["resizePolicy"]
 }
 
+/// Checks a resize of the pod's own resources (PodLevelResources), as upstream's: cpu and
+/// memory may change or be added, nothing may be removed.
+fn pod_level(old: &Value, new: &Value, errs: &mut Errors) {
+    if old.is_object() && !new.is_object() {
+        errs.forbidden("spec.resources", "pod-level resources cannot be removed");
+        return;
+    }
+    for part in ["requests", "limits"] {
+        let kept = names(&new[part]);
+        if names(&old[part]).iter().any(|k| !kept.contains(k)) {
+            errs.forbidden(
+                &format!("spec.resources.{part}"),
+                &format!("pod-level resource {part} cannot be removed"),
+            );
+        }
+    }
+    let as_container = |r: &Value| serde_json::json!({"resources": r});
+    if other_than_cpu_memory(&as_container(old), &as_container(new)) {
+        errs.forbidden(
+            "spec",
+            "only cpu and memory resources are mutable at pod-level",
+        );
+    }
+}
+
 /// Checks a resize of `old` into `new` (after [`merge`] and defaulting).
 pub fn update(old: &Value, new: &Value, errs: &mut Errors) {
     let annotations = &old["metadata"]["annotations"];
@@ -90,9 +125,9 @@ pub fn update(old: &Value, new: &Value, errs: &mut Errors) {
         errs.forbidden("", "windows pods cannot be resized");
         return;
     }
-    if old["spec"]["resources"].is_object() || new["spec"]["resources"].is_object() {
-        errs.forbidden("spec", "pods with pod-level resources cannot be resized");
-        return;
+    pod_level(&old["spec"]["resources"], &new["spec"]["resources"], errs);
+    if new["spec"]["resources"].is_object() {
+        super::pod::pod_level(&new["spec"], "spec.resources", errs);
     }
     let mut shape_ok = true;
     for field in LISTS {
@@ -269,6 +304,49 @@ mod tests {
         assert_eq!(
             check(&old, &new),
             ["spec: Pod QOS Class may not change as a result of resizing"]
+        );
+        // The pod's own resources: changed and added, never removed.
+        let mut level = pod("100m", Some("64Mi"));
+        level["spec"]["resources"] =
+            json!({"requests": {"cpu": "200m"}, "limits": {"memory": "128Mi"}});
+        let mut grown = level.clone();
+        grown["spec"]["resources"] = json!({"requests": {"cpu": "300m", "memory": "64Mi"},
+            "limits": {"memory": "256Mi"}});
+        assert!(
+            check(&level, &grown).is_empty(),
+            "{:?}",
+            check(&level, &grown)
+        );
+        assert!(
+            check(&old, &level).is_empty(),
+            "added: {:?}",
+            check(&old, &level)
+        );
+        assert_eq!(
+            merge(&old, &grown)["spec"]["resources"]["limits"]["memory"],
+            "256Mi"
+        );
+        let mut shrunk = level.clone();
+        shrunk["spec"]["resources"] = json!({"requests": {"cpu": "200m"}});
+        assert_eq!(
+            check(&level, &shrunk),
+            ["spec.resources.limits: pod-level resource limits cannot be removed"]
+        );
+        assert_eq!(
+            check(&level, &pod("100m", Some("64Mi"))),
+            ["spec.resources: pod-level resources cannot be removed"]
+        );
+        let mut small = level.clone();
+        small["spec"]["resources"]["requests"]["cpu"] = json!("50m");
+        assert_eq!(
+            check(&level, &small),
+            ["spec.resources.requests[cpu]: must be greater than or equal to aggregate container requests of 100m"]
+        );
+        let mut huge = level.clone();
+        huge["spec"]["resources"]["limits"]["hugepages-2Mi"] = json!("2Mi");
+        assert_eq!(
+            check(&level, &huge),
+            ["spec: only cpu and memory resources are mutable at pod-level"]
         );
         // Static pods.
         let mut mirror = old.clone();

@@ -12,22 +12,19 @@
 //! container uses is refused, as upstream does).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Container, Pod, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::admit::Refusal;
 use super::worker::{grace_seconds, Shared, State};
 use crate::events::Type;
 use crate::kubelet::cgroups::limits;
-use crate::placement::ports_conflict;
+
+mod allocations;
+pub use allocations::{Allocation, Allocations, Pending, Predicates};
 
 /// The resources a resize may change.
 const RESIZABLE: [&str; 2] = ["cpu", "memory"];
@@ -41,255 +38,6 @@ pub enum ResizeError {
     },
     #[error("encoding the allocation checkpoint: {0}")]
     Encode(#[from] serde_json::Error),
-}
-
-/// One pod's allocation.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Allocation {
-    /// Cpu and memory requests and limits, by container name (init and app containers).
-    pub containers: BTreeMap<String, ResourceRequirements>,
-    /// The pod's effective requests (millicpu, bytes; overhead included), as upstream's
-    /// admission counts them.
-    pub cpu_request: i64,
-    pub memory_request: i64,
-    /// The pod's requests of other resources (ephemeral storage, extended resources,
-    /// hugepages), in whole units, for admission.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub other: BTreeMap<String, i64>,
-    /// The host ports the pod holds, for admission.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub host_ports: Vec<crate::placement::HostPort>,
-}
-
-/// Why a resize waits: `Deferred` or `Infeasible`, and upstream's message.
-pub type Pending = (String, String);
-
-/// Every pod's allocation on this node, with the node's allocatable cpu and memory and its
-/// most pods (`--max-pods`).
-pub struct Allocations {
-    path: PathBuf,
-    allocatable: (i64, i64),
-    max_pods: i64,
-    pods: Mutex<HashMap<String, Allocation>>,
-}
-
-/// The other checks of a pod's admission, which come after its resources in upstream's
-/// order: node affinity (before host ports) and taints (after them).
-#[derive(Default)]
-pub struct Predicates {
-    pub affinity: Option<Refusal>,
-    pub taints: Option<Refusal>,
-}
-
-impl Allocations {
-    /// The allocations in the checkpoint at `path` (none when it is missing or unreadable).
-    pub fn load(path: &Path, allocatable: (i64, i64), max_pods: u32) -> Allocations {
-        let pods = match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), "ignoring the allocation checkpoint: {e}");
-                HashMap::new()
-            }),
-            Err(_) => HashMap::new(),
-        };
-        Allocations {
-            path: path.to_path_buf(),
-            allocatable,
-            max_pods: i64::from(max_pods),
-            pods: Mutex::new(pods),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Allocation>> {
-        self.pods.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Writes the checkpoint durably: a new file, synced, renamed over the old.
-    fn save(&self, pods: &HashMap<String, Allocation>) -> Result<(), ResizeError> {
-        let body = serde_json::to_vec(pods)?;
-        let tmp = self.path.with_extension("tmp");
-        let err = |source| ResizeError::Checkpoint {
-            path: self.path.display().to_string(),
-            source,
-        };
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&body).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)
-    }
-
-    pub fn get(&self, uid: &str) -> Option<Allocation> {
-        self.lock().get(uid).cloned()
-    }
-
-    pub fn set(&self, uid: &str, a: Allocation) -> Result<(), ResizeError> {
-        let mut pods = self.lock();
-        pods.insert(uid.to_string(), a);
-        self.save(&pods)
-    }
-
-    /// Forgets the pod `uid` (finished or gone).
-    pub fn remove(&self, uid: &str) {
-        let mut pods = self.lock();
-        if pods.remove(uid).is_some() {
-            if let Err(e) = self.save(&pods) {
-                tracing::warn!("{e}");
-            }
-        }
-    }
-
-    /// Forgets every pod not in `live`.
-    pub fn retain(&self, live: &HashSet<String>) {
-        let mut pods = self.lock();
-        let before = pods.len();
-        pods.retain(|uid, _| live.contains(uid));
-        if pods.len() != before {
-            if let Err(e) = self.save(&pods) {
-                tracing::warn!("{e}");
-            }
-        }
-    }
-
-    /// Whether the pod `uid` fits with `want`: none, or why not, as upstream words it.
-    pub fn check(&self, uid: &str, want: &Allocation) -> Option<Pending> {
-        let (cpu_cap, mem_cap) = self.allocatable;
-        for (name, asked, cap) in [
-            ("memory", want.memory_request, mem_cap),
-            ("cpu", want.cpu_request, cpu_cap),
-        ] {
-            if asked > cap {
-                return Some((
-                    "Infeasible".into(),
-                    format!("Node didn't have enough capacity: {name}, requested: {asked}, capacity: {cap}"),
-                ));
-            }
-        }
-        insufficient(&self.lock(), self.allocatable, uid, want)
-            .map(|(_, message)| ("Deferred".into(), message))
-    }
-
-    /// Admits a pod the kubelet sees for the first time, as upstream's general predicates:
-    /// allocated when its resources fit beside the other pods' (pods, cpu, memory, then the
-    /// others the node's allocatable `offered` lists; extended resources the node does not
-    /// list at all are left out, as upstream leaves cluster-level ones), its node affinity
-    /// holds, its host ports are free and it tolerates the node's NoExecute taints; else the
-    /// first refusal.
-    pub fn admit(
-        &self,
-        uid: &str,
-        want: Allocation,
-        offered: Option<&BTreeMap<String, Quantity>>,
-        predicates: Predicates,
-    ) -> Result<(), Refusal> {
-        let mut pods = self.lock();
-        let others = || {
-            pods.iter()
-                .filter(|(other, _)| *other != uid)
-                .map(|(_, a)| a)
-        };
-        let max_pods = offered
-            .and_then(|o| o.get("pods"))
-            .and_then(|q| crate::quantity::milli(&q.0))
-            .map_or(self.max_pods, |m| {
-                i64::try_from(m / 1000).unwrap_or(i64::MAX)
-            });
-        let count = i64::try_from(others().count()).unwrap_or(i64::MAX);
-        if count + 1 > max_pods {
-            return Err(out_of("pods", 1, count, max_pods));
-        }
-        if let Some((name, message)) = insufficient(&pods, self.allocatable, uid, &want) {
-            return Err(Refusal {
-                reason: format!("OutOf{name}"),
-                message,
-            });
-        }
-        if let Some(offered) = offered {
-            let mut names: Vec<&String> = want.other.keys().collect();
-            names.sort_by_key(|n| (n.as_str() != "ephemeral-storage", n.as_str()));
-            for name in names {
-                let asked = want.other[name];
-                let cap = match offered.get(name.as_str()) {
-                    Some(q) => crate::quantity::milli(&q.0)
-                        .map_or(0, |m| i64::try_from(m / 1000).unwrap_or(i64::MAX)),
-                    None if is_extended(name) => continue,
-                    None => 0,
-                };
-                let used: i64 = others()
-                    .filter_map(|a| a.other.get(name))
-                    .fold(0i64, |s, v| s.saturating_add(*v));
-                if asked > 0 && asked > cap.saturating_sub(used) {
-                    return Err(out_of(name, asked, used, cap));
-                }
-            }
-        }
-        if let Some(r) = predicates.affinity {
-            return Err(r);
-        }
-        let taken = want
-            .host_ports
-            .iter()
-            .any(|p| others().any(|a| a.host_ports.iter().any(|u| ports_conflict(p, u))));
-        if taken {
-            return Err(Refusal::predicate(
-                "NodePorts",
-                "node(s) didn't have free ports for the requested pod ports",
-            ));
-        }
-        if let Some(r) = predicates.taints {
-            return Err(r);
-        }
-        pods.insert(uid.to_string(), want);
-        if let Err(e) = self.save(&pods) {
-            tracing::warn!("{e}");
-        }
-        Ok(())
-    }
-}
-
-/// Whether `name` is an extended resource (a domain-prefixed name outside kubernetes.io).
-fn is_extended(name: &str) -> bool {
-    name.contains('/') && !name.contains("kubernetes.io/")
-}
-
-/// Upstream's `InsufficientResourceError` as a refusal.
-fn out_of(name: &str, requested: i64, used: i64, capacity: i64) -> Refusal {
-    Refusal {
-        reason: format!("OutOf{name}"),
-        message: format!(
-            "Node didn't have enough resource: {name}, requested: {requested}, used: {used}, capacity: {capacity}"
-        ),
-    }
-}
-
-/// The first resource `want` does not find free beside the other pods' allocations, and
-/// upstream's `InsufficientResourceError` message.
-fn insufficient(
-    pods: &HashMap<String, Allocation>,
-    (cpu_cap, mem_cap): (i64, i64),
-    uid: &str,
-    want: &Allocation,
-) -> Option<(String, String)> {
-    let (mut cpu, mut mem) = (0i64, 0i64);
-    for (other, a) in pods {
-        if other != uid {
-            cpu = cpu.saturating_add(a.cpu_request);
-            mem = mem.saturating_add(a.memory_request);
-        }
-    }
-    for (name, asked, used, cap) in [
-        ("cpu", want.cpu_request, cpu, cpu_cap),
-        ("memory", want.memory_request, mem, mem_cap),
-    ] {
-        if asked > 0 && asked.saturating_add(used) > cap {
-            return Some((
-                name.to_string(),
-                format!("Node didn't have enough resource: {name}, requested: {asked}, used: {used}, capacity: {cap}"),
-            ));
-        }
-    }
-    None
 }
 
 /// Only the cpu and memory of `r`.
@@ -330,6 +78,9 @@ pub fn desired(pod: &Pod) -> Allocation {
         containers: containers(pod)
             .map(|c| (c.name.clone(), cpu_memory(c.resources.as_ref())))
             .collect(),
+        pod: spec
+            .and_then(|s| s.resources.as_ref())
+            .map(|r| cpu_memory(Some(r))),
         cpu_request: t.cpu_request,
         memory_request: t.memory_request,
         other: requests
@@ -344,7 +95,12 @@ pub fn desired(pod: &Pod) -> Allocation {
 /// `c` with the cpu and memory of `r` (its other resources as they are).
 fn with_cpu_memory(c: &Container, r: &ResourceRequirements) -> Container {
     let mut c = c.clone();
-    let res = c.resources.get_or_insert_with(Default::default);
+    set_cpu_memory(c.resources.get_or_insert_with(Default::default), r);
+    c
+}
+
+/// `res` with the cpu and memory of `r` (its other resources as they are).
+fn set_cpu_memory(res: &mut ResourceRequirements, r: &ResourceRequirements) {
     for (part, from) in [
         (&mut res.requests, &r.requests),
         (&mut res.limits, &r.limits),
@@ -356,12 +112,38 @@ fn with_cpu_memory(c: &Container, r: &ResourceRequirements) -> Container {
             *part = None;
         }
     }
-    c
 }
 
-/// The pod with its containers' cpu and memory as allocated.
-pub fn apply(pod: &Pod, a: &Allocation) -> Pod {
+/// The pod with its own cpu and memory as `r` (none: as it is).
+fn with_pod_level(pod: &Pod, r: Option<&ResourceRequirements>) -> Pod {
     let mut p = pod.clone();
+    if let (Some(spec), Some(r)) = (p.spec.as_mut(), r) {
+        set_cpu_memory(spec.resources.get_or_insert_with(Default::default), r);
+    }
+    p
+}
+
+/// What a container runs with: its own cpu and memory, and the pod's limits where it sets
+/// none of its own (PodLevelResources), as [`super::spec::resources`] gives the runtime.
+fn effective(
+    c: &ResourceRequirements,
+    pod_level: Option<&ResourceRequirements>,
+) -> ResourceRequirements {
+    let mut out = c.clone();
+    for (name, q) in pod_level
+        .and_then(|p| p.limits.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let limits = out.limits.get_or_insert_with(Default::default);
+        limits.entry(name.clone()).or_insert_with(|| q.clone());
+    }
+    out
+}
+
+/// The pod with its own and its containers' cpu and memory as allocated.
+pub fn apply(pod: &Pod, a: &Allocation) -> Pod {
+    let mut p = with_pod_level(pod, a.pod.as_ref());
     if let Some(spec) = p.spec.as_mut() {
         for c in spec
             .containers
@@ -411,8 +193,12 @@ fn lower(a: &ResourceRequirements, b: &ResourceRequirements) -> ResourceRequirem
 /// What a worker knows of its pod's resize.
 #[derive(Default)]
 pub struct ResizeState {
-    /// What each container (by id) runs with, as far as this kubelet applied or saw it.
+    /// What each container (by id) runs with, as far as this kubelet applied or saw it (its
+    /// own cpu and memory, and the pod's limits it inherits).
     pub(super) actuated: HashMap<String, ResourceRequirements>,
+    /// What the pod cgroup was last given of the pod's own cpu and memory (None: not yet
+    /// known to this worker; the inner None: the pod sets none).
+    pod_actuated: Option<Option<ResourceRequirements>>,
     pending: Option<Pending>,
     error: Option<String>,
     in_progress: bool,
@@ -451,7 +237,7 @@ impl Shared {
                 }
             };
         };
-        if current.containers == want.containers {
+        if current.containers == want.containers && current.pod == want.pod {
             st.resize.pending = None;
             return Some(Cow::Borrowed(pod));
         }
@@ -499,12 +285,17 @@ impl Shared {
         st.resize
             .actuated
             .retain(|id, _| !st.exited.contains_key(id));
+        let pod_level = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .map(|r| cpu_memory(Some(r)));
         let mut changes = Vec::new();
         for (id, name) in running {
             let Some(c) = containers(pod).find(|c| c.name == name) else {
                 continue;
             };
-            let new = cpu_memory(c.resources.as_ref());
+            let new = effective(&cpu_memory(c.resources.as_ref()), pod_level.as_ref());
             let old = st.resize.actuated.get(&id).cloned();
             if old.as_ref() == Some(&new) {
                 continue;
@@ -522,7 +313,8 @@ impl Shared {
             });
         }
         st.resize.error = None;
-        if changes.is_empty() {
+        let pod_changed = st.resize.pod_actuated.as_ref() != Some(&pod_level);
+        if changes.is_empty() && !pod_changed {
             return;
         }
         // Containers whose policy says so restart with their new resources.
@@ -561,14 +353,22 @@ impl Shared {
             st.backoff.remove(&name);
             st.resize.actuated.remove(&ch.id);
         }
-        if let Err(e) = self.update(pod, &updates, st).await {
-            st.resize.error = Some(e);
+        match self.update(pod, &updates, pod_changed, st).await {
+            Ok(()) => st.resize.pod_actuated = Some(pod_level),
+            Err(e) => st.resize.error = Some(e),
         }
     }
 
-    /// Applies `updates` in upstream's order; the first failure.
-    async fn update(&self, pod: &Pod, updates: &[Change], st: &mut State) -> Result<(), String> {
-        if updates.is_empty() {
+    /// Applies `updates` (and the pod cgroup when `pod_changed`) in upstream's order; the
+    /// first failure.
+    async fn update(
+        &self,
+        pod: &Pod,
+        updates: &[Change],
+        pod_changed: bool,
+        st: &mut State,
+    ) -> Result<(), String> {
+        if updates.is_empty() && !pod_changed {
             return Ok(());
         }
         let decreasing: Vec<(&Change, i128)> = updates
@@ -583,13 +383,44 @@ impl Shared {
                 }
             })
             .collect();
-        if !decreasing.is_empty() {
-            // A memory limit below what the container uses now is not set.
+        // The pod's own memory limit, when it lowers what the pod cgroup has.
+        let pod_limit = super::spec::pod_limit(pod, "memory")
+            .map(|m| m / 1000)
+            .filter(|_| pod_changed)
+            .filter(|new| {
+                // Unknown to this worker (it just started): the cgroup is only given again
+                // what it was made with.
+                let Some(was) = &st.resize.pod_actuated else {
+                    return false;
+                };
+                let was = was.as_ref().and_then(|r| amount(r, true, "memory"));
+                !matches!(was.map(|m| m / 1000), Some(old) if old <= *new)
+            });
+        if !decreasing.is_empty() || pod_limit.is_some() {
+            // A memory limit below what the container (or pod) uses now is not set.
             let stats = self
                 .runtime
                 .list_container_stats()
                 .await
                 .map_err(|e| e.to_string())?;
+            if let Some(limit) = pod_limit {
+                let uid = pod.uid().unwrap_or_default();
+                let usage: i128 = stats
+                    .iter()
+                    .filter(|s| {
+                        s.attributes.as_ref().is_some_and(|a| {
+                            a.labels.get(crate::kubelet::cri::LABEL_POD_UID) == Some(&uid)
+                        })
+                    })
+                    .filter_map(|s| s.memory.as_ref()?.working_set_bytes.as_ref())
+                    .map(|v| i128::from(v.value))
+                    .sum();
+                if usage >= limit {
+                    return Err(format!(
+                        "attempting to set pod memory limit ({limit}) below current usage ({usage})"
+                    ));
+                }
+            }
             for (ch, limit) in decreasing {
                 let name = &ch.container.name;
                 let usage = stats
@@ -606,6 +437,7 @@ impl Shared {
                 }
             }
         }
+        // `r` holds what the container inherits from the pod too, so it is set as its own.
         let set = |ch: &Change, r: &ResourceRequirements| {
             let c = with_cpu_memory(&ch.container, r);
             super::spec::resources(pod, &c, &self.env)
@@ -659,8 +491,14 @@ impl Shared {
                 let applied = match running {
                     Some((id, _, _)) => {
                         let applied = st.resize.actuated.get(id);
-                        in_progress |= applied != Some(alloc);
-                        applied.unwrap_or(alloc)
+                        let done = applied == Some(&effective(alloc, a.pod.as_ref()));
+                        in_progress |= !done;
+                        // Its own resources once applied; what it runs with meanwhile.
+                        if done {
+                            alloc
+                        } else {
+                            applied.unwrap_or(alloc)
+                        }
                     }
                     None => alloc,
                 };
@@ -668,6 +506,20 @@ impl Shared {
                     s["resources"] = json!(applied);
                 }
             }
+        }
+        if pod.spec.as_ref().is_some_and(|s| s.resources.is_some()) {
+            // The pod's own: what it was allocated and what its cgroup was given.
+            let allocated = limits::totals(&apply(pod, &a), false);
+            body["status"]["allocatedResources"] = json!({
+                "cpu": cpu_quantity(allocated.cpu_request),
+                "memory": memory_quantity(allocated.memory_request),
+            });
+            let applied = match &st.resize.pod_actuated {
+                Some(r) => with_pod_level(&apply(pod, &a), r.as_ref()),
+                None => apply(pod, &a),
+            };
+            in_progress |= st.resize.pod_actuated.as_ref().is_some_and(|r| *r != a.pod);
+            body["status"]["resources"] = pod_resources(&applied);
         }
         let old = pod
             .status
@@ -727,6 +579,31 @@ impl Shared {
     }
 }
 
+/// A pod's resources as its status shows them: its requests, and its limits where it has them
+/// (its own, or every container's).
+fn pod_resources(pod: &Pod) -> Value {
+    let t = limits::totals(pod, false);
+    let mut v = json!({"requests": {
+        "cpu": cpu_quantity(t.cpu_request),
+        "memory": memory_quantity(t.memory_request),
+    }});
+    if let Some(cpu) = t.cpu_limit {
+        v["limits"]["cpu"] = json!(cpu_quantity(cpu));
+    }
+    if let Some(memory) = t.memory_limit {
+        v["limits"]["memory"] = json!(memory_quantity(memory));
+    }
+    v
+}
+
+fn cpu_quantity(milli: i64) -> String {
+    crate::quantity::format(i128::from(milli), "m")
+}
+
+fn memory_quantity(bytes: i64) -> String {
+    crate::quantity::format(i128::from(bytes) * 1000, "Mi")
+}
+
 /// The resize as upstream's events show it: the containers' resources, the generation and
 /// the error if any.
 fn summary(pod: &Pod, error: Option<&str>) -> String {
@@ -740,6 +617,9 @@ fn summary(pod: &Pod, error: Option<&str>) -> String {
         "containers": list(&spec.containers),
         "generation": pod.metadata.generation,
     });
+    if let Some(r) = &spec.resources {
+        v["resources"] = json!(cpu_memory(Some(r)));
+    }
     if let Some(init) = spec.init_containers.as_deref().filter(|i| !i.is_empty()) {
         v["initContainers"] = json!(list(init));
     }

@@ -1,4 +1,8 @@
+use std::collections::HashSet;
+use std::path::Path;
+
 use super::*;
+use crate::kubelet::pods::admit::Refusal;
 
 fn pod(cpu: &str, memory: &str) -> Pod {
     serde_json::from_value(json!({
@@ -91,6 +95,56 @@ fn decreases_go_first_at_each_amounts_lower() {
     // A limit that was not there is no limit: the lower is the new one.
     let low = lower(&rr("100m", None), &rr("100m", Some("64Mi")));
     assert_eq!(low, rr("100m", Some("64Mi")));
+}
+
+#[test]
+fn the_pods_own_resources_are_allocated_and_inherited_by_containers_without_limits() {
+    let level = |cpu: &str, memory: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "uid": "u1", "generation": 3},
+            "spec": {
+                "resources": {"requests": {"cpu": cpu}, "limits": {"memory": memory}},
+                "containers": [
+                    {"name": "own", "image": "busybox", "resources": {"limits": {"memory": "16Mi"}}},
+                    {"name": "bare", "image": "busybox"}]},
+        }))
+        .expect("pod")
+    };
+    let was = desired(&level("200m", "64Mi"));
+    let now = desired(&level("400m", "128Mi"));
+    assert_eq!(
+        now.cpu_request, 400,
+        "the pod's requests stand for its containers'"
+    );
+    assert_ne!(was, now);
+    assert_eq!(was.containers, now.containers, "only the pod's own changed");
+    // Held at what was allocated while the resize waits.
+    let held = apply(&level("400m", "128Mi"), &was);
+    let r = held
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.clone())
+        .expect("r");
+    assert_eq!(r.requests.expect("requests")["cpu"].0, "200m");
+    assert_eq!(r.limits.expect("limits")["memory"].0, "64Mi");
+    // A container without a limit runs within the pod's; one with its own keeps it.
+    let own = cpu_memory(now.containers.get("own"));
+    assert_eq!(
+        effective(&own, now.pod.as_ref()).limits.expect("l")["memory"].0,
+        "16Mi"
+    );
+    let bare = cpu_memory(now.containers.get("bare"));
+    assert_eq!(
+        effective(&bare, now.pod.as_ref()).limits.expect("l")["memory"].0,
+        "128Mi"
+    );
+    // The status figures: the pod's requests, its own limits.
+    let v = pod_resources(&level("400m", "128Mi"));
+    assert_eq!(v["requests"]["cpu"], "400m");
+    assert_eq!(v["limits"]["memory"], "128Mi");
+    assert!(v["limits"].get("cpu").is_none(), "{v}");
+    let s: Value = serde_json::from_str(&summary(&level("400m", "128Mi"), None)).expect("json");
+    assert_eq!(s["resources"]["requests"]["cpu"], "400m");
 }
 
 #[test]
