@@ -23,6 +23,20 @@ pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 /// Keeps a local-path volume until the node holding its data has dealt with it.
 pub const FINALIZER: &str = "k1s.io/local-path-data";
 
+/// Whether `name` has the form the provisioner names volumes with: `pvc-` and a claim's uid.
+pub fn provisioner_name(name: &str) -> bool {
+    name.strip_prefix("pvc-").is_some_and(|uid| {
+        uid.len() == 36
+            && uid.char_indices().all(|(i, c)| {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    c == '-'
+                } else {
+                    c.is_ascii_hexdigit()
+                }
+            })
+    })
+}
+
 /// The one node the volume `pv` (as JSON) is pinned to: every term of its required node
 /// affinity asks for that node's hostname alone.
 pub fn pinned_node(pv: &Value) -> Option<&str> {
@@ -137,6 +151,20 @@ mod tests {
             assert_eq!(pinned_node(&pv(loose.clone())), None, "{loose}");
         }
         assert_eq!(pinned_node(&json!({})), None);
+    }
+
+    #[test]
+    fn only_the_provisioners_names_are_recognised() {
+        assert!(provisioner_name("pvc-0f8fad5b-d9cb-469f-a165-70867728950e"));
+        for other in [
+            "handmade",
+            "pvc-",
+            "pvc-data",
+            "pvc-0f8fad5b-d9cb-469f-a165-70867728950",
+            "pvc-0f8fad5bxd9cb-469f-a165-70867728950e",
+        ] {
+            assert!(!provisioner_name(other), "{other}");
+        }
     }
 
     #[cfg(any(feature = "controllers", feature = "kubelet"))]

@@ -7,7 +7,9 @@
 //! writable layer (`rootfs`) and logs. Filesystem figures come from the eviction manager's
 //! [`Probe`], so both see the same node.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -92,6 +94,42 @@ fn default_interface(route: &str) -> Option<String> {
     })
 }
 
+/// Bytes each container's logs and each disk-backed emptyDir of a pod use, by name.
+type Local = (HashMap<String, u64>, HashMap<String, u64>);
+
+/// How long a pod's measured logs and volumes are reported before they are measured again, as
+/// upstream's `--volume-stats-agg-period` (1 min): scrapers that poll often do not walk the
+/// disk each time.
+pub const LOCAL_USAGE_TTL: Duration = Duration::from_secs(60);
+
+/// Pods' measured logs and volumes, by pod uid, with when they were measured.
+#[derive(Default)]
+pub struct LocalUsageCache(Mutex<HashMap<String, (Instant, Local)>>);
+
+impl LocalUsageCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Local)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pod's figures, measured by `probe` when none younger than the TTL are kept.
+    fn get(&self, probe: &dyn Probe, pod: &Pod) -> Local {
+        let uid = pod.uid().unwrap_or_default();
+        if let Some((at, local)) = self.lock().get(&uid) {
+            if at.elapsed() < LOCAL_USAGE_TTL {
+                return local.clone();
+            }
+        }
+        let local = probe.local_usage(pod);
+        self.lock().insert(uid, (Instant::now(), local.clone()));
+        local
+    }
+
+    /// Forgets the pods not in `live` (uids).
+    fn retain(&self, live: &HashSet<String>) {
+        self.lock().retain(|uid, _| live.contains(uid));
+    }
+}
+
 /// What the runtime tells of the node beyond its containers' usage.
 #[derive(Debug, Default)]
 pub struct RuntimeFacts {
@@ -119,9 +157,16 @@ fn pod_network(
 }
 
 /// The summary of `u`, with this node's filesystems from `probe`, the node's `pods` (for
-/// their uids and volumes; their logs and emptyDirs are measured, so call this off the async
-/// workers) and what the runtime told of them.
-pub fn summary(u: &NodeUsage, probe: &dyn Probe, pods: &[Pod], facts: &RuntimeFacts) -> Value {
+/// their uids and volumes; their logs and emptyDirs are measured, or taken from `cache`, so
+/// call this off the async workers) and what the runtime told of them.
+pub fn summary(
+    u: &NodeUsage,
+    probe: &dyn Probe,
+    cache: &LocalUsageCache,
+    pods: &[Pod],
+    facts: &RuntimeFacts,
+) -> Value {
+    cache.retain(&pods.iter().filter_map(|p| p.uid()).collect());
     let time = k8s_openapi::jiff::Timestamp::try_from(u.timestamp)
         .map(|t| t.to_string())
         .unwrap_or_default();
@@ -163,7 +208,7 @@ pub fn summary(u: &NodeUsage, probe: &dyn Probe, pods: &[Pod], facts: &RuntimeFa
             let uid = spec_pod
                 .and_then(|s| s.metadata.uid.clone())
                 .unwrap_or_else(|| p.uid.clone());
-            let (logs, volumes) = spec_pod.map(|s| probe.local_usage(s)).unwrap_or_default();
+            let (logs, volumes) = spec_pod.map(|s| cache.get(probe, s)).unwrap_or_default();
             let cpu: u64 = p.containers.iter().map(|c| c.cpu_nanocores).sum();
             let cum: u64 = p.containers.iter().map(|c| c.cpu_usage_ns).sum();
             let mem: u64 = p.containers.iter().map(|c| c.memory_bytes).sum();
@@ -265,6 +310,42 @@ pub fn summary(u: &NodeUsage, probe: &dyn Probe, pods: &[Pod], facts: &RuntimeFa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts how often pods are measured.
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl Probe for Counting {
+        fn observe(&self) -> HashMap<Signal, Observation> {
+            HashMap::new()
+        }
+        fn pod_disk(&self, _: &Pod) -> (u64, u64) {
+            (0, 0)
+        }
+        fn local_usage(&self, _: &Pod) -> Local {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) as u64;
+            ([("c".to_string(), n)].into(), HashMap::new())
+        }
+        fn dedicated_imagefs(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn pods_are_measured_once_per_period() {
+        let probe = Counting::default();
+        let cache = LocalUsageCache::default();
+        let mut pod = Pod::default();
+        pod.metadata.uid = Some("u1".into());
+        assert_eq!(cache.get(&probe, &pod).0["c"], 0);
+        assert_eq!(cache.get(&probe, &pod).0["c"], 0, "kept");
+        cache.retain(&HashSet::new());
+        assert_eq!(
+            cache.get(&probe, &pod).0["c"],
+            1,
+            "measured again once forgotten"
+        );
+    }
 
     #[test]
     fn proc_files_read_as_cadvisor_does() {

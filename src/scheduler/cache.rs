@@ -145,7 +145,12 @@ fn pod_level_requests(pod: &Pod) -> Resources {
             &quantities(s.resources.as_ref().and_then(|r| r.requests.as_ref())),
         );
     }
-    out.retain(|k, _| crate::quota::pod_level_resource(k));
+    // Only what the pod asks for itself stands for its containers' (the kubelet reports the
+    // rest of its figures from the containers).
+    let asked = spec.requests.as_ref();
+    out.retain(|k, _| {
+        crate::quota::pod_level_resource(k) && asked.is_some_and(|r| r.contains_key(k))
+    });
     out
 }
 
@@ -509,5 +514,24 @@ mod tests {
         let r = pod_requests(&pod);
         assert_eq!(r["cpu"], 1000);
         assert_eq!(r["memory"], 1024 * 1024 * 1000);
+        // A pod-level resize under way: the most of the spec, the allocated and the applied;
+        // the spec left out while the kubelet finds it infeasible.
+        let resizing = |reason: &str| -> Pod {
+            serde_json::from_value(json!({
+                "spec": {"resources": {"requests": {"cpu": "2"}},
+                    "containers": [{"name": "a", "resources": {"requests": {"cpu": "100m", "memory": "1Mi"}}}]},
+                "status": {"allocatedResources": {"cpu": "500m", "memory": "512Mi"},
+                    "resources": {"requests": {"cpu": "700m"}},
+                    "conditions": [{"type": "PodResizePending", "status": "True", "reason": reason}]},
+            }))
+            .expect("pod")
+        };
+        assert_eq!(pod_requests(&resizing("Deferred"))["cpu"], 2000);
+        assert_eq!(pod_requests(&resizing("Infeasible"))["cpu"], 700);
+        assert_eq!(
+            pod_requests(&resizing("Deferred"))["memory"],
+            1024 * 1024 * 1000,
+            "memory is the containers' where the pod asks for none itself"
+        );
     }
 }

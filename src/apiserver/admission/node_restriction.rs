@@ -120,6 +120,16 @@ pub fn validate(a: &Attributes<'_>, obj: &Value, old: Option<&Value>) -> Result<
                 (Operation::Update, Some(old)) => volume_changes(old, obj),
                 _ => return Err(a.forbidden(&format!("unexpected operation {:?}", op_name(a.op)))),
             };
+            let provisioned = old.is_some_and(|o| {
+                o["metadata"]["annotations"][crate::local_path::PROVISIONED_BY]
+                    == crate::local_path::PROVISIONER
+            });
+            if !provisioned {
+                return Err(a.forbidden(&format!(
+                    "node \"{node}\" may only change persistentvolumes provisioned by {}",
+                    crate::local_path::PROVISIONER
+                )));
+            }
             if !changed.is_empty() {
                 return Err(a.forbidden(&format!(
                     "node \"{node}\" may only put the {} finalizer on a persistentvolume or take it off: {}",

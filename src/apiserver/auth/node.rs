@@ -171,10 +171,10 @@ async fn volume_related(auth: &Authenticator, node: &str, name: &str) -> bool {
     false
 }
 
-/// A volume pinned to `node` (a local-path or local volume, whose data is on its disk): its
-/// kubelet asks after the local-path volumes it set up, to learn when one is being deleted and
-/// its data is to go (a k1s addition; upstream's provisioner sends a helper pod). A volume that
-/// does not exist is no one's, so a kubelet learns nothing of other nodes' volume names.
+/// A volume pinned to `node` (a local-path or local volume, whose data is on its disk), or a
+/// provisioner-named one that is gone: its kubelet asks after the local-path volumes it set up,
+/// to learn when one is being deleted and its data is to go (a k1s addition; upstream's
+/// provisioner sends a helper pod).
 async fn volume_on_node(auth: &Authenticator, node: &str, name: &str) -> bool {
     let Some(def) = catalog::find("", "v1", "persistentvolumes") else {
         return false;
@@ -188,7 +188,11 @@ async fn volume_on_node(auth: &Authenticator, node: &str, name: &str) -> bool {
             let pv: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
             crate::local_path::pinned_node(&pv) == Some(node)
         }
-        Ok(None) | Err(_) => false,
+        // Gone: a kubelet learns that a local-path volume it held was deleted (one whose
+        // finalizer was taken off by hand, or that its node was away for). Only names of the
+        // provisioner's form (`pvc-UID`), which no one guesses, are answered.
+        Ok(None) => crate::local_path::provisioner_name(name),
+        Err(_) => false,
     }
 }
 

@@ -61,6 +61,8 @@ pub struct ApiState {
     probe: Option<Arc<dyn super::eviction::Probe>>,
     /// Sandboxes' processes, by sandbox id, learned once each (for pods' network figures).
     sandbox_pids: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Pods' logs and emptyDirs as last measured for `/stats/summary`.
+    local_usage: Arc<super::summary::LocalUsageCache>,
 }
 
 impl ApiState {
@@ -80,6 +82,7 @@ impl ApiState {
             configz,
             probe: None,
             sandbox_pids: Default::default(),
+            local_usage: Default::default(),
         }
     }
 
@@ -169,9 +172,11 @@ async fn metrics_resource(State(state): State<Arc<ApiState>>) -> Response {
 
 /// The ready sandboxes' processes, by pod uid; each sandbox's asked of the runtime once.
 async fn sandbox_pids(state: &ApiState) -> std::collections::HashMap<String, u32> {
-    let Ok(sandboxes) = state.runtime.list_pod_sandboxes(None).await else {
+    let Ok(mut sandboxes) = state.runtime.list_pod_sandboxes(None).await else {
         return Default::default();
     };
+    // A pod's newest ready sandbox wins.
+    sandboxes.sort_by_key(|sb| sb.created_at);
     let known = state
         .sandbox_pids
         .lock()
@@ -218,8 +223,9 @@ async fn stats_summary(State(state): State<Arc<ApiState>>) -> Response {
         image_fs_used: state.runtime.image_fs_usage().await.ok(),
     };
     // Logs and emptyDirs are measured on disk: off the async workers.
+    let cache = state.local_usage.clone();
     match tokio::task::spawn_blocking(move || {
-        super::summary::summary(&u, probe.as_ref(), &pods, &facts)
+        super::summary::summary(&u, probe.as_ref(), &cache, &pods, &facts)
     })
     .await
     {

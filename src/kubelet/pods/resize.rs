@@ -313,7 +313,13 @@ impl Shared {
             });
         }
         st.resize.error = None;
-        let pod_changed = st.resize.pod_actuated.as_ref() != Some(&pod_level);
+        // A pod without resources of its own has nothing of its own to apply; one this worker
+        // has not applied yet is given its allocation once (a resize may have been allocated
+        // before a restart and not applied).
+        let pod_changed = match &st.resize.pod_actuated {
+            None => pod_level.is_some(),
+            Some(was) => *was != pod_level,
+        };
         if changes.is_empty() && !pod_changed {
             return;
         }
@@ -388,13 +394,13 @@ impl Shared {
             .map(|m| m / 1000)
             .filter(|_| pod_changed)
             .filter(|new| {
-                // Unknown to this worker (it just started): the cgroup is only given again
-                // what it was made with.
-                let Some(was) = &st.resize.pod_actuated else {
-                    return false;
-                };
-                let was = was.as_ref().and_then(|r| amount(r, true, "memory"));
-                !matches!(was.map(|m| m / 1000), Some(old) if old <= *new)
+                // Unknown to this worker (it just started): checked, as it may be lower.
+                let was = st.resize.pod_actuated.as_ref().map(|r| {
+                    r.as_ref()
+                        .and_then(|r| amount(r, true, "memory"))
+                        .map(|m| m / 1000)
+                });
+                !matches!(was, Some(Some(old)) if old <= *new)
             });
         if !decreasing.is_empty() || pod_limit.is_some() {
             // A memory limit below what the container (or pod) uses now is not set.

@@ -66,9 +66,10 @@ pub async fn claim_path(
             ))
         })?;
     let path = PathBuf::from(path);
-    // Held and noted before its data is made, so the data never outlives the volume.
-    local_path::hold(client, &pv, &path).await?;
+    // Noted and held before its data is made, so the data never outlives the volume (a
+    // noted volume that could not be held is held on the next reclaim pass).
     local_path::note(notes, &pv, &path)?;
+    local_path::hold(client, &pv, &path).await?;
     if !path.exists() {
         // A new local-path volume, open to every user, as the provisioner's `mkdir -m 0777`.
         make_dir(&path, 0o777)?;

@@ -4,9 +4,9 @@
 //! Before the kubelet first sets up a volume the built-in provisioner made, it puts the
 //! [`FINALIZER`] on it and notes it under `DATA_DIR/agent/local-path/PV_NAME` (its directory,
 //! uid and reclaim policy). Every [`RECLAIM_EVERY`] it asks the API server after each noted
-//! volume: one being deleted has its directory removed when its policy is Delete (its claim
-//! went first, and no pod could use it then) or kept when Retain, then the finalizer taken
-//! off, and the volume goes. A volume found gone (its finalizer removed by hand) has its data
+//! volume: one being deleted, no longer bound and held by nothing else (PV protection lets go
+//! once no claim or pod uses it), has its directory removed when its policy is Delete or kept
+//! when Retain, then the finalizer taken off, and the volume goes. A volume found gone (its finalizer removed by hand) has its data
 //! removed only when last seen with policy Delete. Only directories named `pvc-*`, as the
 //! provisioner names them, are ever removed.
 
@@ -158,6 +158,17 @@ async fn settle(client: &Client, notes: &Path, noted: &Note, pv: &PersistentVolu
     }
     if !has_finalizer(pv) {
         // Not ours to hold (the finalizer was taken off by hand): left to go.
+        return false;
+    }
+    let others = pv.finalizers().iter().any(|f| f != FINALIZER);
+    let bound = pv
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Bound");
+    if others || bound {
+        // Still bound, or still in use (PV protection holds it): its data stays until the
+        // volume is let go by all else.
         return false;
     }
     if policy(pv) == "Delete" {
