@@ -63,19 +63,25 @@ fn memory_file(layout: &Layout, name: &str) -> PathBuf {
     }
 }
 
-fn container(s: &Server, name: &str, path: &str) -> String {
+/// `path` of the status of container `name` of pod `pod`.
+fn container_of(s: &Server, pod: &str, name: &str, path: &str) -> String {
     jsonpath(
         s,
-        "pod/resizable",
+        &format!("pod/{pod}"),
         &format!("{{.status.containerStatuses[?(@.name==\"{name}\")]{path}}}"),
     )
 }
 
-fn resize(s: &Server, patch: &str) -> std::process::Output {
+fn container(s: &Server, name: &str, path: &str) -> String {
+    container_of(s, "resizable", name, path)
+}
+
+/// Patches pod `pod` through its resize subresource.
+fn resize_pod(s: &Server, pod: &str, patch: &str) -> std::process::Output {
     s.kubectl(&[
         "patch",
         "pod",
-        "resizable",
+        pod,
         "--subresource",
         "resize",
         "--patch",
@@ -83,28 +89,52 @@ fn resize(s: &Server, patch: &str) -> std::process::Output {
     ])
 }
 
-pub fn resize_in_place(s: &Server, tmp: &std::path::Path, root: &str) {
-    let layout = Layout::detect().expect("cgroups are mounted");
+fn resize(s: &Server, patch: &str) -> std::process::Output {
+    resize_pod(s, "resizable", patch)
+}
+
+/// Applies the Burstable pod `pod` from `manifest` and waits for it to be Ready; its cgroup.
+fn start_burstable(
+    s: &Server,
+    tmp: &std::path::Path,
+    root: &str,
+    pod: &str,
+    manifest: &str,
+) -> String {
     ok(
         s,
-        &["apply", "-f", &write(tmp, "resizable.yaml", RESIZABLE)],
+        &["apply", "-f", &write(tmp, &format!("{pod}.yaml"), manifest)],
     );
     ok(
         s,
         &[
             "wait",
             "--for=condition=Ready",
-            "pod/resizable",
+            &format!("pod/{pod}"),
             "--timeout=60s",
         ],
     );
-    let uid = jsonpath(s, "pod/resizable", "{.metadata.uid}");
-    let pod_cgroup = format!("{root}/kubepods/burstable/pod{uid}");
-    let cgroup_of = |name: &str| {
-        let id = container(s, name, ".containerID");
-        let id = id.trim_start_matches("containerd://").to_string();
-        memory_file(&layout, &format!("{pod_cgroup}/{id}"))
-    };
+    let uid = jsonpath(s, &format!("pod/{pod}"), "{.metadata.uid}");
+    format!("{root}/kubepods/burstable/pod{uid}")
+}
+
+/// The memory limit file of container `name` of pod `pod`, in the pod's cgroup.
+fn container_memory(
+    s: &Server,
+    layout: &Layout,
+    pod: &str,
+    pod_cgroup: &str,
+    name: &str,
+) -> PathBuf {
+    let id = container_of(s, pod, name, ".containerID");
+    let id = id.trim_start_matches("containerd://").to_string();
+    memory_file(layout, &format!("{pod_cgroup}/{id}"))
+}
+
+pub fn resize_in_place(s: &Server, tmp: &std::path::Path, root: &str) {
+    let layout = Layout::detect().expect("cgroups are mounted");
+    let pod_cgroup = start_burstable(s, tmp, root, "resizable", RESIZABLE);
+    let cgroup_of = |name: &str| container_memory(s, &layout, "resizable", &pod_cgroup, name);
     let mib = |n: u64| (n << 20).to_string();
     assert_eq!(read(&cgroup_of("a")), mib(32));
     assert_eq!(read(&memory_file(&layout, &pod_cgroup)), mib(48));
@@ -342,30 +372,9 @@ fn cpu_quota(layout: &Layout, name: &str, quota: u64) -> (PathBuf, String) {
 /// status shows what was allocated and applied.
 pub fn pod_level_resize(s: &Server, tmp: &std::path::Path, root: &str) {
     let layout = Layout::detect().expect("cgroups are mounted");
-    ok(
-        s,
-        &["apply", "-f", &write(tmp, "pod-level.yaml", POD_LEVEL)],
-    );
-    ok(
-        s,
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "pod/pod-level-resize",
-            "--timeout=60s",
-        ],
-    );
-    let uid = jsonpath(s, "pod/pod-level-resize", "{.metadata.uid}");
-    let pod_cgroup = format!("{root}/kubepods/burstable/pod{uid}");
-    let cgroup_of = |name: &str| {
-        let id = jsonpath(
-            s,
-            "pod/pod-level-resize",
-            &format!("{{.status.containerStatuses[?(@.name==\"{name}\")].containerID}}"),
-        );
-        let id = id.trim_start_matches("containerd://").to_string();
-        memory_file(&layout, &format!("{pod_cgroup}/{id}"))
-    };
+    let pod_cgroup = start_burstable(s, tmp, root, "pod-level-resize", POD_LEVEL);
+    let cgroup_of =
+        |name: &str| container_memory(s, &layout, "pod-level-resize", &pod_cgroup, name);
     let mib = |n: u64| (n << 20).to_string();
     let status = || {
         jsonpath(
@@ -380,17 +389,7 @@ pub fn pod_level_resize(s: &Server, tmp: &std::path::Path, root: &str) {
     assert_eq!(status(), "100m|48Mi|200m");
 
     // Limits cannot be taken away.
-    let resize = |patch: &str| {
-        s.kubectl(&[
-            "patch",
-            "pod",
-            "pod-level-resize",
-            "--subresource",
-            "resize",
-            "--patch",
-            patch,
-        ])
-    };
+    let resize = |patch: &str| resize_pod(s, "pod-level-resize", patch);
     let o = resize(r#"{"spec":{"resources":{"limits":{"memory":null}}}}"#);
     assert!(!o.status.success());
     assert!(
