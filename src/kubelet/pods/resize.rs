@@ -1,15 +1,18 @@
 //! In-place pod resize, as upstream's allocation manager and resize actuation. Every pod's
-//! containers get an allocation (their cpu and memory requests and limits) when the kubelet
-//! first sees the pod; the allocations live in a checkpoint file, so a restarted kubelet knows
-//! what it gave. When the spec asks for other resources (`pods/NAME/resize`), the resize is
-//! allocated if the pod then fits the node's allocatable next to the other pods' allocations;
-//! else it waits under `PodResizePending` (`Infeasible` past the node's allocatable,
-//! `Deferred` past what is free) and the containers keep what they had. An allocated resize
-//! is applied in upstream's order (container decreases, the pod cgroup, container increases)
-//! through CRI UpdateContainerResources, or by restarting the containers whose resize policy
-//! says `RestartContainer`; `PodResizeInProgress` shows it until every running container has
-//! its allocation, with reason `Error` when applying failed (a memory limit below what the
-//! container uses is refused, as upstream does).
+//! containers, and the pod itself when it sets resources of its own (PodLevelResources), get an
+//! allocation (cpu and memory requests and limits) when the kubelet first sees the pod; the
+//! allocations live in a checkpoint file (`resize/allocations.rs`), so a restarted kubelet
+//! knows what it gave. Containers without limits of their own run within the pod's, so a resize
+//! of the pod's limits reaches them too. When the spec asks for other resources
+//! (`pods/NAME/resize`), the resize is allocated if the pod then fits the node's allocatable
+//! next to the other pods' allocations; else it waits under `PodResizePending` (`Infeasible`
+//! past the node's allocatable, `Deferred` past what is free) and the containers keep what they
+//! had. An allocated resize is applied in upstream's order (container decreases, the pod
+//! cgroup, container increases) through CRI UpdateContainerResources, or by restarting the
+//! containers whose resize policy says `RestartContainer`; `PodResizeInProgress` shows it until
+//! every running container has its allocation and the pod cgroup the pod's, with reason `Error`
+//! when applying failed (a memory limit below what the container or the pod uses is refused, as
+//! upstream does).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
