@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::cache::{Cache, Change};
 use super::pacer::Pacer;
+use super::storage_protection::without;
 use super::volume_binding::{PROVISIONER_ANNOTATION, SELECTED_NODE};
 use crate::events::{self, Recorder, Type};
 use crate::informer::Informer;
@@ -236,11 +237,9 @@ pub async fn release(
             };
             // Written back whole, as the binder's role may update volumes but not patch them;
             // a stale copy fails on its resourceVersion and is tried again with the next event.
-            let mut freed = pv.as_ref().clone();
-            freed.metadata.finalizers = freed
-                .metadata
-                .finalizers
-                .map(|f| f.into_iter().filter(|x| x != FINALIZER).collect());
+            let Some(freed) = without(pv.as_ref(), FINALIZER) else {
+                continue;
+            };
             match api
                 .replace(&pv.name_any(), &PostParams::default(), &freed)
                 .await

@@ -38,7 +38,7 @@ fn claim_in_use(pods: &[std::sync::Arc<Pod>], ns: &str, name: &str) -> bool {
 
 /// The object without `finalizer`, if it has it (written back with update, which the
 /// controllers' roles allow, guarded by the resourceVersion it carries).
-fn without<K: Resource + Clone>(obj: &K, finalizer: &str) -> Option<K> {
+pub(super) fn without<K: Resource + Clone>(obj: &K, finalizer: &str) -> Option<K> {
     let list = obj.meta().finalizers.clone().unwrap_or_default();
     if !list.iter().any(|f| f == finalizer) {
         return None;
