@@ -77,27 +77,20 @@ pub(crate) fn binary(bytes: u64) -> String {
 /// The huge pages pre-allocated per page size, from `dir` (`/sys/kernel/mm/hugepages`): each
 /// `hugepages-<N>kB/nr_hugepages`, as resource name (`hugepages-2Mi`) and bytes.
 fn hugepages(dir: &Path) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(kb) = name
-            .strip_prefix("hugepages-")
-            .and_then(|n| n.strip_suffix("kB"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        let pages: u64 = std::fs::read_to_string(e.path().join("nr_hugepages"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        let size = kb * 1024;
-        out.insert(
-            format!("hugepages-{}", binary(size)),
-            pages.saturating_mul(size),
-        );
-    }
-    out
+    use super::cgroups::{fs::hugepage_sizes, limits::hugepages_resource};
+    hugepage_sizes(dir)
+        .into_iter()
+        .map(|size| {
+            let file = dir
+                .join(format!("hugepages-{}kB", size / 1024))
+                .join("nr_hugepages");
+            let pages: u64 = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            (hugepages_resource(size), pages.saturating_mul(size))
+        })
+        .collect()
 }
 
 fn read_trim(path: &str) -> String {
@@ -163,7 +156,7 @@ impl Facts {
             reserved,
             max_pods: MAX_PODS,
             eviction_reserved: BTreeMap::new(),
-            hugepages: hugepages(Path::new("/sys/kernel/mm/hugepages")),
+            hugepages: hugepages(Path::new(super::cgroups::fs::HUGEPAGES_DIR)),
             kubelet_port,
             pressure: Default::default(),
             health: None,

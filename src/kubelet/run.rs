@@ -4,7 +4,7 @@
 //! given the node its pod CIDR, and the pod workers. Stopping leaves the pods running (and
 //! stops the supervised containerd), so the next start adopts them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,7 +181,7 @@ pub async fn run(
             pod_max_pids: cfg.pod_max_pids,
         })?;
         let (cpu, memory) = facts.allocatable_cpu_memory();
-        m.setup(cpu, memory)?;
+        m.setup(cpu, memory, &facts.hugepages)?;
         tracing::info!(root = %cfg.cgroup_root, "pod cgroups ready");
         Some(Arc::new(m))
     } else {
@@ -360,6 +360,9 @@ pub async fn run(
                 }
             },
             pods_dir: cfg.data_dir.join("agent").join("pods"),
+            hugepage_sizes: super::cgroups::fs::hugepage_sizes(Path::new(
+                super::cgroups::fs::HUGEPAGES_DIR,
+            )),
             dns: pods::dns::ClusterDns {
                 servers: cfg.cluster_dns.iter().map(ToString::to_string).collect(),
                 domain: cfg.cluster_domain.clone(),

@@ -430,5 +430,53 @@ pub fn pod_level_resize(s: &Server, tmp: &std::path::Path, root: &str) {
         "{.status.containerStatuses[*].restartCount}",
     );
     assert_eq!(restarts, "0 0");
+
+    // A pod memory limit below what the pod's cgroup uses is refused until it fits.
+    ok(
+        s,
+        &[
+            "exec",
+            "pod-level-resize",
+            "-c",
+            "bare",
+            "--",
+            "sh",
+            "-c",
+            "head -c 40m /dev/zero > /dev/shm/fill",
+        ],
+    );
+    let o = resize(r#"{"spec":{"resources":{"limits":{"memory":"32Mi"}}}}"#);
+    assert!(o.status.success(), "{}", text(&o));
+    let error = eventually(
+        s,
+        &[
+            "get",
+            "pod",
+            "pod-level-resize",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"PodResizeInProgress\")].reason}|{.status.conditions[?(@.type==\"PodResizeInProgress\")].message}",
+        ],
+        |o| o.starts_with("Error|"),
+    );
+    assert!(
+        error.contains("attempting to set pod memory limit (33554432) below current usage"),
+        "{error}"
+    );
+    assert_eq!(read(&memory_file(&layout, &pod_cgroup)), mib(96));
+    ok(
+        s,
+        &[
+            "exec",
+            "pod-level-resize",
+            "-c",
+            "bare",
+            "--",
+            "rm",
+            "/dev/shm/fill",
+        ],
+    );
+    within(30, "the pod's cgroup to hold 32Mi", || {
+        read(&memory_file(&layout, &pod_cgroup)) == mib(32)
+    });
     ok(s, &["delete", "pod", "pod-level-resize", "--wait=true"]);
 }

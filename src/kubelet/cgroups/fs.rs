@@ -173,6 +173,16 @@ impl Layout {
             .unwrap_or_default()
     }
 
+    /// Whether containers' and pods' huge pages can be limited here: v1 with a hugetlb
+    /// hierarchy, or v2 offering the hugetlb controller.
+    pub fn offers_hugetlb(&self) -> bool {
+        match self {
+            Layout::V1 { controllers, .. } => controllers.contains_key("hugetlb"),
+            Layout::V2 { root } => std::fs::read_to_string(root.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "hugetlb")),
+        }
+    }
+
     /// Every directory a cgroup named `name` (`/kubepods/...`) has.
     pub fn dirs(&self, name: &str) -> Vec<PathBuf> {
         let rel = name.trim_start_matches('/');
@@ -181,6 +191,26 @@ impl Layout {
             Layout::V2 { root } => vec![root.join(rel)],
         }
     }
+}
+
+/// Where the kernel lists its huge page sizes.
+pub const HUGEPAGES_DIR: &str = "/sys/kernel/mm/hugepages";
+
+/// The huge page sizes (bytes) the kernel offers, from `dir` ([`HUGEPAGES_DIR`]): one
+/// `hugepages-<N>kB` directory each, smallest first.
+pub fn hugepage_sizes(dir: &Path) -> Vec<u64> {
+    let mut out: Vec<u64> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let kb = name.strip_prefix("hugepages-")?.strip_suffix("kB")?;
+            kb.parse::<u64>().ok().map(|kb| kb * 1024)
+        })
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// mountinfo escapes spaces and the like as `\NNN` (octal).

@@ -25,6 +25,9 @@ pub struct Limits {
     pub cpu_quota: Option<i64>,
     pub memory_bytes: Option<i64>,
     pub pids: Option<i64>,
+    /// Huge pages by page size as the hugetlb files spell it (`2MB`), in bytes; every size
+    /// the node has, 0 for those not asked for (upstream's `maybeSetHugetlb`).
+    pub hugetlb: Vec<(String, i64)>,
 }
 
 /// Millicores to CPU shares (1 core = 1024), within the kernel's bounds.
@@ -178,8 +181,55 @@ pub fn limits_of(pod: &Pod, t: PodTotals, pids: i64) -> Limits {
             cpu_quota: t.cpu_limit.map(quota),
             memory_bytes: t.memory_limit,
             pids,
+            hugetlb: Vec::new(),
         },
     }
+}
+
+/// A huge page size as cgroup files and CRI spell it (`2MB`, `1GB`), as upstream's
+/// `HugePageUnitSizeFromByteSize`.
+pub fn page_size_name(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KB", "MB", "GB", "TB", "PB"];
+    let (mut size, mut unit) = (bytes, 0);
+    while size > 0 && size % 1024 == 0 && unit < UNITS.len() - 1 {
+        size /= 1024;
+        unit += 1;
+    }
+    format!("{size}{}", UNITS[unit])
+}
+
+/// The resource name of huge pages of `bytes` (`hugepages-2Mi`).
+pub fn hugepages_resource(bytes: u64) -> String {
+    format!("hugepages-{}", crate::kubelet::node::binary(bytes))
+}
+
+/// The pod's huge page limits for each of the node's page `sizes` (bytes): its own when it
+/// sets them (PodLevelResources), else its containers' as their effective sum; 0 for a size
+/// the pod does not ask for, so it gets none of those pages.
+pub fn hugetlb(pod: &Pod, sizes: &[u64]) -> Vec<(String, i64)> {
+    let pod_level = pod.spec.as_ref().and_then(|s| s.resources.as_ref());
+    sizes
+        .iter()
+        .map(|&size| {
+            let name = hugepages_resource(size);
+            let v = get(pod_level, true, &name)
+                .or_else(|| effective(pod, |c| Some(limit(c, &name).unwrap_or(0))))
+                .unwrap_or(0);
+            (page_size_name(size), v)
+        })
+        .collect()
+}
+
+/// A container's huge page limits for each of the node's page `sizes`, as CRI takes them
+/// (upstream's `GetHugepageLimitsFromResources`).
+pub fn container_hugetlb(c: &Container, sizes: &[u64]) -> Vec<(String, i64)> {
+    sizes
+        .iter()
+        .map(|&size| {
+            let v = limit(c, &hugepages_resource(size)).unwrap_or(0);
+            (page_size_name(size), v)
+        })
+        .collect()
 }
 
 /// One cgroup file and what is written to it.
@@ -187,14 +237,14 @@ pub fn limits_of(pod: &Pod, t: PodTotals, pids: i64) -> Limits {
 pub struct Setting {
     /// The v1 controller whose hierarchy holds the file (unused on v2).
     pub controller: &'static str,
-    pub file: &'static str,
+    pub file: String,
     pub value: String,
 }
 
-fn set(controller: &'static str, file: &'static str, value: impl ToString) -> Setting {
+fn set(controller: &'static str, file: impl Into<String>, value: impl ToString) -> Setting {
     Setting {
         controller,
-        file,
+        file: file.into(),
         value: value.to_string(),
     }
 }
@@ -216,6 +266,9 @@ impl Limits {
         if let Some(p) = self.pids {
             out.push(set("pids", "pids.max", p));
         }
+        for (size, v) in &self.hugetlb {
+            out.push(set("hugetlb", format!("hugetlb.{size}.limit_in_bytes"), v));
+        }
         out
     }
 
@@ -233,6 +286,9 @@ impl Limits {
         }
         if let Some(p) = self.pids {
             out.push(set("pids", "pids.max", p));
+        }
+        for (size, v) in &self.hugetlb {
+            out.push(set("hugetlb", format!("hugetlb.{size}.max"), v));
         }
         out
     }
@@ -325,6 +381,41 @@ mod tests {
             "containers": [c("app", serde_json::json!({"requests": {"cpu": "300m"}}))],
         }));
         assert_eq!(pod_totals(&p).cpu_request, 400, "sidecar beside the app");
+    }
+
+    #[test]
+    fn huge_pages_are_limited_for_every_size_the_node_has() {
+        assert_eq!(page_size_name(2 << 20), "2MB");
+        assert_eq!(page_size_name(1 << 30), "1GB");
+        assert_eq!(page_size_name(64 << 10), "64KB");
+        let sizes = [2 << 20, 1 << 30];
+        let huge = serde_json::json!({"limits": {"memory": "64Mi", "hugepages-2Mi": "4Mi"}});
+        let p = pod(serde_json::json!({"containers": [
+            c("a", huge.clone()),
+            c("b", huge),
+            c("plain", serde_json::json!({"limits": {"memory": "8Mi"}})),
+        ]}));
+        let want = vec![("2MB".to_string(), 8 << 20), ("1GB".to_string(), 0)];
+        assert_eq!(hugetlb(&p, &sizes), want);
+        let spec = p.spec.as_ref().expect("spec");
+        assert_eq!(
+            container_hugetlb(&spec.containers[2], &sizes),
+            vec![("2MB".to_string(), 0), ("1GB".to_string(), 0)],
+            "none for a container that asks for none"
+        );
+        let mut l = pod_limits(&p, -1);
+        l.hugetlb = want;
+        let files: Vec<String> = l.v1().into_iter().map(|s| s.file).collect();
+        assert!(files.contains(&"hugetlb.2MB.limit_in_bytes".to_string()));
+        assert_eq!(l.v2().last(), Some(&set("hugetlb", "hugetlb.1GB.max", 0)));
+        let own = pod(serde_json::json!({
+            "resources": {"limits": {"hugepages-2Mi": "16Mi", "memory": "64Mi"}},
+            "containers": [c("a", serde_json::json!({}))],
+        }));
+        assert_eq!(
+            hugetlb(&own, &sizes[..1]),
+            vec![("2MB".to_string(), 16 << 20)]
+        );
     }
 
     #[test]

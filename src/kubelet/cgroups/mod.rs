@@ -61,13 +61,23 @@ pub struct Manager {
     pod_max_pids: i64,
     /// Burstable pods' CPU requests (millicores) by uid: the burstable cgroup's shares.
     burstable: Mutex<BTreeMap<String, i64>>,
+    /// The huge page sizes (bytes) the kernel offers.
+    page_sizes: Vec<u64>,
 }
 
 impl Manager {
     /// The manager of this machine's cgroups.
     pub fn detect(opts: &Options) -> Result<Manager, CgroupError> {
         let layout = Layout::detect().ok_or(CgroupError::NotMounted)?;
-        Ok(Manager::new(Box::new(fs::System), layout, opts))
+        let sizes = fs::hugepage_sizes(Path::new(fs::HUGEPAGES_DIR));
+        Ok(Manager::new(Box::new(fs::System), layout, opts).with_page_sizes(sizes))
+    }
+
+    /// The manager, limiting huge pages of these sizes (bytes) where the hugetlb controller
+    /// is offered.
+    pub fn with_page_sizes(mut self, sizes: Vec<u64>) -> Manager {
+        self.page_sizes = sizes;
+        self
     }
 
     pub fn new(fs: Box<dyn CgroupFs>, layout: Layout, opts: &Options) -> Manager {
@@ -78,15 +88,30 @@ impl Manager {
             base: format!("{root}/kubepods"),
             pod_max_pids: opts.pod_max_pids,
             burstable: Mutex::new(BTreeMap::new()),
+            page_sizes: Vec::new(),
         }
     }
 
-    /// Makes `kubepods` (limited to the node's allocatable CPU, in millicores, and memory) and
-    /// the QoS classes' cgroups.
-    pub fn setup(&self, cpu_milli: i64, memory_bytes: i64) -> Result<(), CgroupError> {
+    /// Makes `kubepods` (limited to the node's allocatable CPU, in millicores, memory and
+    /// huge pages, by resource name) and the QoS classes' cgroups.
+    pub fn setup(
+        &self,
+        cpu_milli: i64,
+        memory_bytes: i64,
+        hugepages: &BTreeMap<String, u64>,
+    ) -> Result<(), CgroupError> {
         let node = Limits {
             cpu_shares: Some(limits::shares(cpu_milli)),
             memory_bytes: (memory_bytes > 0).then_some(memory_bytes),
+            hugetlb: self
+                .hugetlb_sizes()
+                .iter()
+                .map(|&size| {
+                    let bytes = hugepages.get(&limits::hugepages_resource(size));
+                    let bytes = bytes.map_or(0, |b| i64::try_from(*b).unwrap_or(i64::MAX));
+                    (limits::page_size_name(size), bytes)
+                })
+                .collect(),
             ..Default::default()
         };
         self.create(&self.base, &node)?;
@@ -134,7 +159,9 @@ impl Manager {
     /// sandbox's cgroup parent.
     pub fn ensure_pod(&self, pod: &Pod) -> Result<String, CgroupError> {
         let name = self.pod_cgroup(pod);
-        self.create(&name, &limits::pod_limits(pod, self.pod_max_pids))?;
+        let mut l = limits::pod_limits(pod, self.pod_max_pids);
+        l.hugetlb = limits::hugetlb(pod, self.hugetlb_sizes());
+        self.create(&name, &l)?;
         if qos(pod) == "Burstable" {
             let cpu = limits::pod_totals(pod).cpu_request;
             let uid = pod.uid().unwrap_or_default();
@@ -144,6 +171,31 @@ impl Manager {
             }
         }
         Ok(name)
+    }
+
+    /// The memory the pod's cgroup uses now (page cache included), as upstream's
+    /// `MemoryUsage`: v1's `memory.usage_in_bytes`, v2's `memory.current`.
+    pub fn pod_memory_usage(&self, pod: &Pod) -> Result<i64, CgroupError> {
+        let name = self.pod_cgroup(pod);
+        let rel = name.trim_start_matches('/');
+        let file = match &self.layout {
+            Layout::V1 { controllers, .. } => controllers
+                .get("memory")
+                .ok_or(CgroupError::NotMounted)?
+                .join(rel)
+                .join("memory.usage_in_bytes"),
+            Layout::V2 { root } => root.join(rel).join("memory.current"),
+        };
+        let text = self
+            .fs
+            .read(&file)
+            .map_err(io(format!("reading {}", file.display())))?;
+        text.trim().parse().map_err(|_| {
+            io(format!("reading {}", file.display()))(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not a number: {:?}", text.trim()),
+            ))
+        })
     }
 
     /// Removes the cgroup of the pod `uid` (its containers must have stopped); the pod no
@@ -197,6 +249,23 @@ impl Manager {
                     tracing::warn!(uid, killed, "removing an orphaned pod cgroup: {e}");
                 }
             }
+        }
+    }
+
+    /// The page sizes whose huge pages are limited: none where the hugetlb controller is
+    /// not offered (a hybrid machine keeps it in its v2 hierarchy, which runc does not use).
+    fn hugetlb_sizes(&self) -> &[u64] {
+        let offered = match &self.layout {
+            Layout::V1 { controllers, .. } => controllers.contains_key("hugetlb"),
+            Layout::V2 { root } => self
+                .fs
+                .read(&root.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "hugetlb")),
+        };
+        if offered {
+            &self.page_sizes
+        } else {
+            &[]
         }
     }
 
@@ -305,13 +374,13 @@ impl Manager {
                 .into_iter()
                 .filter_map(|s| {
                     let h = controllers.get(s.controller)?;
-                    Some((h.join(rel).join(s.file), s.value))
+                    Some((h.join(rel).join(&s.file), s.value))
                 })
                 .collect::<Vec<_>>(),
             Layout::V2 { root } => l
                 .v2()
                 .into_iter()
-                .map(|s| (root.join(rel).join(s.file), s.value))
+                .map(|s| (root.join(rel).join(&s.file), s.value))
                 .collect(),
         };
         for (file, value) in settings {

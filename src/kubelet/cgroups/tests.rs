@@ -137,7 +137,7 @@ fn v1_nodes_get_kubepods_with_the_qos_classes_and_pods_under_them() {
         .expect("cpus");
     fs.write(Path::new("/cg/cpuset/cpuset.mems"), "0")
         .expect("mems");
-    m.setup(1500, 1 << 30).expect("setup");
+    m.setup(1500, 1 << 30, &BTreeMap::new()).expect("setup");
     assert_eq!(
         fs.get("/cg/cpu/kubepods/cpu.shares").as_deref(),
         Some("1536")
@@ -254,7 +254,7 @@ fn v2_nodes_hand_controllers_down_and_spell_limits_as_v2() {
     .expect("controllers");
     fs.write(Path::new("/cg/cgroup.subtree_control"), "")
         .expect("subtree");
-    m.setup(2000, 0).expect("setup");
+    m.setup(2000, 0, &BTreeMap::new()).expect("setup");
     // The fake keeps the last write: the last controller the root handed down.
     assert_eq!(
         fs.get("/cg/cgroup.subtree_control").as_deref(),
@@ -302,4 +302,79 @@ fn pod_level_resources_stand_for_the_containers() {
     // Declared by the pod, though no container declares them.
     assert_eq!(t.cpu_limit, Some(500));
     assert_eq!(t.memory_limit, Some(64 << 20));
+}
+
+#[test]
+fn a_pods_memory_usage_is_its_cgroups() {
+    let (m, fs) = manager(v1(), "/");
+    let p = pod("u1", serde_json::json!({"requests": {"memory": "8Mi"}}));
+    let dir = Path::new("/cg/memory/kubepods/burstable/podu1");
+    fs.create(dir).expect("dir");
+    fs.write(&dir.join("memory.usage_in_bytes"), "4096\n")
+        .expect("usage");
+    assert_eq!(m.pod_memory_usage(&p).expect("usage"), 4096);
+    fs.write(&dir.join("memory.usage_in_bytes"), "x")
+        .expect("usage");
+    assert!(m.pod_memory_usage(&p).is_err(), "not a number");
+
+    let layout = Layout::V2 {
+        root: PathBuf::from("/cg"),
+    };
+    let (m, fs) = manager(layout, "/");
+    let dir = Path::new("/cg/kubepods/burstable/podu1");
+    fs.create(dir).expect("dir");
+    fs.write(&dir.join("memory.current"), "8192\n")
+        .expect("usage");
+    assert_eq!(m.pod_memory_usage(&p).expect("usage"), 8192);
+}
+
+#[test]
+fn huge_pages_are_limited_where_the_hugetlb_controller_is() {
+    let sizes = vec![2 << 20, 1 << 30];
+    let node = BTreeMap::from([("hugepages-2Mi".to_string(), 64u64 << 20)]);
+    let p = pod(
+        "h1",
+        serde_json::json!({"limits": {"cpu": "100m", "memory": "32Mi", "hugepages-2Mi": "8Mi"}}),
+    );
+    // A hybrid machine's hugetlb lives in its v2 hierarchy: nothing is written.
+    let (m, fs) = manager(v1(), "/");
+    let m = m.with_page_sizes(sizes.clone());
+    fs.create(Path::new("/cg/cpuset")).expect("dir");
+    m.setup(1000, 1 << 30, &node).expect("setup");
+    m.ensure_pod(&p).expect("pod");
+    assert!(fs
+        .files
+        .lock()
+        .expect("lock")
+        .keys()
+        .all(|f| !f.to_string_lossy().contains("hugetlb")));
+
+    let mut layout = v1();
+    if let Layout::V1 {
+        controllers,
+        hierarchies,
+    } = &mut layout
+    {
+        controllers.insert("hugetlb".into(), PathBuf::from("/cg/hugetlb"));
+        hierarchies.push(PathBuf::from("/cg/hugetlb"));
+    }
+    let (m, fs) = manager(layout, "/");
+    let m = m.with_page_sizes(sizes);
+    fs.create(Path::new("/cg/cpuset")).expect("dir");
+    m.setup(1000, 1 << 30, &node).expect("setup");
+    let at = |f: &str| fs.get(&format!("/cg/hugetlb/kubepods{f}"));
+    assert_eq!(
+        at("/hugetlb.2MB.limit_in_bytes"),
+        Some((64u64 << 20).to_string())
+    );
+    assert_eq!(at("/hugetlb.1GB.limit_in_bytes").as_deref(), Some("0"));
+    m.ensure_pod(&p).expect("pod");
+    assert_eq!(
+        at("/podh1/hugetlb.2MB.limit_in_bytes"),
+        Some((8u64 << 20).to_string())
+    );
+    assert_eq!(
+        at("/podh1/hugetlb.1GB.limit_in_bytes").as_deref(),
+        Some("0")
+    );
 }

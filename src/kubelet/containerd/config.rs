@@ -59,6 +59,10 @@ pub struct Options {
     pub runtimes: Vec<(String, PathBuf)>,
     /// The handler pods without a RuntimeClass get (`--default-runtime`).
     pub default_runtime: String,
+    /// Whether containers' huge page limits are applied: only where runc finds the hugetlb
+    /// controller (containerd's default leaves them out, and runc fails a container whose
+    /// limits name a controller that is not there).
+    pub hugetlb: bool,
 }
 
 impl Default for Options {
@@ -68,6 +72,8 @@ impl Default for Options {
             restrict_oom_score_adj: !has_cap_sys_resource(),
             runtimes: find_runtimes(),
             default_runtime: "runc".into(),
+            hugetlb: crate::kubelet::cgroups::fs::Layout::detect()
+                .is_some_and(|l| l.offers_hugetlb()),
         }
     }
 }
@@ -177,6 +183,7 @@ oom_score = 0
     stream_server_port = "0"
     enable_selinux = false
     restrict_oom_score_adj = {restrict}
+    disable_hugetlb_controller = {no_hugetlb}
     sandbox_image = "{pause}"
     netns_mounts_under_state_dir = true
     [plugins."io.containerd.grpc.v1.cri".cni]
@@ -197,6 +204,7 @@ oom_score = 0
         socket = q(layout.socket()),
         ttrpc = q(layout.dir.join("containerd.sock.ttrpc")),
         restrict = opts.restrict_oom_score_adj,
+        no_hugetlb = !opts.hugetlb,
         pause = PAUSE_IMAGE,
         cni_bin = quoted(&opts.cni_bin_dir),
         cni_conf = q(layout.cni_conf_dir()),
@@ -284,8 +292,10 @@ mod tests {
                 restrict_oom_score_adj: true,
                 runtimes: vec![("crun".into(), "/usr/bin/crun".into())],
                 default_runtime: "crun".into(),
+                hugetlb: true,
             },
         );
+        assert!(text.contains("disable_hugetlb_controller = false"));
         assert!(text.contains(r#"default_runtime_name = "crun""#));
         assert!(text.contains(r#"BinaryName = "/usr/bin/crun""#));
         assert!(text.contains(r#"Root = "/var/lib/k1s/agent/containerd/state/crun""#));

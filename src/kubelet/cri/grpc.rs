@@ -14,6 +14,8 @@ use crate::kubelet::metrics::Metered;
 pub struct Cri {
     runtime: RuntimeServiceClient<Metered<Channel>>,
     images: ImageServiceClient<Metered<Channel>>,
+    /// For the calls [`super::newer`] declares.
+    channel: Metered<Channel>,
 }
 
 impl Cri {
@@ -22,7 +24,9 @@ impl Cri {
             // Exec output and container lists can exceed tonic's 4 MiB default.
             runtime: RuntimeServiceClient::new(Metered(channel.clone()))
                 .max_decoding_message_size(16 << 20),
-            images: ImageServiceClient::new(Metered(channel)).max_decoding_message_size(16 << 20),
+            images: ImageServiceClient::new(Metered(channel.clone()))
+                .max_decoding_message_size(16 << 20),
+            channel: Metered(channel),
         }
     }
 
@@ -252,6 +256,23 @@ impl Runtime for Cri {
         let r = self.runtime.clone().update_container_resources(req).await;
         r.map_err(status("update container resources"))?;
         Ok(())
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        id: &str,
+        overhead: Option<api::LinuxContainerResources>,
+        resources: api::LinuxContainerResources,
+    ) -> Result<(), RuntimeError> {
+        let req = super::newer::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: id.to_string(),
+            overhead,
+            resources: Some(resources),
+            annotations: Default::default(),
+        };
+        super::newer::update_pod_sandbox_resources(self.channel.clone(), req)
+            .await
+            .map_err(status("update pod sandbox resources"))
     }
 
     async fn exec_sync(

@@ -4,6 +4,7 @@
 //! fake instead.
 
 pub mod grpc;
+mod newer;
 
 use async_trait::async_trait;
 pub use k8s_cri::v1 as api;
@@ -105,6 +106,15 @@ pub trait Runtime: Send + Sync {
     async fn attach(&self, req: api::AttachRequest) -> Result<String, RuntimeError>;
     /// A streaming URL forwarding ports of a pod sandbox.
     async fn port_forward(&self, req: api::PortForwardRequest) -> Result<String, RuntimeError>;
+    /// Tells the runtime a sandbox's resources after the kubelet resized the pod's cgroup (CRI
+    /// `UpdatePodSandboxResources`, which passes them on to NRI plugins): the pod's without
+    /// its overhead, and the overhead. Runtimes older than CRI 1.33 answer `Unimplemented`.
+    async fn update_pod_sandbox_resources(
+        &self,
+        id: &str,
+        overhead: Option<api::LinuxContainerResources>,
+        resources: api::LinuxContainerResources,
+    ) -> Result<(), RuntimeError>;
     /// Every container's CPU and memory statistics.
     async fn list_container_stats(&self) -> Result<Vec<api::ContainerStats>, RuntimeError>;
     /// The image's record if the runtime has it.

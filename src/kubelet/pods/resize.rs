@@ -414,16 +414,21 @@ impl Shared {
                 .map_err(|e| e.to_string())?;
             if let Some(limit) = pod_limit {
                 let uid = pod.uid().unwrap_or_default();
-                let usage: i128 = stats
-                    .iter()
-                    .filter(|s| {
-                        s.attributes.as_ref().is_some_and(|a| {
-                            a.labels.get(crate::kubelet::cri::LABEL_POD_UID) == Some(&uid)
+                // The pod cgroup's usage, as upstream; without pod cgroups, its containers'.
+                let cgroup = self.cgroups.as_ref().map(|c| c.pod_memory_usage(pod));
+                let usage: i128 = match cgroup {
+                    Some(usage) => i128::from(usage.map_err(|e| e.to_string())?),
+                    None => stats
+                        .iter()
+                        .filter(|s| {
+                            s.attributes.as_ref().is_some_and(|a| {
+                                a.labels.get(crate::kubelet::cri::LABEL_POD_UID) == Some(&uid)
+                            })
                         })
-                    })
-                    .filter_map(|s| s.memory.as_ref()?.working_set_bytes.as_ref())
-                    .map(|v| i128::from(v.value))
-                    .sum();
+                        .filter_map(|s| s.memory.as_ref()?.working_set_bytes.as_ref())
+                        .map(|v| i128::from(v.value))
+                        .sum(),
+                };
                 if usage >= limit {
                     return Err(format!(
                         "attempting to set pod memory limit ({limit}) below current usage ({usage})"
@@ -473,7 +478,31 @@ impl Shared {
                 .map_err(|e| e.to_string())?;
             st.resize.actuated.insert(ch.id.clone(), ch.new.clone());
         }
+        if let Some(sandbox) = &st.sandbox_id {
+            self.tell_sandbox(pod, sandbox).await;
+        }
         Ok(())
+    }
+
+    /// Tells the runtime the pod's resized resources, best effort as upstream: a runtime
+    /// without the call (containerd before 2.1) or failing it does not hold the resize up.
+    async fn tell_sandbox(&self, pod: &Pod, sandbox: &str) {
+        let resources = super::spec::pod_resources(pod, false);
+        let overhead = super::spec::pod_overhead(pod);
+        match self
+            .runtime
+            .update_pod_sandbox_resources(sandbox, overhead, resources)
+            .await
+        {
+            Ok(()) => {}
+            Err(crate::kubelet::cri::RuntimeError::Status {
+                code: tonic::Code::Unimplemented,
+                ..
+            }) => {
+                tracing::debug!(pod = %pod.name_any(), "the runtime does not take pod sandbox resources")
+            }
+            Err(e) => tracing::warn!(pod = %pod.name_any(), "{e}"),
+        }
     }
 
     /// Adds the resize's part to the status `body` of `pod` (the spec's, not the allocated):

@@ -33,6 +33,8 @@ pub struct Env {
     pub pods_dir: PathBuf,
     /// Cluster DNS and the node's resolver, for pods' resolv.conf.
     pub dns: super::dns::ClusterDns,
+    /// The kernel's huge page sizes (bytes): each container gets a limit for every one.
+    pub hugepage_sizes: Vec<u64>,
 }
 
 /// A node's allocatable CPU (millicores) and memory (bytes).
@@ -189,11 +191,7 @@ pub fn sandbox(env: &Env, pod: &Pod, attempt: u32, cgroup_parent: &str) -> api::
             security_context: Some(super::security::sandbox(pod, namespace_options(pod))),
             sysctls: super::security::sysctls(pod),
             resources: Some(pod_resources(pod, false)),
-            overhead: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.overhead.as_ref())
-                .map(|_| pod_resources(pod, true)),
+            overhead: pod_overhead(pod),
         }),
         ..Default::default()
     }
@@ -462,13 +460,28 @@ pub(super) fn resources(pod: &Pod, c: &Container, env: &Env) -> api::LinuxContai
         cpu_shares: shares,
         memory_limit_in_bytes: memory,
         oom_score_adj: oom_score_adj(pod, c, env),
+        hugepage_limits: crate::kubelet::cgroups::limits::container_hugetlb(c, &env.hugepage_sizes)
+            .into_iter()
+            .map(|(page_size, limit)| api::HugepageLimit {
+                page_size,
+                limit: u64::try_from(limit).unwrap_or(0),
+            })
+            .collect(),
         ..Default::default()
     }
 }
 
+/// The pod's overhead as the runtime is told it, when it has one.
+pub(super) fn pod_overhead(pod: &Pod) -> Option<api::LinuxContainerResources> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.overhead.as_ref())
+        .map(|_| pod_resources(pod, true))
+}
+
 /// The pod's resources as a whole without its overhead, or (`overhead_only`) the overhead
 /// alone, as upstream tells the runtime (for NRI plugins and the like).
-fn pod_resources(pod: &Pod, overhead_only: bool) -> api::LinuxContainerResources {
+pub(super) fn pod_resources(pod: &Pod, overhead_only: bool) -> api::LinuxContainerResources {
     use crate::kubelet::cgroups::limits;
     let t = if overhead_only {
         let (all, bare) = (limits::totals(pod, true), limits::totals(pod, false));
@@ -593,6 +606,7 @@ pub(crate) mod tests {
             },
             pods_dir: "/var/lib/k1s/agent/pods".into(),
             dns: Default::default(),
+            hugepage_sizes: vec![2 << 20],
         }
     }
 
@@ -623,6 +637,12 @@ pub(crate) mod tests {
         assert_eq!(r.cpu_quota, 50_000);
         assert_eq!(r.memory_limit_in_bytes, 64 << 20);
         assert_eq!(r.oom_score_adj, 0, "never below this process's own");
+        let huge: Vec<(String, u64)> = r
+            .hugepage_limits
+            .iter()
+            .map(|h| (h.page_size.clone(), h.limit))
+            .collect();
+        assert_eq!(huge, [("2MB".to_string(), 0)], "no huge pages asked for");
         assert_eq!(qos(&pod(serde_json::json!({}))), "BestEffort");
         assert_eq!(
             qos(&pod(serde_json::json!({"requests": {"cpu": "1"}}))),

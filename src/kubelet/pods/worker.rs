@@ -99,6 +99,8 @@ pub struct State {
     pub(super) resize: super::resize::ResizeState,
     /// The newest dead sandbox whose containers were stopped, so that is done once.
     pub(super) dead_sandbox: Option<String>,
+    /// The ready sandbox the containers ran in at the last pass.
+    pub(super) sandbox_id: Option<String>,
     /// When old sandboxes with no containers left were last removed.
     pub(super) sandbox_gc: Option<Instant>,
     /// When this kubelet first saw the pod, while it was Pending; taken once it runs, for
@@ -269,8 +271,12 @@ impl Shared {
     async fn converge(&self, pod: &Pod, st: &mut State) -> Result<(), RuntimeError> {
         let spec = pod.spec.clone().unwrap_or_default();
         let (sandbox_id, ip) = match self.sandbox(pod, st).await {
-            Ok(Some(s)) => s,
+            Ok(Some(s)) => {
+                st.sandbox_id = Some(s.0.clone());
+                s
+            }
             Ok(None) => {
+                st.sandbox_id = None;
                 // A pod that does not restart lost its sandbox: it ends as its containers did.
                 st.running.clear();
                 for c in &spec.containers {
